@@ -1,0 +1,43 @@
+# bolt_jax: the two commands are `make demo` and `make test` (README).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch is only the Hugging Face oracle in tests (never a core dependency). Pinned so pip takes a known build.
+TORCH_SPEC ?= torch==2.13.0
+# 8 simulated CPU devices, so every test can build 2x2x2 meshes.
+TEST_ENV := JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+PYTEST_ARGS ?=
+
+.PHONY: test test-slow demo venv clean-venv
+
+$(VENV)/.created:
+	@PYBIN="$$(.ci/find_python.sh)" || exit 1; \
+	echo "creating $(VENV) with $$PYBIN"; \
+	"$$PYBIN" -m venv $(VENV) && $(PY) -m pip install -q --upgrade pip
+	@touch $@
+
+# Test environment: the package with test extras, plus torch installed first (so nothing pulls another build).
+$(VENV)/.installed-test: $(VENV)/.created pyproject.toml
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test,tensorboard]"
+	@touch $@
+
+# Demo environment: the package only; no torch.
+$(VENV)/.installed-demo: $(VENV)/.created pyproject.toml
+	$(PY) -m pip install -q -e .
+	@touch $@
+
+venv: $(VENV)/.installed-test
+
+test: $(VENV)/.installed-test
+	$(TEST_ENV) $(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-slow: $(VENV)/.installed-test
+	$(TEST_ENV) $(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+demo: $(VENV)/.installed-demo
+	@echo "make demo arrives with the trainer (issue: M-step trainer). Until then, this runs the model summary workflow:"
+	JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m bolt_jax.main --config configs/demo.py
+
+clean-venv:
+	rm -rf $(VENV)

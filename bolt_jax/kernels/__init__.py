@@ -1,0 +1,75 @@
+"""Attention dispatch: one entry point, several implementations, all checked against the XLA reference.
+
+`attention(q, k, v, *, segment_ids, causal, sm_scale, impl)` with q [B, S, H, D], k/v [B, T, K, D] (K divides H:
+grouped-query attention without repeating K/V). `segment_ids` is [B, S] for self-attention over packed documents
+(a token attends only within its own document), or a (q_segment_ids [B, S], kv_segment_ids [B, T]) pair.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import jax
+
+from bolt_jax.kernels.xla import xla_attention
+
+IMPLS = ("auto", "xla", "cudnn", "pallas_gpu", "pallas_tpu")
+_log = logging.getLogger(__name__)
+_announced: set[tuple[str, str]] = set()
+
+
+def _unavailable(name: str) -> Callable:
+    def fn(*args, **kwargs):
+        raise NotImplementedError(
+            f"attention impl {name!r} is not built yet (it lands with the Pallas flash-attention issue); "
+            f"use impl='xla' or 'auto'")
+    return fn
+
+
+_REGISTRY: dict[str, Callable] = {
+    "xla": xla_attention,
+    "cudnn": _unavailable("cudnn"),
+    "pallas_gpu": _unavailable("pallas_gpu"),
+    "pallas_tpu": _unavailable("pallas_tpu"),
+}
+
+
+def register(name: str, fn: Callable) -> None:
+    """Lets a kernel module plug itself into the dispatch."""
+    if name not in IMPLS:
+        raise ValueError(f"unknown attention impl {name!r}; known: {IMPLS}")
+    _REGISTRY[name] = fn
+
+
+def resolve_impl(impl: str, backend: str | None = None) -> str:
+    """Maps `auto` to a concrete implementation for the backend; reports the choice once."""
+    if impl not in IMPLS:
+        raise ValueError(f"unknown attention impl {impl!r}; choose one of {IMPLS}")
+    if impl != "auto":
+        return impl
+    backend = backend or jax.default_backend()
+    chosen = "xla"  # the only implementation until the kernels issue lands
+    if (backend, chosen) not in _announced:
+        _announced.add((backend, chosen))
+        _log.info("attention impl 'auto' on %s -> %s", backend, chosen)
+    return chosen
+
+
+def attention(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, *, segment_ids=None, causal: bool = True,
+              sm_scale: float | None = None, impl: str = "auto", q_positions_BxS=None, kv_positions_BxT=None):
+    b, s, h, d = q_BxSxHxD.shape
+    kvh = k_BxTxKxD.shape[2]
+    if h % kvh:
+        raise ValueError(f"query heads ({h}) must be a multiple of KV heads ({kvh})")
+    if k_BxTxKxD.shape != v_BxTxKxD.shape or k_BxTxKxD.shape[-1] != d:
+        raise ValueError(f"k {k_BxTxKxD.shape} and v {v_BxTxKxD.shape} must match, with head dim {d}")
+    if segment_ids is None:
+        q_seg = kv_seg = None
+    elif isinstance(segment_ids, (tuple, list)):
+        q_seg, kv_seg = segment_ids
+    else:
+        q_seg = kv_seg = segment_ids
+    fn = _REGISTRY[resolve_impl(impl)]
+    return fn(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, q_segment_ids_BxS=q_seg, kv_segment_ids_BxT=kv_seg, causal=causal,
+              sm_scale=sm_scale, q_positions_BxS=q_positions_BxS, kv_positions_BxT=kv_positions_BxT)

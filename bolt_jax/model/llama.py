@@ -1,0 +1,201 @@
+"""Llama in Flax NNX, in Hugging Face layout (rotate-half RoPE, HF parameter names, kernels stored [in, out]).
+
+Decoder layers are stored stacked (a leading `layers` axis on every layer parameter) and run with `lax.scan`, so
+compile time does not grow with depth. Parameter path `layers/self_attn/q_proj/kernel[i]` is HF's
+`model.layers.{i}.self_attn.q_proj.weight` transposed; the converter relies on exactly this.
+
+Precision: parameters in `param_dtype` (fp32 master weights), matmuls in `compute_dtype` (bf16), norms and softmax
+statistics in fp32, logits returned in fp32 for the loss.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+from jax.ad_checkpoint import checkpoint_name
+import jax.numpy as jnp
+from flax import nnx
+
+from bolt_jax import kernels
+from bolt_jax.model.config import LlamaConfig
+from bolt_jax.parallel import constrain
+
+
+# ---------------------------------------------------------------------------------------------- pure functions
+def rms_norm(x, weight, eps: float):
+    """HF LlamaRMSNorm: normalise in fp32, cast back, then scale."""
+    xf = x.astype(jnp.float32)
+    normed = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return normed.astype(x.dtype) * weight.astype(x.dtype)
+
+
+def rope_cos_sin(positions_BxS, head_dim: int, theta: float):
+    """cos/sin [B, S, head_dim] in fp32, HF default RoPE (frequencies repeated for the two halves)."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    angles_BxSxF = positions_BxS.astype(jnp.float32)[..., None] * inv_freq
+    angles_BxSxD = jnp.concatenate([angles_BxSxF, angles_BxSxF], axis=-1)
+    return jnp.cos(angles_BxSxD), jnp.sin(angles_BxSxD)
+
+
+def apply_rope(x_BxSxHxD, cos_BxSxD, sin_BxSxD):
+    half = x_BxSxHxD.shape[-1] // 2
+    x1, x2 = x_BxSxHxD[..., :half], x_BxSxHxD[..., half:]
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    cos = cos_BxSxD[:, :, None, :].astype(x_BxSxHxD.dtype)
+    sin = sin_BxSxD[:, :, None, :].astype(x_BxSxHxD.dtype)
+    return x_BxSxHxD * cos + rotated * sin
+
+
+def _dense(x, kernel, dtype):
+    return jnp.einsum("...i,io->...o", x, kernel.astype(dtype))
+
+
+REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "save_attn_out": jax.checkpoint_policies.save_only_these_names("attn_out"),
+}
+
+
+def decoder_layer(cfg: LlamaConfig, h_BxSxD, p: dict[str, Any], cos_BxSxD, sin_BxSxD, segment_ids_BxS,
+                  kv_cache=None):
+    """One Llama block on the layer's parameter slice `p`. Returns (h, (k, v)) so callers can fill a KV cache."""
+    dtype = cfg.jnp_compute_dtype
+    b, s, _ = h_BxSxD.shape
+    hd = cfg.head_size
+    x = rms_norm(h_BxSxD, p["input_layernorm"]["weight"], cfg.rms_norm_eps)
+    q = _dense(x, p["self_attn"]["q_proj"]["kernel"], dtype).reshape(b, s, cfg.num_attention_heads, hd)
+    k = _dense(x, p["self_attn"]["k_proj"]["kernel"], dtype).reshape(b, s, cfg.num_key_value_heads, hd)
+    v = _dense(x, p["self_attn"]["v_proj"]["kernel"], dtype).reshape(b, s, cfg.num_key_value_heads, hd)
+    q = constrain(apply_rope(q, cos_BxSxD, sin_BxSxD), ("batch", "act_seq", "act_heads", "act_head_dim"))
+    k = constrain(apply_rope(k, cos_BxSxD, sin_BxSxD), ("batch", "act_seq", "act_kv_heads", "act_head_dim"))
+    v = constrain(v, ("batch", "act_seq", "act_kv_heads", "act_head_dim"))
+    attn = kernels.attention(q, k, v, segment_ids=segment_ids_BxS, causal=True, sm_scale=hd ** -0.5,
+                             impl=cfg.attention_impl)
+    attn = checkpoint_name(attn, "attn_out")
+    h_BxSxD = h_BxSxD + _dense(attn.reshape(b, s, cfg.q_size), p["self_attn"]["o_proj"]["kernel"], dtype)
+    h_BxSxD = constrain(h_BxSxD, ("batch", "act_seq", "act_embed"))
+    x = rms_norm(h_BxSxD, p["post_attention_layernorm"]["weight"], cfg.rms_norm_eps)
+    gate = _dense(x, p["mlp"]["gate_proj"]["kernel"], dtype)
+    up = _dense(x, p["mlp"]["up_proj"]["kernel"], dtype)
+    act = constrain(jax.nn.silu(gate) * up, ("batch", "act_seq", "act_mlp"))
+    h_BxSxD = h_BxSxD + _dense(act, p["mlp"]["down_proj"]["kernel"], dtype)
+    return constrain(h_BxSxD, ("batch", "act_seq", "act_embed")), (k, v)
+
+
+# ---------------------------------------------------------------------------------------------- modules
+def _normal(rngs: nnx.Rngs, shape, std: float, dtype):
+    return std * jax.random.normal(rngs.params(), shape, dtype=dtype)
+
+
+class Linear(nnx.Module):
+    """Bias-free projection; `kernel` is [in, out] (HF's weight transposed), possibly with a leading layers axis."""
+
+    def __init__(self, shape: tuple[int, ...], axes: tuple[str, ...], cfg: LlamaConfig, rngs: nnx.Rngs):
+        self.kernel = nnx.Param(_normal(rngs, shape, cfg.initializer_range, cfg.jnp_param_dtype), axes=axes)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, shape: tuple[int, ...], axes: tuple[str, ...], cfg: LlamaConfig):
+        self.weight = nnx.Param(jnp.ones(shape, cfg.jnp_param_dtype), axes=axes)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, rngs: nnx.Rngs):
+        L, d = (cfg.num_hidden_layers,), cfg.hidden_size
+        self.q_proj = Linear(L + (d, cfg.q_size), ("layers", "embed", "q_heads"), cfg, rngs)
+        self.k_proj = Linear(L + (d, cfg.kv_size), ("layers", "embed", "kv_heads"), cfg, rngs)
+        self.v_proj = Linear(L + (d, cfg.kv_size), ("layers", "embed", "kv_heads"), cfg, rngs)
+        self.o_proj = Linear(L + (cfg.q_size, d), ("layers", "q_heads", "embed"), cfg, rngs)
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, rngs: nnx.Rngs):
+        L, d, f = (cfg.num_hidden_layers,), cfg.hidden_size, cfg.intermediate_size
+        self.gate_proj = Linear(L + (d, f), ("layers", "embed", "mlp"), cfg, rngs)
+        self.up_proj = Linear(L + (d, f), ("layers", "embed", "mlp"), cfg, rngs)
+        self.down_proj = Linear(L + (f, d), ("layers", "mlp", "embed"), cfg, rngs)
+
+
+class DecoderStack(nnx.Module):
+    """All decoder layers, parameters stacked along a leading `layers` axis."""
+
+    def __init__(self, cfg: LlamaConfig, rngs: nnx.Rngs):
+        L, d = (cfg.num_hidden_layers,), cfg.hidden_size
+        self.input_layernorm = RMSNorm(L + (d,), ("layers", "norm"), cfg)
+        self.self_attn = Attention(cfg, rngs)
+        self.post_attention_layernorm = RMSNorm(L + (d,), ("layers", "norm"), cfg)
+        self.mlp = MLP(cfg, rngs)
+
+    def stacked_params(self) -> dict[str, Any]:
+        """The layer parameters as a nested dict of arrays [L, ...], the form `lax.scan` slices."""
+        state = nnx.state(self, nnx.Param)
+        return jax.tree.map(lambda v: v[...], state.to_pure_dict())
+
+    def __call__(self, cfg: LlamaConfig, h_BxSxD, cos_BxSxD, sin_BxSxD, segment_ids_BxS):
+        params = self.stacked_params()
+        layer = functools.partial(decoder_layer, cfg)
+
+        def body(h, p):
+            h, _ = layer(h, p, cos_BxSxD, sin_BxSxD, segment_ids_BxS)
+            return h, None
+
+        if cfg.remat_policy != "none":
+            body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
+        if cfg.scan_layers:
+            h_BxSxD, _ = jax.lax.scan(body, h_BxSxD, params)
+        else:
+            for i in range(cfg.num_hidden_layers):
+                h_BxSxD, _ = body(h_BxSxD, jax.tree.map(lambda x: x[i], params))
+        return h_BxSxD
+
+
+class Llama(nnx.Module):
+    """LlamaForCausalLM. `__call__(tokens, positions, segment_ids)` returns fp32 logits [B, S, V]."""
+
+    def __init__(self, cfg: LlamaConfig, rngs: nnx.Rngs):
+        self.config = cfg
+        d, v = cfg.hidden_size, cfg.vocab_size
+        self.embed_tokens = nnx.Param(_normal(rngs, (v, d), cfg.initializer_range, cfg.jnp_param_dtype),
+                                      axes=("vocab", "embed"))
+        self.layers = DecoderStack(cfg, rngs)
+        self.norm = RMSNorm((d,), ("norm",), cfg)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = Linear((d, v), ("embed", "vocab"), cfg, rngs)
+
+    def embed(self, tokens_BxS):
+        h = jnp.take(self.embed_tokens[...], tokens_BxS, axis=0).astype(self.config.jnp_compute_dtype)
+        return constrain(h, ("batch", "act_seq", "act_embed"))
+
+    def hidden_states(self, tokens_BxS, positions_BxS=None, segment_ids_BxS=None):
+        """Final normed hidden states [B, S, D] in the compute dtype (the loss can chunk the head over these)."""
+        cfg = self.config
+        if positions_BxS is None:
+            positions_BxS = jnp.broadcast_to(jnp.arange(tokens_BxS.shape[1], dtype=jnp.int32), tokens_BxS.shape)
+        cos, sin = rope_cos_sin(positions_BxS, cfg.head_size, cfg.rope_theta)
+        h = self.embed(tokens_BxS)
+        h = self.layers(cfg, h, cos, sin, segment_ids_BxS)
+        return rms_norm(h, self.norm.weight[...], cfg.rms_norm_eps)
+
+    def head_kernel(self):
+        """[D, V] output projection (the embedding transposed when tied)."""
+        if self.config.tie_word_embeddings:
+            return self.embed_tokens[...].T
+        return self.lm_head.kernel[...]
+
+    def logits_from_hidden(self, h_BxSxD):
+        kernel = self.head_kernel().astype(self.config.jnp_compute_dtype)
+        logits = jnp.einsum("bsd,dv->bsv", h_BxSxD, kernel, preferred_element_type=jnp.float32)
+        return constrain(logits, ("batch", "act_seq", "act_vocab"))
+
+    def __call__(self, tokens_BxS, positions_BxS=None, segment_ids_BxS=None):
+        return self.logits_from_hidden(self.hidden_states(tokens_BxS, positions_BxS, segment_ids_BxS))
+
+
+def param_count(cfg: LlamaConfig) -> int:
+    """Parameters counted from the real module's abstract shapes (no memory allocated)."""
+    abstract = nnx.eval_shape(lambda: Llama(cfg, nnx.Rngs(0)))
+    return sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
