@@ -1,0 +1,84 @@
+"""Test fixtures built on the fly: a tiny random HF Llama saved with save_pretrained, and a BPE tokenizer with the
+four BoLT special tokens. Nothing is downloaded."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+BOLT_TOKENS = ["<|START_OF_LATENT|>", "<|END_OF_LATENT|>", "<|PRIOR_PREFIX|>", "<|POSTERIOR_PREFIX|>"]
+
+_TOKENIZER_TEXT = """Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.
+How many clips did Natalia sell altogether in April and May? Natalia sold 48/2 = 24 clips in May.
+Natalia sold 48+24 = 72 clips altogether in April and May. The answer is 72.
+Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. How much did she earn?
+Weng earns 12/60 = $0.2 per minute. Working 50 minutes, she earned 0.2 x 50 = $10.
+Let x be the number of apples. Then 3x + 5 = 20, so 3x = 15 and x = 5. We compute 7 * 8 = 56 and 56 - 6 = 50.
+A triangle has angles that sum to 180 degrees. The area of a circle is pi r^2. Therefore the result follows.
+"""
+
+
+def tokenizer_corpus() -> list[str]:
+    lines = _TOKENIZER_TEXT.strip().splitlines()
+    lines += [f"{a} + {b} = {a + b}. {a} * {b} = {a * b}." for a in range(0, 40, 3) for b in range(1, 30, 4)]
+    return lines
+
+
+def build_tokenizer(out_dir: str | os.PathLike, vocab_size: int = 512, add_bolt_tokens: bool = True) -> str:
+    """A byte-level BPE tokenizer in HF format (<unk>=0, <s>=1, </s>=2 like Llama), BoLT tokens appended at the end."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    base_specials = ["<unk>", "<s>", "</s>"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    n_base = vocab_size - (len(BOLT_TOKENS) if add_bolt_tokens else 0)
+    tok.train_from_iterator(tokenizer_corpus(), trainer=trainers.BpeTrainer(
+        vocab_size=n_base, min_frequency=1, special_tokens=base_specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    if add_bolt_tokens:
+        hf.add_special_tokens({"additional_special_tokens": BOLT_TOKENS})
+    out_dir = str(out_dir)
+    hf.save_pretrained(out_dir)
+    return out_dir
+
+
+def build_hf_model(out_dir: str | os.PathLike, *, vocab_size: int = 512, tie: bool = False, num_layers: int = 2,
+                   hidden: int = 64, heads: int = 4, kv_heads: int = 2, intermediate: int = 172, seed: int = 0,
+                   tokenizer: bool = True, dtype: str = "float32") -> str:
+    """A tiny random transformers.LlamaForCausalLM saved with save_pretrained (safetensors), plus its tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate,
+                      num_hidden_layers=num_layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                      max_position_embeddings=512, rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=tie,
+                      bos_token_id=1, eos_token_id=2)
+    model = LlamaForCausalLM(cfg).eval()
+    if dtype != "float32":
+        model = model.to(getattr(torch, dtype))
+    out_dir = str(out_dir)
+    model.save_pretrained(out_dir)
+    if tokenizer:
+        build_tokenizer(out_dir, vocab_size=vocab_size)
+    return out_dir
+
+
+def hf_logits(model_dir: str | os.PathLike, tokens_BxS) -> "object":
+    """Logits of the saved HF model (the oracle), fp32 numpy."""
+    import numpy as np
+    import torch
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(str(model_dir), torch_dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(torch.tensor(np.asarray(tokens_BxS))).logits.float().numpy()
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[1]
