@@ -65,12 +65,31 @@ def normalize_rules(rules: Iterable[tuple[str, Any]] | Mapping[str, Any] | None)
     if rules is not None:
         items = rules.items() if isinstance(rules, Mapping) else rules
         for name, axes in items:
-            axes = tuple(axes) if isinstance(axes, list) else axes
+            axes = parse_axes(axes)
             for ax in (axes if isinstance(axes, tuple) else (axes,)):
                 if ax is not None and ax not in MESH_AXES:
                     raise ValueError(f"rule {name!r} -> {axes!r} names an unknown mesh axis; mesh axes: {MESH_AXES}")
             merged[name] = axes
     return tuple(merged.items())
+
+
+def parse_axes(axes: Any) -> Any:
+    """A rule's target: None, a mesh axis, a tuple of them, or a string "data,fsdp" ("" = replicated), the form
+    a command line gives (`--config.rules.vocab=`)."""
+    if isinstance(axes, str):
+        parts = tuple(a.strip() for a in axes.split(",") if a.strip() and a.strip().lower() != "none")
+        return None if not parts else parts[0] if len(parts) == 1 else parts
+    if isinstance(axes, list):
+        return tuple(axes)
+    return axes
+
+
+def rules_as_strings(rules=DEFAULT_RULES) -> dict[str, str]:
+    """The rules table in the string form config files and the command line use."""
+    out = {}
+    for name, axes in rules:
+        out[name] = "" if axes is None else ",".join(axes) if isinstance(axes, tuple) else axes
+    return out
 
 
 def logical_to_spec(logical_axes: Sequence[str | None], rules=None, mesh: Mesh | None = None,

@@ -87,6 +87,13 @@ def decoder_layer(cfg: LlamaConfig, h_BxSxD, p: dict[str, Any], cos_BxSxD, sin_B
 
 
 # ---------------------------------------------------------------------------------------------- modules
+def pure_dict(state) -> dict[str, Any]:
+    """An NNX state as a nested dict of arrays (`nnx.to_pure_dict` where this flax has it)."""
+    if hasattr(nnx, "to_pure_dict"):
+        return nnx.to_pure_dict(state)
+    return state.to_pure_dict()
+
+
 def _normal(rngs: nnx.Rngs, shape, std: float, dtype):
     return std * jax.random.normal(rngs.params(), shape, dtype=dtype)
 
@@ -132,8 +139,7 @@ class DecoderStack(nnx.Module):
 
     def stacked_params(self) -> dict[str, Any]:
         """The layer parameters as a nested dict of arrays [L, ...], the form `lax.scan` slices."""
-        state = nnx.state(self, nnx.Param)
-        return jax.tree.map(lambda v: v[...], state.to_pure_dict())
+        return pure_dict(nnx.state(self, nnx.Param))
 
     def __call__(self, cfg: LlamaConfig, h_BxSxD, cos_BxSxD, sin_BxSxD, segment_ids_BxS):
         params = self.stacked_params()

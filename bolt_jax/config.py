@@ -1,0 +1,116 @@
+"""Shared config pieces (ml_collections ConfigDict) and their validation.
+
+A config file under `configs/` defines `get_config()` and builds on `base_config()`. Every section is validated
+before a workflow runs, so a bad value fails with a message naming the key and the fix, not deep inside jit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, Callable
+
+import ml_collections
+from ml_collections import config_dict
+
+from bolt_jax.model.config import LlamaConfig, preset
+
+_FIELD_TYPES = {"head_dim": int, "bos_token_id": int, "eos_token_id": int, "pad_token_id": int}
+
+
+def model_config_dict(preset_name: str = "tinyllama_1.1b", **overrides: Any) -> ml_collections.ConfigDict:
+    """All LlamaConfig fields as a ConfigDict (so any can be set from the command line), from a preset."""
+    cfg = preset(preset_name, **overrides)
+    d = ml_collections.ConfigDict()
+    d.preset = preset_name
+    d.hf_config = ""  # a HF config.json (or its directory): architecture fields are read from it when set
+    for field in dataclasses.fields(LlamaConfig):
+        value = getattr(cfg, field.name)
+        if value is None:
+            value = config_dict.placeholder(_FIELD_TYPES.get(field.name, int))
+        d[field.name] = value
+    return d
+
+
+def llama_config(model: ml_collections.ConfigDict) -> LlamaConfig:
+    """The config section -> LlamaConfig (validated). With `hf_config` set, architecture comes from that file."""
+    fields = {f.name for f in dataclasses.fields(LlamaConfig)}
+    values = {k: model[k] for k in fields if k in model}
+    if model.get("hf_config"):
+        runtime = {k: values[k] for k in LlamaConfig().runtime_dict()}
+        return LlamaConfig.from_hf_json(model.hf_config, **runtime)
+    return LlamaConfig(**values)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.workflow = "model_summary"  # see `python -m bolt_jax.main --list_workflows`
+    c.run_dir = "runs/default"  # all outputs of a run go here
+    c.seed = 42
+    c.model = model_config_dict("tinyllama_1.1b")
+    # Device mesh ('data', 'fsdp', 'tensor'); one size may be -1 (all remaining devices).
+    c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
+    # Logical axis -> mesh axes ("data,fsdp"; "" = replicated): bolt_jax.parallel.DEFAULT_RULES, as strings so
+    # the command line can change one, e.g. --config.rules.vocab= to replicate the vocabulary dimension.
+    from bolt_jax.parallel import rules_as_strings
+    c.rules = ml_collections.ConfigDict(rules_as_strings())
+    # Inputs of the model_summary workflow (a forward pass on random tokens).
+    c.summary = ml_collections.ConfigDict({"batch_size": 0, "seq_len": 128})  # batch_size 0: one row per device
+    return c
+
+
+def validate_mesh(c: ml_collections.ConfigDict, num_devices: int | None = None) -> tuple[int, ...]:
+    import jax
+
+    from bolt_jax.parallel import resolve_mesh_shape
+    n = num_devices if num_devices is not None else jax.device_count()
+    try:
+        return resolve_mesh_shape(dict(c.mesh), n)
+    except ValueError as e:
+        raise ValueError(f"config.mesh: {e}") from None
+
+
+def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+    """Checks the sections every workflow uses. Raises ValueError naming the key."""
+    from bolt_jax.workflows import WORKFLOWS
+    if c.workflow not in WORKFLOWS:
+        raise ValueError(f"config.workflow={c.workflow!r} is not a workflow; available: {sorted(WORKFLOWS)}")
+    try:
+        cfg = llama_config(c.model)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        raise ValueError(f"config.model: {e}") from None
+    shape = validate_mesh(c, num_devices)
+    mesh = dict(zip(("data", "fsdp", "tensor"), shape))
+    if mesh["tensor"] > 1:
+        for name, value in (("num_attention_heads", cfg.num_attention_heads),
+                            ("num_key_value_heads", cfg.num_key_value_heads)):
+            if value % mesh["tensor"]:
+                raise ValueError(f"config.mesh.tensor={mesh['tensor']} does not divide config.model.{name}={value}; "
+                                 f"tensor parallelism splits whole heads")
+    from bolt_jax.parallel import normalize_rules
+    try:
+        normalize_rules(dict(c.rules))
+    except ValueError as e:
+        raise ValueError(f"config.rules: {e}") from None
+    validator = VALIDATORS.get(c.workflow)
+    if validator is not None:
+        validator(c)
+
+
+VALIDATORS: dict[str, Callable[[ml_collections.ConfigDict], None]] = {}
+
+
+def check_override_keys(config: ml_collections.ConfigDict, overrides: typing.Iterable[str]) -> None:
+    """Fails on `--config.a.b=` overrides that name no key, listing the keys that exist at that level."""
+    for dotted in overrides:
+        node: Any = config
+        walked = []
+        for part in dotted.split("."):
+            if isinstance(node, (ml_collections.ConfigDict, dict)) and part in node:
+                node = node[part]
+                walked.append(part)
+                continue
+            where = "config" + "".join(f".{w}" for w in walked)
+            keys = sorted(node.keys()) if isinstance(node, (ml_collections.ConfigDict, dict)) else []
+            hint = f"; keys of {where}: {', '.join(keys)}" if keys else f" ({where} is a value, not a section)"
+            raise KeyError(f"unknown config key --config.{dotted}{hint}")

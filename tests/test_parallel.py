@@ -1,0 +1,110 @@
+"""Mesh, rules and sharded model creation on 8 simulated devices; the oracle is the single-device model."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from bolt_jax import parallel
+from bolt_jax.model import Llama, create_model, preset
+
+
+def test_eight_simulated_devices():
+    assert jax.device_count() == 8
+
+
+@pytest.mark.parametrize("sizes, shape", [
+    ({"data": 2, "fsdp": 2, "tensor": 2}, (2, 2, 2)),
+    ({"fsdp": -1}, (1, 8, 1)),
+    ({"data": 2, "fsdp": -1, "tensor": 2}, (2, 2, 2)),
+    ({"data": -1, "tensor": 4}, (2, 1, 4)),
+])
+def test_mesh_shape_resolution(sizes, shape):
+    assert parallel.resolve_mesh_shape(sizes, 8) == shape
+
+
+@pytest.mark.parametrize("sizes, message", [
+    ({"data": 3, "fsdp": -1}, "do not divide"),
+    ({"data": 2, "fsdp": 2, "tensor": 1}, "needs 4 devices but 8 are available"),
+    ({"data": -1, "fsdp": -1}, "at most one"),
+    ({"pipeline": 2}, "unknown mesh axes"),
+])
+def test_bad_mesh_fails_clearly(sizes, message):
+    with pytest.raises(ValueError, match=message):
+        parallel.resolve_mesh_shape(sizes, 8)
+
+
+def test_logical_to_spec_uses_each_mesh_axis_once_and_skips_indivisible():
+    mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    assert parallel.logical_to_spec(("layers", "embed", "mlp")) == P(None, "fsdp", "tensor")
+    assert parallel.logical_to_spec(("batch", "act_seq")) == P(("data", "fsdp"), None)
+    assert parallel.logical_to_spec(("mlp", "vocab")) == P("tensor", None)  # 'tensor' already taken
+    assert parallel.logical_to_spec(("vocab", "embed"), mesh=mesh, shape=(7, 64)) == P(None, "fsdp")
+    with parallel.logical_rules({"vocab": None}):
+        assert parallel.logical_to_spec(("vocab", "embed")) == P(None, "fsdp")
+    with pytest.raises(ValueError, match="unknown mesh axis"):
+        parallel.normalize_rules({"vocab": "model"})
+
+
+def _tokens(cfg, batch=8, seq=16):
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, cfg.vocab_size, (batch, seq)).astype(np.int32)
+    segs = np.repeat(np.array([[1] * 6 + [2] * 10]), batch, axis=0).astype(np.int32)
+    pos = np.concatenate([np.arange(6), np.arange(10)])[None].repeat(batch, 0).astype(np.int32)
+    return tokens, segs, pos
+
+
+def test_sharded_forward_equals_single_device_and_shardings_follow_rules():
+    cfg = preset("tiny", compute_dtype="float32", num_attention_heads=4, num_key_value_heads=2)
+    mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    sharded = create_model(cfg, mesh, seed=7)
+    single = create_model(cfg, None, seed=7)
+
+    # every parameter carries exactly the sharding the rules table gives for its logical axes
+    for path, var in nnx.to_flat_state(nnx.state(sharded, nnx.Param)):
+        expected = parallel.logical_to_spec(var.get_metadata()["axes"], mesh=mesh, shape=var.shape)
+        assert var[...].sharding.spec == expected, path
+        assert var[...].sharding.mesh.shape == mesh.shape
+    specs = parallel.state_specs(nnx.state(sharded, nnx.Param), mesh)
+    assert specs["layers/self_attn/q_proj/kernel"] == P(None, "fsdp", "tensor")
+    assert specs["layers/mlp/down_proj/kernel"] == P(None, "tensor", "fsdp")
+    assert specs["embed_tokens"] == P("tensor", "fsdp")
+    assert specs["layers/input_layernorm/weight"] == P(None, None)
+    # created in place: each device holds a quarter of q_proj (fsdp x tensor), not the whole
+    q = sharded.layers.self_attn.q_proj.kernel[...]
+    assert q.addressable_shards[0].data.shape == (cfg.num_hidden_layers, cfg.hidden_size // 2, cfg.q_size // 2)
+
+    for a, b in zip(jax.tree.leaves(nnx.state(sharded)), jax.tree.leaves(nnx.state(single))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    tokens, segs, pos = _tokens(cfg)
+    ref = np.asarray(single(jnp.asarray(tokens), jnp.asarray(pos), jnp.asarray(segs)))
+    batch = parallel.shard_batch({"tokens": tokens, "segs": segs, "pos": pos}, mesh)
+    assert batch["tokens"].sharding.spec == P(("data", "fsdp"), None)
+
+    @nnx.jit
+    def forward(m, t, p, s):
+        return m(t, p, s)
+
+    with jax.set_mesh(mesh):
+        out = forward(sharded, batch["tokens"], batch["pos"], batch["segs"])
+    assert out.sharding.spec[0] == ("data", "fsdp")
+    np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5)
+
+
+def test_batch_divisor():
+    assert parallel.batch_divisor(parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})) == 4
+    assert parallel.batch_divisor(parallel.make_mesh({"fsdp": -1})) == 8
+
+
+def test_rules_from_config_strings():
+    from bolt_jax.config import base_config
+    c = base_config()
+    rules = dict(parallel.normalize_rules(dict(c.rules)))
+    assert rules == dict(parallel.DEFAULT_RULES)
+    c.rules.vocab = ""
+    c.rules.batch = "data"
+    rules = dict(parallel.normalize_rules(dict(c.rules)))
+    assert rules["vocab"] is None and rules["batch"] == "data"
