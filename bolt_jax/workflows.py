@@ -86,3 +86,23 @@ def model_summary(config: ml_collections.ConfigDict) -> dict:
     print(f"forward {batch}x{seq}: first call (compile) {compile_s:.2f}s, then {step_s * 1e3:.1f} ms; "
           f"mean logit {out:.4f}")
     return {"num_params": n_params, "forward_ms": step_s * 1e3}
+
+
+def _validate_train(config: ml_collections.ConfigDict) -> None:
+    from bolt_jax.train.loop import validate_train_config
+    validate_train_config(config)
+
+
+@workflow("train")
+def train(config: ml_collections.ConfigDict):
+    """M-step: train (or resume) on the configured data; checkpoints, metrics, validation."""
+    from bolt_jax.train.loop import train as run_train
+    return run_train(config)
+
+
+def _register_validators() -> None:
+    from bolt_jax.config import VALIDATORS
+    VALIDATORS["train"] = _validate_train
+
+
+_register_validators()

@@ -1,0 +1,1 @@
+"""M-step trainer: optimizer and schedule, jitted step with accumulation, Orbax checkpoints, metrics, loop."""

@@ -1,0 +1,122 @@
+"""Orbax checkpoints of a training run: train state, data iterator state, and run metadata in one step directory.
+
+Orbax writes each step to a temporary directory and renames it when complete, so `latest_step()` only ever sees
+complete checkpoints: a crash mid-save leaves the previous one as the latest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+_log = logging.getLogger(__name__)
+
+
+def _is_grain_iterator(it: Any) -> bool:
+    try:
+        import grain
+    except ImportError:  # pragma: no cover - grain is a core dependency
+        return False
+    return isinstance(it, getattr(grain, "DatasetIterator", ())) or type(it).__module__.startswith("grain")
+
+
+class TrainCheckpointer:
+    """Async saves at an interval, a keep policy, automatic restore of the latest complete step."""
+
+    def __init__(self, directory: str, *, max_to_keep: int = 2, async_save: bool = True):
+        self.directory = os.path.abspath(directory)
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                                 enable_async_checkpointing=async_save))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def _data_args(self, iterator, restore: bool):
+        if iterator is None:
+            return None
+        if _is_grain_iterator(iterator):
+            import grain
+            return grain.checkpoint.CheckpointRestore(iterator) if restore else grain.checkpoint.CheckpointSave(iterator)
+        if restore:
+            return ocp.args.JsonRestore()
+        return ocp.args.JsonSave(iterator.get_state())
+
+    def save(self, step: int, state: Any, iterator=None, meta: dict | None = None, *, force: bool = False) -> bool:
+        items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(dict(meta or {}, step=int(step)))}
+        data = self._data_args(iterator, restore=False)
+        if data is not None:
+            items["data"] = data
+        saved = self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        if saved:
+            _log.info("checkpoint %d dispatched to %s", step, self.directory)
+        return saved
+
+    def restore(self, step: int, abstract_state: Any, iterator=None) -> tuple[Any, dict]:
+        """Restores into `abstract_state`'s shardings (ShapeDtypeStructs with .sharding); sets the iterator's state."""
+        items = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
+        data = self._data_args(iterator, restore=True)
+        if data is not None:
+            items["data"] = data
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        if iterator is not None and not _is_grain_iterator(iterator):
+            iterator.set_state(restored["data"])
+        return restored["state"], dict(restored["meta"])
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+class PreemptionWatcher:
+    """SIGTERM/SIGINT set a flag; the loop saves at the next step boundary and exits cleanly.
+
+    A second SIGINT falls through to the default handler (so Ctrl-C twice still kills a stuck run).
+    """
+
+    def __init__(self):
+        self.requested = threading.Event()
+        self.signal_name = ""
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum, frame):
+        if self.requested.is_set() and signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+        self.requested.set()
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+    def should_stop(self, step: int) -> bool:
+        """True on every process once any process was signalled (multi-host: JAX's preemption sync point)."""
+        if jax.process_count() > 1:
+            try:
+                from jax.experimental import multihost_utils
+                if multihost_utils.reached_preemption_sync_point(step):
+                    return True
+            except Exception:  # the preemption service is only present under jax.distributed
+                pass
+        return self.requested.is_set()

@@ -1,0 +1,359 @@
+"""The M-step training loop: sharded state, async metrics, validation, checkpoints with exact resume.
+
+Resume is automatic: if `run_dir/checkpoints` holds a complete checkpoint, the run continues from it (params,
+optimizer state, step, RNG and the data iterator's position), and the losses that follow equal those of an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from bolt_jax import parallel
+from bolt_jax.config import llama_config
+from bolt_jax.model import Llama, LlamaConfig
+from bolt_jax.model.llama import pure_dict
+from bolt_jax.train import batches as batches_lib
+from bolt_jax.train.checkpointing import PreemptionWatcher, TrainCheckpointer
+from bolt_jax.train.metrics import MetricsWriter, device_peak_flops
+from bolt_jax.train.optim import lr_schedule, make_optimizer
+from bolt_jax.train.step import BATCH_KEYS, CATEGORIES, make_eval_step, make_train_step
+
+_log = logging.getLogger("bolt_jax.train")
+KILL_AFTER_SAVE_ENV = "BOLT_TEST_SIGKILL_AFTER_STEP"  # test hook: SIGKILL self once this step's checkpoint is on disk
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def default_train_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({
+        "steps": 1000,
+        "global_batch_size": 8,  # sequences per optimizer step, over all processes
+        "micro_batch_size": 0,  # sequences per accumulation micro-step; 0 = no accumulation
+        "init_checkpoint": "",  # a model checkpoint (python -m convert hf-to-orbax); "" = random init
+        "log_every": 10,
+        "eval_every": 0,  # validation loss interval in steps; 0 = off
+        "eval_batches": 4,
+        "save_every": 500,
+        "keep_checkpoints": 2,
+        "async_checkpoint": True,
+        "loss_chunk_size": 512,  # positions per head/log-softmax chunk (memory); 0 = whole sequence
+        "progress_bar": True,
+    })
+
+
+def accum_steps(config: ml_collections.ConfigDict) -> int:
+    t = config.train
+    micro = t.micro_batch_size or t.global_batch_size
+    if t.global_batch_size % micro:
+        raise ValueError(f"config.train.global_batch_size={t.global_batch_size} is not a multiple of "
+                         f"config.train.micro_batch_size={micro}")
+    return t.global_batch_size // micro
+
+
+def validate_train_config(config: ml_collections.ConfigDict) -> None:
+    from bolt_jax.config import validate_mesh
+    t = config.train
+    a = accum_steps(config)
+    shape = dict(zip(parallel.MESH_AXES, validate_mesh(config)))
+    divisor = shape["data"] * shape["fsdp"]
+    micro = t.global_batch_size // a
+    if micro % divisor:
+        raise ValueError(f"the micro-batch ({micro} sequences) must be a multiple of data x fsdp = {divisor} "
+                         f"devices; change config.train.global_batch_size/micro_batch_size or config.mesh")
+    if t.steps <= 0 or t.save_every <= 0 or t.log_every <= 0:
+        raise ValueError("config.train.steps, save_every and log_every must be positive")
+
+
+# --------------------------------------------------------------------------------------------------- state
+class TrainSetup:
+    """Everything a run needs, built once: mesh, model graph, optimizer, shardings, jitted step."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+        self.model_cfg: LlamaConfig = llama_config(config.model)
+        self.mesh = parallel.make_mesh(dict(config.mesh))
+        self.rules = parallel.normalize_rules(dict(config.rules))
+        self.accum = accum_steps(config)
+        self.tx = make_optimizer(config.optim, config.train.steps)
+        self.schedule = lr_schedule(config.optim, config.train.steps)
+        abstract_model = nnx.eval_shape(lambda: Llama(self.model_cfg, nnx.Rngs(0)))
+        # Params travel as a plain nested dict of arrays (nnx.merge takes it), so optax and Orbax see a plain tree.
+        self.graphdef, abstract_state = nnx.split(abstract_model)
+        abstract_params = pure_dict(abstract_state)
+        self.param_shardings = pure_dict(parallel.state_shardings(abstract_state, self.mesh, self.rules))
+        abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
+        replicated = NamedSharding(self.mesh, P())
+        opt_shardings = optax.tree_map_params(self.tx, lambda _, s: s, abstract_opt, self.param_shardings,
+                                              transform_non_params=lambda _: replicated)
+        self.shardings = {"params": self.param_shardings, "opt_state": opt_shardings, "step": replicated,
+                          "rng": replicated}
+        self.abstract_state = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+            {"params": abstract_params, "opt_state": abstract_opt,
+             "step": jax.ShapeDtypeStruct((), jnp.int32), "rng": jax.ShapeDtypeStruct((2,), jnp.uint32)},
+            self.shardings)
+        seq = config.data.seq_len
+        batch_sharding = parallel.batch_sharding(self.mesh, 2)
+        self.abstract_batch = {k: jax.ShapeDtypeStruct((config.train.global_batch_size, seq),
+                                                       jnp.float32 if k == "loss_weights" else
+                                                       jnp.int8 if k == "categories" else jnp.int32,
+                                                       sharding=batch_sharding) for k in BATCH_KEYS}
+        step = make_train_step(self.graphdef, self.tx, self.schedule, accum_steps=self.accum,
+                               loss_chunk_size=config.train.loss_chunk_size)
+        self.train_step = jax.jit(step, donate_argnums=(0,), out_shardings=(self.shardings, replicated))
+        self.eval_step = jax.jit(make_eval_step(self.graphdef, config.train.loss_chunk_size),
+                                 out_shardings=replicated)
+
+    def mesh_context(self):
+        import contextlib
+        stack = contextlib.ExitStack()
+        stack.enter_context(jax.set_mesh(self.mesh))
+        stack.enter_context(parallel.logical_rules(self.rules))
+        return stack
+
+    def init_state(self) -> dict[str, Any]:
+        """Fresh state, every array created directly in its sharding."""
+        init_ckpt = self.config.train.init_checkpoint
+        with self.mesh_context():
+            if init_ckpt:
+                from bolt_jax.checkpoint import load_model
+                model, loaded_cfg, _ = load_model(init_ckpt, self.mesh, rules=self.rules)
+                _check_same_architecture(loaded_cfg, self.model_cfg, init_ckpt)
+                params = pure_dict(nnx.state(model, nnx.Param))
+                params = jax.tree.map(lambda x, s: jax.device_put(x.astype(self.model_cfg.jnp_param_dtype), s),
+                                      params, self.param_shardings)
+            else:
+                from bolt_jax.model import create_model
+                params = pure_dict(nnx.state(
+                    create_model(self.model_cfg, self.mesh, seed=self.config.seed, rules=self.rules), nnx.Param))
+            opt_state = jax.jit(self.tx.init, out_shardings=self.shardings["opt_state"])(params)
+            rng = jax.device_put(jax.random.key_data(jax.random.PRNGKey(self.config.seed)).astype(jnp.uint32),
+                                 self.shardings["rng"])
+            step = jax.device_put(jnp.zeros((), jnp.int32), self.shardings["step"])
+        return {"params": params, "opt_state": opt_state, "step": step, "rng": rng}
+
+
+def _check_same_architecture(loaded: LlamaConfig, wanted: LlamaConfig, path: str) -> None:
+    runtime = set(LlamaConfig().runtime_dict())
+    diffs = [f"{f.name}: checkpoint {getattr(loaded, f.name)} vs config {getattr(wanted, f.name)}"
+             for f in dataclasses.fields(LlamaConfig) if f.name not in runtime and f.name != "initializer_range"
+             and getattr(loaded, f.name) != getattr(wanted, f.name)]
+    if diffs:
+        raise ValueError(f"config.train.init_checkpoint={path} does not match config.model: " + "; ".join(diffs)
+                         + " (set config.model.hf_config to the checkpoint's config.json, or fix config.model)")
+
+
+# --------------------------------------------------------------------------------------------------- dry run
+def _bytes_per_device(tree) -> int:
+    total = 0
+    for x in jax.tree.leaves(tree):
+        shard = x.sharding.shard_shape(x.shape)
+        total += int(np.prod(shard)) * np.dtype(x.dtype).itemsize
+    return total
+
+
+def dry_run(config: ml_collections.ConfigDict) -> dict[str, float]:
+    """Compiles the train step for the configured mesh without allocating the state; prints per-device memory."""
+    setup = TrainSetup(config)
+    t0 = time.perf_counter()
+    with setup.mesh_context():
+        compiled = setup.train_step.lower(setup.abstract_state, setup.abstract_batch).compile()
+    compile_s = time.perf_counter() - t0
+    gib = 1024 ** 3
+    report = {
+        "params_gib": _bytes_per_device(setup.abstract_state["params"]) / gib,
+        "optimizer_gib": _bytes_per_device(setup.abstract_state["opt_state"]) / gib,
+        "batch_gib": _bytes_per_device(setup.abstract_batch) / gib,
+        "compile_s": compile_s,
+    }
+    mem = compiled.memory_analysis()
+    if mem is not None:
+        report["temp_gib"] = mem.temp_size_in_bytes / gib  # activations and other scratch
+        report["arguments_gib"] = mem.argument_size_in_bytes / gib
+        report["outputs_gib"] = mem.output_size_in_bytes / gib
+        report["alias_gib"] = mem.alias_size_in_bytes / gib
+        report["total_gib"] = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+                               + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes) / gib
+    if jax.process_index() == 0:
+        print(f"dry run on {parallel.mesh_summary(setup.mesh)}: global batch {config.train.global_batch_size} x "
+              f"{config.data.seq_len}, {setup.accum} micro-step(s), remat={setup.model_cfg.remat_policy}")
+        for k, v in report.items():
+            print(f"  {k:15s} {v:10.3f}")
+    return report
+
+
+# --------------------------------------------------------------------------------------------------- loop
+def _summary_table(rows: list[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
+
+
+def evaluate(setup: TrainSetup, params, config: ml_collections.ConfigDict) -> dict[str, float]:
+    """Validation loss on held-out raw documents: token-weighted mean over `eval_batches` batches."""
+    source = batches_lib.make_train_batches(config, setup.model_cfg.vocab_size, split="validation")
+    totals: dict[str, float] = {}
+    for _ in range(config.train.eval_batches):
+        try:
+            batch = next(source)
+        except StopIteration:
+            break
+        sums = jax.device_get(setup.eval_step(params, parallel.shard_batch(batch, setup.mesh)))
+        for k, v in sums.items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+    if not totals or totals["weight"] == 0:
+        return {}
+    out = {"loss": totals["loss"] / totals["weight"], "tokens": totals["weight"]}
+    for c in CATEGORIES:
+        if totals[f"count_{c}"] > 0:
+            out[f"loss_{c}"] = totals[f"nll_{c}"] / totals[f"count_{c}"]
+    return out
+
+
+def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Runs (or resumes) training; returns a summary with the per-step losses."""
+    validate_train_config(config)
+    if config.get("dry_run", False):
+        return dry_run(config)
+    setup = TrainSetup(config)
+    t = config.train
+    run_dir = os.path.abspath(config.run_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    if jax.process_index() == 0:
+        with open(os.path.join(run_dir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+    ckpt = TrainCheckpointer(os.path.join(run_dir, "checkpoints"), max_to_keep=t.keep_checkpoints,
+                             async_save=t.async_checkpoint)
+    source = batches_lib.make_train_batches(config, setup.model_cfg.vocab_size, split="train")
+    latest = ckpt.latest_step()
+    with setup.mesh_context():
+        if latest is not None:
+            state, meta = ckpt.restore(latest, setup.abstract_state, source)
+            _log.info("resumed from %s step %d", ckpt.directory, latest)
+        else:
+            state = setup.init_state()
+    start = int(jax.device_get(state["step"]))
+    writer = MetricsWriter(run_dir)
+    tokens_per_step = t.global_batch_size * config.data.seq_len
+    flops_per_token = setup.model_cfg.flops_per_token(config.data.seq_len)
+    peak = device_peak_flops()
+    kill_after = int(os.environ.get(KILL_AFTER_SAVE_ENV, "0") or 0)
+    losses: dict[int, float] = {}
+    history: list[dict[str, Any]] = []
+    bar = None
+    if t.progress_bar and jax.process_index() == 0:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+
+    timing = {"t": time.perf_counter(), "step": start}
+
+    def report(step_done: int, metrics_dev: dict[str, jax.Array], force_log: bool = False) -> dict[str, float]:
+        m = {k: float(v) for k, v in jax.device_get(metrics_dev).items()}
+        if not m.pop("finite"):
+            raise NonFiniteLossError(
+                f"non-finite loss or gradient at step {step_done} (loss={m['loss']}, grad_norm={m['grad_norm']}); "
+                f"the update was not applied and no checkpoint was written after it. The last good checkpoint "
+                f"({ckpt.latest_step()}) in {ckpt.directory} is intact. Lower config.optim.lr or check the data.")
+        losses[step_done] = m["loss"]
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['lr']:.2e}")
+        now = time.perf_counter()
+        if timing["step"] == start:  # the first step includes compilation: time from its end
+            timing.update(t=now, step=step_done)
+        if step_done % t.log_every == 0 or force_log or step_done == t.steps:
+            n = step_done - timing["step"]
+            if n > 0:
+                step_time = (now - timing["t"]) / n
+                timing.update(t=now, step=step_done)
+                m["step_time_s"] = step_time
+                m["tokens_per_s"] = tokens_per_step / step_time
+                if peak:
+                    m["mfu"] = flops_per_token * m["tokens_per_s"] / (peak * jax.device_count())
+            m["total_tokens"] = step_done * tokens_per_step
+            writer.write(step_done, m)
+            history.append(dict(m, step=step_done))
+        return m
+
+    pending: tuple[int, Any] | None = None
+    stopped_by = ""
+    try:
+        with setup.mesh_context(), PreemptionWatcher() as watcher:
+            for step in range(start, t.steps):
+                batch = parallel.shard_batch(next(source), setup.mesh)
+                state, metrics = setup.train_step(state, batch)
+                if pending is not None:  # fetch step n-1's metrics while step n runs
+                    report(*pending)
+                pending = (step + 1, metrics)
+                done = step + 1
+                preempt = watcher.should_stop(done)
+                if done % t.save_every == 0 or done == t.steps or preempt:
+                    report(*pending)  # never checkpoint a state we have not checked
+                    pending = None
+                    ckpt.save(done, state, source, meta={"config": json.loads(config.to_json_best_effort())},
+                              force=True)
+                    if kill_after and done == kill_after:
+                        ckpt.wait()
+                        os.kill(os.getpid(), 9)
+                if t.eval_every and done % t.eval_every == 0:
+                    val = evaluate(setup, state["params"], config)
+                    writer.write(done, val, prefix="val_")
+                    history.append({"step": done, **{f"val_{k}": v for k, v in val.items()}})
+                if preempt:
+                    stopped_by = watcher.signal_name or "preemption"
+                    break
+            if pending is not None:
+                report(*pending)
+    finally:
+        ckpt.close()
+        writer.close()
+        if bar is not None:
+            bar.close()
+
+    summary = _finish(config, setup, losses, history, start, stopped_by, run_dir)
+    return summary
+
+
+def _finish(config, setup, losses, history, start, stopped_by, run_dir) -> dict[str, Any]:
+    t = config.train
+    logged = [h for h in history if "tokens_per_s" in h]
+    vals = [h for h in history if "val_loss" in h]
+    steps_run = len(losses)
+    summary = {
+        "steps": max(losses) if losses else start, "steps_this_run": steps_run, "resumed_from": start,
+        "first_loss": losses[min(losses)] if losses else math.nan,
+        "final_loss": losses[max(losses)] if losses else math.nan,
+        "losses": losses, "stopped_by": stopped_by,
+        "tokens_per_s": float(np.median([h["tokens_per_s"] for h in logged[1:] or logged])) if logged else math.nan,
+        "val_loss": vals[-1]["val_loss"] if vals else math.nan,
+    }
+    if jax.process_index() == 0:
+        rows = [("run dir", run_dir), ("mesh", parallel.mesh_summary(setup.mesh)),
+                ("steps", f"{summary['steps']} / {t.steps} ({steps_run} this run, resumed from {start})"),
+                ("loss first -> last", f"{summary['first_loss']:.4f} -> {summary['final_loss']:.4f}"),
+                ("validation loss", f"{summary['val_loss']:.4f}"),
+                ("tokens/s (median)", f"{summary['tokens_per_s']:,.0f}")]
+        if logged and "mfu" in logged[-1]:
+            rows.append(("MFU", f"{logged[-1]['mfu']:.1%}"))
+        if stopped_by:
+            rows.append(("stopped by", f"{stopped_by} (checkpoint saved; rerun the same command to resume)"))
+        print("\ntraining summary\n" + _summary_table(rows))
+        with open(os.path.join(run_dir, "summary.json"), "w") as f:
+            json.dump({k: v for k, v in summary.items() if k != "losses"}, f, indent=2)
+    return summary

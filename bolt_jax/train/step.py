@@ -1,0 +1,134 @@
+"""The jitted M-step: loss, gradient accumulation over micro-batches, one clipped AdamW update.
+
+The loss is the token-weighted mean of the next-token NLL over the whole global batch, so accumulating A
+micro-batches gives exactly the gradient of one batch A times larger (the original divides each micro-batch's mean
+by A, which differs when micro-batches hold different numbers of target tokens). The head and log-softmax run in
+sequence chunks under remat, so the full fp32 logits of a batch never sit in memory at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from bolt_jax.parallel import constrain
+
+# Token categories of a target position, for the loss split (0 = not a target: padding or masked).
+CATEGORIES = {"text": 1, "thought": 2, "special": 3}
+BATCH_KEYS = ("inputs", "targets", "positions", "segment_ids", "loss_weights", "categories")
+
+
+def token_nll(model, h_BxSxD, targets_BxS, chunk_size: int):
+    """Per-token NLL [B, S] in fp32, computing logits `chunk_size` positions at a time (rematerialised)."""
+    b, s, d = h_BxSxD.shape
+    kernel = model.head_kernel().astype(h_BxSxD.dtype)
+    chunk = min(chunk_size, s) if chunk_size > 0 else s
+    if s % chunk:
+        chunk = s  # uneven: one chunk (shapes in training are fixed, so this is a config choice, not a surprise)
+    n = s // chunk
+
+    @jax.checkpoint
+    def one(h_BxCxD, t_BxC):
+        logits = jnp.einsum("bcd,dv->bcv", h_BxCxD, kernel, preferred_element_type=jnp.float32)
+        logits = constrain(logits, ("batch", "act_seq", "act_vocab"))
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        target_logit = jnp.take_along_axis(logits, t_BxC[..., None], axis=-1)[..., 0]
+        return lse - target_logit
+
+    if n == 1:
+        return one(h_BxSxD, targets_BxS)
+    h_NxBxCxD = h_BxSxD.reshape(b, n, chunk, d).swapaxes(0, 1)
+    t_NxBxC = targets_BxS.reshape(b, n, chunk).swapaxes(0, 1)
+    nll_NxBxC = jax.lax.map(lambda xs: one(*xs), (h_NxBxCxD, t_NxBxC))
+    return nll_NxBxC.swapaxes(0, 1).reshape(b, s)
+
+
+def loss_sums(model, batch: dict[str, jax.Array], chunk_size: int) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Sum of weighted NLL over the batch, and per-category sums and counts for the loss split."""
+    h = model.hidden_states(batch["inputs"], batch["positions"], batch["segment_ids"])
+    nll = token_nll(model, h, batch["targets"], chunk_size)
+    weights = batch["loss_weights"].astype(jnp.float32)
+    total = jnp.sum(nll * weights)
+    aux = {"weight": jnp.sum(weights)}
+    for name, cat in CATEGORIES.items():
+        is_cat = (batch["categories"] == cat).astype(jnp.float32)
+        aux[f"nll_{name}"] = jnp.sum(nll * is_cat)
+        aux[f"count_{name}"] = jnp.sum(is_cat)
+    return total, aux
+
+
+def split_micro_batches(batch: dict[str, jax.Array], accum_steps: int) -> dict[str, jax.Array]:
+    """[B, S] -> [A, B/A, S]; micro-batch a takes rows a, a+A, ... so every micro-batch spans all devices."""
+    def split(x):
+        b = x.shape[0]
+        x = x.reshape(b // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1)
+        return constrain(x, (None, "batch") + (None,) * (x.ndim - 2))
+    return {k: split(v) for k, v in batch.items()}
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: Callable, *, accum_steps: int,
+                    loss_chunk_size: int):
+    """Returns step(state, batch) -> (state, metrics); state = {params, opt_state, step, rng}."""
+
+    def loss_fn(params, micro):
+        model = nnx.merge(graphdef, params)
+        return loss_sums(model, micro, loss_chunk_size)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def step(state: dict[str, Any], batch: dict[str, jax.Array]):
+        params = state["params"]
+        micro = split_micro_batches(batch, accum_steps)
+        zeros = jax.tree.map(jnp.zeros_like, params)
+
+        def accumulate(carry, mb):
+            grads, sums = carry
+            (loss, aux), g = grad_fn(params, mb)
+            sums = jax.tree.map(jnp.add, sums, dict(aux, loss=loss))
+            return (jax.tree.map(jnp.add, grads, g), sums), None
+
+        sums0 = {k: jnp.zeros((), jnp.float32) for k in ["loss", "weight"] + [
+            f"{p}_{c}" for c in CATEGORIES for p in ("nll", "count")]}
+        if accum_steps == 1:
+            (grads, sums), _ = accumulate((zeros, sums0), jax.tree.map(lambda x: x[0], micro))
+        else:
+            (grads, sums), _ = jax.lax.scan(accumulate, (zeros, sums0), micro)
+        denom = jnp.maximum(sums["weight"], 1.0)
+        grads = jax.tree.map(lambda g: g / denom, grads)
+        loss = sums["loss"] / denom
+        grad_norm = optax.tree.norm(grads)
+        updates, new_opt_state = tx.update(grads, state["opt_state"], params)
+        new_params = optax.apply_updates(params, updates)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        # A non-finite step changes nothing: the loop stops on it and the last good state stays intact.
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+        new_state = {
+            "params": keep(new_params, params),
+            "opt_state": keep(new_opt_state, state["opt_state"]),
+            "step": state["step"] + finite.astype(state["step"].dtype),
+            "rng": jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])),
+        }
+        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state["step"]), "finite": finite,
+                   "target_tokens": sums["weight"]}
+        for c in CATEGORIES:
+            count = sums[f"count_{c}"]
+            metrics[f"loss_{c}"] = jnp.where(count > 0, sums[f"nll_{c}"] / jnp.maximum(count, 1.0), jnp.nan)
+            metrics[f"tokens_{c}"] = count
+        return new_state, metrics
+
+    return step
+
+
+def make_eval_step(graphdef, loss_chunk_size: int):
+    """Returns eval(params, batch) -> sums (weighted NLL, weight, per-category), for validation loss."""
+
+    def evaluate(params, batch):
+        model = nnx.merge(graphdef, params)
+        total, aux = loss_sums(model, batch, loss_chunk_size)
+        return dict(aux, loss=total)
+
+    return evaluate

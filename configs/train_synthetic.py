@@ -1,0 +1,23 @@
+"""Train a small Llama on random tokens: a smoke test of the trainer and the base of bench/train_step.py."""
+
+import ml_collections
+
+from bolt_jax.config import base_config, model_config_dict
+from bolt_jax.train.loop import default_train_config
+from bolt_jax.train.optim import default_optim_config
+
+
+def get_config(preset: str = "tiny"):
+    c = base_config()
+    c.workflow = "train"
+    c.run_dir = "runs/train_synthetic"
+    c.model = model_config_dict(preset)
+    c.train = default_train_config()
+    c.train.steps = 20
+    c.train.save_every = 10
+    c.optim = default_optim_config()
+    c.optim.lr = 1e-3
+    c.optim.warmup_steps = 5
+    c.data = ml_collections.ConfigDict({"source": "synthetic", "seq_len": 64, "synthetic_docs_per_row": 2})
+    c.dry_run = False  # True: compile the step and print per-device memory, run nothing
+    return c
