@@ -19,7 +19,7 @@ $(VENV)/.created:
 # Test environment: the package with test extras, plus torch installed first (so nothing pulls another build).
 $(VENV)/.installed-test: $(VENV)/.created pyproject.toml
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test,tensorboard]"
+	$(PY) -m pip install -q -e ".[test]"
 	@touch $@
 
 # Demo environment: the package only; no torch.
