@@ -1,0 +1,263 @@
+"""The training data pipeline (Grain): corpus -> formatted documents -> tokens -> packed rows -> host-local batches.
+
+    it = make_batches(config, split="train")        # config.data = default_data_config() (+ overrides)
+    batch = next(it)                                  # numpy, [local_rows, seq_len] each, keys ROW_KEYS
+    state = it.get_state(); ...; it.set_state(state)  # JSON-able dict; restores the exact next batch
+    global_batch = to_global(batch, mesh)             # jax arrays sharded over the mesh's batch axes
+
+Batch keys (bolt_jax.data.packing): inputs, targets (already shifted: the trainer does not shift), segment_ids
+(0 = padding), positions, categories (of the target: 1 text, 2 thought, 3 special; 0 padding), loss_weights.
+
+Determinism. The global document stream is a pure function of the seed: position p of the stream is document
+perm_e[p mod N] of epoch e = p // N (perm_e a Grain shuffle of the corpus, reshuffled every epoch; identity with
+shuffle_documents=False, as the original), formatted with its own RNG default_rng([seed, 2, p]) (coin flips,
+raw-mix draws). Process k of n takes stream positions k, k+n, k+2n, ... (only those records are read) and packs
+them into rows; `global_batch_size / n` rows make its batch, and the global batch is the processes' batches in
+process order. Batch i is therefore a function of (seed, i) for a given process count.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterator
+
+import grain
+import ml_collections
+import numpy as np
+
+from bolt_jax.data.formats import FORMATS, format_document
+from bolt_jax.data.packing import (PACKING_MODES, ROW_KEYS, LossWeights, RowAssembler, document_pairs,
+                                   first_offset, stack_rows)
+from bolt_jax.data.readers import CorpusSource, open_corpus
+from bolt_jax.data.tokenizer import BoltTokenizer, cached_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+    """`config.data`: every field of the data pipeline, with the original's defaults where it has them."""
+    c = ml_collections.ConfigDict()
+    c.source = "corpus"  # "corpus": this pipeline; the trainer also knows "synthetic" (random tokens)
+    # Corpora: a .jsonl/.parquet file, a directory of them (e.g. a `prepare` output split), tfds:NAME[:SPLIT]
+    # or tfds_dir:PATH[:SPLIT]. validation_path may be "" (no validation data).
+    c.train_path = ""
+    c.validation_path = ""
+    c.tfds_data_dir = ""  # data_dir for tfds: sources ("" = TFDS default)
+    c.strict = False  # True: a malformed record is fatal; False: counted, reported (file:line) and skipped
+    # HF tokenizer directory (tokenizer.json); must hold the four BoLT special tokens as single ids.
+    c.tokenizer_path = ""
+    # How a record becomes text: raw | prior | posterior | random | prior_only | posterior_only | pure
+    # ("random" is the original's thought-augmented training format; "raw" the raw baselines).
+    c.latent_type = "random"
+    c.validation_latent_type = "raw"  # validation NLL is on raw text, as the original
+    c.mix_in_raw_ratio = 0.0  # probability of emitting an augmented document raw instead
+    c.fall_back_to_raw = False  # a record without chunks: True -> raw text; False -> error
+    c.seq_len = 2048
+    c.global_batch_size = 0  # rows per step over all processes; 0 = take config.train.global_batch_size
+    c.seed = -1  # -1 = take the top-level config.seed
+    c.shuffle_documents = False  # reshuffle the document order every epoch (the original never shuffles)
+    c.num_epochs = -1  # passes over the training corpus; -1 = infinite (validation is always one pass)
+    c.packing = "concat"  # concat (the original: no document mask) | document (segment ids per document)
+    # Loss weights of targets by category (the original: all 1; set e.g. thought_weight=0 for ablations).
+    c.text_weight = 1.0
+    c.thought_weight = 1.0
+    c.special_weight = 1.0
+    c.prefetch_threads = 0  # >0: a background thread prefetches this many batches (state stays exact)
+    return c
+
+
+def _resolve(config: ml_collections.ConfigDict, split: str) -> dict[str, Any]:
+    data = config.data if "data" in config else config
+    defaults = default_data_config()
+    get = lambda k: data.get(k, defaults[k])  # noqa: E731
+    seed = get("seed")
+    if seed is None or seed < 0:
+        seed = config.get("seed", 0)
+    batch = get("global_batch_size")
+    if not batch:
+        train = config.get("train", None)
+        batch = train.get("global_batch_size", 0) if train is not None else 0
+    if not batch or batch < 1:
+        raise ValueError("data.global_batch_size (or train.global_batch_size) must be a positive number of rows")
+    is_train = split == "train"
+    path = get("train_path") if is_train else get("validation_path")
+    if not path:
+        raise ValueError(f"data.{'train' if is_train else 'validation'}_path is not set (a corpus file, a directory, "
+                         "tfds:NAME[:SPLIT] or tfds_dir:PATH[:SPLIT])")
+    latent_type = get("latent_type") if is_train else get("validation_latent_type")
+    if (latent_type or "raw") not in FORMATS:
+        raise ValueError(f"data.latent_type {latent_type!r} is not one of {sorted(FORMATS)}")
+    if get("packing") not in PACKING_MODES:
+        raise ValueError(f"data.packing {get('packing')!r} is not one of {PACKING_MODES}")
+    if not get("tokenizer_path"):
+        raise ValueError("data.tokenizer_path is not set (a Hugging Face tokenizer directory)")
+    return dict(path=path, strict=get("strict"), tfds_data_dir=get("tfds_data_dir") or None,
+                tokenizer_path=get("tokenizer_path"), latent_type=latent_type or "raw",
+                mix_in_raw_ratio=get("mix_in_raw_ratio") if is_train else 0.0,
+                fall_back_to_raw=get("fall_back_to_raw"), seq_len=get("seq_len"), global_batch_size=batch,
+                seed=int(seed) + (0 if is_train else 1), shuffle=get("shuffle_documents") if is_train else False,
+                num_epochs=(None if get("num_epochs") < 0 else get("num_epochs")) if is_train else 1,
+                packing=get("packing"), prefetch_threads=get("prefetch_threads"),
+                weights=LossWeights(get("text_weight"), get("thought_weight"), get("special_weight")))
+
+
+class FormatAndTokenize:
+    """(stream position, document index) -> {"tokens", "categories"} of the formatted document."""
+
+    def __init__(self, corpus: CorpusSource, tokenizer_path: str, latent_type: str, seed: int,
+                 mix_in_raw_ratio: float, fall_back_to_raw: bool):
+        self.corpus, self.tokenizer_path = corpus, tokenizer_path
+        self.latent_type, self.seed = latent_type, seed
+        self.mix_in_raw_ratio, self.fall_back_to_raw = mix_in_raw_ratio, fall_back_to_raw
+
+    def __call__(self, item: tuple[int, int]) -> dict[str, np.ndarray]:
+        position, doc_index = item
+        tok = cached_tokenizer(self.tokenizer_path)
+        rng = np.random.default_rng([self.seed, 2, position])
+        pieces = format_document(self.corpus[doc_index], self.latent_type, rng,
+                                 mix_in_raw_ratio=self.mix_in_raw_ratio, fall_back_to_raw=self.fall_back_to_raw,
+                                 bos=tok.bos_text, eos=tok.eos_text)
+        tokens, categories = tok.encode_document(pieces)
+        return {"tokens": tokens, "categories": categories}
+
+
+def _with_position(position: int, doc_index: int) -> tuple[int, int]:
+    return position, int(doc_index)
+
+
+def document_stream(corpus_len: int, *, seed: int, shuffle: bool, num_epochs: int | None, process_index: int,
+                    process_count: int) -> grain.MapDataset:
+    """(stream position, document index) pairs of this process's share of the global document stream."""
+    if corpus_len == 0:
+        raise ValueError("the corpus has no usable records")
+    ds = grain.MapDataset.range(corpus_len)
+    if shuffle:
+        ds = ds.shuffle(seed=seed)
+    ds = ds.repeat(num_epochs)
+    ds = ds.map_with_index(_with_position)
+    return ds[process_index::process_count]
+
+
+class _PackIterator(grain.DatasetIterator):
+    def __init__(self, parent: grain.DatasetIterator, seq_len: int, mode: str, eos_id: int, weights: LossWeights,
+                 rows: int, pad_last: bool):
+        super().__init__(parent)
+        self._asm = RowAssembler(seq_len, mode, weights)
+        self._mode, self._eos_id, self._rows, self._pad_last = mode, eos_id, rows, pad_last
+        self._doc_state = parent.get_state()  # parent state *before* the document being consumed
+        self._pending_offset: int | None = first_offset(mode)  # skip this many pairs of the next document
+        self._exhausted = False
+
+    def _next_document(self):
+        state = self._parent.get_state()
+        try:
+            doc = next(self._parent)
+        except StopIteration:
+            return None
+        self._doc_state = state
+        return document_pairs(doc["tokens"], doc["categories"], self._mode, self._eos_id)
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._exhausted:
+            raise StopIteration
+        if self._pending_offset is not None:  # start or restore: the first document, entered at its offset
+            offset, self._pending_offset = self._pending_offset, None
+            pairs = self._next_document()
+            if pairs is None:
+                self._exhausted = True
+                raise StopIteration
+            self._asm.push(pairs, offset)
+        rows = []
+        for _ in range(self._rows):
+            row, complete = self._asm.fill_row(self._next_document)
+            if not complete:
+                self._exhausted = True
+                if (row["segment_ids"] > 0).any() and self._pad_last:
+                    rows.append(row)
+                break
+            rows.append(row)
+        if not rows:
+            raise StopIteration
+        while len(rows) < self._rows:  # the end of a finite stream: pad with empty rows (weight 0)
+            rows.append({k: np.zeros_like(v) for k, v in rows[0].items()})
+        return stack_rows(rows)
+
+    def get_state(self) -> dict[str, Any]:
+        if self._pending_offset is not None:
+            return {"document": self._doc_state, "offset": self._pending_offset, "exhausted": self._exhausted}
+        return {"document": self._doc_state, "offset": self._asm.offset, "exhausted": self._exhausted}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._parent.set_state(state["document"])
+        self._doc_state = state["document"]
+        self._pending_offset = int(state["offset"])
+        self._exhausted = bool(state.get("exhausted", False))
+
+
+class PackedBatches(grain.IterDataset):
+    """Grain IterDataset: documents {"tokens", "categories"} -> batches of `rows` packed rows."""
+
+    def __init__(self, parent: grain.IterDataset, *, seq_len: int, mode: str, eos_id: int, weights: LossWeights,
+                 rows: int, pad_last: bool = True):
+        super().__init__(parent)
+        self._kw = dict(seq_len=seq_len, mode=mode, eos_id=eos_id, weights=weights, rows=rows, pad_last=pad_last)
+
+    def __iter__(self) -> _PackIterator:
+        return _PackIterator(self._parent.__iter__(), **self._kw)
+
+
+def build_dataset(*, corpus: CorpusSource, tokenizer: BoltTokenizer, latent_type: str, seq_len: int, rows: int,
+                  seed: int, packing: str = "concat", shuffle: bool = False, num_epochs: int | None = None,
+                  mix_in_raw_ratio: float = 0.0, fall_back_to_raw: bool = False,
+                  weights: LossWeights = LossWeights(), process_index: int = 0, process_count: int = 1,
+                  prefetch_threads: int = 0) -> grain.IterDataset:
+    """The pipeline as a Grain IterDataset of host-local batches ([rows, seq_len] per key)."""
+    stream = document_stream(len(corpus), seed=seed, shuffle=shuffle, num_epochs=num_epochs,
+                             process_index=process_index, process_count=process_count)
+    docs = stream.map(FormatAndTokenize(corpus, tokenizer.path, latent_type, seed, mix_in_raw_ratio,
+                                        fall_back_to_raw))
+    ds: grain.IterDataset = PackedBatches(docs.to_iter_dataset(), seq_len=seq_len, mode=packing,
+                                          eos_id=tokenizer.eos_id, weights=weights, rows=rows)
+    if prefetch_threads > 0:
+        ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch_threads)
+    return ds
+
+
+def make_batches(config: ml_collections.ConfigDict, split: str = "train", *, process_index: int | None = None,
+                 process_count: int | None = None):
+    """A checkpointable iterator (get_state/set_state) of this process's batches for `split` ("train" or
+    "validation"). `config` is the full run config (uses config.data, config.seed, config.train.global_batch_size)
+    or a data section alone."""
+    import jax
+
+    opts = _resolve(config, split)
+    pi = jax.process_index() if process_index is None else process_index
+    pc = jax.process_count() if process_count is None else process_count
+    if opts["global_batch_size"] % pc:
+        raise ValueError(f"global batch {opts['global_batch_size']} is not divisible by the {pc} processes")
+    tokenizer = cached_tokenizer(opts["tokenizer_path"])
+    corpus = open_corpus(opts["path"], strict=opts["strict"], tfds_data_dir=opts["tfds_data_dir"])
+    if corpus.report.num_malformed:
+        log.warning("data %s: %s", split, corpus.report.summary())
+    ds = build_dataset(corpus=corpus, tokenizer=tokenizer, latent_type=opts["latent_type"], seq_len=opts["seq_len"],
+                       rows=opts["global_batch_size"] // pc, seed=opts["seed"], packing=opts["packing"],
+                       shuffle=opts["shuffle"], num_epochs=opts["num_epochs"],
+                       mix_in_raw_ratio=opts["mix_in_raw_ratio"], fall_back_to_raw=opts["fall_back_to_raw"],
+                       weights=opts["weights"], process_index=pi, process_count=pc,
+                       prefetch_threads=opts["prefetch_threads"])
+    return iter(ds)
+
+
+def to_global(batch: dict[str, np.ndarray], mesh) -> dict[str, Any]:
+    """Host-local batch -> global jax arrays sharded over the mesh's batch axes (processes in order)."""
+    from bolt_jax.parallel import shard_batch
+
+    return shard_batch(batch, mesh)
+
+
+def iterate(it) -> Iterator[dict[str, np.ndarray]]:
+    """Plain iteration helper (for scripts)."""
+    yield from it
+
+
+assert set(ROW_KEYS) == {"inputs", "targets", "segment_ids", "positions", "categories", "loss_weights"}

@@ -1,0 +1,295 @@
+"""Corpus readers: JSONL, Parquet and TFDS, with malformed records counted and reported, never silently dropped.
+
+A usable record is a JSON object with a string `text` or `content`, or an augmented record (`chunks`), or a WRAP
+record (`latent`). Anything else (bad JSON, not an object, none of those fields) is *malformed*: it is counted in
+the `ReadReport` with its file and line (row for Parquet, index for TFDS) and skipped, or with `strict=True` it
+raises `MalformedRecordError` naming the place.
+
+Sources:
+  path/to/file.jsonl | file.parquet           one file
+  path/to/dir                                 every *.jsonl (else *.parquet) in it, sorted by name
+  tfds:NAME[/CONFIG][:SPLIT]                  tfds.data_source(NAME, split=SPLIT, data_dir=tfds_data_dir); with
+                                              internet this also reaches TFDS's Hugging Face datasets (huggingface:x)
+  tfds_dir:PATH[:SPLIT]                       a prepared local TFDS builder directory (tfds.builder_from_directory)
+
+`open_corpus(source)` gives a random-access `CorpusSource` (len, [i]) for the training pipeline: JSONL files are
+indexed by line offsets (saved next to the file as `<file>.idx.npy` by `prepare`, so processes read only the
+lines of their share), Parquet and TFDS are read through pyarrow / TFDS data sources.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+TEXT_KEYS = ("text", "content")
+MAX_REPORTED = 20  # malformed records listed individually in a report (all are counted)
+
+
+class MalformedRecordError(ValueError):
+    pass
+
+
+@dataclass
+class ReadReport:
+    """What reading a corpus met: records read, malformed ones (counted; the first MAX_REPORTED listed)."""
+
+    num_read: int = 0
+    num_malformed: int = 0
+    malformed: list[str] = field(default_factory=list)  # "file:line: reason"
+
+    def add_malformed(self, where: str, reason: str, strict: bool) -> None:
+        msg = f"{where}: {reason}"
+        if strict:
+            raise MalformedRecordError(f"malformed record at {msg} (strict mode; set strict=False to skip and "
+                                       "count malformed records)")
+        self.num_malformed += 1
+        if len(self.malformed) < MAX_REPORTED:
+            self.malformed.append(msg)
+        log.warning("skipping malformed record at %s", msg)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"num_read": self.num_read, "num_malformed": self.num_malformed, "malformed": list(self.malformed)}
+
+    def summary(self) -> str:
+        s = f"{self.num_read} records read, {self.num_malformed} malformed"
+        if self.malformed:
+            s += ": " + "; ".join(self.malformed[:5]) + (" ..." if self.num_malformed > 5 else "")
+        return s
+
+
+def record_problem(record: Any) -> str | None:
+    """None if `record` is usable, else the reason it is malformed."""
+    if not isinstance(record, dict):
+        return f"not a JSON object ({type(record).__name__})"
+    for key in TEXT_KEYS:
+        if key in record:
+            return None if isinstance(record[key], str) else f"'{key}' is not a string"
+    if "chunks" in record:
+        from bolt_jax.data.schema import validate_augmented
+
+        return validate_augmented(record)
+    if isinstance(record.get("latent"), str):
+        return None
+    return f"no 'text' or 'content' field (keys: {sorted(record)[:8]})"
+
+
+def parse_jsonl_line(line: bytes | str, where: str, report: ReadReport, strict: bool) -> dict | None:
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        report.add_malformed(where, f"invalid JSON ({e.msg if hasattr(e, 'msg') else e})", strict)
+        return None
+    problem = record_problem(record)
+    if problem:
+        report.add_malformed(where, problem, strict)
+        return None
+    report.num_read += 1
+    return record
+
+
+def iter_jsonl(path: str, report: ReadReport | None = None, strict: bool = False) -> Iterator[dict]:
+    """Records of one JSONL file; blank lines are skipped (not records), malformed ones reported."""
+    report = report if report is not None else ReadReport()
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            record = parse_jsonl_line(line, f"{path}:{lineno}", report, strict)
+            if record is not None:
+                yield record
+
+
+def iter_parquet(path: str, report: ReadReport | None = None, strict: bool = False,
+                 batch_size: int = 1024) -> Iterator[dict]:
+    import pyarrow.parquet as pq
+
+    report = report if report is not None else ReadReport()
+    row = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
+        for record in batch.to_pylist():
+            row += 1
+            problem = record_problem(record)
+            if problem:
+                report.add_malformed(f"{path}:row {row}", problem, strict)
+                continue
+            report.num_read += 1
+            yield record
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray) and value.dtype == object:
+        return [_decode(v) for v in value.tolist()]
+    if isinstance(value, dict):
+        return {k: _decode(v) for k, v in value.items()}
+    return value
+
+
+def tfds_source(spec: str, data_dir: str | None = None):
+    """A TFDS random-access data source from 'tfds:NAME[:SPLIT]' or 'tfds_dir:PATH[:SPLIT]'."""
+    import tensorflow_datasets as tfds
+
+    kind, _, rest = spec.partition(":")
+    target, _, split = rest.rpartition(":") if rest.count(":") else (rest, "", "train")
+    split = split or "train"
+    if kind == "tfds":
+        return tfds.data_source(target, split=split, data_dir=data_dir)
+    if kind == "tfds_dir":
+        return tfds.builder_from_directory(target).as_data_source(split=split)
+    raise ValueError(f"not a TFDS source spec: {spec!r} (use tfds:NAME[:SPLIT] or tfds_dir:PATH[:SPLIT])")
+
+
+def iter_tfds(spec: str, report: ReadReport | None = None, strict: bool = False,
+              data_dir: str | None = None) -> Iterator[dict]:
+    report = report if report is not None else ReadReport()
+    src = tfds_source(spec, data_dir)
+    for i in range(len(src)):
+        record = _decode(src[i])
+        problem = record_problem(record)
+        if problem:
+            report.add_malformed(f"{spec}:index {i}", problem, strict)
+            continue
+        report.num_read += 1
+        yield record
+
+
+def is_tfds(source: str) -> bool:
+    return source.startswith(("tfds:", "tfds_dir:"))
+
+
+def corpus_files(path: str) -> list[str]:
+    """The data files of a file or directory source (JSONL preferred over Parquet in a directory)."""
+    if os.path.isfile(path):
+        return [path]
+    if os.path.isdir(path):
+        for pattern in ("*.jsonl", "*.parquet"):
+            files = sorted(glob.glob(os.path.join(path, pattern)))
+            if files:
+                return files
+        raise FileNotFoundError(f"no *.jsonl or *.parquet files in corpus directory {path!r}")
+    raise FileNotFoundError(f"corpus {path!r} does not exist (a .jsonl/.parquet file, a directory of them, "
+                            "tfds:NAME[:SPLIT] or tfds_dir:PATH[:SPLIT])")
+
+
+def iter_corpus(source: str, report: ReadReport | None = None, strict: bool = False,
+                tfds_data_dir: str | None = None) -> Iterator[dict]:
+    """Every usable record of a source, in order."""
+    report = report if report is not None else ReadReport()
+    if is_tfds(source):
+        yield from iter_tfds(source, report, strict, tfds_data_dir)
+        return
+    for path in corpus_files(source):
+        if path.endswith(".parquet"):
+            yield from iter_parquet(path, report, strict)
+        elif path.endswith(".jsonl") or path.endswith(".json"):
+            yield from iter_jsonl(path, report, strict)
+        else:
+            raise ValueError(f"unsupported corpus file {path!r}: use .jsonl or .parquet")
+
+
+# ---- random access, for the training pipeline ------------------------------------------------------------------
+
+
+def index_path(jsonl_path: str) -> str:
+    return jsonl_path + ".idx.npy"
+
+
+def build_line_index(path: str, report: ReadReport, strict: bool) -> np.ndarray:
+    """Byte offsets [start, end) of every usable line, as an int64 [N, 2] array (malformed lines reported)."""
+    spans = []
+    with open(path, "rb") as f:
+        offset = 0
+        for lineno, line in enumerate(f, 1):
+            start, offset = offset, offset + len(line)
+            if not line.strip():
+                continue
+            if parse_jsonl_line(line, f"{path}:{lineno}", report, strict) is not None:
+                spans.append((start, offset))
+    return np.asarray(spans, np.int64).reshape(-1, 2)
+
+
+def save_line_index(path: str, spans: np.ndarray) -> None:
+    target = index_path(path)
+    tmp = target + ".tmp.npy"
+    np.save(tmp, np.concatenate([spans, np.array([[os.path.getsize(path), -1]], np.int64)]))
+    os.replace(tmp, target)
+
+
+def load_line_index(path: str) -> np.ndarray | None:
+    """The saved index if it exists and matches the file's size, else None."""
+    target = index_path(path)
+    if not os.path.exists(target):
+        return None
+    saved = np.load(target)
+    if len(saved) == 0 or saved[-1, 0] != os.path.getsize(path):
+        log.warning("ignoring stale line index %s (file size changed)", target)
+        return None
+    return saved[:-1]
+
+
+class CorpusSource(Sequence[dict]):
+    """Random access to the usable records of a corpus (len, [i]). Reads JSONL lines lazily by offset."""
+
+    def __init__(self, source: str, strict: bool = False, tfds_data_dir: str | None = None):
+        self.source, self.strict = source, strict
+        self.report = ReadReport()
+        self._files: list[str] = []
+        self._spans: list[np.ndarray] = []
+        self._records: list[dict] | None = None
+        self._tfds = None
+        if is_tfds(source):
+            self._tfds = tfds_source(source, tfds_data_dir)
+            self._length = len(self._tfds)
+            return
+        files = corpus_files(source)
+        if all(f.endswith(".jsonl") for f in files):
+            for f in files:
+                spans = load_line_index(f)
+                if spans is None:
+                    spans = build_line_index(f, self.report, strict)
+                else:
+                    self.report.num_read += len(spans)
+                self._files.append(f)
+                self._spans.append(spans)
+            self._starts = np.cumsum([0] + [len(s) for s in self._spans])
+            self._length = int(self._starts[-1])
+        else:
+            self._records = list(iter_corpus(source, self.report, strict))
+            self._length = len(self._records)
+        if self.report.num_malformed:
+            log.warning("corpus %s: %s", source, self.report.summary())
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: int) -> dict:  # type: ignore[override]
+        if not 0 <= index < self._length:
+            raise IndexError(f"record {index} out of range for corpus {self.source} of {self._length} records")
+        if self._records is not None:
+            return self._records[index]
+        if self._tfds is not None:
+            record = _decode(self._tfds[index])
+            problem = record_problem(record)
+            if problem:  # TFDS sources are not validated up front: report here and give an empty document
+                self.report.add_malformed(f"{self.source}:index {index}", problem, self.strict)
+                return {"text": ""}
+            return record
+        file_index = int(np.searchsorted(self._starts, index, side="right")) - 1
+        start, end = self._spans[file_index][index - self._starts[file_index]]
+        with open(self._files[file_index], "rb") as f:
+            f.seek(start)
+            return json.loads(f.read(end - start))
+
+
+def open_corpus(source: str, strict: bool = False, tfds_data_dir: str | None = None) -> CorpusSource:
+    return CorpusSource(source, strict=strict, tfds_data_dir=tfds_data_dir)
