@@ -73,20 +73,26 @@ def _punkt():
     return PunktSentenceTokenizer()  # untrained, default parameters: the original's splitter
 
 
-def split_paragraphs(text: str) -> list[str]:
-    """Paragraph strings that concatenate back to `text` (skipped newlines start the next paragraph)."""
-    out: list[str] = []
+def paragraphs_with_gaps(text: str) -> list[tuple[str, str]]:
+    """(skipped, paragraph) pairs: each paragraph as the original's regex finds it, with the newlines the regex
+    skipped before it (the original drops them). A final ("\n...", "") pair holds trailing skipped text."""
+    out: list[tuple[str, str]] = []
     pos = 0
     for m in PARAGRAPH_RE.finditer(text):
         if m.end() == m.start():
             continue
-        out.append(text[pos:m.end()])  # text[pos:m.start()] is newlines the regex skipped: keep them
+        out.append((text[pos:m.start()], m.group()))
         pos = m.end()
-    if pos < len(text):  # trailing newlines only
-        if out:
-            out[-1] += text[pos:]
-        else:
-            out.append(text[pos:])
+    if pos < len(text):
+        out.append((text[pos:], ""))
+    return out
+
+
+def split_paragraphs(text: str) -> list[str]:
+    """Paragraph strings that concatenate back to `text` (skipped newlines start the next paragraph)."""
+    out = [gap + para for gap, para in paragraphs_with_gaps(text)]
+    if len(out) > 1 and not paragraphs_with_gaps(text)[-1][1]:
+        out[-2] += out.pop()
     return out
 
 
@@ -113,16 +119,17 @@ def split_units(text: str, split_mode: str = "sentence") -> list[str]:
     if split_mode not in ("sentence", "paragraph"):
         raise ValueError(f"unknown split_mode {split_mode!r}; choose sentence, paragraph or word")
     units: list[str] = []
-    pending = ""  # text with no sentence of its own, waiting for a unit to join
-    for paragraph in split_paragraphs(text):
+    pending = ""  # text with no sentence of its own, waiting for the next unit
+    for gap, paragraph in paragraphs_with_gaps(text):
+        # the original's units of the paragraph (punkt sees exactly what it saw), skipped newlines kept
         pieces = [paragraph] if split_mode == "paragraph" else split_sentences(paragraph)
         if not pieces or not paragraph.strip():
             if units:
-                units[-1] += paragraph
+                units[-1] += gap + paragraph
             else:
-                pending += paragraph
+                pending += gap + paragraph
             continue
-        pieces[0] = pending + pieces[0]
+        pieces[0] = pending + gap + pieces[0]
         pending = ""
         units += pieces
     if pending:
