@@ -193,7 +193,7 @@ def test_parquet_reader(tmp_path):
 
 
 def test_tfds_builder_directory_reader(tmp_path):
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds
 
     class ToyText(tfds.core.GeneratorBasedBuilder):
         VERSION = tfds.core.Version("1.0.0")
