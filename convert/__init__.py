@@ -1,0 +1,5 @@
+"""Checkpoint conversion between Hugging Face Llama directories and bolt_jax model checkpoints.
+
+    python -m convert hf-to-orbax --hf-dir DIR --out DIR [--add-bolt-tokens] [--dtype float32|bfloat16]
+    python -m convert orbax-to-hf --ckpt DIR --out DIR [--dtype float32|bfloat16]
+"""

@@ -1,0 +1,227 @@
+"""The model checkpoint: what `python -m convert hf-to-orbax` writes and what the trainer, sampler and evaluation load.
+
+A model checkpoint is one directory:
+
+    params/               Orbax (StandardCheckpointer): the parameters as a nested dict in our layout
+                          (layers stacked on a leading axis, kernels [in, out]; see bolt_jax/model/hf_layout.py)
+    config.json           the architecture, as a Hugging Face config.json (LlamaConfig.to_hf_dict)
+    tokenizer/            the tokenizer files (save_pretrained), if the model came with a tokenizer
+    bolt_checkpoint.json  format version and provenance; written last
+
+The whole directory is built under `<dir>.partial` and renamed into place at the end, so an interrupted save
+leaves no directory at `<dir>` at all, and `<dir>` with `bolt_checkpoint.json` is always complete.
+
+`load_model` restores every parameter directly into its sharding on the mesh (from the rules table), so the
+whole model never sits on one device or host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from typing import Any, Iterator, Mapping
+
+import jax
+import numpy as np
+
+from bolt_jax.model.config import DTYPES, LlamaConfig
+
+FORMAT = "bolt_jax.model_checkpoint/1"
+MARKER = "bolt_checkpoint.json"
+PARAMS_DIR = "params"
+TOKENIZER_DIR = "tokenizer"
+PARTIAL_SUFFIX = ".partial"
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+# ------------------------------------------------------------------------------------------------ atomic directories
+def is_complete(ckpt_dir: str | os.PathLike) -> bool:
+    return os.path.isfile(os.path.join(str(ckpt_dir), MARKER))
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
+@contextlib.contextmanager
+def atomic_directory(final_dir: str | os.PathLike, *, overwrite: bool = False) -> Iterator[str]:
+    """Yields a staging directory `<final>.partial`; renames it to `final_dir` only if the block completes.
+
+    A leftover `.partial` from an interrupted run is removed first. The staging path is the same on every process
+    (Orbax multi-host saves need one path); process 0 does the filesystem work. An existing `final_dir` is replaced
+    only with `overwrite=True` (it is moved aside first and deleted after the rename).
+    """
+    final_dir = os.path.abspath(str(final_dir))
+    partial = final_dir + PARTIAL_SUFFIX
+    if os.path.exists(final_dir) and not overwrite:
+        raise FileExistsError(f"{final_dir} already exists; pass overwrite=True (--overwrite) to replace it")
+    if jax.process_index() == 0:
+        shutil.rmtree(partial, ignore_errors=True)
+        os.makedirs(os.path.dirname(final_dir) or ".", exist_ok=True)
+        os.makedirs(partial)
+    _sync("bolt_atomic_dir_start")
+    yield partial
+    _sync("bolt_atomic_dir_end")
+    if jax.process_index() == 0:
+        old = None
+        if os.path.exists(final_dir):
+            old = final_dir + ".old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final_dir, old)
+        os.replace(partial, final_dir)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    _sync("bolt_atomic_dir_done")
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------------ save
+def params_dtype_name(params: Mapping[str, Any]) -> str:
+    dtypes = {np.dtype(x.dtype) for x in jax.tree.leaves(params)}
+    names = [name for name, dt in DTYPES.items() if np.dtype(dt) in dtypes]
+    if len(dtypes) != 1 or not names:
+        raise CheckpointError(f"parameters must share one dtype of {sorted(DTYPES)}, got {sorted(map(str, dtypes))}")
+    return names[0]
+
+
+def save_model(ckpt_dir: str | os.PathLike, params: Mapping[str, Any], config: LlamaConfig, *,
+               tokenizer_dir: str | os.PathLike | None = None, overwrite: bool = False,
+               provenance: Mapping[str, Any] | None = None) -> str:
+    """Writes a model checkpoint atomically. `params` is the nested dict of (sharded) arrays in our layout, as
+    `bolt_jax.model.llama.pure_dict(nnx.state(model, nnx.Param))` gives; every process must call this."""
+    import orbax.checkpoint as ocp
+
+    _check_param_shapes(params, config)
+    dtype = params_dtype_name(params)
+    with atomic_directory(ckpt_dir, overwrite=overwrite) as staging:
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(os.path.join(staging, PARAMS_DIR), params)
+        checkpointer.wait_until_finished()
+        checkpointer.close()
+        if jax.process_index() == 0:
+            config.write_hf_json(staging)
+            if tokenizer_dir is not None:
+                shutil.copytree(str(tokenizer_dir), os.path.join(staging, TOKENIZER_DIR),
+                                ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "config.json",
+                                                              "generation_config.json", "*.index.json", ".*"))
+            write_json_atomic(os.path.join(staging, MARKER), {
+                "format": FORMAT, "param_dtype": dtype, "runtime": config.runtime_dict(),
+                "provenance": dict(provenance or {})})
+    return os.path.abspath(str(ckpt_dir))
+
+
+def _check_param_shapes(params: Mapping[str, Any], config: LlamaConfig) -> None:
+    expected = expected_param_shapes(config)
+    flat = _flatten(params)
+    missing = sorted(set(expected) - set(flat))
+    extra = sorted(set(flat) - set(expected))
+    if missing or extra:
+        raise CheckpointError(f"parameters do not match the config: missing {missing}, unexpected {extra}")
+    for key, shape in expected.items():
+        if tuple(flat[key].shape) != shape:
+            raise CheckpointError(f"parameter {key} has shape {tuple(flat[key].shape)}, the config expects {shape}")
+
+
+# ------------------------------------------------------------------------------------------------ load
+def read_config(ckpt_dir: str | os.PathLike, **runtime: Any) -> LlamaConfig:
+    """The checkpoint's LlamaConfig; param_dtype defaults to the stored one, other runtime fields to `runtime`."""
+    ckpt_dir = str(ckpt_dir)
+    if not os.path.isdir(ckpt_dir):
+        partial = os.path.abspath(ckpt_dir) + PARTIAL_SUFFIX
+        hint = (f" ({partial} exists: an interrupted save; rerun it)" if os.path.isdir(partial) else "")
+        raise CheckpointError(f"no model checkpoint at {ckpt_dir}{hint}")
+    if not is_complete(ckpt_dir):
+        raise CheckpointError(f"{ckpt_dir} is not a complete bolt_jax model checkpoint (no {MARKER}); "
+                              "write one with `python -m convert hf-to-orbax` or bolt_jax.checkpoint.save_model")
+    with open(os.path.join(ckpt_dir, MARKER)) as f:
+        meta = json.load(f)
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{ckpt_dir}: checkpoint format {meta.get('format')!r}, this code reads {FORMAT!r}")
+    runtime = {"param_dtype": meta.get("param_dtype", "float32"), **runtime}
+    return LlamaConfig.from_hf_json(ckpt_dir, **runtime)
+
+
+def tokenizer_path(ckpt_dir: str | os.PathLike) -> str | None:
+    path = os.path.join(str(ckpt_dir), TOKENIZER_DIR)
+    return path if os.path.isdir(path) else None
+
+
+def expected_param_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
+    """{'layers/self_attn/q_proj/kernel': shape, ...} of the model `config` describes (no memory allocated)."""
+    from flax import nnx
+
+    from bolt_jax.model.llama import Llama
+
+    abstract = nnx.eval_shape(lambda: Llama(config, nnx.Rngs(0)))
+    return {"/".join(map(str, path)): tuple(var.shape)
+            for path, var in nnx.to_flat_state(nnx.state(abstract, nnx.Param))}
+
+
+def load_model(ckpt_dir: str | os.PathLike, mesh=None, *, dtype: str | None = None, rules=None,
+               **runtime: Any):
+    """(model, config, tokenizer_dir or None). Each parameter is restored straight into its NamedSharding on `mesh`
+    (default: all devices on the fsdp axis), cast to `dtype` (default: the stored dtype). `runtime` sets other
+    LlamaConfig runtime fields (compute_dtype, remat_policy, attention_impl, scan_layers)."""
+    import orbax.checkpoint as ocp
+    from flax import nnx
+
+    from bolt_jax import parallel
+    from bolt_jax.model.llama import Llama
+
+    if dtype is not None:
+        if dtype not in DTYPES:
+            raise CheckpointError(f"dtype={dtype!r}; choose one of {sorted(DTYPES)}")
+        runtime["param_dtype"] = dtype
+    config = read_config(ckpt_dir, **runtime)
+    mesh = mesh if mesh is not None else parallel.make_mesh()
+    abstract = nnx.eval_shape(lambda: Llama(config, nnx.Rngs(0)))
+    graphdef, abstract_state = nnx.split(abstract)
+    shardings = parallel.state_shardings(abstract_state, mesh, rules)
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          nnx.to_pure_dict(abstract_state), nnx.to_pure_dict(shardings))
+    params_dir = os.path.join(os.path.abspath(str(ckpt_dir)), PARAMS_DIR)
+    checkpointer = ocp.StandardCheckpointer()
+    _check_stored_shapes(checkpointer, params_dir, target)
+    restored = checkpointer.restore(params_dir, target)
+    checkpointer.close()
+    nnx.replace_by_pure_dict(abstract_state, restored)
+    return nnx.merge(graphdef, abstract_state), config, tokenizer_path(ckpt_dir)
+
+
+def _check_stored_shapes(checkpointer, params_dir: str, target: Mapping[str, Any]) -> None:
+    """Names the parameter when the stored tree does not match the config (Orbax's own message does not)."""
+    stored_tree = checkpointer.metadata(params_dir).item_metadata.tree
+    stored = {k: tuple(v.shape) for k, v in _flatten(stored_tree).items()}
+    wanted = {k: tuple(v.shape) for k, v in _flatten(target).items()}
+    missing, extra = sorted(set(wanted) - set(stored)), sorted(set(stored) - set(wanted))
+    if missing or extra:
+        raise CheckpointError(f"{params_dir}: parameters missing from the checkpoint {missing}, "
+                              f"in the checkpoint but not in the model {extra}")
+    for key, shape in wanted.items():
+        if stored[key] != shape:
+            raise CheckpointError(f"{params_dir}: parameter {key} is stored with shape {stored[key]}, "
+                                  f"config.json expects {shape}")
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, name))
+        else:
+            out[name] = value
+    return out
