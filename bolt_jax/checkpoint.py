@@ -137,7 +137,8 @@ def _check_param_shapes(params: Mapping[str, Any], config: LlamaConfig) -> None:
 
 # ------------------------------------------------------------------------------------------------ load
 def read_config(ckpt_dir: str | os.PathLike, **runtime: Any) -> LlamaConfig:
-    """The checkpoint's LlamaConfig; param_dtype defaults to the stored one, other runtime fields to `runtime`."""
+    """The checkpoint's LlamaConfig. Runtime fields (param_dtype, compute_dtype, ...) default to those saved with
+    it; `runtime` overrides them."""
     ckpt_dir = str(ckpt_dir)
     if not os.path.isdir(ckpt_dir):
         partial = os.path.abspath(ckpt_dir) + PARTIAL_SUFFIX
@@ -150,7 +151,8 @@ def read_config(ckpt_dir: str | os.PathLike, **runtime: Any) -> LlamaConfig:
         meta = json.load(f)
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{ckpt_dir}: checkpoint format {meta.get('format')!r}, this code reads {FORMAT!r}")
-    runtime = {"param_dtype": meta.get("param_dtype", "float32"), **runtime}
+    stored = {k: v for k, v in (meta.get("runtime") or {}).items() if k in LlamaConfig().runtime_dict()}
+    runtime = {**stored, "param_dtype": meta.get("param_dtype", "float32"), **runtime}
     return LlamaConfig.from_hf_json(ckpt_dir, **runtime)
 
 
