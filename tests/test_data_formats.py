@@ -115,3 +115,11 @@ def test_tokenizer_without_bolt_tokens_is_a_clear_error(tmp_path):
         load_tokenizer(path)
     with pytest.raises(TokenizerError, match="does not exist"):
         load_tokenizer(tmp_path / "missing")
+
+
+def test_estep_posterior_prompt_and_joint_literal():
+    assert F.posterior_prompt("N/A", "x1.") == f"x1.{SOL}{POS}"
+    assert F.posterior_prompt("", "x1.") == f"x1.{SOL}{POS}"
+    assert F.posterior_prompt("p0.", " x1.") == f"p0.{SOL}{EOL} x1.{SOL}{POS}"
+    assert F.joint_text("N/A", "z", "x1.") == ("", f"{SOL}{PRI}z{EOL}x1.")
+    assert F.joint_text("p0.", "z", " x1.") == ("p0.", f"{SOL}{PRI}z{EOL} x1.")

@@ -12,6 +12,8 @@ Formats (`latent_type`), per chunk {suffix, latent}:
   posterior_only  x <SoL> z <EoL>                                  (no <POSTERIOR> token, no empty-latent marker)
   pure            the record's `latent` (WRAP paraphrase); with `chunks`, their latents joined by EOS+BOS strings
 
+E-step strings live here too: `posterior_prompt(prefix, suffix)` and `joint_text(prefix, latent, suffix)`.
+
 A chunk whose `latent` is None (no thought was produced) is emitted as its suffix alone, as the original's
 recombination does; an empty string "" is a real (empty) thought and is formatted (`<SoL><PRIOR><EoL>x`).
 """
@@ -199,3 +201,27 @@ def format_document(record: Mapping[str, Any], latent_type: str, rng: np.random.
         if fall_back_to_raw:
             return format_raw(record)
         raise
+
+
+# ---- E-step strings (spec 5.2, 5.3): the same tokens as training, kept next to the training formats ---------
+
+
+def is_first_chunk(prefix: str) -> bool:
+    return prefix in ("", "N/A")
+
+
+def posterior_prompt(prefix: str, suffix: str) -> str:
+    """The E-step's posterior sampling prompt: `[prefix <SoL><EoL>] suffix <SoL><POSTERIOR>` (no <SoL><EoL> for
+    the first chunk, as the original). The sampler stops at <EoL>; the tokenizer's BOS goes in front."""
+    if is_first_chunk(prefix):
+        return f"{suffix}{SOL}{POSTERIOR}"
+    return f"{prefix}{SOL}{EOL}{suffix}{SOL}{POSTERIOR}"
+
+
+def joint_text(prefix: str, latent: str, suffix: str) -> tuple[str, str]:
+    """(context, scored): the joint sequence is context + scored = `prefix <SoL><PRIOR> z <EoL> suffix`; the E-step
+    sums log p over the tokens of `scored` given `context` (prefix "" for the first chunk). The original also left
+    the <SoL> token out of the sum (spec 11.2); here it is in `scored`, and callers that want the original's
+    number drop the first scored token."""
+    context = "" if is_first_chunk(prefix) else prefix
+    return context, f"{SOL}{PRIOR}{latent}{EOL}{suffix}"
