@@ -107,6 +107,9 @@ def test_prepare_writes_disjoint_deterministic_splits_with_manifests(tmp_path):
     assert not ids["warmstart"] & ids["bootstrap"]
     with pytest.raises(FileExistsError, match="overwrite"):
         _prepare(tmp_path, "a")
+    m3 = _prepare(tmp_path, "e", source="toy_thoughts:400:1")  # same documents, with their true thoughts
+    aug = list(iter_corpus(m3["splits"]["warmstart"]["dir"]))
+    assert {r["id"] for r in aug} == ids["warmstart"] and all(r["num_chunks"] == len(r["chunks"]) for r in aug)
 
 
 def test_prepare_reports_malformed_records(tmp_path):

@@ -12,7 +12,8 @@ plus `<file>.idx.npy` (line offsets, so training processes read only their share
 (source, counts, malformed-record report, word and token statistics, sha256 of the file, the settings). A
 top-level `<output_dir>/manifest.json` lists all splits. Same input and settings -> byte-identical outputs.
 
-Sources: anything bolt_jax.data.readers takes, or "toy:NUM_DOCS[:SEED]" (the toy corpus, bolt_jax.data.toy).
+Sources: anything bolt_jax.data.readers takes, or "toy:NUM_DOCS[:SEED]" (the toy corpus, bolt_jax.data.toy), or
+"toy_thoughts:NUM_DOCS[:SEED]" (the toy corpus augmented with its true thoughts, the stand-in for API thoughts).
 `run_prepare(config)` is the workflow entry (config.prepare = default_prepare_config()).
 """
 
@@ -39,7 +40,7 @@ SPLITS = ("validation", "train", "warmstart", "bootstrap")
 
 def default_prepare_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.source = ""  # corpus file/dir, tfds:NAME[:SPLIT], tfds_dir:PATH[:SPLIT], or toy:NUM_DOCS[:SEED]
+    c.source = ""  # corpus file/dir, tfds:NAME[:SPLIT], tfds_dir:PATH[:SPLIT], toy:N[:SEED], toy_thoughts:N[:SEED]
     c.tfds_data_dir = ""
     c.output_dir = ""  # where the split directories go
     c.tokenizer_path = ""  # optional: token statistics in the manifests ("" = words only)
@@ -73,9 +74,13 @@ def _toy_source(spec: str, workdir: str) -> str:
     from bolt_jax.data import toy
 
     parts = spec.split(":")
-    num_docs, seed = int(parts[1]), int(parts[2]) if len(parts) > 2 else 0
-    path = os.path.join(workdir, f"toy_{num_docs}_{seed}.jsonl")
-    toy.write_corpus(path, toy.generate(num_docs, seed))
+    try:
+        num_docs, seed = int(parts[1]), int(parts[2]) if len(parts) > 2 else 0
+    except (IndexError, ValueError):
+        raise ValueError(f"bad toy source {spec!r}: use toy:NUM_DOCS[:SEED] or toy_thoughts:NUM_DOCS[:SEED]") from None
+    with_thoughts = parts[0] == "toy_thoughts"
+    path = os.path.join(workdir, f"{parts[0]}_{num_docs}_{seed}.jsonl")
+    toy.write_corpus(path, toy.generate(num_docs, seed), with_thoughts=with_thoughts)
     return path
 
 
@@ -126,7 +131,7 @@ def prepare(*, source: str, output_dir: str, tokenizer_path: str = "", seed: int
     if os.path.exists(os.path.join(output_dir, "manifest.json")) and not overwrite:
         raise FileExistsError(f"{output_dir} already holds a prepared dataset (manifest.json); set overwrite=True")
     os.makedirs(output_dir, exist_ok=True)
-    source_path = _toy_source(source, output_dir) if source.startswith("toy:") else source
+    source_path = _toy_source(source, output_dir) if source.startswith(("toy:", "toy_thoughts:")) else source
     corpus = open_corpus(source_path, strict=strict, tfds_data_dir=tfds_data_dir or None)
     tokenizer = None
     if tokenizer_path:
@@ -147,7 +152,7 @@ def prepare(*, source: str, output_dir: str, tokenizer_path: str = "", seed: int
         path = os.path.join(split_dir, filename)
         write_jsonl(path, (corpus[int(i)] for i in indices))
         save_line_index(path, build_line_index(path, ReadReport(), strict=True))
-        manifest = {"name": split, "path": path, "source": source, "format": "final",
+        manifest = {"name": split, "file": filename, "source": source, "format": "final",
                     "stats": _stats(corpus, indices, tokenizer), "sha256": _sha256(path), "settings": settings}
         atomic_write_text(os.path.join(split_dir, "manifest.json"), json.dumps(manifest, indent=2) + "\n")
         top["splits"][split] = {"dir": split_dir, "num_samples": int(len(indices)), "sha256": manifest["sha256"]}
@@ -168,3 +173,20 @@ def run_prepare(config: ml_collections.ConfigDict) -> dict[str, Any]:
         print(f"malformed records skipped: {manifest['read_report']['num_malformed']} "
               f"(first: {manifest['read_report']['malformed'][:3]})")
     return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m bolt_jax.data.prepare --source S --output_dir D [--tokenizer_path T] [--<field> value ...]"""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Write the validation/warmstart/bootstrap splits with manifests.")
+    for key, value in default_prepare_config().items():
+        kind = (lambda s: s.lower() in ("1", "true", "yes")) if isinstance(value, bool) else type(value)
+        ap.add_argument(f"--{key}", type=kind, default=value)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    run_prepare(ml_collections.ConfigDict(vars(args)))
+
+
+if __name__ == "__main__":
+    main()
