@@ -54,6 +54,9 @@ def base_config() -> ml_collections.ConfigDict:
     # the command line can change one, e.g. --config.rules.vocab= to replicate the vocabulary dimension.
     from bolt_jax.parallel import rules_as_strings
     c.rules = ml_collections.ConfigDict(rules_as_strings())
+    # Multi-host: bolt_jax.distributed (single process unless configured, set by a launcher, or under SLURM/TPU).
+    from bolt_jax.distributed import default_distributed_config
+    c.distributed = default_distributed_config()
     # Inputs of the model_summary workflow (a forward pass on random tokens).
     c.summary = ml_collections.ConfigDict({"batch_size": 0, "seq_len": 128})  # batch_size 0: one row per device
     return c

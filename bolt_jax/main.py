@@ -83,10 +83,16 @@ def main(argv: list[str]) -> None:
     config = _CONFIG.value
     if config is None:
         _fail("--config is required, e.g. --config configs/demo.py (see README)")
+    from bolt_jax import distributed
+    try:
+        distributed.initialize(config.get("distributed"))
+    except (ValueError, RuntimeError) as e:
+        _fail(str(e))
     _setup_logging()
     try:
         config_lib.validate(config)
-    except (ValueError, KeyError) as e:
+        distributed.check_processes_agree(config)
+    except (ValueError, KeyError, RuntimeError) as e:
         _fail(str(e.args[0] if e.args else e))
     import jax
     if jax.process_index() == 0:

@@ -119,6 +119,12 @@ def logical_to_spec(logical_axes: Sequence[str | None], rules=None, mesh: Mesh |
 
 
 # ------------------------------------------------------------------------------------------------------ mesh
+def initialize(cfg=None) -> dict:
+    """Joins the JAX processes of a multi-host job (single process by default); see bolt_jax.distributed."""
+    from bolt_jax.distributed import initialize as _initialize
+    return _initialize(cfg)
+
+
 def resolve_mesh_shape(sizes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
     """Mesh sizes in MESH_AXES order; one of them may be -1 (fill with what is left)."""
     unknown = set(sizes) - set(MESH_AXES)

@@ -14,10 +14,14 @@ import numpy as np
 
 
 class SyntheticBatches:
-    """Uniform random tokens; batch i is a pure function of (seed, i). For benchmarks and dry runs only."""
+    """Uniform random tokens; global batch i is a pure function of (seed, i), and each process keeps its own
+    rows of it, so any number of processes sees the same global batch. For benchmarks and tests only."""
 
-    def __init__(self, *, rows: int, seq_len: int, vocab_size: int, seed: int, docs_per_row: int = 1):
+    def __init__(self, *, rows: int, seq_len: int, vocab_size: int, seed: int, docs_per_row: int = 1,
+                 global_rows: int | None = None, row_offset: int = 0):
         self.rows, self.seq_len, self.vocab_size, self.seed = rows, seq_len, vocab_size, seed
+        self.global_rows = global_rows or rows
+        self.row_offset = row_offset
         self.docs_per_row = docs_per_row
         self.index = 0
 
@@ -31,9 +35,10 @@ class SyntheticBatches:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng([self.seed, self.index, jax.process_index()])
+        rng = np.random.default_rng([self.seed, self.index])
         self.index += 1
-        tokens = rng.integers(0, self.vocab_size, (self.rows, self.seq_len + 1), dtype=np.int32)
+        tokens = rng.integers(0, self.vocab_size, (self.global_rows, self.seq_len + 1), dtype=np.int32)
+        tokens = tokens[self.row_offset:self.row_offset + self.rows]
         doc_len = -(-self.seq_len // self.docs_per_row)
         segment_ids = (np.arange(self.seq_len) // doc_len + 1).astype(np.int32)
         positions = (np.arange(self.seq_len) % doc_len).astype(np.int32)
@@ -56,7 +61,9 @@ def make_train_batches(config: ml_collections.ConfigDict, vocab_size: int, split
     """The training (or validation) batch source named by `config.data.source`."""
     data = config.data
     if data.source == "synthetic":
-        return SyntheticBatches(rows=local_rows(config.train.global_batch_size), seq_len=data.seq_len,
+        rows = local_rows(config.train.global_batch_size)
+        return SyntheticBatches(rows=rows, global_rows=config.train.global_batch_size,
+                                row_offset=rows * jax.process_index(), seq_len=data.seq_len,
                                 vocab_size=vocab_size, seed=config.seed + (0 if split == "train" else 1),
                                 docs_per_row=data.get("synthetic_docs_per_row", 1))
     from bolt_jax.data import pipeline  # the thought-augmented corpus (data issue)

@@ -1,0 +1,120 @@
+"""Two JAX processes on 127.0.0.1 with four simulated devices each, against one process with eight devices."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.helpers import repo_root
+
+ROOT = repo_root()
+COMMON = ["--config", "configs/train_synthetic.py", "--config.train.log_every=1", "--config.train.progress_bar=False",
+          "--config.model.compute_dtype=float32", "--config.data.seq_len=32", "--config.train.save_every=3"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(devices, **extra):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def run_two_processes(args_per_process, timeout=300):
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "bolt_jax.main", *args], cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=_env(4, BOLT_COORDINATOR=f"127.0.0.1:{port}", BOLT_NUM_PROCESSES=2,
+                                       BOLT_PROCESS_ID=i))
+             for i, args in enumerate(args_per_process)]
+    outs = [p.communicate(timeout=timeout) for p in procs]
+    return [(p.returncode, out, err) for p, (out, err) in zip(procs, outs)]
+
+
+def run_one_process(args, timeout=300):
+    r = subprocess.run([sys.executable, "-m", "bolt_jax.main", *args], cwd=ROOT, env=_env(8), text=True,
+                       capture_output=True, timeout=timeout)
+    return r.returncode, r.stdout, r.stderr
+
+
+def losses(run_dir):
+    out = {}
+    for line in open(os.path.join(run_dir, "metrics.jsonl")):
+        m = json.loads(line)
+        out[m["step"]] = m["loss"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One process, eight devices, six steps straight."""
+    run_dir = tmp_path_factory.mktemp("one")
+    rc, out, err = run_one_process(COMMON + [f"--config.run_dir={run_dir}", "--config.train.steps=6"])
+    assert rc == 0, err[-3000:]
+    return losses(run_dir)
+
+
+def test_two_processes_train_like_one(tmp_path, reference):
+    run_dir = tmp_path / "two"
+    args = COMMON + [f"--config.run_dir={run_dir}", "--config.train.steps=6", "--config.mesh.data=2"]
+    results = run_two_processes([args, args])
+    for rc, out, err in results:
+        assert rc == 0, err[-3000:]
+    assert "training summary" in results[0][1] and "training summary" not in results[1][1]  # process 0 reports
+    got = losses(run_dir)
+    np.testing.assert_allclose([got[s] for s in range(1, 7)], [reference[s] for s in range(1, 7)], rtol=2e-5)
+
+
+def test_checkpoint_moves_between_process_counts(tmp_path, reference):
+    """Saved by two processes (mesh data=2 x fsdp=4), resumed by one (fsdp=8), and the other way round."""
+    a = tmp_path / "two_then_one"
+    args = COMMON + [f"--config.run_dir={a}", "--config.train.steps=3", "--config.mesh.data=2"]
+    for rc, out, err in run_two_processes([args, args]):
+        assert rc == 0, err[-3000:]
+    rc, out, err = run_one_process(COMMON + [f"--config.run_dir={a}", "--config.train.steps=6"])
+    assert rc == 0 and "resumed from 3" in out, err[-3000:]
+    got = losses(a)
+    np.testing.assert_allclose([got[s] for s in (4, 5, 6)], [reference[s] for s in (4, 5, 6)], rtol=2e-5)
+
+    b = tmp_path / "one_then_two"
+    rc, out, err = run_one_process(COMMON + [f"--config.run_dir={b}", "--config.train.steps=3"])
+    assert rc == 0, err[-3000:]
+    args = COMMON + [f"--config.run_dir={b}", "--config.train.steps=6", "--config.mesh.tensor=2"]
+    results = run_two_processes([args, args])
+    for rc, out, err in results:
+        assert rc == 0, err[-3000:]
+    assert "resumed from 3" in results[0][1]
+    got = losses(b)
+    np.testing.assert_allclose([got[s] for s in (4, 5, 6)], [reference[s] for s in (4, 5, 6)], rtol=2e-5)
+
+
+def test_processes_with_different_configs_fail_clearly(tmp_path):
+    base = COMMON + [f"--config.run_dir={tmp_path}", "--config.train.steps=2", "--dry_run"]
+    results = run_two_processes([base + ["--config.seed=1"], base + ["--config.seed=2"]])
+    for rc, out, err in results:
+        assert rc == 2
+        assert "run a different config than process 0" in err, err[-2000:]
+
+
+def test_unreachable_coordinator_fails_within_timeout(tmp_path):
+    port = _free_port()
+    r = subprocess.run([sys.executable, "-m", "bolt_jax.main", *COMMON, "--dry_run",
+                        "--config.distributed.initialization_timeout_s=5"], cwd=ROOT, text=True, capture_output=True,
+                       env=_env(4, BOLT_COORDINATOR=f"127.0.0.1:{port}", BOLT_NUM_PROCESSES=2, BOLT_PROCESS_ID=1),
+                       timeout=120)
+    assert r.returncode == 2
+    assert "could not join the JAX processes at 127.0.0.1" in r.stderr, r.stderr[-2000:]
+
+
+def test_incomplete_settings_fail_clearly():
+    r = subprocess.run([sys.executable, "-m", "bolt_jax.main", *COMMON, "--dry_run"], cwd=ROOT, text=True,
+                       capture_output=True, env=_env(4, BOLT_COORDINATOR="127.0.0.1:1234"), timeout=120)
+    assert r.returncode == 2 and "missing ['num_processes', 'process_id']" in r.stderr, r.stderr[-2000:]
