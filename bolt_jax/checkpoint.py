@@ -33,6 +33,7 @@ MARKER = "bolt_checkpoint.json"
 PARAMS_DIR = "params"
 TOKENIZER_DIR = "tokenizer"
 PARTIAL_SUFFIX = ".partial"
+SAVE_CONCURRENT_GB = 1
 
 
 class CheckpointError(ValueError):
@@ -107,10 +108,13 @@ def save_model(ckpt_dir: str | os.PathLike, params: Mapping[str, Any], config: L
     _check_param_shapes(params, config)
     dtype = params_dtype_name(params)
     with atomic_directory(ckpt_dir, overwrite=overwrite) as staging:
-        checkpointer = ocp.StandardCheckpointer()
-        checkpointer.save(os.path.join(staging, PARAMS_DIR), params)
-        checkpointer.wait_until_finished()
-        checkpointer.close()
+        # Synchronous, with bounded device->host and write concurrency: the save then needs about one more GiB of
+        # host memory, not a second copy of the model (the defaults let a CPU save double the peak).
+        largest = max(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+        limit_gb = max(SAVE_CONCURRENT_GB, -(-largest // 10**9))  # at least the largest array, or Orbax refuses
+        handler = ocp.PyTreeCheckpointHandler(save_concurrent_gb=limit_gb, save_device_host_concurrent_gb=limit_gb)
+        with ocp.Checkpointer(handler) as checkpointer:
+            checkpointer.save(os.path.join(staging, PARAMS_DIR), args=ocp.args.PyTreeSave(params))
         if jax.process_index() == 0:
             config.write_hf_json(staging)
             if tokenizer_dir is not None:
