@@ -33,7 +33,7 @@ MARKER = "bolt_checkpoint.json"
 PARAMS_DIR = "params"
 TOKENIZER_DIR = "tokenizer"
 PARTIAL_SUFFIX = ".partial"
-SAVE_CONCURRENT_GB = 1
+SAVE_CONCURRENT_GB = 0.5
 
 
 class CheckpointError(ValueError):
@@ -111,7 +111,7 @@ def save_model(ckpt_dir: str | os.PathLike, params: Mapping[str, Any], config: L
         # Synchronous, with bounded device->host and write concurrency: the save then needs about one more GiB of
         # host memory, not a second copy of the model (the defaults let a CPU save double the peak).
         largest = max(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
-        limit_gb = max(SAVE_CONCURRENT_GB, -(-largest // 10**9))  # at least the largest array, or Orbax refuses
+        limit_gb = max(SAVE_CONCURRENT_GB, largest * 1.01 / 10**9)  # at least the largest array, or Orbax refuses
         handler = ocp.PyTreeCheckpointHandler(save_concurrent_gb=limit_gb, save_device_host_concurrent_gb=limit_gb)
         with ocp.Checkpointer(handler) as checkpointer:
             checkpointer.save(os.path.join(staging, PARAMS_DIR), args=ocp.args.PyTreeSave(params))

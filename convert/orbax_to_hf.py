@@ -33,11 +33,17 @@ class _HostGather:
         self.array, self.dtype = array, dtype
 
     def __array__(self, dtype=None, copy=None):
+        array, self.array = self.array, None
+        if array is None:
+            raise RuntimeError("a parameter was gathered twice; the export streams each one once")
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
-            host = np.asarray(multihost_utils.process_allgather(self.array, tiled=True))
-        else:
-            host = np.asarray(self.array)
+            host = np.asarray(multihost_utils.process_allgather(array, tiled=True))
+        else:  # from the shards: np.asarray(array) would cache a second host copy on the jax.Array
+            host = np.empty(array.shape, array.dtype)
+            for shard in array.addressable_shards:
+                host[shard.index] = np.asarray(shard.data)
+        array.delete()  # the device copy is no longer needed: memory stays near one model
         return host.astype(dtype or self.dtype, copy=False)
 
 
@@ -72,7 +78,7 @@ def convert_orbax_to_hf(ckpt_dir: str, out_dir: str, *, dtype: str | None = None
     model, cfg, tokenizer_dir = checkpoint.load_model(ckpt_dir, mesh, dtype=dtype, rules=rules)
     np_dtype = np.dtype(DTYPES[cfg.param_dtype])
     params = jax.tree.map(lambda a: _HostGather(a, np_dtype), pure_dict(nnx.state(model, nnx.Param)))
-    del model
+    del model  # _HostGather now holds the only references, and frees each parameter once written
     specs = [(name, shape, np_dtype) for name, shape in _hf_order(cfg)]
     with checkpoint.atomic_directory(out_dir, overwrite=overwrite) as staging:
         writer = jax.process_index() == 0
