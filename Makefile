@@ -7,6 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 # 8 simulated CPU devices, so every test can build 2x2x2 meshes.
 TEST_ENV := JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: test test-slow demo venv clean-venv
 
@@ -36,8 +37,7 @@ test-slow: $(VENV)/.installed-test
 	$(TEST_ENV) $(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
 demo: $(VENV)/.installed-demo
-	@echo "make demo arrives with the trainer (issue: M-step trainer). Until then, this runs the model summary workflow:"
-	JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m bolt_jax.main --config configs/demo.py
+	JAX_PLATFORMS=cpu $(PY) -m bolt_jax.main --config configs/demo.py $(DEMO_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

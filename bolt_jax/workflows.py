@@ -103,6 +103,14 @@ def train(config: ml_collections.ConfigDict):
 def _register_validators() -> None:
     from bolt_jax.config import VALIDATORS
     VALIDATORS["train"] = _validate_train
+    VALIDATORS["demo"] = _validate_train
 
 
 _register_validators()
+
+
+@workflow("demo")
+def demo(config: ml_collections.ConfigDict):
+    """Toy-scale BoLT on CPU: raw vs thought-augmented training, evaluated on raw text; table + PNG."""
+    from bolt_jax.demo import run_demo
+    return run_demo(config)

@@ -19,7 +19,7 @@ def run_cli(*args, devices=8):
 
 
 def test_model_summary_runs_on_a_2x2x2_mesh():
-    r = run_cli("--config", "configs/demo.py", "--config.mesh.data=2", "--config.mesh.tensor=2")
+    r = run_cli("--config", "configs/summary_tiny.py", "--config.mesh.data=2", "--config.mesh.tensor=2")
     assert r.returncode == 0, r.stderr
     assert "mesh: data=2 x fsdp=2 x tensor=2" in r.stdout
     assert "layers/self_attn/q_proj/kernel" in r.stdout and "P(None, 'fsdp', 'tensor')" in r.stdout
@@ -29,14 +29,14 @@ def test_model_summary_runs_on_a_2x2x2_mesh():
 
 @pytest.mark.parametrize("args, message", [
     (["--config.model.hiden_size=3"], "unknown config key --config.model.hiden_size; keys of config.model:"),
-    (["--config.workflow=nope"], "available: ['model_summary'"),
+    (["--config.workflow=nope"], "is not a workflow; available: ['demo', 'model_summary'"),
     (["--config.mesh.data=3"], "config.mesh"),
     (["--config.model.num_key_value_heads=3"], "not divisible by num_key_value_heads"),
     (["--config.mesh.tensor=8", "--config.mesh.fsdp=1"], "does not divide config.model.num_attention_heads"),
     (["--config.rules.vocab=model"], "unknown mesh axis"),
 ])
 def test_bad_config_fails_with_clear_message(args, message):
-    r = run_cli("--config", "configs/demo.py", "--dry_run", *args)
+    r = run_cli("--config", "configs/summary_tiny.py", "--dry_run", *args)
     assert r.returncode == 2
     assert message in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
