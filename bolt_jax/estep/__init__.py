@@ -1,0 +1,1 @@
+"""E-step: posterior sampling, joint scoring, importance resampling, ELBO, result store, merge."""
