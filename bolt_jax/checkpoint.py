@@ -18,6 +18,7 @@ whole model never sits on one device or host.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import shutil
@@ -112,7 +113,9 @@ def save_model(ckpt_dir: str | os.PathLike, params: Mapping[str, Any], config: L
         # host memory, not a second copy of the model (the defaults let a CPU save double the peak).
         largest = max(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
         limit_gb = max(SAVE_CONCURRENT_GB, largest * 1.01 / 10**9)  # at least the largest array, or Orbax refuses
-        handler = ocp.PyTreeCheckpointHandler(save_concurrent_gb=limit_gb, save_device_host_concurrent_gb=limit_gb)
+        limits = {"save_concurrent_gb": limit_gb, "save_device_host_concurrent_gb": limit_gb}
+        accepted = inspect.signature(ocp.PyTreeCheckpointHandler.__init__).parameters  # older Orbax lacks some
+        handler = ocp.PyTreeCheckpointHandler(**{k: v for k, v in limits.items() if k in accepted})
         with ocp.Checkpointer(handler) as checkpointer:
             checkpointer.save(os.path.join(staging, PARAMS_DIR), args=ocp.args.PyTreeSave(params))
         if jax.process_index() == 0:

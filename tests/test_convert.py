@@ -308,3 +308,41 @@ def test_sigkill_mid_conversion_leaves_no_complete_looking_dir(small_hf, tmp_pat
     convert_orbax_to_hf(ckpt, out)
     assert os.path.isfile(os.path.join(out, MARKER)) and not os.path.exists(out + ".partial")
     _torch_model(out)
+
+
+# ------------------------------------------------------------------------------------------------ multi-process
+MULTIHOST_SCRIPT = textwrap.dedent("""
+    import os, sys
+    pid, port, hf, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    import jax
+    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=pid,
+                               initialization_timeout=60)
+    from bolt_jax import parallel
+    from convert.hf_to_orbax import convert_hf_to_orbax
+    from convert.orbax_to_hf import convert_orbax_to_hf
+    mesh = parallel.make_mesh({"fsdp": 2, "tensor": 2})   # each parameter split across both processes
+    convert_hf_to_orbax(hf, out + "/ckpt", add_bolt_tokens=True, mesh=mesh)
+    convert_orbax_to_hf(out + "/ckpt", out + "/hf", mesh=mesh)
+    jax.distributed.shutdown()
+""")
+
+
+def test_two_processes_convert_both_ways(bolt, tmp_path):
+    """Two JAX processes (2 CPU devices each): same files as the single-process conversion of the same model."""
+    import socket
+    hf, _, single_out, _ = bolt
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    env = dict(os.environ, PYTHONPATH=str(repo_root()), JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    procs = [subprocess.Popen([sys.executable, "-c", MULTIHOST_SCRIPT, str(i), port, hf, str(tmp_path)], env=env,
+                              cwd=repo_root(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    logs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-3000:] for log in logs)
+    single, multi = _read_all(single_out), _read_all(tmp_path / "hf")
+    assert set(single) == set(multi)
+    for name in single:
+        np.testing.assert_array_equal(single[name], multi[name], err_msg=name)
