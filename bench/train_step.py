@@ -1,0 +1,115 @@
+"""Train-step benchmark: TinyLlama-1.1B (or any preset), bf16 compute, random tokens; one table.
+
+    python bench/train_step.py                                   # TinyLlama, seq 2048, largest micro-batch that fits
+    python bench/train_step.py --micro_batches 8,12,16 --remat dots_no_batch,none
+    python bench/train_step.py --smoke                           # tiny shapes on CPU (checks the script)
+
+Measures after warm-up, reports the median step time of several runs, tokens/s, and MFU with the spec's FLOP count
+(6 N_nonembed + 3.5 * 4 L S D / 2 per token) against the device's bf16 peak; names the device, jax and commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except Exception:
+        return "unknown"
+
+
+def build_config(preset: str, seq_len: int, batch: int, remat: str, attention: str, steps: int):
+    from bolt_jax.config import base_config, model_config_dict
+    from bolt_jax.train.loop import default_train_config
+    from bolt_jax.train.optim import default_optim_config
+    import ml_collections
+
+    c = base_config()
+    c.workflow = "train"
+    c.model = model_config_dict(preset)
+    c.model.remat_policy = remat
+    c.model.attention_impl = attention
+    c.train = default_train_config()
+    c.train.global_batch_size = batch
+    c.train.steps = steps
+    c.optim = default_optim_config()
+    c.optim.warmup_steps = 1
+    c.data = ml_collections.ConfigDict({"source": "synthetic", "seq_len": seq_len, "synthetic_docs_per_row": 1})
+    return c
+
+
+def bench_one(preset: str, seq_len: int, batch: int, remat: str, attention: str, warmup: int, runs: int) -> dict:
+    from bolt_jax import parallel
+    from bolt_jax.train.batches import SyntheticBatches
+    from bolt_jax.train.loop import TrainSetup
+    from bolt_jax.train.metrics import device_peak_flops
+
+    c = build_config(preset, seq_len, batch, remat, attention, steps=warmup + runs + 10)
+    setup = TrainSetup(c)
+    state = setup.init_state()
+    src = SyntheticBatches(rows=batch, seq_len=seq_len, vocab_size=setup.model_cfg.vocab_size, seed=0)
+    batches = [parallel.shard_batch(next(src), setup.mesh) for _ in range(2)]
+    times = []
+    with setup.mesh_context():
+        for i in range(warmup + runs):
+            t0 = time.perf_counter()
+            state, metrics = setup.train_step(state, batches[i % 2])
+            jax.block_until_ready(metrics["loss"])
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    step = statistics.median(times)
+    tokens = batch * seq_len / step
+    peak = device_peak_flops()
+    flops = setup.model_cfg.flops_per_token(seq_len)
+    mfu = flops * tokens / (peak * jax.device_count()) if peak else float("nan")
+    mem = jax.devices()[0].memory_stats() or {}
+    return {"batch": batch, "remat": remat, "attention": attention, "step_s": step, "tokens_per_s": tokens,
+            "mfu": mfu, "peak_mem_gib": mem.get("peak_bytes_in_use", 0) / 2**30,
+            "loss": float(metrics["loss"])}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="tinyllama_1.1b_bolt")
+    p.add_argument("--seq_len", type=int, default=2048)
+    p.add_argument("--micro_batches", default="4,8,12,16", help="comma list; OOM entries are reported and skipped")
+    p.add_argument("--remat", default="none,dots_no_batch", help="comma list of remat policies")
+    p.add_argument("--attention", default="auto")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--smoke", action="store_true", help="tiny shapes, for CPU")
+    a = p.parse_args()
+    if a.smoke:
+        a.preset, a.seq_len, a.micro_batches, a.remat, a.warmup, a.runs = "tiny", 64, "8", "none", 1, 2
+    rows = []
+    for remat in a.remat.split(","):
+        for batch in (int(b) for b in a.micro_batches.split(",")):
+            try:
+                rows.append(bench_one(a.preset, a.seq_len, batch, remat, a.attention, a.warmup, a.runs))
+            except Exception as e:  # noqa: BLE001 - OOM and friends: report and go on
+                msg = str(e).splitlines()[0][:80]
+                rows.append({"batch": batch, "remat": remat, "attention": a.attention, "error": msg})
+    dev = jax.devices()[0]
+    print(f"\ntrain step: {a.preset}, seq {a.seq_len}, {jax.device_count()} x {dev.device_kind}, "
+          f"jax {jax.__version__}, commit {_commit()}, median of {a.runs} after {a.warmup} warm-up")
+    print(f"{'batch':>5} {'remat':>14} {'attn':>6} {'step ms':>9} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>9}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['batch']:5d} {r['remat']:>14} {r['attention']:>6}  failed: {r['error']}")
+        else:
+            print(f"{r['batch']:5d} {r['remat']:>14} {r['attention']:>6} {r['step_s'] * 1e3:9.1f} "
+                  f"{r['tokens_per_s']:10,.0f} {r['mfu']:6.1%} {r['peak_mem_gib']:9.2f}")
+
+
+if __name__ == "__main__":
+    main()
