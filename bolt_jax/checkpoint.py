@@ -160,7 +160,12 @@ def read_config(ckpt_dir: str | os.PathLike, **runtime: Any) -> LlamaConfig:
         raise CheckpointError(f"{ckpt_dir}: checkpoint format {meta.get('format')!r}, this code reads {FORMAT!r}")
     stored = {k: v for k, v in (meta.get("runtime") or {}).items() if k in LlamaConfig().runtime_dict()}
     runtime = {**stored, "param_dtype": meta.get("param_dtype", "float32"), **runtime}
-    return LlamaConfig.from_hf_json(ckpt_dir, **runtime)
+    config = LlamaConfig.from_hf_json(ckpt_dir, **runtime)
+    if config.head_dim is not None and config.head_dim * config.num_attention_heads == config.hidden_size:
+        # config.json always spells head_dim out; the default is None (= hidden / heads). Normalised, a loaded
+        # config equals the preset it was made from (the trainer compares them field by field).
+        config = config.replace(head_dim=None)
+    return config
 
 
 def tokenizer_path(ckpt_dir: str | os.PathLike) -> str | None:

@@ -53,7 +53,7 @@ def test_load_restores_values_into_rule_shardings_on_another_mesh(saved):
     path, host = saved
     mesh = parallel.make_mesh({"fsdp": 4, "tensor": 2})
     model, cfg, tok_dir = checkpoint.load_model(path, mesh)
-    assert cfg.to_hf_dict() == CFG.to_hf_dict() and cfg.runtime_dict() == CFG.runtime_dict()
+    assert cfg == CFG  # architecture and runtime fields, so the trainer's init_checkpoint check passes
     assert tok_dir == os.path.join(path, "tokenizer") and os.path.isfile(os.path.join(tok_dir, "tokenizer.json"))
     state = nnx.state(model, nnx.Param)
     wanted = parallel.state_specs(state, mesh)
