@@ -8,7 +8,6 @@ absent, and a rerun on a complete `<out>` does nothing.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -106,7 +105,3 @@ def _hf_order(cfg: LlamaConfig) -> list[tuple[str, tuple[int, ...]]]:
     shapes = expected_hf_shapes(cfg)
     return [(name, shapes[name]) for _, names, _ in param_paths(cfg) for name in names]
 
-
-def read_marker(out_dir: str) -> dict[str, Any]:
-    with open(os.path.join(out_dir, MARKER)) as f:
-        return json.load(f)
