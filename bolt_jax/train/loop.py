@@ -55,6 +55,9 @@ def default_train_config() -> ml_collections.ConfigDict:
         "async_checkpoint": True,
         "loss_chunk_size": 512,  # positions per head/log-softmax chunk (memory); 0 = whole sequence
         "progress_bar": True,
+        # At the end, write the final params as a model checkpoint (run_dir/model: what the sampler, E-step,
+        # evaluation and `convert orbax-to-hf` load).
+        "export_model": True,
     })
 
 
@@ -327,7 +330,23 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
             bar.close()
 
     summary = _finish(config, setup, losses, history, start, stopped_by, run_dir)
+    if t.get("export_model", True) and not stopped_by and summary["steps"] == t.steps:
+        summary["model_dir"] = export_model(config, setup, state, run_dir)
     return summary
+
+
+def export_model(config: ml_collections.ConfigDict, setup: TrainSetup, state, run_dir: str) -> str:
+    """The trained params as a model checkpoint (bolt_jax.checkpoint), with the run's tokenizer."""
+    from bolt_jax import checkpoint as model_ckpt
+    out = os.path.join(run_dir, "model")
+    if model_ckpt.is_complete(out):
+        return out
+    tokenizer_dir = config.data.get("tokenizer_path", "") or None
+    if tokenizer_dir is None and config.train.init_checkpoint:
+        tokenizer_dir = model_ckpt.tokenizer_path(config.train.init_checkpoint)
+    model_ckpt.save_model(out, state["params"], setup.model_cfg, tokenizer_dir=tokenizer_dir,
+                          provenance={"run_dir": run_dir, "step": config.train.steps})
+    return out
 
 
 def _finish(config, setup, losses, history, start, stopped_by, run_dir) -> dict[str, Any]:

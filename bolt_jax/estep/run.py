@@ -1,0 +1,281 @@
+"""The E-step driver: for every chunk of a fixed corpus, sample K thoughts from the model's posterior, score them
+under the joint, resample one, and write the augmented dataset.
+
+    results = run_estep(config)            # config.estep = default_estep_config() (+ overrides)
+
+Work is cut into batches of chunks in a fixed order; each finished batch is one atomic shard of the result store,
+so a killed run restarts where it stopped. `estep.slice="i:n"` runs slice i of n (documents split into n
+contiguous ranges) for job arrays; `merge_estep` joins the slices into the dataset once all are done.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
+
+import ml_collections
+import numpy as np
+
+from bolt_jax.data.chunking import ChunkingConfig, chunk_text
+from bolt_jax.data.formats import EOL, raw_text
+from bolt_jax.data.schema import atomic_write_text, augment_record, write_jsonl
+from bolt_jax.estep import sequences, weights
+from bolt_jax.estep.store import ResultStore
+
+log = logging.getLogger(__name__)
+
+
+def default_estep_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({
+        "corpus_path": "",  # the fixed corpus (raw records), e.g. the bootstrap split of `prepare`
+        "checkpoint": "",  # the model that writes the thoughts (a bolt_jax model checkpoint)
+        "tokenizer_path": "",  # "" = the checkpoint's tokenizer
+        "output_path": "",  # the augmented dataset (JSONL); its stats go next to it as <name>.stats.json
+        "store_dir": "",  # the result store ("" = <run_dir>/estep_store)
+        "run_name": "estep",
+        "iteration": 1,
+        "num_samples": 4,  # K (the released runs); 1 = no resampling
+        "resample": True,  # importance resampling (the original's apply_monte_carlo); False: uniform choice
+        "elbo_samples": [1, 2, 4],  # ELBO_n for each n <= K, per chunk and per document
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "top_k": 0,  # 0 = off
+        "max_new_tokens": 1024,
+        "max_prompt_len": 1024,  # left truncation of posterior prompts (max_model_len - max_gen_len)
+        "max_tokens": 2048,  # joint sequences longer than this are cut (spec 5.3)
+        "accounting": "original",  # original: the joint sum skips the <SoL> after the prefix; corrected: includes it
+        "seed": 42,
+        "chunks_per_batch": 64,  # chunks per sampler call and per result shard
+        "slice": "0:1",  # i:n -> this job does slice i of n
+        "limit_docs": 0,  # >0: only the first N documents (debugging)
+        # chunking (spec 2.5, E-step row): Poisson chunks of sentences, prefix = previous 3 chunks
+        "split_mode": "sentence",
+        "units_per_chunk": 8,
+        "min_units_per_chunk": 1,
+        "max_units_per_chunk": 20,
+        "random_chunking": True,
+        "num_prefix_chunks": 3,
+        "include_all_prefix": False,
+        "chunk_seed": 42,
+    })
+
+
+# ------------------------------------------------------------------------------------------------ model interface
+@dataclass
+class Sample:
+    tokens: list[int]  # generated tokens, without the stop token
+    logq: float  # sum of log q over the generated tokens, including the stop token when it was generated
+    done: bool  # stopped at <EoL> (False: hit max_new_tokens)
+
+
+class ModelBackend(Protocol):
+    def sample(self, prompts: Sequence[Sequence[int]], *, n: int, seed: int) -> list[list[Sample]]: ...
+
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """Per-token log p(token_j | tokens_<j) for j >= 1 (entry 0 unused)."""
+
+
+# ------------------------------------------------------------------------------------------------ work items
+@dataclass(frozen=True)
+class Chunk:
+    chunk_id: str  # "<doc index>:<chunk index>"
+    doc_index: int
+    index: int
+    prefix: str
+    suffix: str
+
+
+def chunking_config(e: ml_collections.ConfigDict) -> ChunkingConfig:
+    return ChunkingConfig(split_mode=e.split_mode, units_per_chunk=e.units_per_chunk,
+                          min_units_per_chunk=e.min_units_per_chunk, max_units_per_chunk=e.max_units_per_chunk,
+                          random_chunking=e.random_chunking, num_prefix_chunks=e.num_prefix_chunks,
+                          include_all_prefix=e.include_all_prefix, chunk_seed=e.chunk_seed)
+
+
+def parse_slice(spec: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in str(spec).split(":"))
+    except ValueError:
+        raise ValueError(f"estep.slice={spec!r}: write it as i:n (slice i of n, 0 <= i < n)") from None
+    if not 0 <= i < n:
+        raise ValueError(f"estep.slice={spec!r}: need 0 <= i < n")
+    return i, n
+
+
+def slice_documents(num_docs: int, slice_index: int, num_slices: int) -> range:
+    per = math.ceil(num_docs / num_slices)
+    return range(min(slice_index * per, num_docs), min((slice_index + 1) * per, num_docs))
+
+
+def document_chunks(records: Sequence[dict], doc_indices: range, cfg: ChunkingConfig) -> list[Chunk]:
+    out = []
+    for d in doc_indices:
+        for pair in chunk_text(raw_text(records[d]), cfg):
+            out.append(Chunk(f"{d}:{pair.index}", d, pair.index, pair.prefix, pair.suffix))
+    return out
+
+
+def resolved_settings(e: ml_collections.ConfigDict, model_id: str) -> dict[str, Any]:
+    keys = ["num_samples", "resample", "temperature", "top_p", "top_k", "max_new_tokens", "max_prompt_len",
+            "max_tokens", "accounting", "seed", "chunks_per_batch", "split_mode", "units_per_chunk",
+            "min_units_per_chunk", "max_units_per_chunk", "random_chunking", "num_prefix_chunks",
+            "include_all_prefix", "chunk_seed", "corpus_path", "limit_docs"]
+    return {"model": model_id, **{k: e[k] for k in keys}}
+
+
+# ------------------------------------------------------------------------------------------------ one batch
+def process_batch(chunks: Sequence[Chunk], backend: ModelBackend, tokenizer, e: ml_collections.ConfigDict,
+                  batch_seed: int) -> list[dict[str, Any]]:
+    """Sample, score, weigh and choose for a batch of chunks; returns one result row per chunk."""
+    k = e.num_samples
+    prompts = [sequences.posterior_prompt_tokens(tokenizer, c.prefix, c.suffix, e.max_prompt_len) for c in chunks]
+    samples = backend.sample([p.tokens for p in prompts], n=k, seed=batch_seed)
+    joints, all_seqs = [], []
+    for c, chunk_samples in zip(chunks, samples):
+        latents = [tokenizer.decode(s.tokens) for s in chunk_samples]
+        j = sequences.joint_sequences(tokenizer, c.prefix, latents, c.suffix, e.max_tokens, e.accounting)
+        joints.append((latents, j))
+        all_seqs.extend(j.sequences)
+    scores = backend.score(all_seqs)
+    rows = []
+    for i, (c, chunk_samples, prompt, (latents, j)) in enumerate(zip(chunks, samples, prompts, joints)):
+        joint_lp = [sequences.span_sum(scores[i * k + s], j.score_from) for s in range(k)]
+        gen_lp = [s.logq for s in chunk_samples]
+        log_w = weights.log_weights(joint_lp, gen_lp)
+        if k == 1:
+            chosen = 0
+        elif e.resample:
+            chosen = weights.resample(log_w, weights.chunk_rng(e.seed, c.doc_index, c.index))
+        else:
+            chosen = int(weights.chunk_rng(e.seed, c.doc_index, c.index).integers(k))
+        row = {
+            "chunk_id": c.chunk_id, "doc_index": c.doc_index, "chunk_index": c.index, "suffix": c.suffix,
+            "latents": latents, "gen_logprob": gen_lp, "joint_logprob": joint_lp, "log_weight": log_w.tolist(),
+            "done": [s.done for s in chunk_samples], "gen_len": [len(s.tokens) for s in chunk_samples],
+            "chosen": chosen, "prompt_len": len(prompt.tokens), "prompt_truncated": prompt.truncated,
+            "num_suffix_token_truncated": j.suffix_truncated, "joint_prefix_truncated": j.prefix_truncated,
+            "suffix_tokens": len(tokenizer.encode(c.suffix)),
+            **weights.chunk_diagnostics(log_w),
+        }
+        for n in e.elbo_samples:
+            if n <= k:
+                row[f"elbo_{n}"] = weights.elbo(log_w, n)
+        rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ driver
+def run_estep(config: ml_collections.ConfigDict, backend: ModelBackend | None = None, tokenizer=None,
+              model_id: str | None = None) -> dict[str, Any]:
+    """Runs this job's slice (skipping finished batches), then merges if every slice is done."""
+    from tqdm.auto import tqdm
+
+    from bolt_jax.data.readers import open_corpus
+    e = config.estep
+    slice_index, num_slices = parse_slice(e.slice)
+    if backend is None:
+        backend, tokenizer, model_id = load_backend(config)
+    records = open_corpus(e.corpus_path)
+    num_docs = len(records) if not e.limit_docs else min(e.limit_docs, len(records))
+    store = ResultStore(e.store_dir or os.path.join(config.run_dir, "estep_store"), run=e.run_name,
+                        iteration=e.iteration, settings=resolved_settings(e, model_id or "unknown"))
+    chunks = document_chunks(records, slice_documents(num_docs, slice_index, num_slices), chunking_config(e))
+    batches = [chunks[i:i + e.chunks_per_batch] for i in range(0, len(chunks), e.chunks_per_batch)]
+    todo = [b for b in range(len(batches)) if not store.has_batch(slice_index, num_slices, b)]
+    log.info("E-step slice %d/%d: %d documents, %d chunks, %d batches (%d already done) -> %s", slice_index,
+             num_slices, num_docs, len(chunks), len(batches), len(batches) - len(todo), store.dir)
+    t0 = time.perf_counter()
+    sampled_tokens = 0
+    bar = tqdm(todo, desc=f"E-step slice {slice_index}", unit="batch", disable=not todo)
+    for b in bar:
+        batch_seed = int(np.random.default_rng([e.seed, slice_index, num_slices, b]).integers(2**31))
+        rows = process_batch(batches[b], backend, tokenizer, e, batch_seed)
+        store.write_batch(slice_index, num_slices, b, rows)
+        sampled_tokens += sum(sum(r["gen_len"]) for r in rows)
+        bar.set_postfix(chunks_per_s=f"{sum(len(batches[x]) for x in todo[:todo.index(b) + 1]) / (time.perf_counter() - t0):.2f}")
+    elapsed = time.perf_counter() - t0
+    done_chunks = sum(len(batches[b]) for b in todo)
+    result = {"store": store.dir, "chunks": len(chunks), "chunks_this_run": done_chunks, "seconds": elapsed,
+              "chunks_per_s": done_chunks / elapsed if elapsed and done_chunks else 0.0,
+              "sampled_tokens_per_s": sampled_tokens / elapsed if elapsed and done_chunks else 0.0}
+    if e.output_path and all_slices_done(store, records, num_docs, e):
+        result.update(merge_estep(store, records, num_docs, e))
+    return result
+
+
+def all_slices_done(store: ResultStore, records, num_docs: int, e: ml_collections.ConfigDict) -> bool:
+    _, num_slices = parse_slice(e.slice)
+    cfg = chunking_config(e)
+    for s in range(num_slices):
+        chunks = document_chunks(records, slice_documents(num_docs, s, num_slices), cfg)
+        n_batches = math.ceil(len(chunks) / e.chunks_per_batch)
+        if not all(store.has_batch(s, num_slices, b) for b in range(n_batches)):
+            return False
+    return True
+
+
+def merge_estep(store: ResultStore, records, num_docs: int, e: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The augmented dataset (spec 2.6 bootstrap records, same schema as the API path) and its statistics."""
+    by_doc: dict[int, dict[int, dict]] = {}
+    for row in store.rows():
+        by_doc.setdefault(row["doc_index"], {})[row["chunk_index"]] = row
+    out_records = []
+    stats = {"documents": 0, "chunks": 0, "samples": 0, "not_done": 0, "prompt_truncated": 0,
+             "suffix_tokens_truncated": 0, "ess": [], "max_weight": [], "log_weight_spread": [],
+             "thought_tokens": [], "elbo": {}}
+    for d in range(num_docs):
+        rows = by_doc.get(d, {})
+        chunk_list = []
+        doc_elbo: dict[str, float] = {}
+        for ci in sorted(rows):
+            r = rows[ci]
+            chunk = {"suffix": r["suffix"], "latent": r["latents"][r["chosen"]],
+                     "num_suffix_token_truncated": r["num_suffix_token_truncated"],
+                     "log_importance_weight": r["log_weight"][r["chosen"]], "ess": r["ess"]}
+            for key in r:
+                if key.startswith("elbo_"):
+                    chunk[key] = r[key]
+                    doc_elbo[key] = doc_elbo.get(key, 0.0) + r[key]
+            chunk_list.append(chunk)
+            stats["chunks"] += 1
+            stats["samples"] += len(r["latents"])
+            stats["not_done"] += sum(not x for x in r["done"])
+            stats["prompt_truncated"] += int(r["prompt_truncated"] > 0)
+            stats["suffix_tokens_truncated"] += r["num_suffix_token_truncated"]
+            for key in ("ess", "max_weight", "log_weight_spread"):
+                stats[key].append(r[key])
+            stats["thought_tokens"].extend(r["gen_len"])
+        if not chunk_list:
+            continue
+        rec = augment_record(records[d], chunk_list)
+        rec.update(doc_elbo)
+        rec["num_suffix_token_truncated"] = sum(c["num_suffix_token_truncated"] for c in chunk_list)
+        out_records.append(rec)
+        stats["documents"] += 1
+    summary = {
+        "documents": stats["documents"], "chunks": stats["chunks"], "samples": stats["samples"],
+        "share_not_done": stats["not_done"] / max(stats["samples"], 1),
+        "prompts_truncated": stats["prompt_truncated"], "suffix_tokens_truncated": stats["suffix_tokens_truncated"],
+        "mean_ess": float(np.mean(stats["ess"])) if stats["ess"] else math.nan,
+        "mean_max_weight": float(np.mean(stats["max_weight"])) if stats["max_weight"] else math.nan,
+        "mean_log_weight_spread": float(np.mean(stats["log_weight_spread"])) if stats["ess"] else math.nan,
+        "mean_thought_tokens": float(np.mean(stats["thought_tokens"])) if stats["thought_tokens"] else math.nan,
+        "settings": store.settings,
+    }
+    write_jsonl(e.output_path, out_records)
+    stats_path = os.path.splitext(e.output_path)[0] + ".stats.json"
+    atomic_write_text(stats_path, json.dumps(summary, indent=2, default=str))
+    log.info("E-step merged %d documents, %d chunks -> %s", summary["documents"], summary["chunks"], e.output_path)
+    return {"output_path": e.output_path, "stats_path": stats_path, **{k: v for k, v in summary.items()
+                                                                       if k != "settings"}}
+
+
+def load_backend(config: ml_collections.ConfigDict):
+    """The JAX sampler and scorer on the trainer's mesh, over the checkpoint's weights."""
+    from bolt_jax.estep.backend import JaxBackend
+    return JaxBackend.from_config(config)
