@@ -239,3 +239,40 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
     ck.close()
     assert saved is not None and saved >= 3
     assert max(_losses(tmp_path)) == saved  # every trained step was logged and checkpointed
+
+
+def test_training_starts_from_a_converted_hf_checkpoint(tmp_path):
+    """init_checkpoint: the first step's loss (before any update) equals the loss of the HF model itself, computed
+    with torch on the same batch; the run then exports a model checkpoint that loads back."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from bolt_jax import checkpoint as model_ckpt
+    from convert.hf_to_orbax import convert_hf_to_orbax
+    from tests.helpers import build_hf_model
+
+    hf_dir = build_hf_model(tmp_path / "hf")
+    convert_hf_to_orbax(hf_dir, str(tmp_path / "ckpt"))
+    c = small_config(tmp_path / "run", steps=2, save_every=100)
+    c.model = __import__("bolt_jax.config", fromlist=["x"]).model_config_dict("tiny", vocab_size=512,
+                                                                              intermediate_size=172)
+    c.model.compute_dtype = "float32"
+    c.model.max_position_embeddings = 512
+    c.train.init_checkpoint = str(tmp_path / "ckpt")
+    summary = train(c)
+
+    batch = next(batches_lib.SyntheticBatches(rows=8, seq_len=32, vocab_size=512, seed=c.seed, docs_per_row=2))
+    hf = LlamaForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32).eval()
+    with torch.no_grad():
+        losses = []
+        for row in range(8):  # each packed document alone, since HF has no segment ids
+            for seg in (1, 2):
+                cols = batch["segment_ids"][row] == seg
+                logits = hf(torch.tensor(batch["inputs"][row][cols][None])).logits[0]
+                lp = torch.log_softmax(logits, -1)
+                tgt = torch.tensor(batch["targets"][row][cols])
+                losses.append(-lp[torch.arange(len(tgt)), tgt].numpy())
+    expected = float(np.concatenate(losses).mean())
+    assert summary["losses"][1] == pytest.approx(expected, rel=1e-5)
+    model, cfg, tok = model_ckpt.load_model(summary["model_dir"])
+    assert cfg.vocab_size == 512 and tok is not None
