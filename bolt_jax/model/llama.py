@@ -60,9 +60,8 @@ REMAT_POLICIES = {
 }
 
 
-def decoder_layer(cfg: LlamaConfig, h_BxSxD, p: dict[str, Any], cos_BxSxD, sin_BxSxD, segment_ids_BxS,
-                  kv_cache=None):
-    """One Llama block on the layer's parameter slice `p`. Returns (h, (k, v)) so callers can fill a KV cache."""
+def attention_inputs(cfg: LlamaConfig, h_BxSxD, p: dict[str, Any], cos_BxSxD, sin_BxSxD):
+    """Pre-norm and q/k/v projections with RoPE: the part of a layer before attention (shared with decoding)."""
     dtype = cfg.jnp_compute_dtype
     b, s, _ = h_BxSxD.shape
     hd = cfg.head_size
@@ -73,9 +72,14 @@ def decoder_layer(cfg: LlamaConfig, h_BxSxD, p: dict[str, Any], cos_BxSxD, sin_B
     q = constrain(apply_rope(q, cos_BxSxD, sin_BxSxD), ("batch", "act_seq", "act_heads", "act_head_dim"))
     k = constrain(apply_rope(k, cos_BxSxD, sin_BxSxD), ("batch", "act_seq", "act_kv_heads", "act_head_dim"))
     v = constrain(v, ("batch", "act_seq", "act_kv_heads", "act_head_dim"))
-    attn = kernels.attention(q, k, v, segment_ids=segment_ids_BxS, causal=True, sm_scale=hd ** -0.5,
-                             impl=cfg.attention_impl)
-    attn = checkpoint_name(attn, "attn_out")
+    return q, k, v
+
+
+def attention_output_and_mlp(cfg: LlamaConfig, h_BxSxD, attn_BxSxHxD, p: dict[str, Any]):
+    """o_proj + residual, then the SwiGLU MLP + residual: the part of a layer after attention."""
+    dtype = cfg.jnp_compute_dtype
+    b, s, _ = h_BxSxD.shape
+    attn = checkpoint_name(attn_BxSxHxD, "attn_out")
     h_BxSxD = h_BxSxD + _dense(attn.reshape(b, s, cfg.q_size), p["self_attn"]["o_proj"]["kernel"], dtype)
     h_BxSxD = constrain(h_BxSxD, ("batch", "act_seq", "act_embed"))
     x = rms_norm(h_BxSxD, p["post_attention_layernorm"]["weight"], cfg.rms_norm_eps)
@@ -83,7 +87,16 @@ def decoder_layer(cfg: LlamaConfig, h_BxSxD, p: dict[str, Any], cos_BxSxD, sin_B
     up = _dense(x, p["mlp"]["up_proj"]["kernel"], dtype)
     act = constrain(jax.nn.silu(gate) * up, ("batch", "act_seq", "act_mlp"))
     h_BxSxD = h_BxSxD + _dense(act, p["mlp"]["down_proj"]["kernel"], dtype)
-    return constrain(h_BxSxD, ("batch", "act_seq", "act_embed")), (k, v)
+    return constrain(h_BxSxD, ("batch", "act_seq", "act_embed"))
+
+
+def decoder_layer(cfg: LlamaConfig, h_BxSxD, p: dict[str, Any], cos_BxSxD, sin_BxSxD, segment_ids_BxS,
+                  kv_cache=None):
+    """One Llama block on the layer's parameter slice `p`. Returns (h, (k, v)) so callers can fill a KV cache."""
+    q, k, v = attention_inputs(cfg, h_BxSxD, p, cos_BxSxD, sin_BxSxD)
+    attn = kernels.attention(q, k, v, segment_ids=segment_ids_BxS, causal=True, sm_scale=cfg.head_size ** -0.5,
+                             impl=cfg.attention_impl)
+    return attention_output_and_mlp(cfg, h_BxSxD, attn, p), (k, v)
 
 
 # ---------------------------------------------------------------------------------------------- modules

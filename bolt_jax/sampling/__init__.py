@@ -1,0 +1,7 @@
+"""Jitted batched sampler (prefill + while_loop decode over a static KV cache) and teacher-forced scorer, on the
+training mesh with the training weights."""
+
+from bolt_jax.sampling.sampler import GenerationResult, generate
+from bolt_jax.sampling.scorer import score, span_sums
+
+__all__ = ["GenerationResult", "generate", "score", "span_sums"]

@@ -1,0 +1,245 @@
+"""Jitted batched sampler on the training mesh: one prefill, then `lax.while_loop` decoding from a static KV cache.
+
+    result = generate(model, prompts, n=4, max_new_tokens=1024, temperature=1.0, stop_token_ids=[eol_id], seed=0)
+
+Prompts are left-padded to a bucketed length so every row writes the same cache slot at each step; pad positions
+carry segment id 0 and are never attended to. The n samples of a prompt share its prefill: the cache is computed
+once per prompt and repeated n times along the batch. The cache `[layers, batch, time, kv_heads, head_dim]` is
+sharded over the batch like the training activations. Each row draws from its own key (seed, row, step), so results
+do not depend on how the batch is sharded. log q of every token is that of the distribution actually sampled from
+(bolt_jax.sampling.transforms).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from bolt_jax import kernels, parallel
+from bolt_jax.model.llama import (Llama, attention_inputs, attention_output_and_mlp, decoder_layer, pure_dict,
+                                  rms_norm, rope_cos_sin)
+from bolt_jax.parallel import constrain
+from bolt_jax.sampling.transforms import sample_tokens, transform_logits
+
+
+@dataclass
+class GenerationResult:
+    """Samples in prompt-major order: sample j of prompt i is entry i * n + j."""
+    tokens: list[list[int]]  # generated tokens, without the stop token (and cut before a stop string)
+    token_logq: list[np.ndarray]  # log q of each generated token, the stop token included when one was generated
+    logq: np.ndarray  # sum of token_logq
+    done: np.ndarray  # stopped by a stop token or stop string (False: ran into max_new_tokens)
+    lengths: np.ndarray  # len(tokens[i])
+    texts: list[str] | None = None
+    num_truncated_prompts: int = 0
+    prompt_lengths: list[int] = field(default_factory=list)
+
+
+def _bucket(n: int, minimum: int = 16) -> int:
+    return max(minimum, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
+
+
+def _to_host(x) -> np.ndarray:
+    if jax.process_count() > 1 and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def _place(array: np.ndarray, mesh) -> jax.Array:
+    """A host array that every process holds in full -> a global array sharded over the batch axes."""
+    if mesh is None:
+        return jnp.asarray(array)
+    sharding = parallel.batch_sharding(mesh, array.ndim)
+    return jax.make_array_from_callback(array.shape, sharding, lambda idx: array[idx])
+
+
+def decode_step_layer(cfg, h_Bx1xD, p, cos, sin, k_cache_BxTxKxD, v_cache_BxTxKxD, kv_seg_BxT, write_index):
+    """One layer for one new token: project, write k/v into the cache slot, attend over the cache."""
+    q, k, v = attention_inputs(cfg, h_Bx1xD, p, cos, sin)
+    k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache_BxTxKxD, k.astype(k_cache_BxTxKxD.dtype), write_index, 1)
+    v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache_BxTxKxD, v.astype(v_cache_BxTxKxD.dtype), write_index, 1)
+    q_seg = jnp.ones(h_Bx1xD.shape[:2], jnp.int32)
+    attn = kernels.attention(q, k_cache, v_cache, segment_ids=(q_seg, kv_seg_BxT), causal=False,
+                             sm_scale=cfg.head_size ** -0.5, impl="xla")
+    return attention_output_and_mlp(cfg, h_Bx1xD, attn, p), (k_cache, v_cache)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "n", "max_new_tokens", "temperature", "top_k", "top_p",
+                                             "greedy", "stop_ids", "banned_ids"))
+def _generate_core(graphdef, params, prompt_BxP, pad_B, seed, *, n: int, max_new_tokens: int, temperature: float,
+                   top_k: int, top_p: float, greedy: bool, stop_ids: tuple[int, ...], banned_ids: tuple[int, ...]):
+    model: Llama = nnx.merge(graphdef, params)
+    cfg = model.config
+    b, p_len = prompt_BxP.shape
+    t_len = p_len + max_new_tokens
+    dtype = cfg.jnp_compute_dtype
+    layer_params = model.layers.stacked_params()
+
+    # ---- prefill (the training attention kernel, segment 0 = left padding)
+    idx = jnp.arange(p_len, dtype=jnp.int32)[None, :]
+    positions = jnp.maximum(idx - pad_B[:, None], 0)
+    seg_BxP = (idx >= pad_B[:, None]).astype(jnp.int32)
+    cos, sin = rope_cos_sin(positions, cfg.head_size, cfg.rope_theta)
+    h = model.embed(prompt_BxP)
+
+    def prefill_layer(h, p):
+        h, (k, v) = decoder_layer(cfg, h, p, cos, sin, seg_BxP)
+        return h, (k.astype(dtype), v.astype(dtype))
+
+    h, (k_LxBxPxKxD, v_LxBxPxKxD) = jax.lax.scan(prefill_layer, h, layer_params)
+    last = rms_norm(h[:, -1:], model.norm.weight[...], cfg.rms_norm_eps)
+    logits_BxV = model.logits_from_hidden(last)[:, 0]
+
+    # ---- share the prefill among the n samples of each prompt
+    rep = lambda x, axis: jnp.repeat(x, n, axis=axis)  # noqa: E731
+    bn = b * n
+    cache_axes = (None, "batch", "cache_time", "act_kv_heads", "act_head_dim")
+    pad_time = ((0, 0), (0, 0), (0, max_new_tokens), (0, 0), (0, 0))
+    k_cache = constrain(jnp.pad(rep(k_LxBxPxKxD, 1), pad_time), cache_axes)
+    v_cache = constrain(jnp.pad(rep(v_LxBxPxKxD, 1), pad_time), cache_axes)
+    kv_seg = jnp.pad(rep(seg_BxP, 0), ((0, 0), (0, max_new_tokens)))
+    logits_BxV = rep(logits_BxV, 0)
+    first_pos = rep(p_len - pad_B, 0)
+    row_keys = jax.vmap(lambda r: jax.random.fold_in(jax.random.PRNGKey(seed), r))(jnp.arange(bn))
+    banned = jnp.zeros((cfg.vocab_size,), bool).at[jnp.asarray(banned_ids, jnp.int32)].set(True) \
+        if banned_ids else None
+    stop = jnp.asarray(stop_ids if stop_ids else (-1,), jnp.int32)
+
+    def pick(logits, t):
+        keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(row_keys)
+        x = transform_logits(logits, temperature=1.0 if greedy else temperature, top_k=0 if greedy else top_k,
+                             top_p=1.0 if greedy else top_p, banned_mask_V=banned)
+        return sample_tokens(keys, x, greedy)
+
+    tok0, lq0 = pick(logits_BxV, 0)
+    out_tokens = jnp.zeros((bn, max_new_tokens), jnp.int32).at[:, 0].set(tok0)
+    out_logq = jnp.zeros((bn, max_new_tokens), jnp.float32).at[:, 0].set(lq0)
+    done = jnp.isin(tok0, stop)
+    length = jnp.ones((bn,), jnp.int32)
+
+    def cond(state):
+        t, _, _, _, _, _, _, done, _ = state
+        return (t < max_new_tokens) & ~jnp.all(done)
+
+    def body(state):
+        t, last_tok, k_cache, v_cache, kv_seg, out_tokens, out_logq, done, length = state
+        write = p_len + t - 1
+        kv_seg = jax.lax.dynamic_update_slice_in_dim(kv_seg, jnp.ones((bn, 1), jnp.int32), write, 1)
+        pos = (first_pos + t - 1)[:, None]
+        cos, sin = rope_cos_sin(pos, cfg.head_size, cfg.rope_theta)
+        h = model.embed(last_tok[:, None])
+
+        def layer(h, xs):
+            p, kc, vc = xs
+            h, (kc, vc) = decode_step_layer(cfg, h, p, cos, sin, kc, vc, kv_seg, write)
+            return h, (kc, vc)
+
+        h, (k_cache, v_cache) = jax.lax.scan(layer, h, (layer_params, k_cache, v_cache))
+        h = rms_norm(h, model.norm.weight[...], cfg.rms_norm_eps)
+        tok, lq = pick(model.logits_from_hidden(h)[:, 0], t)
+        tok = jnp.where(done, 0, tok)
+        lq = jnp.where(done, 0.0, lq)
+        out_tokens = jax.lax.dynamic_update_slice_in_dim(out_tokens, tok[:, None], t, 1)
+        out_logq = jax.lax.dynamic_update_slice_in_dim(out_logq, lq[:, None], t, 1)
+        length = length + (~done).astype(jnp.int32)
+        done = done | jnp.isin(tok, stop)
+        return (t + 1, tok, k_cache, v_cache, kv_seg, out_tokens, out_logq, done, length)
+
+    state = (jnp.int32(1), tok0, k_cache, v_cache, kv_seg, out_tokens, out_logq, done, length)
+    _, _, _, _, _, out_tokens, out_logq, done, length = jax.lax.while_loop(cond, body, state)
+    return out_tokens, out_logq, done, length
+
+
+def generate(model: Llama, prompts: Sequence[Sequence[int]], *, n: int = 1, max_new_tokens: int = 256,
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
+             stop_token_ids: Sequence[int] = (), stop_strings: Sequence[str] = (),
+             banned_token_ids: Sequence[int] = (), max_prompt_len: int | None = None, seed: int = 0,
+             mesh=None, tokenizer=None, batch_bucket: int = 8) -> GenerationResult:
+    """Samples `n` continuations per prompt (token id lists). See the module docstring."""
+    if not prompts:
+        return GenerationResult([], [], np.zeros(0), np.zeros(0, bool), np.zeros(0, int), [] if tokenizer else None)
+    if stop_strings and tokenizer is None:
+        raise ValueError("stop_strings need a tokenizer (to decode the generated text)")
+    if n < 1 or max_new_tokens < 1:
+        raise ValueError(f"n={n} and max_new_tokens={max_new_tokens} must be >= 1")
+    cfg = model.config
+    limit = max_prompt_len or (cfg.max_position_embeddings - max_new_tokens)
+    if limit < 1:
+        raise ValueError(f"no room for the prompt: max_prompt_len={max_prompt_len}, "
+                         f"max_position_embeddings={cfg.max_position_embeddings}, max_new_tokens={max_new_tokens}")
+    truncated = sum(len(p) > limit for p in prompts)
+    prompts = [list(p)[-limit:] for p in prompts]
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("empty prompt: every prompt needs at least one token (e.g. BOS)")
+    p_len = _bucket(max(len(p) for p in prompts))
+    divisor = parallel.batch_divisor(mesh) if mesh is not None else 1
+    step = math.lcm(batch_bucket, divisor)
+    b = math.ceil(len(prompts) / step) * step
+    prompt_np = np.zeros((b, p_len), np.int32)
+    pad_np = np.full((b,), p_len - 1, np.int32)
+    for i in range(b):
+        src = prompts[i] if i < len(prompts) else prompts[0]
+        prompt_np[i, p_len - len(src):] = src
+        pad_np[i] = p_len - len(src)
+    graphdef, state = nnx.split(model)
+    params = pure_dict(state)
+    ctx = jax.set_mesh(mesh) if mesh is not None else _null()
+    with ctx:
+        out = _generate_core(graphdef, params, _place(prompt_np, mesh), _place(pad_np, mesh), seed, n=n,
+                             max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=int(top_k),
+                             top_p=float(top_p), greedy=bool(greedy), stop_ids=tuple(int(i) for i in stop_token_ids),
+                             banned_ids=tuple(sorted(int(i) for i in banned_token_ids)))
+    tokens_np, logq_np, done_np, length_np = (_to_host(x) for x in out)
+    rows = len(prompts) * n
+    stop_set = set(int(i) for i in stop_token_ids)
+    tokens, token_logq, done, lengths, texts = [], [], [], [], []
+    for r in range(rows):
+        seq = tokens_np[r, :length_np[r]].tolist()
+        lq = logq_np[r, :length_np[r]]
+        finished = bool(done_np[r])
+        if finished and seq and seq[-1] in stop_set:
+            seq = seq[:-1]  # the stop token is not part of the text; its log q stays in the sum
+        text = tokenizer.decode(seq) if tokenizer is not None else None
+        if stop_strings and text is not None:
+            cut = _cut_at_stop_string(seq, tokenizer, stop_strings)
+            if cut is not None:
+                seq, text, finished = seq[:cut[0]], cut[1], True
+                lq = lq[:cut[0] + 1]  # up to the token that completed the stop string
+        tokens.append(seq)
+        token_logq.append(np.asarray(lq, np.float64))
+        done.append(finished)
+        lengths.append(len(seq))
+        texts.append(text)
+    return GenerationResult(tokens=tokens, token_logq=token_logq, logq=np.array([x.sum() for x in token_logq]),
+                            done=np.array(done), lengths=np.array(lengths),
+                            texts=texts if tokenizer is not None else None, num_truncated_prompts=truncated,
+                            prompt_lengths=[len(p) for p in prompts])
+
+
+def _cut_at_stop_string(seq: list[int], tokenizer, stop_strings: Sequence[str]):
+    """(number of tokens before the one completing the earliest stop string, text before the stop string)."""
+    text = tokenizer.decode(seq)
+    hits = [text.find(s) for s in stop_strings if s and text.find(s) >= 0]
+    if not hits:
+        return None
+    first = min(hits)
+    for i in range(1, len(seq) + 1):
+        if len(tokenizer.decode(seq[:i])) > first:
+            return i - 1, text[:first]
+    return len(seq), text[:first]
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
