@@ -141,3 +141,11 @@ def test_results_do_not_depend_on_sharding(models):
     np.testing.assert_allclose(a.logq, b.logq, atol=1e-4)
     # and the n samples of a prompt differ from each other (independent draws after one shared prefill)
     assert len({tuple(t) for t in a.tokens[:3]}) > 1
+
+
+def test_prompt_seeds_make_samples_independent_of_batch_composition(models):
+    ours, _, _ = models
+    kw = dict(n=2, max_new_tokens=5, temperature=1.0)
+    together = generate(ours, PROMPTS, prompt_seeds=[11, 12, 13], **kw)
+    alone = generate(ours, [PROMPTS[2]], prompt_seeds=[13], **kw)
+    assert together.tokens[4:6] == alone.tokens

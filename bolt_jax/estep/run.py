@@ -74,7 +74,8 @@ class Sample:
 
 
 class ModelBackend(Protocol):
-    def sample(self, prompts: Sequence[Sequence[int]], *, n: int, seed: int) -> list[list[Sample]]: ...
+    def sample(self, prompts: Sequence[Sequence[int]], *, n: int, seeds: Sequence[int]) -> list[list[Sample]]:
+        """n samples per prompt; prompt i's randomness comes from seeds[i] alone."""
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """Per-token log p(token_j | tokens_<j) for j >= 1 (entry 0 unused)."""
@@ -129,12 +130,18 @@ def resolved_settings(e: ml_collections.ConfigDict, model_id: str) -> dict[str, 
 
 
 # ------------------------------------------------------------------------------------------------ one batch
-def process_batch(chunks: Sequence[Chunk], backend: ModelBackend, tokenizer, e: ml_collections.ConfigDict,
-                  batch_seed: int) -> list[dict[str, Any]]:
+def chunk_sampling_seed(e: ml_collections.ConfigDict, c: Chunk) -> int:
+    """The sampler seed of one chunk: a function of (seed, iteration, document, chunk) only, so the samples do not
+    depend on batching, slicing, restarts or the number of processes."""
+    return int(np.random.default_rng([e.seed, e.iteration, c.doc_index, c.index]).integers(2**31))
+
+
+def process_batch(chunks: Sequence[Chunk], backend: ModelBackend, tokenizer,
+                  e: ml_collections.ConfigDict) -> list[dict[str, Any]]:
     """Sample, score, weigh and choose for a batch of chunks; returns one result row per chunk."""
     k = e.num_samples
     prompts = [sequences.posterior_prompt_tokens(tokenizer, c.prefix, c.suffix, e.max_prompt_len) for c in chunks]
-    samples = backend.sample([p.tokens for p in prompts], n=k, seed=batch_seed)
+    samples = backend.sample([p.tokens for p in prompts], n=k, seeds=[chunk_sampling_seed(e, c) for c in chunks])
     joints, all_seqs = [], []
     for c, chunk_samples in zip(chunks, samples):
         latents = [tokenizer.decode(s.tokens) for s in chunk_samples]
@@ -155,7 +162,7 @@ def process_batch(chunks: Sequence[Chunk], backend: ModelBackend, tokenizer, e: 
             chosen = int(weights.chunk_rng(e.seed, c.doc_index, c.index).integers(k))
         row = {
             "chunk_id": c.chunk_id, "doc_index": c.doc_index, "chunk_index": c.index, "suffix": c.suffix,
-            "latents": latents, "gen_logprob": gen_lp, "joint_logprob": joint_lp, "log_weight": log_w.tolist(),
+            "latents": latents, "latent_tokens": [s.tokens for s in chunk_samples], "gen_logprob": gen_lp, "joint_logprob": joint_lp, "log_weight": log_w.tolist(),
             "done": [s.done for s in chunk_samples], "gen_len": [len(s.tokens) for s in chunk_samples],
             "chosen": chosen, "prompt_len": len(prompt.tokens), "prompt_truncated": prompt.truncated,
             "num_suffix_token_truncated": j.suffix_truncated, "joint_prefix_truncated": j.prefix_truncated,
@@ -193,8 +200,7 @@ def run_estep(config: ml_collections.ConfigDict, backend: ModelBackend | None = 
     sampled_tokens = 0
     bar = tqdm(todo, desc=f"E-step slice {slice_index}", unit="batch", disable=not todo)
     for b in bar:
-        batch_seed = int(np.random.default_rng([e.seed, slice_index, num_slices, b]).integers(2**31))
-        rows = process_batch(batches[b], backend, tokenizer, e, batch_seed)
+        rows = process_batch(batches[b], backend, tokenizer, e)
         store.write_batch(slice_index, num_slices, b, rows)
         sampled_tokens += sum(sum(r["gen_len"]) for r in rows)
         bar.set_postfix(chunks_per_s=f"{sum(len(batches[x]) for x in todo[:todo.index(b) + 1]) / (time.perf_counter() - t0):.2f}")

@@ -74,7 +74,7 @@ def decode_step_layer(cfg, h_Bx1xD, p, cos, sin, k_cache_BxTxKxD, v_cache_BxTxKx
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "n", "max_new_tokens", "temperature", "top_k", "top_p",
                                              "greedy", "stop_ids", "banned_ids"))
-def _generate_core(graphdef, params, prompt_BxP, pad_B, seed, *, n: int, max_new_tokens: int, temperature: float,
+def _generate_core(graphdef, params, prompt_BxP, pad_B, prompt_keys_Bx2, *, n: int, max_new_tokens: int, temperature: float,
                    top_k: int, top_p: float, greedy: bool, stop_ids: tuple[int, ...], banned_ids: tuple[int, ...]):
     model: Llama = nnx.merge(graphdef, params)
     cfg = model.config
@@ -108,7 +108,10 @@ def _generate_core(graphdef, params, prompt_BxP, pad_B, seed, *, n: int, max_new
     kv_seg = jnp.pad(rep(seg_BxP, 0), ((0, 0), (0, max_new_tokens)))
     logits_BxV = rep(logits_BxV, 0)
     first_pos = rep(p_len - pad_B, 0)
-    row_keys = jax.vmap(lambda r: jax.random.fold_in(jax.random.PRNGKey(seed), r))(jnp.arange(bn))
+    # sample j of prompt i draws from fold_in(key_i, j), then fold_in(., step): nothing depends on batch layout
+    sample_index = jnp.tile(jnp.arange(n, dtype=jnp.uint32), b)
+    row_keys = jax.vmap(lambda k, j: jax.random.fold_in(jax.random.wrap_key_data(k), j))(
+        rep(prompt_keys_Bx2, 0), sample_index)
     banned = jnp.zeros((cfg.vocab_size,), bool).at[jnp.asarray(banned_ids, jnp.int32)].set(True) \
         if banned_ids else None
     stop = jnp.asarray(stop_ids if stop_ids else (-1,), jnp.int32)
@@ -162,8 +165,12 @@ def generate(model: Llama, prompts: Sequence[Sequence[int]], *, n: int = 1, max_
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
              stop_token_ids: Sequence[int] = (), stop_strings: Sequence[str] = (),
              banned_token_ids: Sequence[int] = (), max_prompt_len: int | None = None, seed: int = 0,
-             mesh=None, tokenizer=None, batch_bucket: int = 8) -> GenerationResult:
-    """Samples `n` continuations per prompt (token id lists). See the module docstring."""
+             prompt_seeds: Sequence[int] | None = None, mesh=None, tokenizer=None,
+             batch_bucket: int = 8) -> GenerationResult:
+    """Samples `n` continuations per prompt (token id lists). See the module docstring.
+
+    Randomness: prompt i uses key fold_in(PRNGKey(seed), i), or PRNGKey(prompt_seeds[i]) when given, so a prompt's
+    samples can be made independent of which batch, slice or process it lands in."""
     if not prompts:
         return GenerationResult([], [], np.zeros(0), np.zeros(0, bool), np.zeros(0, int), [] if tokenizer else None)
     if stop_strings and tokenizer is None:
@@ -189,11 +196,20 @@ def generate(model: Llama, prompts: Sequence[Sequence[int]], *, n: int = 1, max_
         src = prompts[i] if i < len(prompts) else prompts[0]
         prompt_np[i, p_len - len(src):] = src
         pad_np[i] = p_len - len(src)
+    if prompt_seeds is not None:
+        if len(prompt_seeds) != len(prompts):
+            raise ValueError(f"{len(prompt_seeds)} prompt_seeds for {len(prompts)} prompts")
+        keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(list(prompt_seeds) + [0] * (b - len(prompts)), jnp.uint32))
+    else:
+        keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(seed), i))(jnp.arange(b, dtype=jnp.uint32))
+    keys_np = np.asarray(jax.random.key_data(keys) if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key) else keys,
+                         np.uint32)
     graphdef, state = nnx.split(model)
     params = pure_dict(state)
     ctx = jax.set_mesh(mesh) if mesh is not None else _null()
     with ctx:
-        out = _generate_core(graphdef, params, _place(prompt_np, mesh), _place(pad_np, mesh), seed, n=n,
+        out = _generate_core(graphdef, params, _place(prompt_np, mesh), _place(pad_np, mesh), _place(keys_np, mesh),
+                             n=n,
                              max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=int(top_k),
                              top_p=float(top_p), greedy=bool(greedy), stop_ids=tuple(int(i) for i in stop_token_ids),
                              banned_ids=tuple(sorted(int(i) for i in banned_token_ids)))

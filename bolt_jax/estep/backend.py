@@ -1,0 +1,53 @@
+"""The E-step's model backend: the JAX sampler and scorer on the trainer's mesh, over a model checkpoint."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import ml_collections
+import numpy as np
+
+from bolt_jax.data.formats import EOL
+from bolt_jax.estep.run import Sample
+
+
+class JaxBackend:
+    def __init__(self, model, tokenizer, estep: ml_collections.ConfigDict, mesh=None):
+        self.model, self.tokenizer, self.e, self.mesh = model, tokenizer, estep, mesh
+        self.eol_id = tokenizer.special_ids[EOL]
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict):
+        """(backend, tokenizer, model id) for config.estep.checkpoint on the config's mesh."""
+        import os
+
+        from bolt_jax import checkpoint as model_ckpt
+        from bolt_jax import parallel
+        from bolt_jax.data.tokenizer import load_tokenizer
+        e = config.estep
+        if not e.checkpoint:
+            raise ValueError("config.estep.checkpoint is empty: name the model checkpoint that writes the thoughts")
+        mesh = parallel.make_mesh(dict(config.mesh))
+        rules = parallel.normalize_rules(dict(config.rules)) if "rules" in config else None
+        compute = config.model.compute_dtype if "model" in config else "bfloat16"
+        model, _, tok_dir = model_ckpt.load_model(e.checkpoint, mesh, rules=rules, compute_dtype=compute)
+        tok_path = e.tokenizer_path or tok_dir
+        if not tok_path:
+            raise ValueError(f"checkpoint {e.checkpoint} has no tokenizer; set config.estep.tokenizer_path")
+        tokenizer = load_tokenizer(tok_path)
+        return cls(model, tokenizer, e, mesh), tokenizer, os.path.abspath(e.checkpoint)
+
+    def sample(self, prompts: Sequence[Sequence[int]], *, n: int, seeds: Sequence[int]) -> list[list[Sample]]:
+        from bolt_jax.sampling import generate
+        r = generate(self.model, prompts, n=n, max_new_tokens=self.e.max_new_tokens, temperature=self.e.temperature,
+                     top_k=self.e.top_k, top_p=self.e.top_p, stop_token_ids=[self.eol_id],
+                     max_prompt_len=self.e.max_prompt_len, prompt_seeds=seeds, mesh=self.mesh)
+        out = []
+        for i in range(len(prompts)):
+            out.append([Sample(tokens=r.tokens[i * n + j], logq=float(r.logq[i * n + j]), done=bool(r.done[i * n + j]))
+                        for j in range(n)])
+        return out
+
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        from bolt_jax.sampling import score
+        return score(self.model, sequences, mesh=self.mesh)
