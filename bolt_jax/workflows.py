@@ -6,6 +6,7 @@ and a workflow's heavy dependencies load only when it runs. Later packages regis
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Callable
@@ -104,6 +105,8 @@ def _register_validators() -> None:
     from bolt_jax.config import VALIDATORS
     VALIDATORS["train"] = _validate_train
     VALIDATORS["demo"] = _validate_train
+    VALIDATORS["compare"] = _validate_train
+    VALIDATORS["bootstrap"] = _validate_train
 
 
 _register_validators()
@@ -111,6 +114,29 @@ _register_validators()
 
 @workflow("demo")
 def demo(config: ml_collections.ConfigDict):
-    """Toy-scale BoLT on CPU: raw vs thought-augmented training, evaluated on raw text; table + PNG."""
+    """Toy-scale BoLT on CPU: toy data, base model, warmstart, EM iterations, raw baselines, report."""
     from bolt_jax.demo import run_demo
     return run_demo(config)
+
+
+@workflow("compare")
+def compare(config: ml_collections.ConfigDict):
+    """Raw vs thought-augmented training for the same steps on the toy corpus, evaluated on raw text."""
+    from bolt_jax.demo import run_compare
+    return run_compare(config)
+
+
+@workflow("estep")
+def estep(config: ml_collections.ConfigDict):
+    """E-step: sample K thoughts per chunk with config.estep.checkpoint, weigh, resample, write the dataset."""
+    from bolt_jax.estep.run import run_estep
+    result = run_estep(config)
+    print(json.dumps({k: v for k, v in result.items() if isinstance(v, (int, float, str))}, indent=2))
+    return result
+
+
+@workflow("bootstrap")
+def bootstrap(config: ml_collections.ConfigDict):
+    """BoLT's EM loop: warmstart, E-step/M-step iterations from the base model, raw baselines, report."""
+    from bolt_jax.bootstrap import run_bootstrap
+    return run_bootstrap(config)

@@ -1,9 +1,16 @@
-"""`make demo`: raw vs thought-augmented training of a small Llama on the toy math corpus, on CPU in minutes."""
+"""`make demo`: the whole BoLT EM loop on the toy math corpus, on CPU in minutes.
+
+Tiny base model pretrained on raw toy text -> warmstart on the toy thoughts -> 2 EM iterations with K=4 ->
+raw token- and FLOP-matched baselines -> report (validation loss, ELBO, chosen-thought correctness).
+`--config.workflow=compare` runs the simpler raw-vs-thoughts comparison instead.
+"""
 
 import ml_collections
 
+from bolt_jax.bootstrap import default_bootstrap_config
 from bolt_jax.config import base_config, model_config_dict
 from bolt_jax.data.pipeline import default_data_config
+from bolt_jax.estep.run import default_estep_config
 from bolt_jax.train.loop import default_train_config
 from bolt_jax.train.optim import default_optim_config
 
@@ -15,21 +22,30 @@ def get_config():
     c.seed = 0
     c.model = model_config_dict("tiny", vocab_size=512, hidden_size=128, intermediate_size=344,
                                 num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                                compute_dtype="float32")
+                                compute_dtype="float32", max_position_embeddings=512)
     c.data = default_data_config()
     c.data.seq_len = 256
     c.data.packing = "document"
     c.data.shuffle_documents = True
     c.train = default_train_config()
-    c.train.steps = 200
+    c.train.steps = 200  # the `compare` workflow; the bootstrap stages set their own
     c.train.global_batch_size = 8
     c.train.log_every = 10
-    c.train.eval_every = 40
-    c.train.eval_batches = 4
-    c.train.save_every = 100
+    c.train.eval_every = 20
+    c.train.eval_batches = 2
+    c.train.save_every = 50
     c.optim = default_optim_config()
     c.optim.lr = 3e-3
-    c.optim.warmup_steps = 30
+    c.optim.warmup_steps = 10
     c.optim.lr_min_ratio = 0.1
-    c.demo = ml_collections.ConfigDict({"num_train_docs": 4000, "num_validation_docs": 200})
+    c.bootstrap = default_bootstrap_config()
+    c.bootstrap.update(iterations=2, pretrain_steps=150, warmstart_steps=60, iteration_steps=60, elbo_samples=4,
+                       elbo_docs=8)
+    c.estep = default_estep_config()
+    # toy documents are one problem per paragraph: one chunk per problem, the previous 3 as prefix
+    c.estep.update(num_samples=4, max_new_tokens=40, max_prompt_len=384, max_tokens=512, split_mode="paragraph",
+                   random_chunking=False, units_per_chunk=1, chunks_per_batch=64)
+    c.demo = ml_collections.ConfigDict({"num_train_docs": 4000, "num_validation_docs": 200,  # compare
+                                        "num_pretrain_docs": 3000, "num_warmstart_docs": 600,
+                                        "num_bootstrap_docs": 100})
     return c

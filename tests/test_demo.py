@@ -1,4 +1,4 @@
-"""`make demo` end to end at a few steps: toy data, tokenizer, two training runs, table and PNG."""
+"""`make demo` end to end at a few steps: the bootstrap workflow on toy data (and the raw-vs-thoughts comparison)."""
 
 import json
 import os
@@ -7,25 +7,46 @@ import sys
 
 from tests.helpers import repo_root
 
+TINY = ["--config.train.progress_bar=False", "--config.train.log_every=2", "--config.train.eval_every=2",
+        "--config.train.eval_batches=1", "--config.train.save_every=100"]
 
-def test_demo_runs_end_to_end_and_plots(tmp_path):
+
+def run(tmp_path, *args):
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    r = subprocess.run([sys.executable, "-m", "bolt_jax.main", "--config", "configs/demo.py",
-                        f"--config.run_dir={tmp_path}", "--config.train.steps=6", "--config.train.eval_every=3",
-                        "--config.train.eval_batches=1", "--config.train.log_every=3", "--config.train.save_every=6",
-                        "--config.demo.num_train_docs=200", "--config.demo.num_validation_docs=20",
-                        "--config.train.progress_bar=False"],
-                       cwd=repo_root(), env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "bolt_jax.main", "--config", "configs/demo.py",
+                           f"--config.run_dir={tmp_path}", *TINY, *args],
+                          cwd=repo_root(), env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_bootstrap_demo_runs_end_to_end_and_resumes(tmp_path):
+    args = ["--config.bootstrap.pretrain_steps=4", "--config.bootstrap.warmstart_steps=4",
+            "--config.bootstrap.iteration_steps=3", "--config.bootstrap.iterations=2",
+            "--config.bootstrap.elbo_docs=2", "--config.estep.num_samples=2", "--config.estep.max_new_tokens=6",
+            "--config.demo.num_pretrain_docs=60", "--config.demo.num_warmstart_docs=30",
+            "--config.demo.num_bootstrap_docs=6", "--config.demo.num_validation_docs=8"]
+    r = run(tmp_path, *args)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "BoLT toy demo" in r.stdout and "val loss (raw)" in r.stdout
-    png = tmp_path / "loss_curves.png"
-    assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    summary = json.loads((tmp_path / "demo_summary.json").read_text())
-    assert set(summary) == {"raw", "thoughts"}
-    for run in summary.values():
-        assert run["steps"] == 6 and run["val_loss"] > 0
-    # the thought run really trained on thoughts: its metrics have thought-token losses, the raw run's do not
-    rows = [json.loads(l) for l in open(tmp_path / "thoughts" / "metrics.jsonl")]
-    assert any(row.get("tokens_thought", 0) > 0 for row in rows)
-    rows = [json.loads(l) for l in open(tmp_path / "raw" / "metrics.jsonl")]
-    assert all(not row.get("tokens_thought") for row in rows)
+    assert "BoLT bootstrap summary" in r.stdout and "chosen thought correct per iteration" in r.stdout
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    expected = ["base", "warmstart", "estep_1", "mstep_1", "estep_2", "mstep_2", "raw_token_match",
+                "raw_flops_match"]
+    assert all(manifest[s]["status"] == "done" for s in expected)
+    assert manifest["estep_2"]["outputs"]["chunks"] > 0
+    assert (tmp_path / "report.md").exists() and (tmp_path / "bootstrap.png").read_bytes()[:4] == b"\x89PNG"
+    data = [json.loads(l) for l in open(tmp_path / "data" / "iter_1.jsonl")]
+    assert len(data) == 6 and all(c["latent"] is not None for d in data for c in d["chunks"])
+    # the M-step of iteration 2 trained from the base model on iteration 2's data
+    cfg = json.loads((tmp_path / "runs" / "iter_2" / "config.json").read_text())
+    assert cfg["train"]["init_checkpoint"].endswith("runs/base/model")
+    assert cfg["data"]["train_path"].endswith("data/iter_2.jsonl")
+    # a rerun skips every finished stage
+    again = run(tmp_path, *args)
+    assert again.returncode == 0 and "=== bootstrap stage" not in again.stdout
+
+
+def test_compare_workflow_plots(tmp_path):
+    r = run(tmp_path, "--config.workflow=compare", "--config.train.steps=4", "--config.demo.num_train_docs=100",
+            "--config.demo.num_validation_docs=10")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "val loss (raw)" in r.stdout
+    assert (tmp_path / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"
