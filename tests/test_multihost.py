@@ -118,3 +118,23 @@ def test_incomplete_settings_fail_clearly():
     r = subprocess.run([sys.executable, "-m", "bolt_jax.main", *COMMON, "--dry_run"], cwd=ROOT, text=True,
                        capture_output=True, env=_env(4, BOLT_COORDINATOR="127.0.0.1:1234"), timeout=120)
     assert r.returncode == 2 and "missing ['num_processes', 'process_id']" in r.stderr, r.stderr[-2000:]
+
+
+def test_estep_in_two_processes_merges_to_the_same_dataset(tmp_path):
+    from bolt_jax.data import toy
+    from convert.hf_to_orbax import convert_hf_to_orbax
+    from tests.helpers import build_hf_model
+    hf_dir = build_hf_model(tmp_path / "hf")
+    convert_hf_to_orbax(hf_dir, str(tmp_path / "ckpt"))
+    toy.write_corpus(tmp_path / "corpus.jsonl", toy.generate(4, seed=5))
+    common = ["--config", "configs/demo.py", "--config.workflow=estep", "--config.model.compute_dtype=float32",
+              f"--config.estep.checkpoint={tmp_path / 'ckpt'}", f"--config.estep.corpus_path={tmp_path / 'corpus.jsonl'}",
+              "--config.estep.max_new_tokens=5", "--config.estep.chunks_per_batch=4", "--config.estep.num_samples=2"]
+    one = common + [f"--config.run_dir={tmp_path / 'one'}", f"--config.estep.output_path={tmp_path / 'one.jsonl'}"]
+    rc, out, err = run_one_process(one)
+    assert rc == 0, err[-3000:]
+    two = common + [f"--config.run_dir={tmp_path / 'two'}", f"--config.estep.output_path={tmp_path / 'two.jsonl'}",
+                    "--config.mesh.data=2"]
+    for rc, out, err in run_two_processes([two, two]):
+        assert rc == 0, err[-3000:]
+    assert (tmp_path / "one.jsonl").read_text() == (tmp_path / "two.jsonl").read_text()

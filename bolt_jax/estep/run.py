@@ -198,10 +198,15 @@ def run_estep(config: ml_collections.ConfigDict, backend: ModelBackend | None = 
              num_slices, num_docs, len(chunks), len(batches), len(batches) - len(todo), store.dir)
     t0 = time.perf_counter()
     sampled_tokens = 0
-    bar = tqdm(todo, desc=f"E-step slice {slice_index}", unit="batch", disable=not todo)
+    import jax
+    primary = jax.process_index() == 0
+    bar = tqdm(todo, desc=f"E-step slice {slice_index}", unit="batch", disable=not todo or not primary)
     for b in bar:
+        # every process runs the same batches (each holds its share of the global batch on the mesh);
+        # process 0 writes the shard
         rows = process_batch(batches[b], backend, tokenizer, e)
-        store.write_batch(slice_index, num_slices, b, rows)
+        if primary:
+            store.write_batch(slice_index, num_slices, b, rows)
         sampled_tokens += sum(sum(r["gen_len"]) for r in rows)
         bar.set_postfix(chunks_per_s=f"{sum(len(batches[x]) for x in todo[:todo.index(b) + 1]) / (time.perf_counter() - t0):.2f}")
     elapsed = time.perf_counter() - t0
@@ -209,8 +214,14 @@ def run_estep(config: ml_collections.ConfigDict, backend: ModelBackend | None = 
     result = {"store": store.dir, "chunks": len(chunks), "chunks_this_run": done_chunks, "seconds": elapsed,
               "chunks_per_s": done_chunks / elapsed if elapsed and done_chunks else 0.0,
               "sampled_tokens_per_s": sampled_tokens / elapsed if elapsed and done_chunks else 0.0}
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("estep_slice_done")
     if e.output_path and all_slices_done(store, records, num_docs, e):
-        result.update(merge_estep(store, records, num_docs, e))
+        if primary:
+            result.update(merge_estep(store, records, num_docs, e))
+        else:
+            result["output_path"] = e.output_path
     return result
 
 
