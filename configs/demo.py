@@ -39,7 +39,7 @@ def get_config():
     c.optim.warmup_steps = 10
     c.optim.lr_min_ratio = 0.1
     c.bootstrap = default_bootstrap_config()
-    c.bootstrap.update(iterations=2, pretrain_steps=150, warmstart_steps=60, iteration_steps=60, elbo_samples=4,
+    c.bootstrap.update(iterations=2, pretrain_steps=300, warmstart_steps=150, iteration_steps=150, elbo_samples=4,
                        elbo_docs=8)
     c.estep = default_estep_config()
     # toy documents are one problem per paragraph: one chunk per problem, the previous 3 as prefix
