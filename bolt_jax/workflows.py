@@ -140,3 +140,10 @@ def bootstrap(config: ml_collections.ConfigDict):
     """BoLT's EM loop: warmstart, E-step/M-step iterations from the base model, raw baselines, report."""
     from bolt_jax.bootstrap import run_bootstrap
     return run_bootstrap(config)
+
+
+@workflow("synth")
+def synth(config: ml_collections.ConfigDict):
+    """Thoughts (or WRAP paraphrases) from an API model: estimate, budget cap, cache, sync or Batch API."""
+    from bolt_jax.synth.run import run_synth
+    return run_synth(config)
