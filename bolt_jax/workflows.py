@@ -147,3 +147,10 @@ def synth(config: ml_collections.ConfigDict):
     """Thoughts (or WRAP paraphrases) from an API model: estimate, budget cap, cache, sync or Batch API."""
     from bolt_jax.synth.run import run_synth
     return run_synth(config)
+
+
+@workflow("eval")
+def evaluate(config: ml_collections.ConfigDict):
+    """Few-shot GSM8K/MATH (plain and latent variants) and validation NLL of config.eval.checkpoint."""
+    from bolt_jax.eval.run import run_eval
+    return run_eval(config)

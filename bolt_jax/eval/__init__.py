@@ -1,0 +1,1 @@
+"""Evaluation: answer grading, few-shot prompts and generation evaluation with uncertainty."""

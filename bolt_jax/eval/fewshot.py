@@ -1,0 +1,173 @@
+"""Few-shot generation evaluation: benchmarks, prompts, one generation call, grading, uncertainty, results.json.
+
+    generate_fn = sampler_generate_fn(model, tokenizer, mesh)     # the JAX sampler, or any fn with this signature
+    out = evaluate_fewshot(examples, "gsm8k_cot", generate_fn, tokenizer=tok, num_samples=1)
+
+Every accuracy carries a bootstrap standard error over examples; with several samples per prompt, maj@k and
+pass@k are reported too. Prompt shortening is counted in the results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from bolt_jax.data.schema import atomic_write_text
+from bolt_jax.eval import grading, prompts
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str
+    question: str
+    answer: str  # the gold final answer (GSM8K/toy: a number; MATH: the final answer)
+    solution: str = ""  # MATH: the full reference solution (what math-verify parses)
+
+
+def read_gsm8k(path: str, limit: int = 0) -> list[Example]:
+    """GSM8K JSONL ({question, answer} with '#### N' last), e.g. the official test.jsonl."""
+    out = []
+    for i, line in enumerate(open(path)):
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        out.append(Example(str(r.get("id", i)), r["question"], grading.gsm8k_gold(r["answer"]), r["answer"]))
+        if limit and len(out) >= limit:
+            break
+    return out
+
+
+def read_math(path: str, limit: int = 0) -> list[Example]:
+    """MATH ({problem, solution}) from JSONL or Parquet."""
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+        rows = pq.read_table(path).to_pylist()
+    else:
+        rows = [json.loads(line) for line in open(path) if line.strip()]
+    out = []
+    for i, r in enumerate(rows[: limit or None]):
+        final = grading.math_final_answer(r["solution"]) or ""
+        out.append(Example(str(r.get("id", i)), r["problem"], final, r["solution"]))
+    return out
+
+
+def toy_examples(docs) -> list[Example]:
+    """Toy-corpus problems as a benchmark: the question (text before 'The answer is') and its answer."""
+    out = []
+    for d in docs:
+        for j, p in enumerate(d.problems):
+            q = p.text[: p.text.rindex(" The answer is")]
+            out.append(Example(f"{d.id}-{j}", q, str(p.answer), p.thought))
+    return out
+
+
+def toy_exemplars(docs, n: int = 4) -> list[dict]:
+    ex = toy_examples(docs)[:n]
+    thoughts = [p.thought for d in docs for p in d.problems][:n]
+    return [{"question": e.question, "reasoning": t, "answer": e.answer} for e, t in zip(ex, thoughts)]
+
+
+# ------------------------------------------------------------------------------------------------ grading
+def grade(variant: prompts.Variant, text: str, ex: Example) -> dict[str, Any]:
+    if variant.benchmark in ("gsm8k", "toy"):
+        strict = grading.gsm8k_strict(text, latent=variant.latent)
+        flexible = grading.gsm8k_flexible(text, latent=variant.latent)
+        gold = grading.normalize_number(ex.answer)
+        return {"strict": strict, "flexible": flexible, "strict_correct": strict == gold,
+                "flexible_correct": flexible == gold, "answer": flexible}
+    body = grading.after_latent(text) if variant.latent else text
+    correct = grading.math_equivalent(body, ex.solution or f"${ex.answer}$")
+    return {"answer": grading.math_final_answer(body), "correct": correct}
+
+
+def bootstrap_se(values: Sequence[float], iters: int = 1000, seed: int = 1234) -> float:
+    """Standard error of the mean by resampling examples (seeded)."""
+    v = np.asarray(values, np.float64)
+    if len(v) < 2:
+        return float("nan")
+    idx = np.random.default_rng(seed).integers(0, len(v), (iters, len(v)))
+    return float(v[idx].mean(axis=1).std(ddof=1))
+
+
+def mean_and_se(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error over trials or seeds."""
+    v = np.asarray(values, np.float64)
+    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+
+
+GenerateFn = Callable[..., list[list[str]]]
+
+
+def evaluate_fewshot(examples: Sequence[Example], variant_name: str, generate_fn: GenerateFn, *, tokenizer,
+                     exemplars: Sequence[dict] | None = None, num_samples: int = 1, max_new_tokens: int = 256,
+                     temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, max_prompt_tokens: int = 1024,
+                     truncation: str = "drop_exemplars", output_path: str = "") -> dict[str, Any]:
+    variant = prompts.VARIANTS[variant_name]
+    shots = list(exemplars) if exemplars is not None else prompts.load_exemplars(variant.benchmark)
+    prompt_ids, shortened = prompts.fit_prompts(variant, [e.question for e in examples], shots, tokenizer,
+                                                max_prompt_tokens, truncation)
+    outputs = generate_fn(prompt_ids, n=num_samples, max_new_tokens=max_new_tokens, temperature=temperature,
+                          top_p=top_p, top_k=top_k, stop_strings=variant.stop_strings,
+                          banned_token_strings=variant.banned)
+    records, main_scores = [], []
+    key = "flexible_correct" if variant.benchmark in ("gsm8k", "toy") else "correct"
+    for ex, outs in zip(examples, outputs):
+        graded = [grade(variant, o, ex) for o in outs]
+        rec = {"id": ex.id, "gold": ex.answer, "outputs": outs, "graded": graded,
+               "correct": float(np.mean([g[key] for g in graded]))}
+        if variant.benchmark in ("gsm8k", "toy"):
+            rec["strict_correct"] = float(np.mean([g["strict_correct"] for g in graded]))
+        if num_samples > 1:
+            maj = grading.majority([g["answer"] for g in graded])
+            rec["maj_correct"] = float(any(g["answer"] == maj and g[key] for g in graded)) if maj else 0.0
+            c = sum(bool(g[key]) for g in graded)
+            rec["pass_at"] = {k: grading.pass_at_k(num_samples, c, k) for k in _log_ks(num_samples)}
+        records.append(rec)
+        main_scores.append(rec["correct"])
+    metrics = {"variant": variant_name, "examples": len(examples), "samples_per_example": num_samples,
+               "accuracy": float(np.mean(main_scores)) if main_scores else float("nan"),
+               "accuracy_se": bootstrap_se(main_scores), "prompts_shortened": shortened,
+               "max_prompt_tokens": max_prompt_tokens, "truncation": truncation}
+    if variant.benchmark in ("gsm8k", "toy"):
+        strict = [r["strict_correct"] for r in records]
+        metrics.update(strict_accuracy=float(np.mean(strict)) if strict else float("nan"),
+                       strict_accuracy_se=bootstrap_se(strict))
+    if num_samples > 1:
+        maj = [r["maj_correct"] for r in records]
+        metrics.update({f"maj@{num_samples}": float(np.mean(maj)), f"maj@{num_samples}_se": bootstrap_se(maj)})
+        for k in _log_ks(num_samples):
+            metrics[f"pass@{k}"] = float(np.mean([r["pass_at"][k] for r in records]))
+    result = {"metrics": metrics, "records": records}
+    if output_path:
+        atomic_write_text(output_path, json.dumps(result, indent=1, default=str))
+    return result
+
+
+def _log_ks(n: int) -> list[int]:
+    ks, k = [], 1
+    while k <= n:
+        ks.append(k)
+        k *= 2
+    if ks[-1] != n:
+        ks.append(n)
+    return ks
+
+
+def sampler_generate_fn(model, tokenizer, mesh=None, seed: int = 1234) -> GenerateFn:
+    """The JAX sampler as a generate_fn (greedy when temperature is 0)."""
+    from bolt_jax.sampling import generate
+
+    def fn(prompt_ids, *, n, max_new_tokens, temperature, top_p, top_k, stop_strings, banned_token_strings):
+        banned = [tokenizer.hf.convert_tokens_to_ids(t) for t in banned_token_strings]
+        stop_ids = [tokenizer.eos_id]
+        r = generate(model, prompt_ids, n=n, max_new_tokens=max_new_tokens, temperature=max(temperature, 1e-6),
+                     top_p=top_p, top_k=top_k, greedy=temperature == 0.0, stop_token_ids=stop_ids,
+                     stop_strings=list(stop_strings), banned_token_ids=banned, seed=seed, mesh=mesh,
+                     tokenizer=tokenizer.hf, max_prompt_len=max(len(p) for p in prompt_ids))
+        return [r.texts[i * n:(i + 1) * n] for i in range(len(prompt_ids))]
+
+    return fn

@@ -1,0 +1,174 @@
+"""Evaluation: grading on literal model outputs, prompts on literal strings, and an end-to-end run of a tiny model
+through the JAX sampler on GSM8K lines and toy problems."""
+
+import json
+import math
+
+import pytest
+
+from bolt_jax.eval import grading, prompts
+from bolt_jax.eval.fewshot import (Example, bootstrap_se, evaluate_fewshot, mean_and_se, read_gsm8k,
+                                   sampler_generate_fn, toy_examples, toy_exemplars)
+
+SOL, EOL, PRIOR = "<|START_OF_LATENT|>", "<|END_OF_LATENT|>", "<|PRIOR_PREFIX|>"
+
+
+@pytest.mark.parametrize("text, strict, flexible", [
+    (" She sold 48/2 = 24 clips. The answer is 72.", "72", "72"),
+    (" It costs $1,250. The answer is $1,250.", None, "1250"),  # strict needs digits right after "is "
+    (" The answer is 1,250.", "1250", "1250"),
+    (" So 3 + 4 = 7 and then 7 * 2 = 14", None, "14"),
+    (" I don't know.", None, None),
+    (" The answer is -3.", "-3", "-3"),
+])
+def test_gsm8k_extraction_on_literal_outputs(text, strict, flexible):
+    assert grading.gsm8k_strict(text) == strict
+    assert grading.gsm8k_flexible(text) == flexible
+
+
+def test_latent_variant_grades_after_the_thought():
+    text = "48/2 = 24. 48 + 24 = 72. The answer is 99." + EOL + " The answer is 72."
+    assert grading.gsm8k_strict(text, latent=True) == "72"
+    assert grading.gsm8k_strict(text) == "99"
+    assert grading.gsm8k_gold("Natalia sold 48+24 = <<48+24=72>>72 clips.\n#### 72") == "72"
+    assert grading.normalize_number("$1,000.") == "1000"
+
+
+@pytest.mark.parametrize("pred, gold, ok", [
+    ("... Final Answer: The final answer is $\\frac{1}{2}$. I hope it is correct.", "so $\\boxed{0.5}$", True),
+    ("The final answer is $42$.", "Thus $\\boxed{42}$.", True),
+    ("The final answer is $41$.", "Thus $\\boxed{42}$.", False),
+    ("no answer here", "Thus $\\boxed{42}$.", False),
+])
+def test_math_equivalence(pred, gold, ok, monkeypatch):
+    assert grading.math_equivalent(pred, gold) == ok  # math-verify
+    import builtins
+    real_import = builtins.__import__
+
+    def no_math_verify(name, *a, **k):
+        if name.startswith("math_verify"):
+            raise ImportError
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_math_verify)
+    assert grading.math_equivalent(pred, gold) == ok  # the fallback
+    assert grading.last_boxed("a \\boxed{\\frac{1}{2}} b") == "\\frac{1}{2}"
+
+
+def test_pass_at_k_and_majority():
+    assert grading.pass_at_k(4, 0, 1) == 0 and grading.pass_at_k(4, 4, 2) == 1
+    assert grading.pass_at_k(4, 1, 1) == pytest.approx(0.25)
+    assert grading.pass_at_k(5, 2, 2) == pytest.approx(1 - math.comb(3, 2) / math.comb(5, 2))
+    assert grading.majority(["3", None, "4", "3"]) == "3"
+    m, se = mean_and_se([0.5, 0.7, 0.6])
+    assert m == pytest.approx(0.6) and se == pytest.approx(0.1 / math.sqrt(3))
+    assert bootstrap_se([1, 0] * 50) == pytest.approx(0.05, abs=0.01)
+
+
+def test_prompt_variants_on_literal_strings():
+    ex = [{"question": "What is 2 + 3?", "reasoning": "2 + 3 = 5.", "answer": "5"}]
+    v = prompts.VARIANTS
+    assert prompts.build_prompt(v["gsm8k_cot"], "What is 4 + 4?", ex) == \
+        "Q: What is 2 + 3?\nA: 2 + 3 = 5. The answer is 5.\n\nQ: What is 4 + 4?\nA:"
+    assert prompts.build_prompt(v["latent_gsm8k_cot"], "What is 4 + 4?", ex) == \
+        f"Q: What is 2 + 3?\nA:{SOL}{PRIOR}2 + 3 = 5.{EOL} The answer is 5.\n\nQ: What is 4 + 4?\nA:{SOL}{PRIOR}"
+    m = [{"problem": "Solve $x+1=2$.", "reasoning": "$x = 1$.", "answer": "1"}]
+    assert prompts.build_prompt(v["math_cot"], "Find $y$.", m) == (
+        "Problem:\nSolve $x+1=2$.\n\nSolution: $x = 1$.\nFinal Answer: The final answer is $1$. I hope it is "
+        "correct.\n\nProblem:\nFind $y$.\n\nSolution:")
+    assert prompts.build_prompt(v["latent_math_cot"], "Find $y$.", m) == (
+        f"Problem:\nSolve $x+1=2$.\n{SOL}{PRIOR}$x = 1$.\nThe final answer is $1$. I hope it is correct.\n{EOL} "
+        f"Final Answer: The final answer is $1$. I hope it is correct.\n\nProblem:\nFind $y$.\n{SOL}{PRIOR}")
+    assert set(v["gsm8k_cot"].banned) == {SOL, EOL, PRIOR, "<|POSTERIOR_PREFIX|>"} and not v["latent_gsm8k_cot"].banned
+    assert SOL in v["latent_gsm8k_cot"].stop_strings
+    assert len(prompts.load_exemplars("gsm8k")) == 8 and len(prompts.load_exemplars("math")) == 4
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    from bolt_jax.data.tokenizer import load_tokenizer
+    from tests.helpers import build_tokenizer
+    return load_tokenizer(build_tokenizer(tmp_path_factory.mktemp("tok")))
+
+
+def test_prompt_shortening_is_counted(tok):
+    v = prompts.VARIANTS["gsm8k_cot"]
+    shots = prompts.load_exemplars("gsm8k")
+    ids, shortened = prompts.fit_prompts(v, ["What is 2+2?", "What is 3+3?"], shots, tok, 10_000)
+    assert shortened == 0
+    full = len(ids[0])
+    ids, shortened = prompts.fit_prompts(v, ["What is 2+2?", "What is 3+3?"], shots, tok, full - 5)
+    assert shortened == 2 and all(len(i) <= full - 5 for i in ids)
+    assert tok.decode(ids[0]).endswith("Q: What is 2+2?\nA:")  # the question survives; early exemplars went
+    ids, shortened = prompts.fit_prompts(v, ["What is 2+2?"], shots, tok, 50, mode="left_truncate")
+    assert shortened == 1 and len(ids[0]) == 50
+
+
+def test_fewshot_with_literal_outputs_writes_results(tok, tmp_path):
+    examples = read_gsm8k("/work/shared/data/gsm8k/test.jsonl", limit=3) if False else [
+        Example("a", "Q1", "72"), Example("b", "Q2", "10"), Example("c", "Q3", "5")]
+    canned = {0: [" 48 + 24 = 72. The answer is 72.", " The answer is 70.", " The answer is 72."],
+              1: [" I think 10", " The answer is 11.", " garbage"],
+              2: [" nothing", " nothing", " nothing"]}
+
+    def fake_generate(prompt_ids, *, n, **kw):
+        assert kw["stop_strings"] and kw["banned_token_strings"]
+        return [canned[i][:n] for i in range(len(prompt_ids))]
+
+    out = evaluate_fewshot(examples, "gsm8k_cot", fake_generate, tokenizer=tok, num_samples=3,
+                           output_path=str(tmp_path / "results.json"))
+    m = out["metrics"]
+    assert m["accuracy"] == pytest.approx((2 / 3 + 1 / 3 + 0) / 3)
+    assert m["strict_accuracy"] == pytest.approx((2 / 3 + 0 + 0) / 3)
+    assert m["maj@3"] == pytest.approx(2 / 3)  # a: 72 wins; b: 10 and 11 tie, the first seen (10) wins; c: none
+    assert m["pass@1"] == pytest.approx(m["accuracy"]) and m["pass@3"] == pytest.approx(2 / 3)
+    assert json.loads((tmp_path / "results.json").read_text())["metrics"]["examples"] == 3
+
+
+def test_end_to_end_tiny_model_on_gsm8k_and_toy(tok, tmp_path):
+    """A random tiny model through the real sampler: the pipeline runs and is graded; the toy answers go through
+    the same code path (a model that copies the gold answer would score 1)."""
+    from bolt_jax.data import toy
+    from bolt_jax.model import create_model, preset
+    model = create_model(preset("tiny", vocab_size=len(tok.hf), compute_dtype="float32"))
+    fn = sampler_generate_fn(model, tok)
+    gsm = read_gsm8k("/work/shared/data/gsm8k/test.jsonl", limit=2) if __import__("os").path.exists(
+        "/work/shared/data/gsm8k/test.jsonl") else [Example("x", "What is 2+2?", "4")]
+    out = evaluate_fewshot(gsm, "gsm8k_cot", fn, tokenizer=tok, max_new_tokens=8, max_prompt_tokens=256,
+                           output_path=str(tmp_path / "gsm.json"))
+    assert out["metrics"]["examples"] == len(gsm) and out["metrics"]["prompts_shortened"] >= 0
+    assert all(SOL not in o for r in out["records"] for o in r["outputs"])  # banned in plain variants
+    docs = toy.generate(3, seed=9)
+    toy_ex = toy_examples(docs)
+    right = lambda ids, *, n, **kw: [[f" The answer is {e.answer}."] * n for e in toy_ex]  # noqa: E731
+    assert evaluate_fewshot(toy_ex, "toy", right, tokenizer=tok, exemplars=toy_exemplars(docs, 2)
+                            )["metrics"]["accuracy"] == 1.0
+    out = evaluate_fewshot(toy_ex, "toy", fn, tokenizer=tok, exemplars=toy_exemplars(docs, 2), max_new_tokens=6)
+    assert 0.0 <= out["metrics"]["accuracy"] <= 1.0
+
+
+def test_eval_workflow_on_a_checkpoint(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from convert.hf_to_orbax import convert_hf_to_orbax
+    from tests.helpers import build_hf_model, repo_root
+    convert_hf_to_orbax(build_hf_model(tmp_path / "hf"), str(tmp_path / "ckpt"))
+    gsm = tmp_path / "gsm.jsonl"
+    gsm.write_text("".join(l for l in open("/work/shared/data/gsm8k/test.jsonl").readlines()[:2])
+                   if os.path.exists("/work/shared/data/gsm8k/test.jsonl") else
+                   json.dumps({"question": "What is 2+2?", "answer": "2+2=4\n#### 4"}) + "\n")
+    val = tmp_path / "val.jsonl"
+    val.write_text(json.dumps({"text": "Ava has 3 apples. The answer is 3."}) + "\n")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    r = subprocess.run([sys.executable, "-m", "bolt_jax.main", "--config", "configs/eval_tinyllama.py",
+                        f"--config.run_dir={tmp_path}", f"--config.eval.checkpoint={tmp_path / 'ckpt'}",
+                        f"--config.eval.gsm8k_path={gsm}", f"--config.eval.validation_path={val}",
+                        "--config.eval.max_new_tokens=6", "--config.eval.max_prompt_tokens=200",
+                        "--config.model.compute_dtype=float32"],
+                       cwd=repo_root(), env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["gsm8k_cot"]["examples"] == 2 and "latent_gsm8k_cot" in metrics
+    assert metrics["validation"]["nll_per_token"] > 0
