@@ -45,6 +45,7 @@ def default_bootstrap_config() -> ml_collections.ConfigDict:
         "elbo_samples": 4,  # validation ELBO_1..K per model (0 = skip)
         "elbo_docs": 16,
         "toy": False,  # the corpus is bolt_jax.data.toy: also report how often the chosen thought is correct
+        "toy_eval_problems": 40,  # toy: greedy few-shot accuracy of every model on this many held-out problems
     })
 
 
@@ -165,6 +166,42 @@ def elbo_stage(config, name: str, model_dir: str) -> dict[str, float]:
     return out
 
 
+def toy_fewshot_stage(config, model_dir: str, variant: str) -> dict[str, float]:
+    """Greedy few-shot accuracy on held-out toy problems (latent variant for models trained with thoughts), graded
+    by the GSM8K code path; exemplars are the first warmstart problems with their thoughts."""
+    from bolt_jax import checkpoint as model_ckpt
+    from bolt_jax import parallel
+    from bolt_jax.data import toy
+    from bolt_jax.data.readers import open_corpus
+    from bolt_jax.data.tokenizer import load_tokenizer
+    from bolt_jax.eval.fewshot import Example, evaluate_fewshot, sampler_generate_fn
+
+    def problems(records, with_thoughts: bool):
+        for r in records:
+            chunks = r.get("chunks") or [{"suffix": t, "latent": None} for t in r["text"].split("\n\n")]
+            for c in chunks:
+                text = c["suffix"].strip()
+                if " The answer is" in text:
+                    yield text[: text.rindex(" The answer is")], str(toy.extract_answer(text)), c.get("latent")
+
+    val = open_corpus(config.data.validation_path)
+    examples = [Example(str(i), q, a) for i, (q, a, _) in
+                enumerate(problems((val[j] for j in range(len(val))), False))][: config.bootstrap.toy_eval_problems]
+    warm = open_corpus(config.bootstrap.warmstart_path)
+    shots = [{"question": q, "reasoning": z, "answer": a}
+             for q, a, z in problems((warm[j] for j in range(min(3, len(warm)))), True)][:3]
+    mesh = parallel.make_mesh(dict(config.mesh))
+    model, _, tok_dir = model_ckpt.load_model(model_dir, mesh, compute_dtype=config.model.compute_dtype)
+    tok = load_tokenizer(tok_dir or config.data.tokenizer_path)
+    out = evaluate_fewshot(examples, variant, sampler_generate_fn(model, tok, mesh), tokenizer=tok, exemplars=shots,
+                           max_new_tokens=48, max_prompt_tokens=config.data.seq_len,
+                           output_path=os.path.join(config.run_dir, "eval", f"toy_{os.path.basename(
+                               os.path.dirname(model_dir))}.json"))
+    m = out["metrics"]
+    return {"variant": variant, "accuracy": m["accuracy"], "accuracy_se": m["accuracy_se"],
+            "examples": m["examples"]}
+
+
 def count_tokens(path: str, tokenizer_path: str, latent_type: str, limit: int = 2000) -> float:
     """Mean tokens per document of a corpus in a format (a sample of up to `limit` documents)."""
     from bolt_jax.data.formats import format_document
@@ -222,23 +259,34 @@ def run_bootstrap(config: ml_collections.ConfigDict) -> dict[str, Any]:
         models["raw_flops_match"] = run_stage(manifest, "raw_flops_match", lambda: train_stage(
             config, "raw_flops_match", data_path=b.bootstrap_path, latent_type="raw", steps=steps, init=base))
 
+    accuracy: dict[str, dict[str, float]] = {}
+    if b.toy and b.get("toy_eval_problems", 0) > 0 and config.data.validation_path:
+        for name, m in models.items():
+            variant = "toy" if name == "base" or name.startswith("raw") else "latent_toy"
+            accuracy[name] = run_stage(manifest, f"fewshot_{name}", lambda: toy_fewshot_stage(
+                config, m["model_dir"], variant))
     elbos: dict[str, dict[str, float]] = {}
     if b.elbo_samples > 0 and config.data.validation_path:
         for name, m in models.items():
             elbos[name] = run_stage(manifest, f"elbo_{name}", lambda: elbo_stage(config, name, m["model_dir"]))
-    return write_report(config, run_dir, models, esteps, elbos)
+    return write_report(config, run_dir, models, esteps, elbos, accuracy)
 
 
 # ------------------------------------------------------------------------------------------------ report
-def write_report(config, run_dir: str, models, esteps, elbos) -> dict[str, Any]:
+def write_report(config, run_dir: str, models, esteps, elbos, accuracy=None) -> dict[str, Any]:
     k = config.bootstrap.elbo_samples
-    header = f"| model | steps | train tokens | validation loss (raw) | ELBO_{k} / token |"
-    lines = ["# BoLT bootstrap report", "", f"run: `{run_dir}`", "", header, "|---|---|---|---|---|"]
-    console = [f"{'model':16s} {'steps':>6s} {'tokens':>10s} {'val loss':>9s} {f'-ELBO_{k}/tok':>12s}"]
+    accuracy = accuracy or {}
+    header = f"| model | steps | train tokens | validation loss (raw) | ELBO_{k} / token | toy accuracy (few-shot) |"
+    lines = ["# BoLT bootstrap report", "", f"run: `{run_dir}`", "", header, "|---|---|---|---|---|---|"]
+    console = [f"{'model':16s} {'steps':>6s} {'tokens':>10s} {'val loss':>9s} {f'-ELBO_{k}/tok':>12s} "
+               f"{'toy acc':>14s}"]
     for name, m in models.items():
         elbo = elbos.get(name, {}).get(f"elbo_{k}_per_token", math.nan)
-        lines.append(f"| {name} | {m['steps']} | {m['tokens']:,} | {m['val_loss']:.4f} | {elbo:.4f} |")
-        console.append(f"{name:16s} {m['steps']:6d} {m['tokens']:10,d} {m['val_loss']:9.4f} {-elbo:12.4f}")
+        acc = accuracy.get(name)
+        acc_s = f"{acc['accuracy']:.3f} +- {acc['accuracy_se']:.3f}" if acc else "-"
+        lines.append(f"| {name} | {m['steps']} | {m['tokens']:,} | {m['val_loss']:.4f} | {elbo:.4f} | {acc_s} |")
+        console.append(f"{name:16s} {m['steps']:6d} {m['tokens']:10,d} {m['val_loss']:9.4f} {-elbo:12.4f} "
+                       f"{acc_s:>14s}")
     if esteps:
         lines += ["", "## E-steps", "", "| iteration | chunks | mean ESS | share not done | mean thought tokens |"
                   + (" chosen thought correct | mean sample correct |" if config.bootstrap.toy else ""),
@@ -259,7 +307,8 @@ def write_report(config, run_dir: str, models, esteps, elbos) -> dict[str, Any]:
         print("chosen thought correct per iteration: " + ", ".join(
             f"{i}: {e['thought_correct']['chosen']:.1%}" for i, e in esteps.items() if "thought_correct" in e))
     print(f"report: {os.path.join(run_dir, 'report.md')}")
-    return {"models": models, "esteps": esteps, "elbos": elbos, "report": os.path.join(run_dir, "report.md")}
+    return {"models": models, "esteps": esteps, "elbos": elbos, "accuracy": accuracy,
+            "report": os.path.join(run_dir, "report.md")}
 
 
 def _plot(models, esteps, elbos, k, path: str, toy: bool) -> None:

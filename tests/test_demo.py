@@ -23,7 +23,8 @@ def test_bootstrap_demo_runs_end_to_end_and_resumes(tmp_path):
             "--config.bootstrap.iteration_steps=3", "--config.bootstrap.iterations=2",
             "--config.bootstrap.elbo_docs=2", "--config.estep.num_samples=2", "--config.estep.max_new_tokens=6",
             "--config.demo.num_pretrain_docs=60", "--config.demo.num_warmstart_docs=30",
-            "--config.demo.num_bootstrap_docs=6", "--config.demo.num_validation_docs=8"]
+            "--config.demo.num_bootstrap_docs=6", "--config.demo.num_validation_docs=8",
+            "--config.bootstrap.toy_eval_problems=4"]
     r = run(tmp_path, *args)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "BoLT bootstrap summary" in r.stdout and "chosen thought correct per iteration" in r.stdout
@@ -32,6 +33,8 @@ def test_bootstrap_demo_runs_end_to_end_and_resumes(tmp_path):
                 "raw_flops_match"]
     assert all(manifest[s]["status"] == "done" for s in expected)
     assert manifest["estep_2"]["outputs"]["chunks"] > 0
+    assert manifest["fewshot_iter_2"]["outputs"]["variant"] == "latent_toy"
+    assert manifest["fewshot_raw_flops_match"]["outputs"]["examples"] == 4
     assert (tmp_path / "report.md").exists() and (tmp_path / "bootstrap.png").read_bytes()[:4] == b"\x89PNG"
     data = [json.loads(l) for l in open(tmp_path / "data" / "iter_1.jsonl")]
     assert len(data) == 6 and all(c["latent"] is not None for d in data for c in d["chunks"])
