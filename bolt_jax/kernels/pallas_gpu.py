@@ -1,0 +1,238 @@
+"""Flash attention in Pallas for GPUs (the portable, Triton-lowered path): forward and backward, causal, grouped-query,
+packed documents.
+
+Layout BSHD: q [B, S, H, D], k/v [B, T, K, D], segment ids [B, S] / [B, T]. GQA without repeating K/V: the block
+map of k and v sends query head h to KV head h // (H / K). The forward keeps fp32 running max / sum / accumulator
+(online softmax) and writes the log-sum-exp for the backward; causal runs skip every KV block above the diagonal
+(and, in the backward, every query block below it). Masking inside a block compares segment ids and positions.
+The backward is FlashAttention-2's: one kernel for dK/dV per KV block (per query head, then summed over the group)
+and one for dQ per query block, after delta = rowsum(dO * O).
+
+Status: checked in Pallas interpret mode on CPU against the XLA reference (values and gradients, fp32 and bf16).
+Compiling it for a real GPU (Triton lowering, deprecated in jax >= 0.11 in favour of Mosaic GPU) and tuning the
+block sizes need a GPU, which this project's sessions have not had. A Mosaic-GPU (Hopper wgmma) kernel is not
+written yet: on H100, `auto` prefers cuDNN.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+NEG = -1e30
+
+
+def _mask(q_idx, k_idx, q_seg, k_seg, causal: bool):
+    m = q_seg[:, None] == k_seg[None, :]
+    if causal:
+        m = m & (q_idx[:, None] >= k_idx[None, :])
+    return m
+
+
+def _fwd_kernel(q_ref, k_ref, v_ref, qs_ref, ks_ref, o_ref, lse_ref, *, scale, causal, block_k, seq_k):
+    block_q = q_ref.shape[0]
+    i = pl.program_id(2)
+    q = q_ref[...].astype(jnp.float32) * scale
+    q_seg = qs_ref[...]
+    q_idx = i * block_q + jnp.arange(block_q)
+    n_blocks = seq_k // block_k
+    if causal:
+        n_blocks = jnp.minimum(n_blocks, ((i + 1) * block_q + block_k - 1) // block_k)
+
+    def body(j, carry):
+        m, l, acc = carry
+        span = pl.ds(j * block_k, block_k)
+        k = k_ref[span, :].astype(jnp.float32)
+        v = v_ref[span, :].astype(jnp.float32)
+        s = q @ k.T
+        valid = _mask(q_idx, j * block_k + jnp.arange(block_k), q_seg, ks_ref[span], causal)
+        s = jnp.where(valid, s, NEG)
+        m_new = jnp.maximum(m, s.max(axis=-1))
+        p = jnp.where(valid, jnp.exp(s - m_new[:, None]), 0.0)
+        alpha = jnp.exp(m - m_new)
+        return m_new, alpha * l + p.sum(axis=-1), alpha[:, None] * acc + p @ v
+
+    d = q_ref.shape[-1]
+    init = (jnp.full((block_q,), NEG, jnp.float32), jnp.zeros((block_q,), jnp.float32),
+            jnp.zeros((block_q, d), jnp.float32))
+    m, l, acc = jax.lax.fori_loop(0, n_blocks, body, init)
+    l_safe = jnp.where(l == 0.0, 1.0, l)  # rows with no visible key (padding) give 0, not NaN
+    o_ref[...] = (acc / l_safe[:, None]).astype(o_ref.dtype)
+    lse_ref[...] = m + jnp.log(l_safe)
+
+
+def _specs(b_h_map_q, b_h_map_kv, block_q, seq_k, d):
+    return [
+        pl.BlockSpec((None, block_q, None, d), b_h_map_q),
+        pl.BlockSpec((None, seq_k, None, d), b_h_map_kv),
+        pl.BlockSpec((None, seq_k, None, d), b_h_map_kv),
+    ]
+
+
+def _forward(q, k, v, q_seg, k_seg, *, scale, causal, block_q, block_k, interpret):
+    b, s, h, d = q.shape
+    t, kvh = k.shape[1], k.shape[2]
+    group = h // kvh
+    grid = (b, h, s // block_q)
+    kernel = functools.partial(_fwd_kernel, scale=scale, causal=causal, block_k=block_k, seq_k=t)
+    o, lse = pl.pallas_call(
+        kernel, grid=grid,
+        in_specs=_specs(lambda bi, hi, i: (bi, i, hi, 0), lambda bi, hi, i: (bi, 0, hi // group, 0), block_q, t, d)
+        + [pl.BlockSpec((None, block_q), lambda bi, hi, i: (bi, i)),
+           pl.BlockSpec((None, t), lambda bi, hi, i: (bi, 0))],
+        out_specs=[pl.BlockSpec((None, block_q, None, d), lambda bi, hi, i: (bi, i, hi, 0)),
+                   pl.BlockSpec((None, None, block_q), lambda bi, hi, i: (bi, hi, i))],
+        out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, h, s), jnp.float32)],
+        interpret=interpret, name="bolt_flash_fwd")(q, k, v, q_seg, k_seg)
+    return o, lse
+
+
+def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qs_ref, ks_ref, dk_ref, dv_ref, *, scale, causal,
+                 block_q, seq_q):
+    block_k = k_ref.shape[0]
+    j = pl.program_id(2)
+    k = k_ref[...].astype(jnp.float32)
+    v = v_ref[...].astype(jnp.float32)
+    k_seg = ks_ref[...]
+    k_idx = j * block_k + jnp.arange(block_k)
+    start = (j * block_k) // block_q if causal else 0
+
+    def body(i, carry):
+        dk, dv = carry
+        span = pl.ds(i * block_q, block_q)
+        q = q_ref[span, :].astype(jnp.float32)
+        do = do_ref[span, :].astype(jnp.float32)
+        valid = _mask(i * block_q + jnp.arange(block_q), k_idx, qs_ref[span], k_seg, causal)
+        s = (q * scale) @ k.T
+        p = jnp.where(valid, jnp.exp(s - lse_ref[span][:, None]), 0.0)
+        dv = dv + p.T @ do
+        dp = do @ v.T
+        ds = p * (dp - delta_ref[span][:, None])
+        dk = dk + (ds.T @ q) * scale
+        return dk, dv
+
+    d = k_ref.shape[-1]
+    zeros = jnp.zeros((block_k, d), jnp.float32)
+    dk, dv = jax.lax.fori_loop(start, seq_q // block_q, body, (zeros, zeros))
+    dk_ref[...] = dk
+    dv_ref[...] = dv
+
+
+def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qs_ref, ks_ref, dq_ref, *, scale, causal, block_k,
+               seq_k):
+    block_q = q_ref.shape[0]
+    i = pl.program_id(2)
+    q = q_ref[...].astype(jnp.float32)
+    do = do_ref[...].astype(jnp.float32)
+    lse, delta, q_seg = lse_ref[...], delta_ref[...], qs_ref[...]
+    q_idx = i * block_q + jnp.arange(block_q)
+    n_blocks = seq_k // block_k
+    if causal:
+        n_blocks = jnp.minimum(n_blocks, ((i + 1) * block_q + block_k - 1) // block_k)
+
+    def body(j, dq):
+        span = pl.ds(j * block_k, block_k)
+        k = k_ref[span, :].astype(jnp.float32)
+        v = v_ref[span, :].astype(jnp.float32)
+        valid = _mask(q_idx, j * block_k + jnp.arange(block_k), q_seg, ks_ref[span], causal)
+        s = (q * scale) @ k.T
+        p = jnp.where(valid, jnp.exp(s - lse[:, None]), 0.0)
+        ds = p * (do @ v.T - delta[:, None])
+        return dq + (ds @ k) * scale
+
+    dq_ref[...] = jax.lax.fori_loop(0, n_blocks, body, jnp.zeros(q_ref.shape, jnp.float32)).astype(dq_ref.dtype)
+
+
+def _backward(q, k, v, q_seg, k_seg, o, lse, do, *, scale, causal, block_q, block_k, interpret):
+    b, s, h, d = q.shape
+    t, kvh = k.shape[1], k.shape[2]
+    group = h // kvh
+    delta = jnp.einsum("bshd,bshd->bhs", o.astype(jnp.float32), do.astype(jnp.float32))
+    row = lambda n: pl.BlockSpec((None, None, n), lambda bi, hi, x: (bi, hi, 0))  # noqa: E731
+    full_q = pl.BlockSpec((None, s, None, d), lambda bi, hi, x: (bi, 0, hi, 0))
+    dk_h, dv_h = pl.pallas_call(
+        functools.partial(_dkdv_kernel, scale=scale, causal=causal, block_q=block_q, seq_q=s),
+        grid=(b, h, t // block_k),
+        in_specs=[full_q,
+                  pl.BlockSpec((None, block_k, None, d), lambda bi, hi, j: (bi, j, hi // group, 0)),
+                  pl.BlockSpec((None, block_k, None, d), lambda bi, hi, j: (bi, j, hi // group, 0)),
+                  full_q, row(s), row(s),
+                  pl.BlockSpec((None, s), lambda bi, hi, j: (bi, 0)),
+                  pl.BlockSpec((None, block_k), lambda bi, hi, j: (bi, j))],
+        out_specs=[pl.BlockSpec((None, block_k, None, d), lambda bi, hi, j: (bi, j, hi, 0))] * 2,
+        out_shape=[jax.ShapeDtypeStruct((b, t, h, d), jnp.float32)] * 2,
+        interpret=interpret, name="bolt_flash_bwd_dkdv")(q, k, v, do, lse, delta, q_seg, k_seg)
+    dq = pl.pallas_call(
+        functools.partial(_dq_kernel, scale=scale, causal=causal, block_k=block_k, seq_k=t),
+        grid=(b, h, s // block_q),
+        in_specs=[pl.BlockSpec((None, block_q, None, d), lambda bi, hi, i: (bi, i, hi, 0)),
+                  pl.BlockSpec((None, t, None, d), lambda bi, hi, i: (bi, 0, hi // group, 0)),
+                  pl.BlockSpec((None, t, None, d), lambda bi, hi, i: (bi, 0, hi // group, 0)),
+                  pl.BlockSpec((None, block_q, None, d), lambda bi, hi, i: (bi, i, hi, 0)),
+                  pl.BlockSpec((None, None, block_q), lambda bi, hi, i: (bi, hi, i)),
+                  pl.BlockSpec((None, None, block_q), lambda bi, hi, i: (bi, hi, i)),
+                  pl.BlockSpec((None, block_q), lambda bi, hi, i: (bi, i)),
+                  pl.BlockSpec((None, t), lambda bi, hi, i: (bi, 0))],
+        out_specs=pl.BlockSpec((None, block_q, None, d), lambda bi, hi, i: (bi, i, hi, 0)),
+        out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+        interpret=interpret, name="bolt_flash_bwd_dq")(q, k, v, do, lse, delta, q_seg, k_seg)
+    # GQA: each KV head's gradient is the sum over its group of query heads
+    dk = dk_h.reshape(b, t, kvh, group, d).sum(axis=3).astype(k.dtype)
+    dv = dv_h.reshape(b, t, kvh, group, d).sum(axis=3).astype(v.dtype)
+    return dq, dk, dv
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9))
+def _flash(q, k, v, q_seg, k_seg, scale, causal, block_q, block_k, interpret):
+    return _forward(q, k, v, q_seg, k_seg, scale=scale, causal=causal, block_q=block_q, block_k=block_k,
+                    interpret=interpret)[0]
+
+
+def _flash_fwd(q, k, v, q_seg, k_seg, scale, causal, block_q, block_k, interpret):
+    o, lse = _forward(q, k, v, q_seg, k_seg, scale=scale, causal=causal, block_q=block_q, block_k=block_k,
+                      interpret=interpret)
+    return o, (q, k, v, q_seg, k_seg, o, lse)
+
+
+def _flash_bwd(scale, causal, block_q, block_k, interpret, res, do):
+    q, k, v, q_seg, k_seg, o, lse = res
+    dq, dk, dv = _backward(q, k, v, q_seg, k_seg, o, lse, do, scale=scale, causal=causal, block_q=block_q,
+                           block_k=block_k, interpret=interpret)
+    return dq, dk, dv, None, None
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+def pallas_gpu_attention(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, *, q_segment_ids_BxS=None, kv_segment_ids_BxT=None,
+                         causal: bool = True, sm_scale: float | None = None, q_positions_BxS=None,
+                         kv_positions_BxT=None, block_q: int = 64, block_k: int = 64, interpret: bool | None = None):
+    """Dispatch entry (bolt_jax.kernels.attention). Pads S and T to the block sizes (pad keys are never visible)."""
+    if q_positions_BxS is not None or kv_positions_BxT is not None:
+        raise NotImplementedError("pallas_gpu: causality by explicit positions (KV-cache decode) is not supported; "
+                                  "decode uses impl='xla'")
+    b, s, h, d = q_BxSxHxD.shape
+    t = k_BxTxKxD.shape[1]
+    if causal and s != t:
+        raise NotImplementedError("pallas_gpu: causal attention needs S == T")
+    interpret = jax.default_backend() != "gpu" if interpret is None else interpret
+    scale = sm_scale if sm_scale is not None else d ** -0.5
+    q_seg = jnp.zeros((b, s), jnp.int32) if q_segment_ids_BxS is None else q_segment_ids_BxS.astype(jnp.int32)
+    k_seg = jnp.zeros((b, t), jnp.int32) if kv_segment_ids_BxT is None else kv_segment_ids_BxT.astype(jnp.int32)
+    bq, bk = min(block_q, _pow2(s)), min(block_k, _pow2(t))
+    s_pad, t_pad = -s % bq, -t % bk
+    if s_pad or t_pad:
+        pad = lambda x, n, value=0: jnp.pad(x, [(0, 0), (0, n)] + [(0, 0)] * (x.ndim - 2),  # noqa: E731
+                                            constant_values=value)
+        q, k, v = pad(q_BxSxHxD, s_pad), pad(k_BxTxKxD, t_pad), pad(v_BxTxKxD, t_pad)
+        q_seg, k_seg = pad(q_seg, s_pad, -1), pad(k_seg, t_pad, -2)
+        return _flash(q, k, v, q_seg, k_seg, scale, causal, bq, bk, interpret)[:, :s]
+    return _flash(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, q_seg, k_seg, scale, causal, bq, bk, interpret)
+
+
+def _pow2(n: int) -> int:
+    return max(16, 1 << math.ceil(math.log2(max(n, 1))))
