@@ -154,3 +154,10 @@ def evaluate(config: ml_collections.ConfigDict):
     """Few-shot GSM8K/MATH (plain and latent variants) and validation NLL of config.eval.checkpoint."""
     from bolt_jax.eval.run import run_eval
     return run_eval(config)
+
+
+@workflow("prepare")
+def prepare(config: ml_collections.ConfigDict):
+    """Write the validation / warmstart / bootstrap splits of a corpus with manifests (config.prepare)."""
+    from bolt_jax.data.prepare import run_prepare
+    return run_prepare(config)

@@ -60,3 +60,12 @@ def test_every_config_file_validates():
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         config_lib.validate(module.get_config(), num_devices=8)
+
+
+def test_prepare_workflow_from_the_command_line(tmp_path):
+    import json
+    r = run_cli("--config", "configs/prepare_toy.py", f"--config.prepare.output_dir={tmp_path}",
+                "--config.prepare.source=toy:200:1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert set(manifest["splits"]) >= {"validation", "warmstart", "bootstrap"}
