@@ -107,6 +107,7 @@ def _register_validators() -> None:
     VALIDATORS["demo"] = _validate_train
     VALIDATORS["compare"] = _validate_train
     VALIDATORS["bootstrap"] = _validate_train
+    VALIDATORS["finetune_eval"] = _validate_train
 
 
 _register_validators()
@@ -161,3 +162,10 @@ def prepare(config: ml_collections.ConfigDict):
     """Write the validation / warmstart / bootstrap splits of a corpus with manifests (config.prepare)."""
     from bolt_jax.data.prepare import run_prepare
     return run_prepare(config)
+
+
+@workflow("finetune_eval")
+def finetune_eval(config: ml_collections.ConfigDict):
+    """Finetune-based evaluation: SFT on completions from a checkpoint, then sampled accuracy over seeds."""
+    from bolt_jax.eval.finetune import run_finetune_eval
+    return run_finetune_eval(config)

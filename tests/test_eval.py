@@ -4,6 +4,7 @@ through the JAX sampler on GSM8K lines and toy problems."""
 import json
 import math
 
+import numpy as np
 import pytest
 
 from bolt_jax.eval import grading, prompts
@@ -172,3 +173,48 @@ def test_eval_workflow_on_a_checkpoint(tmp_path):
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["gsm8k_cot"]["examples"] == 2 and "latent_gsm8k_cot" in metrics
     assert metrics["validation"]["nll_per_token"] > 0
+
+
+def test_sft_batches_put_the_loss_on_completions_only(tok):
+    from bolt_jax.eval.finetune import SFTBatches, gsm8k_sft_examples
+    ex = gsm8k_sft_examples("/work/shared/data/gsm8k/train.jsonl", raw_baseline=False, limit=3) \
+        if __import__("os").path.exists("/work/shared/data/gsm8k/train.jsonl") else None
+    if ex is None:
+        ex = [{"prompt": "Question: 2+2?\nAnswer:" + SOL + PRIOR, "completion": "2+2=4" + EOL + " The answer is 4.",
+               "answer": "4"}]
+    assert ex[0]["prompt"].endswith(SOL + PRIOR) and EOL in ex[0]["completion"]
+    raw = gsm8k_sft_examples("/work/shared/data/gsm8k/train.jsonl", raw_baseline=True, limit=1)
+    assert raw[0]["prompt"].endswith(SOL) and EOL not in raw[0]["completion"]
+    b = next(SFTBatches(ex, tok, rows=2, seq_len=1024, seed=0))
+    for r in range(2):
+        w = b["loss_weights"][r]
+        first = int(np.argmax(w > 0))
+        completion_ids = tok.encode(ex[0]["completion"]) + [tok.eos_id]
+        targets = b["targets"][r][w > 0].tolist()
+        assert targets[-1] == tok.eos_id and tok.decode(targets[:-1]) in [e["completion"] for e in ex]
+        assert (b["inputs"][r, first] == tok.special_ids[PRIOR])  # the first weighted target follows the delimiter
+
+
+def test_finetune_eval_workflow_runs(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from convert.hf_to_orbax import convert_hf_to_orbax
+    from tests.helpers import build_hf_model, repo_root
+    convert_hf_to_orbax(build_hf_model(tmp_path / "hf"), str(tmp_path / "ckpt"))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    r = subprocess.run([sys.executable, "-m", "bolt_jax.main", "--config", "configs/finetune_eval_gsm8k.py",
+                        f"--config.run_dir={tmp_path / 'ft'}", f"--config.finetune.checkpoint={tmp_path / 'ckpt'}",
+                        "--config.finetune.train_path=/work/shared/data/gsm8k/train.jsonl",
+                        "--config.finetune.test_path=/work/shared/data/gsm8k/test.jsonl",
+                        "--config.finetune.limit_train=8", "--config.finetune.limit_test=2",
+                        "--config.finetune.batch_size=8", "--config.finetune.epochs=1", "--config.finetune.seeds=1,2",
+                        "--config.finetune.num_samples=2", "--config.finetune.max_new_tokens=6",
+                        "--config.finetune.max_len=256", "--config.train.global_batch_size=8",
+                        "--config.train.progress_bar=False", "--config.model.compute_dtype=float32",
+                        "--config.model.hf_config=" + str(tmp_path / "ckpt")],
+                       cwd=repo_root(), env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads((tmp_path / "ft" / "finetune_eval.json").read_text())
+    assert set(result["per_seed"]) == {"1", "2"} and result["test_examples"] == 2

@@ -120,6 +120,9 @@ class LlamaConfig:
                 raise ValueError(f"rope type {rtype!r} is not supported (only plain RoPE, as in TinyLlama)")
         rope_theta = rope_params.get("rope_theta", hf.get("rope_theta", 10000.0))
         num_heads = hf["num_attention_heads"]
+        head_dim = hf.get("head_dim")
+        if head_dim is not None and head_dim * num_heads == hf["hidden_size"]:
+            head_dim = None  # the default: keep configs that differ only in spelling it out equal
         eos = hf.get("eos_token_id", 2)
         if isinstance(eos, list):
             eos = eos[0] if eos else None
@@ -130,7 +133,7 @@ class LlamaConfig:
             num_hidden_layers=hf["num_hidden_layers"],
             num_attention_heads=num_heads,
             num_key_value_heads=hf.get("num_key_value_heads") or num_heads,
-            head_dim=hf.get("head_dim"),
+            head_dim=head_dim,
             max_position_embeddings=hf.get("max_position_embeddings", 2048),
             rms_norm_eps=hf.get("rms_norm_eps", 1e-5),
             rope_theta=float(rope_theta),
