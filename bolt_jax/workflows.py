@@ -169,3 +169,10 @@ def finetune_eval(config: ml_collections.ConfigDict):
     """Finetune-based evaluation: SFT on completions from a checkpoint, then sampled accuracy over seeds."""
     from bolt_jax.eval.finetune import run_finetune_eval
     return run_finetune_eval(config)
+
+
+@workflow("generate")
+def generate(config: ml_collections.ConfigDict):
+    """Sample from config.generate.checkpoint for prompts; prints text, log q and tokens/s."""
+    from bolt_jax.sampling.cli import run_generate
+    return run_generate(config)

@@ -149,3 +149,56 @@ def test_prompt_seeds_make_samples_independent_of_batch_composition(models):
     together = generate(ours, PROMPTS, prompt_seeds=[11, 12, 13], **kw)
     alone = generate(ours, [PROMPTS[2]], prompt_seeds=[13], **kw)
     assert together.tokens[4:6] == alone.tokens
+
+
+def test_n_samples_share_one_prefill_in_the_compiled_program(models):
+    """Compiled cost: 8 prompts x 4 samples costs far less than 32 prompts x 1 sample (prefill runs per prompt)."""
+    import jax
+    import jax.numpy as jnp
+    from bolt_jax.model.llama import pure_dict
+    from bolt_jax.sampling.sampler import _generate_core
+    ours, _, _ = models
+    graphdef, state = nnx.split(ours)
+    params = pure_dict(state)
+
+    def flops(b, n):
+        keys = jnp.zeros((b, 2), jnp.uint32)
+        args = (graphdef, params, jnp.zeros((b, 128), jnp.int32), jnp.zeros((b,), jnp.int32), keys)
+        kw = dict(n=n, max_new_tokens=2, temperature=1.0, top_k=0, top_p=1.0, greedy=False, stop_ids=(),
+                  banned_ids=())
+        cost = _generate_core.lower(*args, **kw).compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        return cost["flops"]
+
+    shared, separate = flops(8, 4), flops(32, 1)
+    assert shared < 0.4 * separate
+
+
+def test_cache_memory_accounting_refuses_what_cannot_fit(models):
+    from bolt_jax.sampling.sampler import cache_bytes, check_cache_fits
+    ours, _, _ = models
+    cfg = ours.config
+    assert cache_bytes(cfg, 4, 100) == 2 * cfg.num_hidden_layers * 4 * 100 * cfg.kv_size * 4
+    with pytest.raises(MemoryError, match="KV cache for 128 rows"):
+        generate(ours, PROMPTS, n=16, max_new_tokens=64, max_cache_bytes=1000)
+    assert check_cache_fits(cfg, rows=8, time=64, limit_bytes=10**9) == cache_bytes(cfg, 8, 64)
+
+
+def test_generate_workflow(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from convert.hf_to_orbax import convert_hf_to_orbax
+    from tests.helpers import repo_root
+    convert_hf_to_orbax(build_hf_model(tmp_path / "hf"), str(tmp_path / "ckpt"))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    r = subprocess.run([sys.executable, "-m", "bolt_jax.main", "--config", "configs/generate.py",
+                        f"--config.generate.checkpoint={tmp_path / 'ckpt'}", "--config.generate.prompts=Ava has|Ben",
+                        "--config.generate.n=2", "--config.generate.max_new_tokens=5",
+                        f"--config.generate.output_path={tmp_path / 'out.jsonl'}"],
+                       cwd=repo_root(), env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [json.loads(l) for l in open(tmp_path / "out.jsonl")]
+    assert len(rows) == 4 and "tokens/s" in r.stdout

@@ -166,7 +166,7 @@ def generate(model: Llama, prompts: Sequence[Sequence[int]], *, n: int = 1, max_
              stop_token_ids: Sequence[int] = (), stop_strings: Sequence[str] = (),
              banned_token_ids: Sequence[int] = (), max_prompt_len: int | None = None, seed: int = 0,
              prompt_seeds: Sequence[int] | None = None, mesh=None, tokenizer=None,
-             batch_bucket: int = 8) -> GenerationResult:
+             batch_bucket: int = 8, max_cache_bytes: int | None = None) -> GenerationResult:
     """Samples `n` continuations per prompt (token id lists). See the module docstring.
 
     Randomness: prompt i uses key fold_in(PRNGKey(seed), i), or PRNGKey(prompt_seeds[i]) when given, so a prompt's
@@ -190,6 +190,7 @@ def generate(model: Llama, prompts: Sequence[Sequence[int]], *, n: int = 1, max_
     divisor = parallel.batch_divisor(mesh) if mesh is not None else 1
     step = math.lcm(batch_bucket, divisor)
     b = math.ceil(len(prompts) / step) * step
+    check_cache_fits(cfg, rows=b * n, time=p_len + max_new_tokens, mesh=mesh, limit_bytes=max_cache_bytes)
     prompt_np = np.zeros((b, p_len), np.int32)
     pad_np = np.full((b,), p_len - 1, np.int32)
     for i in range(b):
@@ -238,6 +239,28 @@ def generate(model: Llama, prompts: Sequence[Sequence[int]], *, n: int = 1, max_
                             done=np.array(done), lengths=np.array(lengths),
                             texts=texts if tokenizer is not None else None, num_truncated_prompts=truncated,
                             prompt_lengths=[len(p) for p in prompts])
+
+
+def cache_bytes(cfg, rows: int, time: int) -> int:
+    """Bytes of the K and V caches [layers, rows, time, kv_heads, head_dim] in the compute dtype."""
+    return 2 * cfg.num_hidden_layers * rows * time * cfg.kv_size * jnp.dtype(cfg.jnp_compute_dtype).itemsize
+
+
+def check_cache_fits(cfg, *, rows: int, time: int, mesh=None, limit_bytes: int | None = None) -> int:
+    """Refuses a batch whose KV cache cannot fit next to what the device already holds, before compiling it.
+
+    Per device, the cache is its share of the batch (sharded over data x fsdp). The limit is `limit_bytes` when given,
+    else the device's free memory as its allocator reports it (none on CPU: no check there)."""
+    per_device = cache_bytes(cfg, rows, time) // (parallel.batch_divisor(mesh) if mesh is not None else 1)
+    if limit_bytes is None:
+        stats = jax.local_devices()[0].memory_stats() or {}
+        if "bytes_limit" in stats:
+            limit_bytes = int(0.9 * (stats["bytes_limit"] - stats.get("bytes_in_use", 0)))
+    if limit_bytes is not None and per_device > limit_bytes:
+        raise MemoryError(
+            f"the KV cache for {rows} rows x {time} positions needs {per_device / 2**30:.2f} GiB per device, more "
+            f"than the {limit_bytes / 2**30:.2f} GiB available; lower the batch, max_new_tokens or the prompt length")
+    return per_device
 
 
 def _cut_at_stop_string(seq: list[int], tokenizer, stop_strings: Sequence[str]):
