@@ -39,6 +39,7 @@ def default_bootstrap_config() -> ml_collections.ConfigDict:
         "bootstrap_path": "",  # the fixed raw corpus the E-step writes thoughts for
         "warmstart_steps": 100,
         "iteration_steps": 100,  # M-step steps per iteration
+        "warmstart_global_batch_size": 0,  # 0 = config.train.global_batch_size (the paper: 96 vs 192)
         "raw_token_match_steps": 0,  # 0 = as many passes over the raw corpus as the M-step makes over its data
         "raw_flops_match_steps": 0,  # 0 = iteration_steps (same compute)
         "baselines": "raw_token_match,raw_flops_match",
@@ -88,6 +89,8 @@ def _train_config(config, name: str, *, data_path: str, latent_type: str, steps:
     c.train.save_every = max(1, min(c.train.save_every, int(steps)))
     c.data.train_path = data_path
     c.data.latent_type = latent_type
+    if name == "warmstart" and config.bootstrap.get("warmstart_global_batch_size", 0):
+        c.train.global_batch_size = config.bootstrap.warmstart_global_batch_size
     c.lock()
     return c
 
@@ -299,7 +302,7 @@ def write_report(config, run_dir: str, models, esteps, elbos, accuracy=None) -> 
                 row += f" {tc['chosen']:.1%} | {tc['any_sample']:.1%} |"
             lines.append(row)
     plot = os.path.join(run_dir, "bootstrap.png")
-    _plot(models, esteps, elbos, k, plot, toy=config.bootstrap.toy)
+    _plot(models, esteps, elbos, k, plot, toy=config.bootstrap.toy, accuracy=accuracy)
     lines += ["", f"![curves]({os.path.basename(plot)})", ""]
     atomic_write_text(os.path.join(run_dir, "report.md"), "\n".join(lines))
     print("\nBoLT bootstrap summary\n" + "\n".join(console))
@@ -311,13 +314,13 @@ def write_report(config, run_dir: str, models, esteps, elbos, accuracy=None) -> 
             "report": os.path.join(run_dir, "report.md")}
 
 
-def _plot(models, esteps, elbos, k, path: str, toy: bool) -> None:
+def _plot(models, esteps, elbos, k, path: str, toy: bool, accuracy=None) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from bolt_jax.train.metrics import read_metrics
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
     for name, m in models.items():
         rows = read_metrics(os.path.join(m["run_dir"], "metrics.jsonl"))
         per_step = m["tokens"] / max(m["steps"], 1)
@@ -341,6 +344,12 @@ def _plot(models, esteps, elbos, k, path: str, toy: bool) -> None:
             ax2.legend(loc="lower right")
         axes[2].set(title="E-step per iteration", xlabel="iteration", ylabel="effective sample size")
         axes[2].legend(loc="upper left")
+    if accuracy:
+        names = list(accuracy)
+        axes[3].bar(names, [accuracy[n]["accuracy"] for n in names],
+                    yerr=[accuracy[n]["accuracy_se"] for n in names], capsize=3)
+        axes[3].set(title="few-shot accuracy (held-out problems)", ylabel="accuracy")
+        axes[3].tick_params(axis="x", rotation=30)
     for ax in axes[:1]:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
