@@ -147,26 +147,11 @@ def toy_thought_accuracy(store_dir: str, corpus_path: str) -> dict[str, float]:
 
 
 def elbo_stage(config, name: str, model_dir: str) -> dict[str, float]:
-    """Validation ELBO_n per token: uniform chunks, the full preceding text as prefix, K samples, no resampling."""
-    from bolt_jax.estep.run import run_estep
-    from bolt_jax.estep.store import ResultStore
-    k = config.bootstrap.elbo_samples
-    c = copy.deepcopy(config)
-    c.unlock()
-    c.estep.update(checkpoint=model_dir, corpus_path=config.data.validation_path, run_name=f"elbo_{name}",
-                   store_dir=os.path.join(config.run_dir, "elbo_store"), output_path="", num_samples=k,
-                   resample=False, random_chunking=False, include_all_prefix=True,
-                   elbo_samples=[n for n in (1, 2, 4, 8) if n <= k], limit_docs=config.bootstrap.elbo_docs,
-                   slice="0:1")
-    c.lock()
-    result = run_estep(c)
-    rows = list(ResultStore(c.estep.store_dir, run=c.estep.run_name, iteration=c.estep.iteration,
-                            settings=json.load(open(os.path.join(result["store"], "settings.json")))).rows())
-    tokens = sum(r["suffix_tokens"] - r["num_suffix_token_truncated"] for r in rows)
-    out = {f"elbo_{n}_per_token": sum(r[f"elbo_{n}"] for r in rows) / max(tokens, 1)
-           for n in c.estep.elbo_samples}
-    out["chunks"] = len(rows)
-    return out
+    """Validation ELBO_n per token of one model (bolt_jax.eval.validation.validation_elbo)."""
+    from bolt_jax.eval.validation import validation_elbo
+    return validation_elbo(config, model_dir, config.data.validation_path, k=config.bootstrap.elbo_samples,
+                           docs=config.bootstrap.elbo_docs, name=f"elbo_{name}",
+                           store_dir=os.path.join(config.run_dir, "elbo_store"))
 
 
 def toy_fewshot_stage(config, model_dir: str, variant: str) -> dict[str, float]:

@@ -167,12 +167,14 @@ def test_eval_workflow_on_a_checkpoint(tmp_path):
                         f"--config.run_dir={tmp_path}", f"--config.eval.checkpoint={tmp_path / 'ckpt'}",
                         f"--config.eval.gsm8k_path={gsm}", f"--config.eval.validation_path={val}",
                         "--config.eval.max_new_tokens=6", "--config.eval.max_prompt_tokens=200",
+                        "--config.eval.elbo_samples=2", "--config.eval.elbo_docs=1",
                         "--config.model.compute_dtype=float32"],
                        cwd=repo_root(), env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["gsm8k_cot"]["examples"] == 2 and "latent_gsm8k_cot" in metrics
     assert metrics["validation"]["nll_per_token"] > 0
+    assert metrics["validation_elbo"]["elbo_2_per_token"] < 0 and metrics["validation_elbo"]["chunks"] >= 1
 
 
 def test_sft_batches_put_the_loss_on_completions_only(tok):
@@ -218,3 +220,39 @@ def test_finetune_eval_workflow_runs(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads((tmp_path / "ft" / "finetune_eval.json").read_text())
     assert set(result["per_seed"]) == {"1", "2"} and result["test_examples"] == 2
+
+
+def test_benchmark_readers_jsonl_parquet_tfds(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import tensorflow_datasets as tfds
+
+    from bolt_jax.eval.fewshot import read_gsm8k, read_math
+    rows = [{"question": "What is 2+2?", "answer": "2+2=4\n#### 4"}, {"question": "3*3?", "answer": "9\n#### 9"}]
+    (tmp_path / "g.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "g.parquet")
+    assert [e.answer for e in read_gsm8k(str(tmp_path / "g.jsonl"))] == ["4", "9"]
+    assert [e.answer for e in read_gsm8k(str(tmp_path / "g.parquet"))] == ["4", "9"]
+    math_rows = [{"problem": "1+1?", "solution": "So $\\\\boxed{2}$."}]
+    pq.write_table(pa.Table.from_pylist(math_rows), tmp_path / "m.parquet")
+    assert read_math(str(tmp_path / "m.parquet"))[0].answer == "2"
+
+    class TinyGsm(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+        url_infos = {}  # no checksums file next to this test module
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+                {"question": tfds.features.Text(), "answer": tfds.features.Text()}))
+
+        def _split_generators(self, dl_manager):
+            return {"test": self._generate_examples()}
+
+        def _generate_examples(self):
+            for i, r in enumerate(rows):
+                yield i, r
+
+    builder = TinyGsm(data_dir=str(tmp_path / "tfds"), file_format="array_record")
+    builder.download_and_prepare()
+    got = read_gsm8k(f"tfds_dir:{builder.data_dir}:test")
+    assert sorted(e.answer for e in got) == ["4", "9"]

@@ -187,6 +187,13 @@ def run_estep(config: ml_collections.ConfigDict, backend: ModelBackend | None = 
     slice_index, num_slices = parse_slice(e.slice)
     if backend is None:
         backend, tokenizer, model_id = load_backend(config)
+    model = getattr(backend, "model", None)
+    if model is not None:
+        max_pos = model.config.max_position_embeddings
+        if e.max_tokens > max_pos or e.max_new_tokens >= max_pos:
+            raise ValueError(f"config.estep.max_tokens={e.max_tokens} (joint length) or max_new_tokens="
+                             f"{e.max_new_tokens} does not fit the model's max_position_embeddings={max_pos}; "
+                             f"lower them")
     records = open_corpus(e.corpus_path)
     num_docs = len(records) if not e.limit_docs else min(e.limit_docs, len(records))
     store = ResultStore(e.store_dir or os.path.join(config.run_dir, "estep_store"), run=e.run_name,

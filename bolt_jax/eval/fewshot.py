@@ -28,13 +28,27 @@ class Example:
     solution: str = ""  # MATH: the full reference solution (what math-verify parses)
 
 
+def _rows(path: str):
+    """Records of a JSONL or Parquet file, or of a TFDS source (tfds:NAME[:SPLIT], tfds_dir:PATH[:SPLIT])."""
+    from bolt_jax.data.readers import _decode, is_tfds, tfds_source
+    if is_tfds(path):
+        src = tfds_source(path)
+        for i in range(len(src)):
+            yield _decode(src[i])
+    elif path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+        yield from pq.read_table(path).to_pylist()
+    else:
+        for line in open(path):
+            if line.strip():
+                yield json.loads(line)
+
+
 def read_gsm8k(path: str, limit: int = 0) -> list[Example]:
-    """GSM8K JSONL ({question, answer} with '#### N' last), e.g. the official test.jsonl."""
+    """GSM8K ({question, answer} with '#### N' last): the official test.jsonl, a Parquet file, or
+    tfds:gsm8k:test (TFDS, where the dataset is available)."""
     out = []
-    for i, line in enumerate(open(path)):
-        if not line.strip():
-            continue
-        r = json.loads(line)
+    for i, r in enumerate(_rows(path)):
         out.append(Example(str(r.get("id", i)), r["question"], grading.gsm8k_gold(r["answer"]), r["answer"]))
         if limit and len(out) >= limit:
             break
@@ -42,12 +56,8 @@ def read_gsm8k(path: str, limit: int = 0) -> list[Example]:
 
 
 def read_math(path: str, limit: int = 0) -> list[Example]:
-    """MATH ({problem, solution}) from JSONL or Parquet."""
-    if path.endswith(".parquet"):
-        import pyarrow.parquet as pq
-        rows = pq.read_table(path).to_pylist()
-    else:
-        rows = [json.loads(line) for line in open(path) if line.strip()]
+    """MATH ({problem, solution}) from JSONL, Parquet or a TFDS source."""
+    rows = list(_rows(path))
     out = []
     for i, r in enumerate(rows[: limit or None]):
         final = grading.math_final_answer(r["solution"]) or ""

@@ -29,6 +29,8 @@ def default_eval_config() -> ml_collections.ConfigDict:
         "truncation": "drop_exemplars",  # or left_truncate
         "validation_path": "",  # raw documents for NLL per token / per char
         "validation_docs": 1000,
+        "elbo_samples": 0,  # > 0: also the validation ELBO_1..K per token (E-step code; K = 4 in the paper)
+        "elbo_docs": 1000,
         "seed": 1234,
     })
 
@@ -69,5 +71,10 @@ def run_eval(config: ml_collections.ConfigDict) -> dict[str, Any]:
         summary["validation"] = validation.validation_nll(model, tok, open_corpus(e.validation_path),
                                                           limit=e.validation_docs, mesh=mesh)
         print(f"validation NLL {summary['validation']['nll_per_token']:.4f} / token")
+        if e.elbo_samples > 0:
+            summary["validation_elbo"] = validation.validation_elbo(
+                config, e.checkpoint, e.validation_path, k=e.elbo_samples, docs=e.elbo_docs,
+                store_dir=os.path.join(out_dir, "elbo_store"))
+            print(f"validation ELBO: {summary['validation_elbo']}")
     atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(summary, indent=2))
     return summary

@@ -1,8 +1,9 @@
 """Validation negative log-likelihood of held-out raw documents, per token and per character (spec 7.3).
 
 Each document is encoded as BOS + text, cut to `max_tokens` (the original keeps max_tokens - 3 text tokens), and
-scored teacher-forced; every token after BOS counts. (The ELBO side of spec 7.3 runs through the E-step code:
-bolt_jax.bootstrap.elbo_stage.)
+scored teacher-forced; every token after BOS counts. The ELBO (`validation_elbo`) runs through the E-step code
+with uniform chunks, the whole preceding text as prefix, K samples and no resampling; ELBO_n per token divides the
+summed chunk bounds by the suffix tokens scored.
 """
 
 from __future__ import annotations
@@ -27,3 +28,35 @@ def validation_nll(model, tokenizer, records, *, max_tokens: int = 2048, limit: 
     tokens = np.array([len(s) - 1 for s in seqs])
     return {"documents": n, "nll_per_token": float(nll.sum() / max(tokens.sum(), 1)),
             "nll_per_char": float(nll.sum() / max(sum(chars), 1)), "avg_tokens": float(tokens.mean()) if n else 0.0}
+
+
+def validation_elbo(config, model_dir: str, corpus_path: str, *, k: int = 4, docs: int = 1000,
+                    store_dir: str = "", name: str = "elbo") -> dict[str, Any]:
+    """ELBO_n per token for n in {1, 2, 4, 8} up to k (spec 7.3), through bolt_jax.estep."""
+    import copy
+    import json
+    import os
+
+    from bolt_jax.estep.run import default_estep_config, run_estep
+    from bolt_jax.estep.store import ResultStore
+    c = copy.deepcopy(config)
+    c.unlock()
+    if "estep" not in c:
+        c.estep = default_estep_config()
+    c.estep.update(checkpoint=model_dir, corpus_path=corpus_path, run_name=name, output_path="", num_samples=k,
+                   resample=False, random_chunking=False, include_all_prefix=True, slice="0:1", limit_docs=docs,
+                   elbo_samples=[n for n in (1, 2, 4, 8) if n <= k],
+                   store_dir=store_dir or os.path.join(config.run_dir, "elbo_store"))
+    from bolt_jax.checkpoint import read_config
+    max_pos = read_config(model_dir).max_position_embeddings
+    c.estep.max_tokens = min(c.estep.max_tokens, max_pos)
+    c.estep.max_new_tokens = min(c.estep.max_new_tokens, max_pos // 2)
+    c.estep.max_prompt_len = min(c.estep.max_prompt_len, max_pos // 2)
+    c.lock()
+    result = run_estep(c)
+    rows = list(ResultStore(c.estep.store_dir, run=c.estep.run_name, iteration=c.estep.iteration,
+                            settings=json.load(open(os.path.join(result["store"], "settings.json")))).rows())
+    tokens = sum(r["suffix_tokens"] - r["num_suffix_token_truncated"] for r in rows)
+    out = {f"elbo_{n}_per_token": sum(r[f"elbo_{n}"] for r in rows) / max(tokens, 1) for n in c.estep.elbo_samples}
+    out["chunks"] = len(rows)
+    return out
