@@ -12,13 +12,14 @@ from __future__ import annotations
 import copy
 import json
 import os
-from typing import Any, Iterator
+from typing import Any
 
 import ml_collections
 import numpy as np
 
 from bolt_jax.data.schema import atomic_write_text
 from bolt_jax.eval import grading
+from bolt_jax.train.batches import IndexedBatches
 
 SOL, EOL, PRIOR = "<|START_OF_LATENT|>", "<|END_OF_LATENT|>", "<|PRIOR_PREFIX|>"
 
@@ -66,7 +67,7 @@ def gsm8k_sft_examples(path: str, raw_baseline: bool, limit: int = 0) -> list[di
     return out
 
 
-class SFTBatches:
+class SFTBatches(IndexedBatches):
     """Rows of [BOS] prompt completion [EOS], right-padded, loss on completion + EOS; epochs reshuffled by seed.
     Checkpointable like every trainer source (batch i is a function of the seed and i)."""
 
@@ -79,15 +80,6 @@ class SFTBatches:
             ids = (p + c)[: seq_len + 1]
             self.encoded.append((np.asarray(ids, np.int32), len(p)))
         self.index = 0
-
-    def get_state(self) -> dict[str, Any]:
-        return {"index": self.index}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self.index = int(state["index"])
-
-    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        return self
 
     def __next__(self) -> dict[str, np.ndarray]:
         n = len(self.encoded)

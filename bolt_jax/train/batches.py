@@ -13,7 +13,22 @@ import ml_collections
 import numpy as np
 
 
-class SyntheticBatches:
+class IndexedBatches:
+    """A batch source whose position is one counter: batch i is a pure function of (seed, i)."""
+
+    index: int = 0
+
+    def get_state(self) -> dict[str, Any]:
+        return {"index": self.index}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.index = int(state["index"])
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self
+
+
+class SyntheticBatches(IndexedBatches):
     """Uniform random tokens; global batch i is a pure function of (seed, i), and each process keeps its own
     rows of it, so any number of processes sees the same global batch. For benchmarks and tests only."""
 
@@ -24,15 +39,6 @@ class SyntheticBatches:
         self.row_offset = row_offset
         self.docs_per_row = docs_per_row
         self.index = 0
-
-    def get_state(self) -> dict[str, Any]:
-        return {"index": self.index}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self.index = int(state["index"])
-
-    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        return self
 
     def __next__(self) -> dict[str, np.ndarray]:
         rng = np.random.default_rng([self.seed, self.index])
