@@ -256,3 +256,16 @@ def test_benchmark_readers_jsonl_parquet_tfds(tmp_path):
     builder.download_and_prepare()
     got = read_gsm8k(f"tfds_dir:{builder.data_dir}:test")
     assert sorted(e.answer for e in got) == ["4", "9"]
+
+
+def test_math_sft_examples_and_grading(tmp_path):
+    from bolt_jax.eval.finetune import is_correct, math_sft_examples
+    (tmp_path / "m.jsonl").write_text(json.dumps({"problem": "Compute $1+1$.", "solution": "We get $\\\\boxed{2}$."})
+                                      + "\n")
+    ex = math_sft_examples(str(tmp_path / "m.jsonl"), raw_baseline=False)[0]
+    assert ex["prompt"] == f"Problem:\nCompute $1+1$.\n{SOL}{PRIOR}"
+    assert ex["completion"].endswith(f"{EOL} Final Answer: The final answer is $2$.") and ex["answer"] == "2"
+    assert is_correct("math", f"so two{EOL} Final Answer: The final answer is $2$.", ex, raw_baseline=False)
+    assert not is_correct("math", f"so three{EOL} Final Answer: The final answer is $3$.", ex, raw_baseline=False)
+    raw = math_sft_examples(str(tmp_path / "m.jsonl"), raw_baseline=True)[0]
+    assert raw["prompt"].endswith(SOL) and EOL not in raw["completion"]

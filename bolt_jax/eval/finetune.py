@@ -27,7 +27,8 @@ SOL, EOL, PRIOR = "<|START_OF_LATENT|>", "<|END_OF_LATENT|>", "<|PRIOR_PREFIX|>"
 def default_finetune_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({
         "checkpoint": "",  # the pretrained model to finetune
-        "train_path": "",  # GSM8K-style JSONL ({question, answer}) for SFT
+        "benchmark": "gsm8k",  # gsm8k ({question, answer}) | math ({problem, solution})
+        "train_path": "",  # JSONL (or Parquet / TFDS source) for SFT
         "test_path": "",
         "raw_baseline": False,  # delimiter <SoL> only, <EoL> removed (models trained without thoughts)
         "seeds": "42,43,44",  # downstream seeds (the original: 5 per upstream trial)
@@ -65,6 +66,37 @@ def gsm8k_sft_examples(path: str, raw_baseline: bool, limit: int = 0) -> list[di
         if limit and len(out) >= limit:
             break
     return out
+
+
+def math_sft_examples(path: str, raw_baseline: bool, limit: int = 0) -> list[dict[str, str]]:
+    """(prompt, completion, answer) from MATH: the reference solution is the thought, its final answer follows."""
+    from bolt_jax.eval.fewshot import _rows
+    out = []
+    for r in _rows(path):
+        final = grading.math_final_answer(r["solution"]) or ""
+        completion = f"{r['solution'].strip()}{EOL} Final Answer: The final answer is ${final}$."
+        delimiter = SOL + PRIOR
+        if raw_baseline:
+            completion, delimiter = completion.replace(EOL, ""), SOL
+        out.append({"prompt": f"Problem:\n{r['problem']}\n{delimiter}", "completion": completion,
+                    "answer": final, "solution": r["solution"]})
+        if limit and len(out) >= limit:
+            break
+    return out
+
+
+def sft_examples(benchmark: str, path: str, raw_baseline: bool, limit: int = 0) -> list[dict[str, str]]:
+    if benchmark == "gsm8k":
+        return gsm8k_sft_examples(path, raw_baseline, limit)
+    if benchmark == "math":
+        return math_sft_examples(path, raw_baseline, limit)
+    raise ValueError(f"finetune benchmark {benchmark!r}; choose gsm8k or math")
+
+
+def is_correct(benchmark: str, text: str, example: dict[str, str], raw_baseline: bool) -> bool:
+    if benchmark == "gsm8k":
+        return grading.gsm8k_flexible(text, latent=not raw_baseline) == example["answer"]
+    return grading.math_equivalent(grading.after_latent(text), example["solution"])
 
 
 class SFTBatches(IndexedBatches):
@@ -111,8 +143,8 @@ def run_finetune_eval(config: ml_collections.ConfigDict) -> dict[str, Any]:
     if not (f.checkpoint and f.train_path and f.test_path):
         raise ValueError("config.finetune needs checkpoint, train_path and test_path")
     tok = load_tokenizer(model_ckpt.tokenizer_path(f.checkpoint))
-    train_ex = gsm8k_sft_examples(f.train_path, f.raw_baseline, f.limit_train)
-    test_ex = gsm8k_sft_examples(f.test_path, f.raw_baseline, f.limit_test)
+    train_ex = sft_examples(f.benchmark, f.train_path, f.raw_baseline, f.limit_train)
+    test_ex = sft_examples(f.benchmark, f.test_path, f.raw_baseline, f.limit_test)
     steps = max(1, f.epochs * len(train_ex) // f.batch_size)
     per_seed = {}
     for seed in [int(s) for s in str(f.seeds).split(",") if s.strip()]:
@@ -124,6 +156,7 @@ def run_finetune_eval(config: ml_collections.ConfigDict) -> dict[str, Any]:
                        save_every=steps)
         c.optim.update(lr=f.lr, weight_decay=0.0, warmup_steps=max(1, round(0.05 * steps)))
         c.data = ml_collections.ConfigDict({"source": "sft", "seq_len": f.max_len, "sft_path": f.train_path,
+                                            "sft_benchmark": f.benchmark,
                                             "sft_raw_baseline": f.raw_baseline, "sft_limit": f.limit_train,
                                             "tokenizer_path": model_ckpt.tokenizer_path(f.checkpoint)})
         c.lock()
@@ -138,7 +171,7 @@ def run_finetune_eval(config: ml_collections.ConfigDict) -> dict[str, Any]:
         for i, ex in enumerate(test_ex):
             for j in range(f.num_samples):
                 text = r.texts[i * f.num_samples + j]
-                correct.append(float(grading.gsm8k_flexible(text, latent=not f.raw_baseline) == ex["answer"]))
+                correct.append(float(is_correct(f.benchmark, text, ex, f.raw_baseline)))
         per_seed[seed] = float(np.mean(correct))
         print(f"finetune eval seed {seed}: accuracy {per_seed[seed]:.4f} ({len(test_ex)} prompts x {f.num_samples})")
     values = list(per_seed.values())

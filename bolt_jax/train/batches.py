@@ -74,10 +74,11 @@ def make_train_batches(config: ml_collections.ConfigDict, vocab_size: int, split
                                 docs_per_row=data.get("synthetic_docs_per_row", 1))
     if data.source == "sft":  # finetune-based evaluation: prompt/completion pairs, loss on completions
         from bolt_jax.data.tokenizer import cached_tokenizer
-        from bolt_jax.eval.finetune import SFTBatches, gsm8k_sft_examples
+        from bolt_jax.eval.finetune import SFTBatches, sft_examples
         if split != "train":
             raise ValueError("the sft source has no validation split; set config.train.eval_every=0")
-        examples = gsm8k_sft_examples(data.sft_path, data.sft_raw_baseline, data.get("sft_limit", 0))
+        examples = sft_examples(data.get("sft_benchmark", "gsm8k"), data.sft_path, data.sft_raw_baseline,
+                                data.get("sft_limit", 0))
         rows = local_rows(config.train.global_batch_size)
         return SFTBatches(examples, cached_tokenizer(data.tokenizer_path), rows=rows, seq_len=data.seq_len,
                           seed=config.seed + jax.process_index())
