@@ -26,25 +26,8 @@ def tokenizer_corpus() -> list[str]:
 
 def build_tokenizer(out_dir: str | os.PathLike, vocab_size: int = 512, add_bolt_tokens: bool = True) -> str:
     """A byte-level BPE tokenizer in HF format (<unk>=0, <s>=1, </s>=2 like Llama), BoLT tokens appended at the end."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    base_specials = ["<unk>", "<s>", "</s>"]
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.decoder = decoders.ByteLevel()
-    n_base = vocab_size - (len(BOLT_TOKENS) if add_bolt_tokens else 0)
-    tok.train_from_iterator(tokenizer_corpus(), trainer=trainers.BpeTrainer(
-        vocab_size=n_base, min_frequency=1, special_tokens=base_specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))])
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
-    if add_bolt_tokens:
-        hf.add_special_tokens({"additional_special_tokens": BOLT_TOKENS})
-    out_dir = str(out_dir)
-    hf.save_pretrained(out_dir)
-    return out_dir
+    from bolt_jax.data.bpe import train_bpe_tokenizer
+    return train_bpe_tokenizer(tokenizer_corpus(), out_dir, vocab_size=vocab_size, add_bolt_tokens=add_bolt_tokens)
 
 
 def build_hf_model(out_dir: str | os.PathLike, *, vocab_size: int = 512, tie: bool = False, num_layers: int = 2,
