@@ -1,32 +1,49 @@
 """Attention benchmark: each implementation, forward and forward+backward, at TinyLlama's shape; one table.
 
     python bench/attention.py                      # B=8, S=2048, H=32, K=4, D=64, bf16, causal, 4 documents per row
+    python bench/attention.py --sweep              # also the Pallas GPU kernel over tile sizes / warps / stages
     python bench/attention.py --smoke              # tiny shapes on CPU (Pallas in interpret mode)
 
-Reports the median of several runs after warm-up, TFLOP/s (causal: half the 4 B S^2 H D of the dense matmuls, x3.5
-with the backward) and each implementation's speed relative to cuDNN measured in the same run.
+Every implementation is first checked against the XLA reference computed in fp32 on the same bf16 inputs
+(relative error of the output and of dq, dk, dv). Timing: median of several runs after warm-up; TFLOP/s counts the
+causal half of the 4 B S^2 H D dense matmuls (x3.5 with the backward). `cudnn` applies the document mask (a dense
+[B, 1, S, S] boolean mask); `cudnn_causal` ignores the documents (plain causal) and is the fastest possible baseline,
+not a correct result for packed rows.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import subprocess
-import time
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from common import header, median_seconds
 
-def timed(fn, *args, runs: int) -> float:
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+
+def rel_err(got, want) -> float:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
+
+
+def make_fns(impl: str, blocks=None):
+    from bolt_jax import kernels
+    from bolt_jax.kernels.pallas_gpu import pallas_gpu_attention
+
+    def attend(q, k, v, s):
+        if impl == "cudnn_causal":
+            return kernels.attention(q, k, v, segment_ids=None, impl="cudnn")
+        if blocks is not None:
+            return pallas_gpu_attention(q, k, v, q_segment_ids_BxS=s, kv_segment_ids_BxT=s, blocks=blocks)
+        return kernels.attention(q, k, v, segment_ids=s, impl=impl)
+
+    fwd = jax.jit(attend)
+    # a loss with a non-trivial cotangent (not all ones), so a wrong dO indexing shows
+    loss = lambda q, k, v, s, w: jnp.sum(attend(q, k, v, s).astype(jnp.float32) * w)  # noqa: E731
+    bwd = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+    return fwd, bwd
 
 
 def main() -> None:
@@ -39,42 +56,75 @@ def main() -> None:
     p.add_argument("--docs", type=int, default=4)
     p.add_argument("--impls", default="")
     p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--sweep", action="store_true", help="Pallas GPU tiles x warps x stages")
     p.add_argument("--smoke", action="store_true")
     a = p.parse_args()
-    from bolt_jax import kernels
+    from bolt_jax.kernels.pallas_gpu import Blocks
+    from bolt_jax.kernels.xla import xla_attention
+
     if a.smoke:
         a.batch, a.seq, a.heads, a.kv_heads, a.head_dim, a.runs = 1, 256, 4, 2, 64, 2
     backend = jax.default_backend()
-    impls = a.impls.split(",") if a.impls else (["cudnn", "pallas_gpu", "xla"] if backend == "gpu" else
-                                                ["pallas_tpu", "xla"] if backend == "tpu" else ["pallas_gpu", "xla"])
+    impls = a.impls.split(",") if a.impls else (["cudnn_causal", "cudnn", "pallas_gpu", "xla"] if backend == "gpu"
+                                                else ["pallas_tpu", "xla"] if backend == "tpu"
+                                                else ["pallas_gpu", "xla"])
     rng = np.random.default_rng(0)
     dtype = jnp.bfloat16
     q = jnp.asarray(rng.normal(size=(a.batch, a.seq, a.heads, a.head_dim)), dtype)
     k = jnp.asarray(rng.normal(size=(a.batch, a.seq, a.kv_heads, a.head_dim)), dtype)
     v = jnp.asarray(rng.normal(size=(a.batch, a.seq, a.kv_heads, a.head_dim)), dtype)
+    w = jnp.asarray(rng.normal(size=q.shape), jnp.float32)
     seg = jnp.asarray(np.repeat((np.arange(a.seq) * a.docs // a.seq + 1)[None], a.batch, 0).astype(np.int32))
+
+    # the oracle: the XLA reference in fp32 on the same (bf16-rounded) inputs
+    q32, k32, v32 = (x.astype(jnp.float32) for x in (q, k, v))
+
+    def ref_attend(q, k, v, s):
+        return xla_attention(q, k, v, q_segment_ids_BxS=s, kv_segment_ids_BxT=s)
+
+    ref_o = jax.jit(ref_attend)(q32, k32, v32, seg)
+    ref_g = jax.jit(jax.grad(lambda q, k, v, s, w: jnp.sum(ref_attend(q, k, v, s) * w), argnums=(0, 1, 2)))(
+        q32, k32, v32, seg, w)
     flops_fwd = 4 * a.batch * a.seq * a.seq * a.heads * a.head_dim / 2
-    rows = {}
-    for impl in impls:
-        f = jax.jit(lambda q, k, v, s, impl=impl: kernels.attention(q, k, v, segment_ids=s, impl=impl))
-        g = jax.jit(jax.grad(lambda q, k, v, s, impl=impl: jnp.sum(
-            kernels.attention(q, k, v, segment_ids=s, impl=impl).astype(jnp.float32)), argnums=(0, 1, 2)))
+
+    candidates = [(impl, None) for impl in impls]
+    if a.sweep:  # one factor at a time around the defaults: tiles of the forward, of the backward, then launch
+        d = Blocks()
+        variants = [dict(fwd_q=fq, fwd_k=fk) for fq, fk in ((64, 64), (128, 32), (128, 128), (64, 128))]
+        variants += [dict(bwd_q=bq, bwd_k=bk) for bq, bk in ((32, 32), (32, 64), (64, 128), (128, 64), (128, 128))]
+        variants += [dict(num_warps=nw, num_stages=ns) for nw, ns in ((8, 2), (4, 3), (8, 3), (4, 1))]
+        candidates += [("pallas_gpu", dataclasses.replace(d, **kw)) for kw in variants]
+    rows = []
+    for impl, blocks in candidates:
+        name = impl if blocks is None else (f"pg f{blocks.fwd_q}x{blocks.fwd_k} b{blocks.bwd_q}x{blocks.bwd_k} "
+                                            f"w{blocks.num_warps}s{blocks.num_stages}")
+        fwd, bwd = make_fns(impl, blocks)
         try:
-            rows[impl] = (timed(f, q, k, v, seg, runs=a.runs), timed(g, q, k, v, seg, runs=a.runs))
-        except Exception as e:  # noqa: BLE001
-            rows[impl] = str(e).splitlines()[0][:70]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+            o = fwd(q, k, v, seg)
+            g = bwd(q, k, v, seg, w)
+            if impl == "cudnn_causal":
+                err = float("nan")
+            else:
+                err = max([rel_err(o, ref_o)] + [rel_err(x, y) for x, y in zip(g, ref_g)])
+            t_f = median_seconds(lambda: jax.block_until_ready(fwd(q, k, v, seg)), runs=a.runs)
+            t_b = median_seconds(lambda: jax.block_until_ready(bwd(q, k, v, seg, w)), runs=a.runs)
+            rows.append((name, err, t_f, t_b))
+        except Exception as e:  # noqa: BLE001 - a refused shape or a failed compile is a row, not the end
+            rows.append((name, str(e).splitlines()[0][:90] if str(e) else type(e).__name__))
+        print(rows[-1], flush=True)
+    base = next((r[3] for r in rows if r[0] == "cudnn" and len(r) == 4), None)
     print(f"\nattention B={a.batch} S={a.seq} H={a.heads} K={a.kv_heads} D={a.head_dim} bf16 causal, {a.docs} docs/row; "
-          f"{jax.devices()[0].device_kind}, jax {jax.__version__}, commit {commit}, median of {a.runs}")
-    print(f"{'impl':>11} {'fwd ms':>8} {'fwd TF/s':>9} {'fwd+bwd ms':>11} {'f+b TF/s':>9} {'f+b vs cuDNN':>12}")
-    base = rows.get("cudnn") if isinstance(rows.get("cudnn"), tuple) else None
-    for impl, r in rows.items():
-        if isinstance(r, str):
-            print(f"{impl:>11}  failed: {r}")
+          f"{header()}, median of {a.runs}")
+    print(f"{'impl':>28} {'max rel err':>11} {'fwd ms':>8} {'fwd TF/s':>9} {'f+b ms':>8} {'f+b TF/s':>9} "
+          f"{'f+b vs cuDNN':>12}")
+    for r in rows:
+        if len(r) == 2:
+            print(f"{r[0]:>28}  failed: {r[1]}")
             continue
-        rel = f"{base[1] / r[1]:.2f}x" if base else "-"
-        print(f"{impl:>11} {r[0] * 1e3:8.2f} {flops_fwd / r[0] / 1e12:9.1f} {r[1] * 1e3:11.2f} "
-              f"{3.5 * flops_fwd / r[1] / 1e12:9.1f} {rel:>12}")
+        name, err, t_f, t_b = r
+        rel = f"{base / t_b:.2f}x" if base else "-"
+        print(f"{name:>28} {err:11.2e} {t_f * 1e3:8.2f} {flops_fwd / t_f / 1e12:9.1f} {t_b * 1e3:8.2f} "
+              f"{3.5 * flops_fwd / t_b / 1e12:9.1f} {rel:>12}")
 
 
 if __name__ == "__main__":

@@ -10,18 +10,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import tempfile
 import time
 
 import jax
 
+from common import commit
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except Exception:
-        return "unknown"
 
 
 class TimedBackend:
@@ -94,7 +89,7 @@ def main() -> None:
     total = time.perf_counter() - t0
     host = total - timed.sample_s - timed.score_s
     print(f"\nE-step: {a.preset} bf16, K={a.k}, max_new {a.new}, {result['chunks']} chunks, "
-          f"{jax.device_count()} x {jax.devices()[0].device_kind}, jax {jax.__version__}, commit {_commit()}")
+          f"{jax.device_count()} x {jax.devices()[0].device_kind}, jax {jax.__version__}, commit {commit()}")
     print(f"{'chunks/s':>9} {'sampled tok/s':>14} {'sampling':>9} {'scoring':>8} {'host':>6}")
     print(f"{result['chunks'] / total:9.2f} {result['sampled_tokens_per_s']:14,.0f} {timed.sample_s / total:9.0%} "
           f"{timed.score_s / total:8.0%} {host / total:6.0%}")

@@ -13,20 +13,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import time
 
 import jax
 import numpy as np
 
+from common import commit
+
 HBM_BYTES_PER_S = {"h100": 3.35e12, "h200": 4.8e12, "a100": 2.0e12, "b200": 8.0e12}
 
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except Exception:
-        return "unknown"
 
 
 def bandwidth() -> float | None:
@@ -71,7 +66,7 @@ def main() -> None:
         bound = batch * bw / (weight_bytes + cache_bytes) if bw else float("nan")
         rows.append((batch, t, new_tokens / t, bound))
     print(f"\nsampler: {a.preset} bf16, prompt {a.prompt}, new {a.new}, {jax.device_count()} x "
-          f"{jax.devices()[0].device_kind}, jax {jax.__version__}, commit {_commit()}, median of {a.runs}")
+          f"{jax.devices()[0].device_kind}, jax {jax.__version__}, commit {commit()}, median of {a.runs}")
     print(f"{'batch':>6} {'seconds':>8} {'out tok/s':>10} {'bw bound tok/s':>15} {'of bound':>8}")
     for batch, t, tps, bound in rows:
         print(f"{batch:6d} {t:8.2f} {tps:10,.0f} {bound:15,.0f} {tps / bound if bound == bound else float('nan'):8.1%}")

@@ -11,21 +11,19 @@ Measures after warm-up, reports the median step time of several runs, tokens/s, 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
 import subprocess
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from common import header
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except Exception:
-        return "unknown"
 
 
 def build_config(preset: str, seq_len: int, batch: int, remat: str, attention: str, steps: int):
@@ -48,7 +46,8 @@ def build_config(preset: str, seq_len: int, batch: int, remat: str, attention: s
     return c
 
 
-def bench_one(preset: str, seq_len: int, batch: int, remat: str, attention: str, warmup: int, runs: int) -> dict:
+def bench_one(preset: str, seq_len: int, batch: int, remat: str, attention: str, warmup: int, runs: int,
+              profile_dir: str = "") -> dict:
     from bolt_jax import parallel
     from bolt_jax.train.batches import SyntheticBatches
     from bolt_jax.train.loop import TrainSetup
@@ -67,15 +66,43 @@ def bench_one(preset: str, seq_len: int, batch: int, remat: str, attention: str,
             jax.block_until_ready(metrics["loss"])
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
+    if profile_dir:
+        profile_steps(setup, state, batches[0], os.path.join(profile_dir, f"{remat}_{attention}_b{batch}"))
     step = statistics.median(times)
     tokens = batch * seq_len / step
     peak = device_peak_flops()
     flops = setup.model_cfg.flops_per_token(seq_len)
-    mfu = flops * tokens / (peak * jax.device_count()) if peak else float("nan")
+    mfu = flops * tokens / (peak * jax.device_count()) if peak else None
     mem = jax.devices()[0].memory_stats() or {}
     return {"batch": batch, "remat": remat, "attention": attention, "step_s": step, "tokens_per_s": tokens,
             "mfu": mfu, "peak_mem_gib": mem.get("peak_bytes_in_use", 0) / 2**30,
-            "loss": float(metrics["loss"])}
+            "loss": float(metrics["loss"]), "mfu_flops_per_token": flops}
+
+
+def profile_steps(setup, state, batch, out_dir: str, steps: int = 3) -> None:
+    """A jax profiler trace of a few steps (perfetto JSON too), for bench/trace_summary.py."""
+    with setup.mesh_context(), jax.profiler.trace(out_dir, create_perfetto_trace=True):
+        for _ in range(steps):
+            state, metrics = setup.train_step(state, batch)
+        jax.block_until_ready(metrics["loss"])
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1%}"
+
+
+def run_child(a, batch: int, remat: str, attention: str) -> dict:
+    """One configuration in its own process, so memory peaks and OOMs do not leak between rows."""
+    cmd = [sys.executable, __file__, "--child", "--preset", a.preset, "--seq_len", str(a.seq_len),
+           "--micro_batches", str(batch), "--remat", remat, "--attention", attention, "--warmup", str(a.warmup),
+           "--runs", str(a.runs)] + (["--profile", a.profile] if a.profile else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    err = [ln for ln in (proc.stderr or "").splitlines() if ln.strip()]
+    msg = next((ln for ln in err if "RESOURCE_EXHAUSTED" in ln or "Error" in ln), err[-1] if err else "no output")
+    return {"batch": batch, "remat": remat, "attention": attention, "error": msg.strip()[:100]}
 
 
 def main() -> None:
@@ -84,31 +111,34 @@ def main() -> None:
     p.add_argument("--seq_len", type=int, default=2048)
     p.add_argument("--micro_batches", default="4,8,12,16", help="comma list; OOM entries are reported and skipped")
     p.add_argument("--remat", default="none,dots_no_batch", help="comma list of remat policies")
-    p.add_argument("--attention", default="auto")
+    p.add_argument("--attention", default="auto", help="comma list of attention impls")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--profile", default="", help="write a profiler trace of 3 steps per configuration here")
     p.add_argument("--smoke", action="store_true", help="tiny shapes, for CPU")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.smoke:
         a.preset, a.seq_len, a.micro_batches, a.remat, a.warmup, a.runs = "tiny", 64, "8", "none", 1, 2
+    if a.child:
+        r = bench_one(a.preset, a.seq_len, int(a.micro_batches), a.remat, a.attention, a.warmup, a.runs,
+                      profile_dir=a.profile)
+        print(json.dumps(r))
+        return
     rows = []
-    for remat in a.remat.split(","):
-        for batch in (int(b) for b in a.micro_batches.split(",")):
-            try:
-                rows.append(bench_one(a.preset, a.seq_len, batch, remat, a.attention, a.warmup, a.runs))
-            except Exception as e:  # noqa: BLE001 - OOM and friends: report and go on
-                msg = str(e).splitlines()[0][:80]
-                rows.append({"batch": batch, "remat": remat, "attention": a.attention, "error": msg})
-    dev = jax.devices()[0]
-    print(f"\ntrain step: {a.preset}, seq {a.seq_len}, {jax.device_count()} x {dev.device_kind}, "
-          f"jax {jax.__version__}, commit {_commit()}, median of {a.runs} after {a.warmup} warm-up")
-    print(f"{'batch':>5} {'remat':>14} {'attn':>6} {'step ms':>9} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>9}")
+    for attention in a.attention.split(","):
+        for remat in a.remat.split(","):
+            for batch in (int(b) for b in a.micro_batches.split(",")):
+                rows.append(run_child(a, batch, remat, attention))
+                print(rows[-1], flush=True)
+    print(f"\ntrain step: {a.preset}, seq {a.seq_len}, {header()}, median of {a.runs} after {a.warmup} warm-up")
+    print(f"{'batch':>5} {'remat':>14} {'attn':>10} {'step ms':>9} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>9}")
     for r in rows:
         if "error" in r:
-            print(f"{r['batch']:5d} {r['remat']:>14} {r['attention']:>6}  failed: {r['error']}")
+            print(f"{r['batch']:5d} {r['remat']:>14} {r['attention']:>10}  failed: {r['error']}")
         else:
-            print(f"{r['batch']:5d} {r['remat']:>14} {r['attention']:>6} {r['step_s'] * 1e3:9.1f} "
-                  f"{r['tokens_per_s']:10,.0f} {r['mfu']:6.1%} {r['peak_mem_gib']:9.2f}")
+            print(f"{r['batch']:5d} {r['remat']:>14} {r['attention']:>10} {r['step_s'] * 1e3:9.1f} "
+                  f"{r['tokens_per_s']:10,.0f} {_pct(r['mfu']):>6} {r['peak_mem_gib']:9.2f}")
 
 
 if __name__ == "__main__":

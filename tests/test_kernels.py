@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bolt_jax import kernels
-from bolt_jax.kernels.pallas_gpu import pallas_gpu_attention
+from bolt_jax.kernels.pallas_gpu import Blocks, pallas_gpu_attention
 from bolt_jax.kernels.pallas_tpu import pallas_tpu_attention
 from bolt_jax.kernels.xla import xla_attention
 
@@ -41,17 +41,21 @@ def _check(fn, q, k, v, seg, causal, atol, gatol):
         np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32), atol=gatol)
 
 
+# different tiles in the forward and the backward, so the padding and the causal block skipping of each are exercised
+SMALL_BLOCKS = Blocks(fwd_q=32, fwd_k=16, bwd_q=16, bwd_k=32)
+
+
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("heads", [(4, 2), (4, 4), (8, 1)])
 def test_pallas_gpu_values_and_gradients(causal, heads):
     q, k, v, seg = inputs(h=heads[0], k=heads[1], cuts=(40, 90))
-    fn = lambda *a, **kw: pallas_gpu_attention(*a, block_q=32, block_k=32, **kw)  # noqa: E731
+    fn = lambda *a, **kw: pallas_gpu_attention(*a, blocks=SMALL_BLOCKS, **kw)  # noqa: E731
     _check(fn, q, k, v, seg, causal, 2e-6, 2e-5)
 
 
 def test_pallas_gpu_pads_ragged_lengths_and_bf16():
     q, k, v, seg = inputs(s=100)
-    fn = lambda *a, **kw: pallas_gpu_attention(*a, block_q=32, block_k=32, **kw)  # noqa: E731
+    fn = lambda *a, **kw: pallas_gpu_attention(*a, blocks=SMALL_BLOCKS, **kw)  # noqa: E731
     _check(fn, q, k, v, seg, True, 2e-6, 2e-5)
     qb, kb, vb = (x.astype(jnp.bfloat16) for x in (q, k, v))
     _check(fn, qb, kb, vb, seg, True, 2e-2, 1.5e-1)

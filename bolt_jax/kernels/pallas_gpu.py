@@ -16,6 +16,7 @@ written yet: on H100, `auto` prefers cuDNN.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -24,6 +25,11 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 NEG = -1e30
+
+
+def _dot(a, b):
+    """Matrix product on the tensor cores: operands in their own dtype (bf16 in training), fp32 accumulation."""
+    return jnp.dot(a, b, preferred_element_type=jnp.float32)
 
 
 def _mask(q_idx, k_idx, q_seg, k_seg, causal: bool):
@@ -36,7 +42,7 @@ def _mask(q_idx, k_idx, q_seg, k_seg, causal: bool):
 def _fwd_kernel(q_ref, k_ref, v_ref, qs_ref, ks_ref, o_ref, lse_ref, *, scale, causal, block_k, seq_k):
     block_q = q_ref.shape[0]
     i = pl.program_id(2)
-    q = q_ref[...].astype(jnp.float32) * scale
+    q = q_ref[...]
     q_seg = qs_ref[...]
     q_idx = i * block_q + jnp.arange(block_q)
     n_blocks = seq_k // block_k
@@ -46,15 +52,15 @@ def _fwd_kernel(q_ref, k_ref, v_ref, qs_ref, ks_ref, o_ref, lse_ref, *, scale, c
     def body(j, carry):
         m, l, acc = carry
         span = pl.ds(j * block_k, block_k)
-        k = k_ref[span, :].astype(jnp.float32)
-        v = v_ref[span, :].astype(jnp.float32)
-        s = q @ k.T
+        k = k_ref[span, :]
+        v = v_ref[span, :]
+        s = _dot(q, k.T) * scale
         valid = _mask(q_idx, j * block_k + jnp.arange(block_k), q_seg, ks_ref[span], causal)
         s = jnp.where(valid, s, NEG)
         m_new = jnp.maximum(m, s.max(axis=-1))
         p = jnp.where(valid, jnp.exp(s - m_new[:, None]), 0.0)
         alpha = jnp.exp(m - m_new)
-        return m_new, alpha * l + p.sum(axis=-1), alpha[:, None] * acc + p @ v
+        return m_new, alpha * l + p.sum(axis=-1), alpha[:, None] * acc + _dot(p.astype(v.dtype), v)
 
     d = q_ref.shape[-1]
     init = (jnp.full((block_q,), NEG, jnp.float32), jnp.zeros((block_q,), jnp.float32),
@@ -73,7 +79,8 @@ def _specs(b_h_map_q, b_h_map_kv, block_q, seq_k, d):
     ]
 
 
-def _forward(q, k, v, q_seg, k_seg, *, scale, causal, block_q, block_k, interpret):
+def _forward(q, k, v, q_seg, k_seg, *, scale, causal, blocks: "Blocks", interpret):
+    block_q, block_k = blocks.fwd_q, blocks.fwd_k
     b, s, h, d = q.shape
     t, kvh = k.shape[1], k.shape[2]
     group = h // kvh
@@ -87,7 +94,7 @@ def _forward(q, k, v, q_seg, k_seg, *, scale, causal, block_q, block_k, interpre
         out_specs=[pl.BlockSpec((None, block_q, None, d), lambda bi, hi, i: (bi, i, hi, 0)),
                    pl.BlockSpec((None, None, block_q), lambda bi, hi, i: (bi, hi, i))],
         out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, h, s), jnp.float32)],
-        interpret=interpret, name="bolt_flash_fwd")(q, k, v, q_seg, k_seg)
+        interpret=interpret, compiler_params=_params(blocks, interpret), name="bolt_flash_fwd")(q, k, v, q_seg, k_seg)
     return o, lse
 
 
@@ -95,8 +102,8 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qs_ref, ks_ref
                  block_q, seq_q):
     block_k = k_ref.shape[0]
     j = pl.program_id(2)
-    k = k_ref[...].astype(jnp.float32)
-    v = v_ref[...].astype(jnp.float32)
+    k = k_ref[...]
+    v = v_ref[...]
     k_seg = ks_ref[...]
     k_idx = j * block_k + jnp.arange(block_k)
     start = (j * block_k) // block_q if causal else 0
@@ -104,21 +111,20 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qs_ref, ks_ref
     def body(i, carry):
         dk, dv = carry
         span = pl.ds(i * block_q, block_q)
-        q = q_ref[span, :].astype(jnp.float32)
-        do = do_ref[span, :].astype(jnp.float32)
+        q = q_ref[span, :]
+        do = do_ref[span, :]
         valid = _mask(i * block_q + jnp.arange(block_q), k_idx, qs_ref[span], k_seg, causal)
-        s = (q * scale) @ k.T
+        s = _dot(q, k.T) * scale
         p = jnp.where(valid, jnp.exp(s - lse_ref[span][:, None]), 0.0)
-        dv = dv + p.T @ do
-        dp = do @ v.T
-        ds = p * (dp - delta_ref[span][:, None])
-        dk = dk + (ds.T @ q) * scale
+        dv = dv + _dot(p.astype(do.dtype).T, do)
+        ds = p * (_dot(do, v.T) - delta_ref[span][:, None])
+        dk = dk + _dot(ds.astype(q.dtype).T, q)
         return dk, dv
 
     d = k_ref.shape[-1]
     zeros = jnp.zeros((block_k, d), jnp.float32)
     dk, dv = jax.lax.fori_loop(start, seq_q // block_q, body, (zeros, zeros))
-    dk_ref[...] = dk
+    dk_ref[...] = dk * scale
     dv_ref[...] = dv
 
 
@@ -126,8 +132,8 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qs_ref, ks_ref, 
                seq_k):
     block_q = q_ref.shape[0]
     i = pl.program_id(2)
-    q = q_ref[...].astype(jnp.float32)
-    do = do_ref[...].astype(jnp.float32)
+    q = q_ref[...]
+    do = do_ref[...]
     lse, delta, q_seg = lse_ref[...], delta_ref[...], qs_ref[...]
     q_idx = i * block_q + jnp.arange(block_q)
     n_blocks = seq_k // block_k
@@ -136,18 +142,20 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qs_ref, ks_ref, 
 
     def body(j, dq):
         span = pl.ds(j * block_k, block_k)
-        k = k_ref[span, :].astype(jnp.float32)
-        v = v_ref[span, :].astype(jnp.float32)
+        k = k_ref[span, :]
+        v = v_ref[span, :]
         valid = _mask(q_idx, j * block_k + jnp.arange(block_k), q_seg, ks_ref[span], causal)
-        s = (q * scale) @ k.T
+        s = _dot(q, k.T) * scale
         p = jnp.where(valid, jnp.exp(s - lse[:, None]), 0.0)
-        ds = p * (do @ v.T - delta[:, None])
-        return dq + (ds @ k) * scale
+        ds = p * (_dot(do, v.T) - delta[:, None])
+        return dq + _dot(ds.astype(k.dtype), k)
 
-    dq_ref[...] = jax.lax.fori_loop(0, n_blocks, body, jnp.zeros(q_ref.shape, jnp.float32)).astype(dq_ref.dtype)
+    dq = jax.lax.fori_loop(0, n_blocks, body, jnp.zeros(q_ref.shape, jnp.float32))
+    dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
 
 
-def _backward(q, k, v, q_seg, k_seg, o, lse, do, *, scale, causal, block_q, block_k, interpret):
+def _backward(q, k, v, q_seg, k_seg, o, lse, do, *, scale, causal, blocks: "Blocks", interpret):
+    block_q, block_k = blocks.bwd_q, blocks.bwd_k
     b, s, h, d = q.shape
     t, kvh = k.shape[1], k.shape[2]
     group = h // kvh
@@ -165,7 +173,7 @@ def _backward(q, k, v, q_seg, k_seg, o, lse, do, *, scale, causal, block_q, bloc
                   pl.BlockSpec((None, block_k), lambda bi, hi, j: (bi, j))],
         out_specs=[pl.BlockSpec((None, block_k, None, d), lambda bi, hi, j: (bi, j, hi, 0))] * 2,
         out_shape=[jax.ShapeDtypeStruct((b, t, h, d), jnp.float32)] * 2,
-        interpret=interpret, name="bolt_flash_bwd_dkdv")(q, k, v, do, lse, delta, q_seg, k_seg)
+        interpret=interpret, compiler_params=_params(blocks, interpret), name="bolt_flash_bwd_dkdv")(q, k, v, do, lse, delta, q_seg, k_seg)
     dq = pl.pallas_call(
         functools.partial(_dq_kernel, scale=scale, causal=causal, block_k=block_k, seq_k=t),
         grid=(b, h, s // block_q),
@@ -179,38 +187,64 @@ def _backward(q, k, v, q_seg, k_seg, o, lse, do, *, scale, causal, block_q, bloc
                   pl.BlockSpec((None, t), lambda bi, hi, i: (bi, 0))],
         out_specs=pl.BlockSpec((None, block_q, None, d), lambda bi, hi, i: (bi, i, hi, 0)),
         out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-        interpret=interpret, name="bolt_flash_bwd_dq")(q, k, v, do, lse, delta, q_seg, k_seg)
+        interpret=interpret, compiler_params=_params(blocks, interpret), name="bolt_flash_bwd_dq")(q, k, v, do, lse, delta, q_seg, k_seg)
     # GQA: each KV head's gradient is the sum over its group of query heads
     dk = dk_h.reshape(b, t, kvh, group, d).sum(axis=3).astype(k.dtype)
     dv = dv_h.reshape(b, t, kvh, group, d).sum(axis=3).astype(v.dtype)
     return dq, dk, dv
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9))
-def _flash(q, k, v, q_seg, k_seg, scale, causal, block_q, block_k, interpret):
-    return _forward(q, k, v, q_seg, k_seg, scale=scale, causal=causal, block_q=block_q, block_k=block_k,
-                    interpret=interpret)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
+def _flash(q, k, v, q_seg, k_seg, scale, causal, blocks, interpret):
+    return _forward(q, k, v, q_seg, k_seg, scale=scale, causal=causal, blocks=blocks, interpret=interpret)[0]
 
 
-def _flash_fwd(q, k, v, q_seg, k_seg, scale, causal, block_q, block_k, interpret):
-    o, lse = _forward(q, k, v, q_seg, k_seg, scale=scale, causal=causal, block_q=block_q, block_k=block_k,
-                      interpret=interpret)
+def _flash_fwd(q, k, v, q_seg, k_seg, scale, causal, blocks, interpret):
+    o, lse = _forward(q, k, v, q_seg, k_seg, scale=scale, causal=causal, blocks=blocks, interpret=interpret)
     return o, (q, k, v, q_seg, k_seg, o, lse)
 
 
-def _flash_bwd(scale, causal, block_q, block_k, interpret, res, do):
+def _flash_bwd(scale, causal, blocks, interpret, res, do):
     q, k, v, q_seg, k_seg, o, lse = res
-    dq, dk, dv = _backward(q, k, v, q_seg, k_seg, o, lse, do, scale=scale, causal=causal, block_q=block_q,
-                           block_k=block_k, interpret=interpret)
+    dq, dk, dv = _backward(q, k, v, q_seg, k_seg, o, lse, do, scale=scale, causal=causal, blocks=blocks,
+                           interpret=interpret)
     return dq, dk, dv, None, None
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
+@dataclasses.dataclass(frozen=True)
+class Blocks:
+    """Tile sizes and Triton launch parameters. The defaults are the fastest of bench/attention.py's sweep on an H100
+    at TinyLlama's shape (BENCHMARKS.md); every field must be a power of two >= 16 (warps and stages excepted)."""
+    fwd_q: int = 128
+    fwd_k: int = 64
+    bwd_q: int = 64
+    bwd_k: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def clipped(self, s: int, t: int) -> "Blocks":
+        """Shrinks the tiles to short sequences (a 16-token test needs no 128-row tile)."""
+        ps, pt = _pow2(s), _pow2(t)
+        return dataclasses.replace(self, fwd_q=min(self.fwd_q, ps), fwd_k=min(self.fwd_k, pt),
+                                   bwd_q=min(self.bwd_q, ps), bwd_k=min(self.bwd_k, pt))
+
+
+DEFAULT_BLOCKS = Blocks()
+
+
+def _params(blocks: Blocks, interpret: bool):
+    if interpret:
+        return None
+    from jax.experimental.pallas import triton as plgpu
+    return plgpu.CompilerParams(num_warps=blocks.num_warps, num_stages=blocks.num_stages)
+
+
 def pallas_gpu_attention(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, *, q_segment_ids_BxS=None, kv_segment_ids_BxT=None,
                          causal: bool = True, sm_scale: float | None = None, q_positions_BxS=None,
-                         kv_positions_BxT=None, block_q: int = 64, block_k: int = 64, interpret: bool | None = None):
+                         kv_positions_BxT=None, blocks: Blocks | None = None, interpret: bool | None = None):
     """Dispatch entry (bolt_jax.kernels.attention). Pads S and T to the block sizes (pad keys are never visible)."""
     if q_positions_BxS is not None or kv_positions_BxT is not None:
         raise NotImplementedError("pallas_gpu: causality by explicit positions (KV-cache decode) is not supported; "
@@ -223,15 +257,17 @@ def pallas_gpu_attention(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, *, q_segment_ids_BxS=N
     scale = sm_scale if sm_scale is not None else d ** -0.5
     q_seg = jnp.zeros((b, s), jnp.int32) if q_segment_ids_BxS is None else q_segment_ids_BxS.astype(jnp.int32)
     k_seg = jnp.zeros((b, t), jnp.int32) if kv_segment_ids_BxT is None else kv_segment_ids_BxT.astype(jnp.int32)
-    bq, bk = min(block_q, _pow2(s)), min(block_k, _pow2(t))
-    s_pad, t_pad = -s % bq, -t % bk
+    blocks = (blocks or DEFAULT_BLOCKS).clipped(s, t)
+    # one padding serves both passes: the largest tile along each axis (all are powers of two)
+    s_pad = -s % max(blocks.fwd_q, blocks.bwd_q, blocks.fwd_k if causal else 1, blocks.bwd_k if causal else 1)
+    t_pad = -t % max(blocks.fwd_k, blocks.bwd_k, blocks.fwd_q if causal else 1, blocks.bwd_q if causal else 1)
     if s_pad or t_pad:
         pad = lambda x, n, value=0: jnp.pad(x, [(0, 0), (0, n)] + [(0, 0)] * (x.ndim - 2),  # noqa: E731
                                             constant_values=value)
         q, k, v = pad(q_BxSxHxD, s_pad), pad(k_BxTxKxD, t_pad), pad(v_BxTxKxD, t_pad)
         q_seg, k_seg = pad(q_seg, s_pad, -1), pad(k_seg, t_pad, -2)
-        return _flash(q, k, v, q_seg, k_seg, scale, causal, bq, bk, interpret)[:, :s]
-    return _flash(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, q_seg, k_seg, scale, causal, bq, bk, interpret)
+        return _flash(q, k, v, q_seg, k_seg, scale, causal, blocks, interpret)[:, :s]
+    return _flash(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, q_seg, k_seg, scale, causal, blocks, interpret)
 
 
 def _pow2(n: int) -> int:
