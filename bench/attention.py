@@ -90,9 +90,9 @@ def main() -> None:
     candidates = [(impl, None) for impl in impls]
     if a.sweep:  # one factor at a time around the defaults: tiles of the forward, of the backward, then launch
         d = Blocks()
-        variants = [dict(fwd_q=fq, fwd_k=fk) for fq, fk in ((64, 64), (128, 32), (128, 128), (64, 128))]
-        variants += [dict(bwd_q=bq, bwd_k=bk) for bq, bk in ((32, 32), (32, 64), (64, 128), (128, 64), (128, 128))]
-        variants += [dict(num_warps=nw, num_stages=ns) for nw, ns in ((8, 2), (4, 3), (8, 3), (4, 1))]
+        variants = [dict(fwd_q=fq, fwd_k=fk) for fq, fk in ((128, 64), (128, 32), (64, 32))]
+        variants += [dict(bwd_q=bq, bwd_k=bk) for bq, bk in ((64, 64), (128, 32), (64, 128))]
+        variants += [dict(num_warps=nw, num_stages=ns) for nw, ns in ((4, 2), (4, 4), (8, 3))]
         candidates += [("pallas_gpu", dataclasses.replace(d, **kw)) for kw in variants]
     rows = []
     for impl, blocks in candidates:

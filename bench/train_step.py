@@ -26,7 +26,7 @@ from common import header
 
 
 
-def build_config(preset: str, seq_len: int, batch: int, remat: str, attention: str, steps: int):
+def build_config(preset: str, seq_len: int, batch: int, remat: str, attention: str, steps: int, scan: bool = True):
     from bolt_jax.config import base_config, model_config_dict
     from bolt_jax.train.loop import default_train_config
     from bolt_jax.train.optim import default_optim_config
@@ -37,6 +37,7 @@ def build_config(preset: str, seq_len: int, batch: int, remat: str, attention: s
     c.model = model_config_dict(preset)
     c.model.remat_policy = remat
     c.model.attention_impl = attention
+    c.model.scan_layers = scan
     c.train = default_train_config()
     c.train.global_batch_size = batch
     c.train.steps = steps
@@ -47,13 +48,13 @@ def build_config(preset: str, seq_len: int, batch: int, remat: str, attention: s
 
 
 def bench_one(preset: str, seq_len: int, batch: int, remat: str, attention: str, warmup: int, runs: int,
-              profile_dir: str = "") -> dict:
+              profile_dir: str = "", scan: bool = True) -> dict:
     from bolt_jax import parallel
     from bolt_jax.train.batches import SyntheticBatches
     from bolt_jax.train.loop import TrainSetup
     from bolt_jax.train.metrics import device_peak_flops
 
-    c = build_config(preset, seq_len, batch, remat, attention, steps=warmup + runs + 10)
+    c = build_config(preset, seq_len, batch, remat, attention, steps=warmup + runs + 10, scan=scan)
     setup = TrainSetup(c)
     state = setup.init_state()
     src = SyntheticBatches(rows=batch, seq_len=seq_len, vocab_size=setup.model_cfg.vocab_size, seed=0)
@@ -67,14 +68,16 @@ def bench_one(preset: str, seq_len: int, batch: int, remat: str, attention: str,
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
     if profile_dir:
-        profile_steps(setup, state, batches[0], os.path.join(profile_dir, f"{remat}_{attention}_b{batch}"))
+        profile_steps(setup, state, batches[0],
+                      os.path.join(profile_dir, f"{remat}_{attention}_b{batch}_{'scan' if scan else 'unrolled'}"))
     step = statistics.median(times)
     tokens = batch * seq_len / step
     peak = device_peak_flops()
     flops = setup.model_cfg.flops_per_token(seq_len)
     mfu = flops * tokens / (peak * jax.device_count()) if peak else None
     mem = jax.devices()[0].memory_stats() or {}
-    return {"batch": batch, "remat": remat, "attention": attention, "step_s": step, "tokens_per_s": tokens,
+    return {"batch": batch, "remat": remat, "attention": attention, "layers": "scan" if scan else "unrolled",
+            "step_s": step, "tokens_per_s": tokens,
             "mfu": mfu, "peak_mem_gib": mem.get("peak_bytes_in_use", 0) / 2**30,
             "loss": float(metrics["loss"]), "mfu_flops_per_token": flops}
 
@@ -91,18 +94,18 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.1%}"
 
 
-def run_child(a, batch: int, remat: str, attention: str) -> dict:
+def run_child(a, batch: int, remat: str, attention: str, layers: str) -> dict:
     """One configuration in its own process, so memory peaks and OOMs do not leak between rows."""
     cmd = [sys.executable, __file__, "--child", "--preset", a.preset, "--seq_len", str(a.seq_len),
            "--micro_batches", str(batch), "--remat", remat, "--attention", attention, "--warmup", str(a.warmup),
-           "--runs", str(a.runs)] + (["--profile", a.profile] if a.profile else [])
+           "--runs", str(a.runs), "--layers", layers] + (["--profile", a.profile] if a.profile else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("{"):
             return json.loads(line)
     err = [ln for ln in (proc.stderr or "").splitlines() if ln.strip()]
     msg = next((ln for ln in err if "RESOURCE_EXHAUSTED" in ln or "Error" in ln), err[-1] if err else "no output")
-    return {"batch": batch, "remat": remat, "attention": attention, "error": msg.strip()[:100]}
+    return {"batch": batch, "remat": remat, "attention": attention, "layers": layers, "error": msg.strip()[:100]}
 
 
 def main() -> None:
@@ -112,6 +115,7 @@ def main() -> None:
     p.add_argument("--micro_batches", default="4,8,12,16", help="comma list; OOM entries are reported and skipped")
     p.add_argument("--remat", default="none,dots_no_batch", help="comma list of remat policies")
     p.add_argument("--attention", default="auto", help="comma list of attention impls")
+    p.add_argument("--layers", default="scan", help="comma list: scan (lax.scan over stacked layers) or unrolled")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--profile", default="", help="write a profiler trace of 3 steps per configuration here")
@@ -122,22 +126,23 @@ def main() -> None:
         a.preset, a.seq_len, a.micro_batches, a.remat, a.warmup, a.runs = "tiny", 64, "8", "none", 1, 2
     if a.child:
         r = bench_one(a.preset, a.seq_len, int(a.micro_batches), a.remat, a.attention, a.warmup, a.runs,
-                      profile_dir=a.profile)
+                      profile_dir=a.profile, scan=a.layers == "scan")
         print(json.dumps(r))
         return
     rows = []
-    for attention in a.attention.split(","):
-        for remat in a.remat.split(","):
-            for batch in (int(b) for b in a.micro_batches.split(",")):
-                rows.append(run_child(a, batch, remat, attention))
-                print(rows[-1], flush=True)
+    for layers in a.layers.split(","):
+        for attention in a.attention.split(","):
+            for remat in a.remat.split(","):
+                for batch in (int(b) for b in a.micro_batches.split(",")):
+                    rows.append(run_child(a, batch, remat, attention, layers))
+                    print(rows[-1], flush=True)
     print(f"\ntrain step: {a.preset}, seq {a.seq_len}, {header()}, median of {a.runs} after {a.warmup} warm-up")
-    print(f"{'batch':>5} {'remat':>14} {'attn':>10} {'step ms':>9} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>9}")
+    print(f"{'batch':>5} {'remat':>14} {'attn':>10} {'layers':>8} {'step ms':>9} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>9}")
     for r in rows:
         if "error" in r:
-            print(f"{r['batch']:5d} {r['remat']:>14} {r['attention']:>10}  failed: {r['error']}")
+            print(f"{r['batch']:5d} {r['remat']:>14} {r['attention']:>10} {r['layers']:>8}  failed: {r['error']}")
         else:
-            print(f"{r['batch']:5d} {r['remat']:>14} {r['attention']:>10} {r['step_s'] * 1e3:9.1f} "
+            print(f"{r['batch']:5d} {r['remat']:>14} {r['attention']:>10} {r['layers']:>8} {r['step_s'] * 1e3:9.1f} "
                   f"{r['tokens_per_s']:10,.0f} {_pct(r['mfu']):>6} {r['peak_mem_gib']:9.2f}")
 
 

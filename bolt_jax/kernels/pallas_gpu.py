@@ -218,12 +218,12 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 class Blocks:
     """Tile sizes and Triton launch parameters. The defaults are the fastest of bench/attention.py's sweep on an H100
     at TinyLlama's shape (BENCHMARKS.md); every field must be a power of two >= 16 (warps and stages excepted)."""
-    fwd_q: int = 128
+    fwd_q: int = 64
     fwd_k: int = 64
-    bwd_q: int = 64
+    bwd_q: int = 128
     bwd_k: int = 64
     num_warps: int = 4
-    num_stages: int = 2
+    num_stages: int = 3
 
     def clipped(self, s: int, t: int) -> "Blocks":
         """Shrinks the tiles to short sequences (a 16-token test needs no 128-row tile)."""

@@ -31,6 +31,32 @@ def rms_norm(x, weight, eps: float):
     return normed.astype(x.dtype) * weight.astype(x.dtype)
 
 
+@jax.custom_vjp
+def head_logits(h_BxSxD, kernel_DxV):
+    """fp32 logits from compute-dtype operands (fp32 accumulation on the tensor cores).
+
+    The custom backward rounds the fp32 logit cotangent to the operands' dtype before the two transposed products;
+    JAX's own rule would promote them to fp32 x fp32 matmuls (tf32 on a GPU, half the bf16 rate) at the model's
+    largest matmuls. Rounding an activation gradient to bf16 is what every other matmul of the model does already.
+    """
+    return jnp.einsum("...d,dv->...v", h_BxSxD, kernel_DxV, preferred_element_type=jnp.float32)
+
+
+def _head_logits_fwd(h, kernel):
+    return head_logits(h, kernel), (h, kernel)
+
+
+def _head_logits_bwd(res, g):
+    h, kernel = res
+    g = g.astype(h.dtype)
+    dh = jnp.einsum("...v,dv->...d", g, kernel, preferred_element_type=jnp.float32).astype(h.dtype)
+    dk = jnp.einsum("...d,...v->dv", h, g, preferred_element_type=jnp.float32).astype(kernel.dtype)
+    return dh, dk
+
+
+head_logits.defvjp(_head_logits_fwd, _head_logits_bwd)
+
+
 def rope_cos_sin(positions_BxS, head_dim: int, theta: float):
     """cos/sin [B, S, head_dim] in fp32, HF default RoPE (frequencies repeated for the two halves)."""
     inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
@@ -206,8 +232,8 @@ class Llama(nnx.Module):
         return self.lm_head.kernel[...]
 
     def logits_from_hidden(self, h_BxSxD):
-        kernel = self.head_kernel().astype(self.config.jnp_compute_dtype)
-        logits = jnp.einsum("bsd,dv->bsv", h_BxSxD, kernel, preferred_element_type=jnp.float32)
+        dtype = self.config.jnp_compute_dtype
+        logits = head_logits(h_BxSxD.astype(dtype), self.head_kernel().astype(dtype))
         return constrain(logits, ("batch", "act_seq", "act_vocab"))
 
     def __call__(self, tokens_BxS, positions_BxS=None, segment_ids_BxS=None):

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from bolt_jax.model.llama import head_logits
 from bolt_jax.parallel import constrain
 
 # Token categories of a target position, for the loss split (0 = not a target: padding or masked).
@@ -33,7 +34,7 @@ def token_nll(model, h_BxSxD, targets_BxS, chunk_size: int):
 
     @jax.checkpoint
     def one(h_BxCxD, t_BxC):
-        logits = jnp.einsum("bcd,dv->bcv", h_BxCxD, kernel, preferred_element_type=jnp.float32)
+        logits = head_logits(h_BxCxD, kernel)
         logits = constrain(logits, ("batch", "act_seq", "act_vocab"))
         lse = jax.nn.logsumexp(logits, axis=-1)
         target_logit = jnp.take_along_axis(logits, t_BxC[..., None], axis=-1)[..., 0]
