@@ -166,6 +166,17 @@ class MLP(nnx.Module):
         self.down_proj = Linear(L + (f, d), ("layers", "mlp", "embed"), cfg, rngs)
 
 
+def unstack_layers(params, n_layers: int) -> list:
+    """Per-layer views of stacked [L, ...] parameters, for unrolled layers.
+
+    Split, not indexing: the gradient of a split is one concatenate, while the gradient of 22 separate `x[i]` is a sum
+    of 22 zero-padded copies, which XLA fused into reductions that read every stacked gradient 22 times (a fifth of an
+    H100 TinyLlama step, measured; BENCHMARKS.md).
+    """
+    parts = jax.tree.map(lambda x: [y[0] for y in jnp.split(x, n_layers, axis=0)], params)
+    return [jax.tree.map(lambda x: x[i], parts, is_leaf=lambda x: isinstance(x, list)) for i in range(n_layers)]
+
+
 class DecoderStack(nnx.Module):
     """All decoder layers, parameters stacked along a leading `layers` axis."""
 
@@ -193,8 +204,8 @@ class DecoderStack(nnx.Module):
         if cfg.scan_layers:
             h_BxSxD, _ = jax.lax.scan(body, h_BxSxD, params)
         else:
-            for i in range(cfg.num_hidden_layers):
-                h_BxSxD, _ = body(h_BxSxD, jax.tree.map(lambda x: x[i], params))
+            for p in unstack_layers(params, cfg.num_hidden_layers):
+                h_BxSxD, _ = body(h_BxSxD, p)
         return h_BxSxD
 
 

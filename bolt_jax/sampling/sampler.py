@@ -24,7 +24,7 @@ from flax import nnx
 
 from bolt_jax import kernels, parallel
 from bolt_jax.model.llama import (Llama, attention_inputs, attention_output_and_mlp, decoder_layer, pure_dict,
-                                  rms_norm, rope_cos_sin)
+                                  rms_norm, rope_cos_sin, unstack_layers)
 from bolt_jax.parallel import constrain
 from bolt_jax.sampling.transforms import sample_tokens, transform_logits
 
@@ -105,7 +105,7 @@ def _generate_core(graphdef, params, prompt_BxP, pad_B, prompt_keys_Bx2, *, n: i
     # attention reads it where it lies. Scanning over stacked [L, ...] caches instead copied the whole cache every
     # step (the scan's stacked outputs), which made decoding 10x slower than the memory-bandwidth bound on an H100.
     n_layers = cfg.num_hidden_layers
-    layers = [jax.tree.map(lambda x, i=i: x[i], layer_params) for i in range(n_layers)]
+    layers = unstack_layers(layer_params, n_layers)
     cache_axes = ("batch", "cache_time", "act_kv_heads", "act_head_dim")
     pad_time = ((0, 0), (0, max_new_tokens), (0, 0), (0, 0))
     k_cache = tuple(constrain(jnp.pad(rep(k_LxBxPxKxD[i], 0), pad_time), cache_axes) for i in range(n_layers))
