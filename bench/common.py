@@ -8,7 +8,11 @@ import subprocess
 import time
 from typing import Callable
 
-import jax
+from bolt_jax import xla_flags
+
+xla_flags.apply_defaults()  # before jax starts its backend, as `python -m bolt_jax.main` does
+
+import jax  # noqa: E402
 
 
 def commit() -> str:

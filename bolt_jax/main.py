@@ -14,6 +14,10 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from bolt_jax import xla_flags
+
+xla_flags.apply_defaults()  # before anything starts the jax backend
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (a .py with get_config()); `path.py:arg` passes arg to get_config.", lock_config=True)
 _LIST = flags.DEFINE_bool("list_workflows", False, "List the workflows a config can name and exit.")
