@@ -5,8 +5,9 @@
     python bench/sampler.py --smoke               # tiny shapes on CPU
 
 Each decode step must read every weight once and the KV cache written so far: the bound on steps/s is
-bandwidth / (weight bytes + mean cache bytes), and output tokens/s = batch x steps/s. Reports the median of several
-runs after a warm-up, with device, jax version and commit.
+bandwidth / (weight bytes + mean cache bytes), and output tokens/s = batch x steps/s. `out tok/s` is end to end
+(prefill included); `decode tok/s` subtracts the time of the same call with one new token (prefill, first sample,
+host work) and is the figure the bound speaks of. Median of several runs after a warm-up; device, jax, commit.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 import jax
 import numpy as np
 
-from common import commit
+from common import header
 
 HBM_BYTES_PER_S = {"h100": 3.35e12, "h200": 4.8e12, "a100": 2.0e12, "b200": 8.0e12}
 
@@ -60,16 +61,28 @@ def main() -> None:
             out = generate(model, prompts, seed=r, **kw)
             times.append(time.perf_counter() - t0)
         t = statistics.median(times)
+        # the same call with one new token: prefill + first sample + host work, to separate decoding from it
+        kw1 = dict(kw, max_new_tokens=1)
+        generate(model, prompts, **kw1)
+        t1 = statistics.median([_timed(lambda r=r: generate(model, prompts, seed=r, **kw1)) for r in range(a.runs)])
         new_tokens = int(out.lengths.sum())
         cache_bytes = 2 * cfg.num_hidden_layers * batch * (a.prompt + a.new / 2) * cfg.kv_size * 2
         bw = bandwidth()
         bound = batch * bw / (weight_bytes + cache_bytes) if bw else float("nan")
-        rows.append((batch, t, new_tokens / t, bound))
-    print(f"\nsampler: {a.preset} bf16, prompt {a.prompt}, new {a.new}, {jax.device_count()} x "
-          f"{jax.devices()[0].device_kind}, jax {jax.__version__}, commit {commit()}, median of {a.runs}")
-    print(f"{'batch':>6} {'seconds':>8} {'out tok/s':>10} {'bw bound tok/s':>15} {'of bound':>8}")
-    for batch, t, tps, bound in rows:
-        print(f"{batch:6d} {t:8.2f} {tps:10,.0f} {bound:15,.0f} {tps / bound if bound == bound else float('nan'):8.1%}")
+        decode = (new_tokens - batch) / max(t - t1, 1e-9)
+        rows.append((batch, t, t1, new_tokens / t, decode, bound))
+    print(f"\nsampler: {a.preset} bf16, prompt {a.prompt}, new {a.new}, {header()}, median of {a.runs}")
+    print(f"{'batch':>6} {'seconds':>8} {'prefill s':>9} {'out tok/s':>10} {'decode tok/s':>12} {'bw bound tok/s':>15} "
+          f"{'decode/bound':>12}")
+    for batch, t, t1, tps, decode, bound in rows:
+        frac = f"{decode / bound:.1%}" if bound == bound else "-"
+        print(f"{batch:6d} {t:8.2f} {t1:9.2f} {tps:10,.0f} {decode:12,.0f} {bound:15,.0f} {frac:>12}")
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 if __name__ == "__main__":

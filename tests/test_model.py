@@ -90,8 +90,9 @@ def test_remat_and_unrolled_layers_do_not_change_values(policy):
         loss, grads = nnx.value_and_grad(loss_fn)(model)
         return loss, jax.tree.leaves(grads)
 
-    ref_loss, ref_grads = loss_and_grad(base)
-    for cfg in (base.replace(remat_policy=policy), base.replace(scan_layers=False, remat_policy=policy)):
+    ref_loss, ref_grads = loss_and_grad(base.replace(scan_layers=True))
+    for cfg in (base.replace(scan_layers=True, remat_policy=policy), base.replace(scan_layers=False),
+                base.replace(scan_layers=False, remat_policy=policy)):
         loss, grads = loss_and_grad(cfg)
         np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
         for g, r in zip(grads, ref_grads):

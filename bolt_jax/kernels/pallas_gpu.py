@@ -220,8 +220,8 @@ class Blocks:
     at TinyLlama's shape (BENCHMARKS.md); every field must be a power of two >= 16 (warps and stages excepted)."""
     fwd_q: int = 64
     fwd_k: int = 64
-    bwd_q: int = 128
-    bwd_k: int = 64
+    bwd_q: int = 64
+    bwd_k: int = 128
     num_warps: int = 4
     num_stages: int = 3
 
