@@ -110,22 +110,39 @@ def test_two_processes_read_disjoint_shares_that_cover_the_data(env):
         outputs[k] = list(ds)
     assert set(seen[0]).isdisjoint(seen[1])
     assert sorted(seen[0] + seen[1]) == list(range(len(corpus)))  # each record read once, by one process
-    # Oracle: process k's rows are the packing of the global stream's positions k, k+2, ... formatted with
-    # default_rng([seed, 2, position]) (the documented contract), packed by pack_documents.
+    # Oracle: row slot j (of 4: 2 processes x 2 rows) packs the global stream's positions j, j+4, ... formatted with
+    # default_rng([seed, 2, position]) (the documented contract) by pack_documents; process k owns slots 2k, 2k+1.
     order = pipeline.document_stream(len(corpus), seed=3, shuffle=True, num_epochs=1, process_index=0,
                                      process_count=1)
     for k in (0, 1):
-        docs = []
-        for position in range(k, len(corpus), 2):
-            pos, doc_index = order[position]
-            pieces = format_document(corpus[doc_index], "random", np.random.default_rng([3, 2, pos]),
-                                     bos=tok.bos_text, eos=tok.eos_text)
-            docs.append(tok.encode_document(pieces))
-        rows = list(pack_documents(docs, 32, "document", tok.eos_id))
-        got = np.concatenate([b["targets"] for b in outputs[k]])
-        want = stack_rows(rows)["targets"]
-        np.testing.assert_array_equal(got[:len(want)], want)
-        assert (got[len(want):] == 0).all()  # the last batch is padded with empty rows
+        for local in (0, 1):
+            docs = []
+            for position in range(2 * k + local, len(corpus), 4):
+                pos, doc_index = order[position]
+                pieces = format_document(corpus[doc_index], "random", np.random.default_rng([3, 2, pos]),
+                                         bos=tok.bos_text, eos=tok.eos_text)
+                docs.append(tok.encode_document(pieces))
+            want = stack_rows(list(pack_documents(docs, 32, "document", tok.eos_id)))["targets"]
+            got = np.stack([b["targets"][local] for b in outputs[k]])
+            np.testing.assert_array_equal(got[:len(want)], want)
+            assert (got[len(want):] == 0).all()  # a slot that ended early gives empty rows
+
+
+def test_global_batches_do_not_depend_on_the_process_count(env):
+    """Row j of global batch i is the same on 1, 2 or 4 processes: a run can resume on another number of hosts."""
+    tok = load_tokenizer(env["tok"])
+    corpus = open_corpus(env["aug"])
+
+    def global_batches(n, count=3):
+        its = [iter(pipeline.build_dataset(corpus=corpus, tokenizer=tok, latent_type="random", seq_len=32,
+                                           rows=4 // n, seed=5, packing="concat", shuffle=True, process_index=k,
+                                           process_count=n)) for k in range(n)]
+        return [np.concatenate([next(it)["targets"] for it in its]) for _ in range(count)]
+
+    one = global_batches(1)
+    for n in (2, 4):
+        for a, b in zip(one, global_batches(n)):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_validation_split_is_one_pass_of_raw_text(env):

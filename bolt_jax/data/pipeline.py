@@ -11,9 +11,11 @@ Batch keys (bolt_jax.data.packing): inputs, targets (already shifted: the traine
 Determinism. The global document stream is a pure function of the seed: position p of the stream is document
 perm_e[p mod N] of epoch e = p // N (perm_e a Grain shuffle of the corpus, reshuffled every epoch; identity with
 shuffle_documents=False, as the original), formatted with its own RNG default_rng([seed, 2, p]) (coin flips,
-raw-mix draws). Process k of n takes stream positions k, k+n, k+2n, ... (only those records are read) and packs
-them into rows; `global_batch_size / n` rows make its batch, and the global batch is the processes' batches in
-process order. Batch i is therefore a function of (seed, i) for a given process count.
+raw-mix draws). Row slot j of the R rows of a global batch packs stream positions j, j+R, j+2R, ... into
+consecutive rows, one row per batch, so row j of global batch i is a function of (seed, R, i, j) alone. Process k of
+n owns the contiguous slots [k R/n, (k+1) R/n) and reads only their records; the global batch is the processes'
+batches in process order. Batch i is therefore the same for any process count that divides R, and a run can resume
+on a different number of hosts.
 """
 
 from __future__ import annotations
@@ -127,7 +129,8 @@ def _with_position(position: int, doc_index: int) -> tuple[int, int]:
 
 def document_stream(corpus_len: int, *, seed: int, shuffle: bool, num_epochs: int | None, process_index: int,
                     process_count: int) -> grain.MapDataset:
-    """(stream position, document index) pairs of this process's share of the global document stream."""
+    """(stream position, document index) pairs of positions process_index, process_index + process_count, ...
+    of the global document stream (the caller's row slot and the number of slots)."""
     if corpus_len == 0:
         raise ValueError("the corpus has no usable records")
     ds = grain.MapDataset.range(corpus_len)
@@ -206,18 +209,68 @@ class PackedBatches(grain.IterDataset):
         return _PackIterator(self._parent.__iter__(), **self._kw)
 
 
+class _RowSlotsIterator(grain.DatasetIterator):
+    def __init__(self, slots: list[grain.DatasetIterator]):
+        super().__init__(slots)
+        self._slots = slots
+        self._done = [False] * len(slots)
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        rows: list[dict[str, np.ndarray] | None] = []
+        for i, it in enumerate(self._slots):
+            row = None
+            if not self._done[i]:
+                try:
+                    row = next(it)
+                except StopIteration:
+                    self._done[i] = True
+            rows.append(row)
+        template = next((r for r in rows if r is not None), None)
+        if template is None:
+            raise StopIteration
+        # a finite stream ends at different batches in different slots: the ended ones give empty rows (weight 0)
+        full = [r if r is not None else {k: np.zeros_like(v) for k, v in template.items()} for r in rows]
+        return {k: np.concatenate([r[k] for r in full]) for k in template}
+
+    def get_state(self) -> dict[str, Any]:
+        return {"slots": [it.get_state() for it in self._slots], "done": list(self._done)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if len(state["slots"]) != len(self._slots):
+            raise ValueError(f"the data state has {len(state['slots'])} row slots, this process {len(self._slots)}: "
+                             "restore with the same global batch size and process count, or re-shard the saved "
+                             "per-process states (slot j of the global batch is the same at any process count)")
+        for it, slot_state in zip(self._slots, state["slots"]):
+            it.set_state(slot_state)
+        self._done = [bool(d) for d in state["done"]]
+
+
+class RowSlotBatches(grain.IterDataset):
+    """Grain IterDataset: one single-row packer per row slot, zipped into this process's batch."""
+
+    def __init__(self, slots: list[grain.IterDataset]):
+        super().__init__(slots)
+        self._slot_datasets = slots
+
+    def __iter__(self) -> _RowSlotsIterator:
+        return _RowSlotsIterator([d.__iter__() for d in self._slot_datasets])
+
+
 def build_dataset(*, corpus: CorpusSource, tokenizer: BoltTokenizer, latent_type: str, seq_len: int, rows: int,
                   seed: int, packing: str = "concat", shuffle: bool = False, num_epochs: int | None = None,
                   mix_in_raw_ratio: float = 0.0, fall_back_to_raw: bool = False,
                   weights: LossWeights = LossWeights(), process_index: int = 0, process_count: int = 1,
                   prefetch_threads: int = 0) -> grain.IterDataset:
-    """The pipeline as a Grain IterDataset of host-local batches ([rows, seq_len] per key)."""
-    stream = document_stream(len(corpus), seed=seed, shuffle=shuffle, num_epochs=num_epochs,
-                             process_index=process_index, process_count=process_count)
-    docs = stream.map(FormatAndTokenize(corpus, tokenizer.path, latent_type, seed, mix_in_raw_ratio,
-                                        fall_back_to_raw))
-    ds: grain.IterDataset = PackedBatches(docs.to_iter_dataset(), seq_len=seq_len, mode=packing,
-                                          eos_id=tokenizer.eos_id, weights=weights, rows=rows)
+    """The pipeline as a Grain IterDataset of host-local batches ([rows, seq_len] per key); `rows` per process."""
+    total_rows = rows * process_count
+    fmt = FormatAndTokenize(corpus, tokenizer.path, latent_type, seed, mix_in_raw_ratio, fall_back_to_raw)
+    slots = []
+    for slot in range(process_index * rows, (process_index + 1) * rows):
+        stream = document_stream(len(corpus), seed=seed, shuffle=shuffle, num_epochs=num_epochs,
+                                 process_index=slot, process_count=total_rows)
+        slots.append(PackedBatches(stream.map(fmt).to_iter_dataset(), seq_len=seq_len, mode=packing,
+                                   eos_id=tokenizer.eos_id, weights=weights, rows=1))
+    ds: grain.IterDataset = RowSlotBatches(slots)
     if prefetch_threads > 0:
         ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch_threads)
     return ds
