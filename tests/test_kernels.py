@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bolt_jax import kernels
-from bolt_jax.kernels.pallas_gpu import Blocks, pallas_gpu_attention
+from bolt_jax.kernels.pallas_gpu import Blocks, occurrence_range, pallas_gpu_attention
 from bolt_jax.kernels.pallas_tpu import pallas_tpu_attention
 from bolt_jax.kernels.xla import xla_attention
 
@@ -51,6 +51,36 @@ def test_pallas_gpu_values_and_gradients(causal, heads):
     q, k, v, seg = inputs(h=heads[0], k=heads[1], cuts=(40, 90))
     fn = lambda *a, **kw: pallas_gpu_attention(*a, blocks=SMALL_BLOCKS, **kw)  # noqa: E731
     _check(fn, q, k, v, seg, causal, 2e-6, 2e-5)
+
+
+@pytest.mark.parametrize("head_dim,heads", [(64, (4, 1)), (128, (8, 2)), (64, (4, 4))])
+def test_pallas_gpu_head_dims_and_group_sizes(head_dim, heads):
+    q, k, v, seg = inputs(s=96, h=heads[0], k=heads[1], d=head_dim, cuts=(30,))
+    fn = lambda *a, **kw: pallas_gpu_attention(*a, blocks=SMALL_BLOCKS, **kw)  # noqa: E731
+    _check(fn, q, k, v, seg, True, 3e-6, 3e-5)
+
+
+def test_occurrence_range_matches_brute_force():
+    rng = np.random.default_rng(0)
+    seg = np.concatenate([np.repeat([1, 2, 3, 0], [5, 9, 3, 7])[None],   # packed documents, padding at the end
+                          rng.integers(0, 4, (3, 24))]).astype(np.int32)  # ids that come back (any layout)
+    lo, hi = (np.asarray(x) for x in occurrence_range(jnp.asarray(seg)))
+    for r in range(seg.shape[0]):
+        for i in range(seg.shape[1]):
+            where = np.flatnonzero(seg[r] == seg[r, i])
+            assert (lo[r, i], hi[r, i]) == (where[0], where[-1] + 1)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_pallas_gpu_skips_other_documents_blocks_exactly(causal):
+    """Many short documents (most blocks skipped) and ids that come back later in the row (a layout the packer never
+    makes, where skipping by document start alone would be wrong)."""
+    q, k, v, _ = inputs(s=128, h=4, k=2)
+    many = np.repeat(np.arange(1, 9), 16)[None].repeat(2, 0)
+    returning = np.tile(np.repeat([1, 2], 16), 4)[None].repeat(2, 0)
+    fn = lambda *a, **kw: pallas_gpu_attention(*a, blocks=SMALL_BLOCKS, **kw)  # noqa: E731
+    for seg in (many, returning):
+        _check(fn, q, k, v, jnp.asarray(seg, jnp.int32), causal, 2e-6, 2e-5)
 
 
 def test_pallas_gpu_pads_ragged_lengths_and_bf16():

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -44,13 +45,23 @@ def _mask(q_idx, k_idx, q_seg, k_seg, causal: bool):
     return m
 
 
-def _fwd_kernel(q_ref, k_ref, v_ref, qs_ref, ks_ref, o_ref, lse_ref, *, scale, causal, block_k, seq_k):
+def _block_range(lo_ref, hi_ref, block: int, n_blocks: int):
+    """The blocks [first, last) of the other axis that can hold a visible partner of this block's rows: from the
+    smallest first-occurrence to the largest last-occurrence of their segment ids (packed documents skip every
+    block of the other documents)."""
+    first = jnp.min(lo_ref[...]) // block
+    last = jnp.minimum(n_blocks, (jnp.max(hi_ref[...]) + block - 1) // block)
+    return first, last
+
+
+def _fwd_kernel(q_ref, k_ref, v_ref, qs_ref, ks_ref, lo_ref, hi_ref, o_ref, lse_ref, *, scale, causal, block_k,
+                seq_k):
     block_q = q_ref.shape[0]
     i = pl.program_id(2)
     q = q_ref[...]
     q_seg = qs_ref[...]
     q_idx = i * block_q + jnp.arange(block_q)
-    n_blocks = seq_k // block_k
+    first, n_blocks = _block_range(lo_ref, hi_ref, block_k, seq_k // block_k)
     if causal:
         n_blocks = jnp.minimum(n_blocks, ((i + 1) * block_q + block_k - 1) // block_k)
 
@@ -70,7 +81,7 @@ def _fwd_kernel(q_ref, k_ref, v_ref, qs_ref, ks_ref, o_ref, lse_ref, *, scale, c
     d = q_ref.shape[-1]
     init = (jnp.full((block_q,), NEG, jnp.float32), jnp.zeros((block_q,), jnp.float32),
             jnp.zeros((block_q, d), jnp.float32))
-    m, l, acc = jax.lax.fori_loop(0, n_blocks, body, init)
+    m, l, acc = jax.lax.fori_loop(first, n_blocks, body, init)
     l_safe = jnp.where(l == 0.0, 1.0, l)  # rows with no visible key (padding) give 0, not NaN
     o_ref[...] = (acc / l_safe[:, None]).astype(o_ref.dtype)
     lse_ref[...] = m + jnp.log(l_safe)
@@ -84,7 +95,7 @@ def _specs(b_h_map_q, b_h_map_kv, block_q, seq_k, d):
     ]
 
 
-def _forward(q, k, v, q_seg, k_seg, *, scale, causal, blocks: "Blocks", interpret):
+def _forward(q, k, v, q_seg, k_seg, spans, *, scale, causal, blocks: "Blocks", interpret):
     block_q, block_k = blocks.fwd_q, blocks.fwd_k
     b, s, h, d = q.shape
     t, kvh = k.shape[1], k.shape[2]
@@ -95,23 +106,26 @@ def _forward(q, k, v, q_seg, k_seg, *, scale, causal, blocks: "Blocks", interpre
         kernel, grid=grid,
         in_specs=_specs(lambda bi, hi, i: (bi, i, hi, 0), lambda bi, hi, i: (bi, 0, hi // group, 0), block_q, t, d)
         + [pl.BlockSpec((None, block_q), lambda bi, hi, i: (bi, i)),
-           pl.BlockSpec((None, t), lambda bi, hi, i: (bi, 0))],
+           pl.BlockSpec((None, t), lambda bi, hi, i: (bi, 0))]
+        + [pl.BlockSpec((None, block_q), lambda bi, hi, i: (bi, i))] * 2,
         out_specs=[pl.BlockSpec((None, block_q, None, d), lambda bi, hi, i: (bi, i, hi, 0)),
                    pl.BlockSpec((None, None, block_q), lambda bi, hi, i: (bi, hi, i))],
         out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, h, s), jnp.float32)],
-        interpret=interpret, compiler_params=_params(blocks, interpret), name="bolt_flash_fwd")(q, k, v, q_seg, k_seg)
+        interpret=interpret, compiler_params=_params(blocks, interpret), name="bolt_flash_fwd")(q, k, v, q_seg, k_seg, spans.q_lo, spans.q_hi)
     return o, lse
 
 
-def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qs_ref, ks_ref, dk_ref, dv_ref, *, scale, causal,
-                 block_q, seq_q):
+def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qs_ref, ks_ref, lo_ref, hi_ref, dk_ref, dv_ref, *,
+                 scale, causal, block_q, seq_q):
     block_k = k_ref.shape[0]
     j = pl.program_id(2)
     k = k_ref[...]
     v = v_ref[...]
     k_seg = ks_ref[...]
     k_idx = j * block_k + jnp.arange(block_k)
-    start = (j * block_k) // block_q if causal else 0
+    start, stop = _block_range(lo_ref, hi_ref, block_q, seq_q // block_q)
+    if causal:
+        start = jnp.maximum(start, (j * block_k) // block_q)
 
     def body(i, carry):
         dk, dv = carry
@@ -128,20 +142,20 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qs_ref, ks_ref
 
     d = k_ref.shape[-1]
     zeros = jnp.zeros((block_k, d), jnp.float32)
-    dk, dv = jax.lax.fori_loop(start, seq_q // block_q, body, (zeros, zeros))
+    dk, dv = jax.lax.fori_loop(start, stop, body, (zeros, zeros))
     dk_ref[...] = dk * scale
     dv_ref[...] = dv
 
 
-def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qs_ref, ks_ref, dq_ref, *, scale, causal, block_k,
-               seq_k):
+def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qs_ref, ks_ref, lo_ref, hi_ref, dq_ref, *, scale,
+               causal, block_k, seq_k):
     block_q = q_ref.shape[0]
     i = pl.program_id(2)
     q = q_ref[...]
     do = do_ref[...]
     lse, delta, q_seg = lse_ref[...], delta_ref[...], qs_ref[...]
     q_idx = i * block_q + jnp.arange(block_q)
-    n_blocks = seq_k // block_k
+    first, n_blocks = _block_range(lo_ref, hi_ref, block_k, seq_k // block_k)
     if causal:
         n_blocks = jnp.minimum(n_blocks, ((i + 1) * block_q + block_k - 1) // block_k)
 
@@ -155,11 +169,11 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qs_ref, ks_ref, 
         ds = p * (_dot(do, v.T) - delta[:, None])
         return dq + _dot(ds.astype(k.dtype), k)
 
-    dq = jax.lax.fori_loop(0, n_blocks, body, jnp.zeros(q_ref.shape, jnp.float32))
+    dq = jax.lax.fori_loop(first, n_blocks, body, jnp.zeros(q_ref.shape, jnp.float32))
     dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
 
 
-def _backward(q, k, v, q_seg, k_seg, o, lse, do, *, scale, causal, blocks: "Blocks", interpret):
+def _backward(q, k, v, q_seg, k_seg, spans, o, lse, do, *, scale, causal, blocks: "Blocks", interpret):
     block_q, block_k = blocks.bwd_q, blocks.bwd_k
     b, s, h, d = q.shape
     t, kvh = k.shape[1], k.shape[2]
@@ -175,10 +189,12 @@ def _backward(q, k, v, q_seg, k_seg, o, lse, do, *, scale, causal, blocks: "Bloc
                   pl.BlockSpec((None, block_k, None, d), lambda bi, hi, j: (bi, j, hi // group, 0)),
                   full_q, row(s), row(s),
                   pl.BlockSpec((None, s), lambda bi, hi, j: (bi, 0)),
-                  pl.BlockSpec((None, block_k), lambda bi, hi, j: (bi, j))],
+                  pl.BlockSpec((None, block_k), lambda bi, hi, j: (bi, j))]
+        + [pl.BlockSpec((None, block_k), lambda bi, hi, j: (bi, j))] * 2,
         out_specs=[pl.BlockSpec((None, block_k, None, d), lambda bi, hi, j: (bi, j, hi, 0))] * 2,
         out_shape=[jax.ShapeDtypeStruct((b, t, h, d), jnp.float32)] * 2,
-        interpret=interpret, compiler_params=_params(blocks, interpret), name="bolt_flash_bwd_dkdv")(q, k, v, do, lse, delta, q_seg, k_seg)
+        interpret=interpret, compiler_params=_params(blocks, interpret), name="bolt_flash_bwd_dkdv")(q, k, v, do, lse, delta, q_seg, k_seg, spans.kv_lo,
+                                                                 spans.kv_hi)
     dq = pl.pallas_call(
         functools.partial(_dq_kernel, scale=scale, causal=causal, block_k=block_k, seq_k=t),
         grid=(b, h, s // block_q),
@@ -189,34 +205,74 @@ def _backward(q, k, v, q_seg, k_seg, o, lse, do, *, scale, causal, blocks: "Bloc
                   pl.BlockSpec((None, None, block_q), lambda bi, hi, i: (bi, hi, i)),
                   pl.BlockSpec((None, None, block_q), lambda bi, hi, i: (bi, hi, i)),
                   pl.BlockSpec((None, block_q), lambda bi, hi, i: (bi, i)),
-                  pl.BlockSpec((None, t), lambda bi, hi, i: (bi, 0))],
+                  pl.BlockSpec((None, t), lambda bi, hi, i: (bi, 0))]
+        + [pl.BlockSpec((None, block_q), lambda bi, hi, i: (bi, i))] * 2,
         out_specs=pl.BlockSpec((None, block_q, None, d), lambda bi, hi, i: (bi, i, hi, 0)),
         out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-        interpret=interpret, compiler_params=_params(blocks, interpret), name="bolt_flash_bwd_dq")(q, k, v, do, lse, delta, q_seg, k_seg)
+        interpret=interpret, compiler_params=_params(blocks, interpret), name="bolt_flash_bwd_dq")(q, k, v, do, lse, delta, q_seg, k_seg, spans.q_lo,
+                                                               spans.q_hi)
     # GQA: each KV head's gradient is the sum over its group of query heads
     dk = dk_h.reshape(b, t, kvh, group, d).sum(axis=3).astype(k.dtype)
     dv = dv_h.reshape(b, t, kvh, group, d).sum(axis=3).astype(v.dtype)
     return dq, dk, dv
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
-def _flash(q, k, v, q_seg, k_seg, scale, causal, blocks, interpret):
-    return _forward(q, k, v, q_seg, k_seg, scale=scale, causal=causal, blocks=blocks, interpret=interpret)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
+def _flash(q, k, v, q_seg, k_seg, spans, scale, causal, blocks, interpret):
+    return _forward(q, k, v, q_seg, k_seg, spans, scale=scale, causal=causal, blocks=blocks, interpret=interpret)[0]
 
 
-def _flash_fwd(q, k, v, q_seg, k_seg, scale, causal, blocks, interpret):
-    o, lse = _forward(q, k, v, q_seg, k_seg, scale=scale, causal=causal, blocks=blocks, interpret=interpret)
-    return o, (q, k, v, q_seg, k_seg, o, lse)
+def _flash_fwd(q, k, v, q_seg, k_seg, spans, scale, causal, blocks, interpret):
+    o, lse = _forward(q, k, v, q_seg, k_seg, spans, scale=scale, causal=causal, blocks=blocks, interpret=interpret)
+    return o, (q, k, v, q_seg, k_seg, spans, o, lse)
 
 
 def _flash_bwd(scale, causal, blocks, interpret, res, do):
-    q, k, v, q_seg, k_seg, o, lse = res
-    dq, dk, dv = _backward(q, k, v, q_seg, k_seg, o, lse, do, scale=scale, causal=causal, blocks=blocks,
+    q, k, v, q_seg, k_seg, spans, o, lse = res
+    dq, dk, dv = _backward(q, k, v, q_seg, k_seg, spans, o, lse, do, scale=scale, causal=causal, blocks=blocks,
                            interpret=interpret)
-    return dq, dk, dv, None, None
+    return dq, dk, dv, None, None, None
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+class Spans(NamedTuple):
+    """Per row position, the index range [lo, hi) of the other axis where its segment id occurs: queries look only
+    at kv blocks overlapping [q_lo, q_hi), keys only at query blocks overlapping [kv_lo, kv_hi)."""
+    q_lo: jax.Array  # [B, S]
+    q_hi: jax.Array
+    kv_lo: jax.Array  # [B, T]
+    kv_hi: jax.Array
+
+
+def occurrence_range(seg_BxS):
+    """First index and last index + 1 of each position's segment id in its row, for any layout of the ids (sorted
+    by id, stably, the first and the last of each run of equal ids)."""
+    b, s = seg_BxS.shape
+    order = jnp.argsort(seg_BxS, axis=1, stable=True)
+    ids = jnp.take_along_axis(seg_BxS, order, axis=1)
+    idx = jnp.broadcast_to(jnp.arange(s), (b, s))
+    new_run = jnp.concatenate([jnp.ones((b, 1), bool), ids[:, 1:] != ids[:, :-1]], axis=1)
+    run_end = jnp.concatenate([ids[:, 1:] != ids[:, :-1], jnp.ones((b, 1), bool)], axis=1)
+    start = jax.lax.cummax(jnp.where(new_run, idx, 0), axis=1)
+    end = jax.lax.cummin(jnp.where(run_end, idx, s - 1), axis=1, reverse=True)
+    first_sorted = jnp.take_along_axis(order, start, axis=1)
+    last_sorted = jnp.take_along_axis(order, end, axis=1)
+    rows = jnp.arange(b)[:, None]
+    first = jnp.zeros_like(order).at[rows, order].set(first_sorted)
+    last = jnp.zeros_like(order).at[rows, order].set(last_sorted)
+    return first.astype(jnp.int32), (last + 1).astype(jnp.int32)
+
+
+def _spans(q_seg, k_seg, self_attention: bool) -> Spans:
+    b, s = q_seg.shape
+    t = k_seg.shape[1]
+    if self_attention:
+        lo, hi = occurrence_range(q_seg)
+        return Spans(lo, hi, lo, hi)
+    zeros = lambda n: jnp.zeros((b, n), jnp.int32)  # noqa: E731
+    return Spans(zeros(s), jnp.full((b, s), t, jnp.int32), zeros(t), jnp.full((b, t), s, jnp.int32))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,6 +316,9 @@ def pallas_gpu_attention(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, *, q_segment_ids_BxS=N
         raise NotImplementedError("pallas_gpu: causal attention needs S == T")
     interpret = jax.default_backend() != "gpu" if interpret is None else interpret
     scale = sm_scale if sm_scale is not None else d ** -0.5
+    # self-attention over packed documents (one segment-id array for both sides): blocks of other documents are
+    # skipped. Separate q / kv ids (or none) visit every block that causality allows.
+    self_attention = q_segment_ids_BxS is not None and q_segment_ids_BxS is kv_segment_ids_BxT
     q_seg = jnp.zeros((b, s), jnp.int32) if q_segment_ids_BxS is None else q_segment_ids_BxS.astype(jnp.int32)
     k_seg = jnp.zeros((b, t), jnp.int32) if kv_segment_ids_BxT is None else kv_segment_ids_BxT.astype(jnp.int32)
     blocks = (blocks or DEFAULT_BLOCKS).clipped(s, t)
@@ -271,8 +330,10 @@ def pallas_gpu_attention(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, *, q_segment_ids_BxS=N
                                             constant_values=value)
         q, k, v = pad(q_BxSxHxD, s_pad), pad(k_BxTxKxD, t_pad), pad(v_BxTxKxD, t_pad)
         q_seg, k_seg = pad(q_seg, s_pad, -1), pad(k_seg, t_pad, -2)
-        return _flash(q, k, v, q_seg, k_seg, scale, causal, blocks, interpret)[:, :s]
-    return _flash(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, q_seg, k_seg, scale, causal, blocks, interpret)
+        spans = _spans(q_seg, k_seg, self_attention)  # pad ids never match: their ranges only need to be valid
+        return _flash(q, k, v, q_seg, k_seg, spans, scale, causal, blocks, interpret)[:, :s]
+    spans = _spans(q_seg, k_seg, self_attention)
+    return _flash(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, q_seg, k_seg, spans, scale, causal, blocks, interpret)
 
 
 def _pow2(n: int) -> int:
