@@ -47,11 +47,13 @@ def test_toy_corpus_is_learnable_by_a_small_model_on_cpu(tmp_path):
     from bolt_jax.model import create_model
     from bolt_jax.model.config import preset
     from bolt_jax.model.llama import param_count
-    from tests.helpers import build_tokenizer
+    from bolt_jax.data.bpe import train_bpe_tokenizer
 
     train_docs, held_out = toy.generate(3000, seed=0), toy.generate(60, seed=1)
     toy.write_corpus(tmp_path / "aug.jsonl", train_docs, with_thoughts=True)
-    tok = load_tokenizer(build_tokenizer(tmp_path / "tok", vocab_size=512))
+    # the tokenizer is trained on the corpus, as the demo's is: a generic one splits every word into characters
+    texts = [d.text for d in train_docs[:1000]] + [p.thought for d in train_docs[:1000] for p in d.problems]
+    tok = load_tokenizer(train_bpe_tokenizer(texts, tmp_path / "tok", vocab_size=512))
     cfg = preset("small", vocab_size=512, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
                  num_attention_heads=4, num_key_value_heads=2, compute_dtype="float32")
     assert 2e6 < param_count(cfg) < 5e6

@@ -101,6 +101,8 @@ def test_dispatch():
     assert kernels.resolve_impl("auto", "cpu") == "xla"
     assert kernels.resolve_impl("auto", "tpu") == "pallas_tpu"
     assert kernels.resolve_impl("auto", "gpu") == "cudnn"
+    assert kernels.resolve_impl("auto", "gpu", documents=True) == "pallas_gpu"
+    assert kernels.resolve_impl("auto", "cpu", documents=True) == "xla"
     with pytest.raises(ValueError, match="unknown attention impl"):
         kernels.resolve_impl("flash3")
     q, k, v, seg = inputs()

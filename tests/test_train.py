@@ -276,3 +276,27 @@ def test_training_starts_from_a_converted_hf_checkpoint(tmp_path):
     assert summary["losses"][1] == pytest.approx(expected, rel=1e-5)
     model, cfg, tok = model_ckpt.load_model(summary["model_dir"])
     assert cfg.vocab_size == 512 and tok is not None
+
+
+def test_concat_packing_trains_without_segment_ids_and_gives_the_same_loss():
+    """The original's concat packing is one causal stream per row: the step drops the segment ids (plain causal
+    attention, cuDNN's fast path on a GPU), which changes nothing since every row is one segment."""
+    import ml_collections
+    from flax import nnx
+
+    from bolt_jax.model import Llama, preset
+    from bolt_jax.train.loop import uses_document_mask
+    from bolt_jax.train.step import loss_sums
+
+    assert not uses_document_mask(ml_collections.ConfigDict({"data": {"packing": "concat"}}))
+    assert uses_document_mask(ml_collections.ConfigDict({"data": {"packing": "document"}}))
+    assert not uses_document_mask(ml_collections.ConfigDict({"data": {"source": "synthetic"}}))
+    model = Llama(preset("tiny", compute_dtype="float32"), nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    tokens = jnp.asarray(rng.integers(0, 512, (2, 17)), jnp.int32)
+    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "positions": jnp.tile(jnp.arange(16), (2, 1)),
+             "segment_ids": jnp.ones((2, 16), jnp.int32), "loss_weights": jnp.ones((2, 16)),
+             "categories": jnp.ones((2, 16), jnp.int8)}
+    with_ids, _ = loss_sums(model, batch, 0, document_mask=True)
+    without, _ = loss_sums(model, batch, 0, document_mask=False)
+    np.testing.assert_allclose(float(with_ids), float(without), rtol=1e-6)

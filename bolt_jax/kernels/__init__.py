@@ -32,11 +32,13 @@ _REGISTRY: dict[str, Callable] = {
     "pallas_gpu": _lazy("bolt_jax.kernels.pallas_gpu", "pallas_gpu_attention"),
     "pallas_tpu": _lazy("bolt_jax.kernels.pallas_tpu", "pallas_tpu_attention"),
 }
-# What `auto` picks per backend. GPU: cuDNN, measured on an H100 (BENCHMARKS.md). With packed documents it ran
-# 2.90 ms fwd+bwd against 2.94 ms for our Pallas kernel, and in the TinyLlama train step 528 ms against 562 ms. The
-# Pallas kernel stays selectable, and it is the fallback when cuDNN refuses the inputs. TPU: the splash kernel, which
-# has not been run on a TPU yet.
+# What `auto` picks per backend and input, measured on an H100 at TinyLlama's shape (BENCHMARKS.md). Without
+# segment ids (plain causal: the original's concat packing) cuDNN is fastest (1.99 ms fwd+bwd). With packed documents
+# our Pallas kernel skips the other documents' blocks (1.40 ms at 4 documents per row) where cuDNN must apply a dense
+# mask (2.87 ms), so `auto` picks it; with a single document per row it costs 6% more than cuDNN in the train step.
+# TPU: the splash kernel, which has not been run on a TPU yet.
 AUTO = {"cpu": "xla", "gpu": "cudnn", "cuda": "cudnn", "rocm": "pallas_gpu", "tpu": "pallas_tpu"}
+AUTO_WITH_DOCUMENTS = {"gpu": "pallas_gpu", "cuda": "pallas_gpu"}
 
 
 def register(name: str, fn: Callable) -> None:
@@ -46,17 +48,19 @@ def register(name: str, fn: Callable) -> None:
     _REGISTRY[name] = fn
 
 
-def resolve_impl(impl: str, backend: str | None = None) -> str:
-    """Maps `auto` to a concrete implementation for the backend; reports the choice once."""
+def resolve_impl(impl: str, backend: str | None = None, documents: bool = False) -> str:
+    """Maps `auto` to a concrete implementation for the backend and for whether the rows hold packed documents
+    (self-attention with segment ids); reports each choice once."""
     if impl not in IMPLS:
         raise ValueError(f"unknown attention impl {impl!r}; choose one of {IMPLS}")
     if impl != "auto":
         return impl
     backend = backend or jax.default_backend()
-    chosen = AUTO.get(backend, "xla")
+    chosen = (documents and AUTO_WITH_DOCUMENTS.get(backend)) or AUTO.get(backend, "xla")
     if (backend, chosen) not in _announced:
         _announced.add((backend, chosen))
-        _log.info("attention impl 'auto' on %s -> %s", backend, chosen)
+        _log.info("attention impl 'auto' on %s%s -> %s", backend, " with packed documents" if documents else "",
+                  chosen)
     return chosen
 
 
@@ -74,7 +78,7 @@ def attention(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, *, segment_ids=None, causal: bool
         q_seg, kv_seg = segment_ids
     else:
         q_seg = kv_seg = segment_ids
-    chosen = resolve_impl(impl)
+    chosen = resolve_impl(impl, documents=segment_ids is not None and not isinstance(segment_ids, (tuple, list)))
     if chosen != "xla" and (q_positions_BxS is not None or (causal and k_BxTxKxD.shape[1] != s)):
         chosen = "xla"  # KV-cache decode: causality by positions, which only the reference handles
     kwargs = dict(q_segment_ids_BxS=q_seg, kv_segment_ids_BxT=kv_seg, causal=causal, sm_scale=sm_scale,

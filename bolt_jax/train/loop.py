@@ -85,6 +85,15 @@ def validate_train_config(config: ml_collections.ConfigDict) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- state
+def uses_document_mask(config: ml_collections.ConfigDict) -> bool:
+    """Whether attention must stay inside documents: `data.packing="document"`, or synthetic rows of several
+    documents. The original's `concat` packing makes each row one causal stream (no segment ids needed)."""
+    data = config.data
+    if data.get("source", "corpus") == "synthetic":
+        return data.get("synthetic_docs_per_row", 1) > 1
+    return data.get("packing", "concat") == "document"
+
+
 class TrainSetup:
     """Everything a run needs, built once: mesh, model graph, optimizer, shardings, jitted step."""
 
@@ -118,10 +127,11 @@ class TrainSetup:
                                                        jnp.float32 if k == "loss_weights" else
                                                        jnp.int8 if k == "categories" else jnp.int32,
                                                        sharding=batch_sharding) for k in BATCH_KEYS}
+        self.document_mask = uses_document_mask(config)
         step = make_train_step(self.graphdef, self.tx, self.schedule, accum_steps=self.accum,
-                               loss_chunk_size=config.train.loss_chunk_size)
+                               loss_chunk_size=config.train.loss_chunk_size, document_mask=self.document_mask)
         self.train_step = jax.jit(step, donate_argnums=(0,), out_shardings=(self.shardings, replicated))
-        self.eval_step = jax.jit(make_eval_step(self.graphdef, config.train.loss_chunk_size),
+        self.eval_step = jax.jit(make_eval_step(self.graphdef, config.train.loss_chunk_size, self.document_mask),
                                  out_shardings=replicated)
 
     def mesh_context(self):

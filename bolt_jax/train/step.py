@@ -48,9 +48,15 @@ def token_nll(model, h_BxSxD, targets_BxS, chunk_size: int):
     return nll_NxBxC.swapaxes(0, 1).reshape(b, s)
 
 
-def loss_sums(model, batch: dict[str, jax.Array], chunk_size: int) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Sum of weighted NLL over the batch, and per-category sums and counts for the loss split."""
-    h = model.hidden_states(batch["inputs"], batch["positions"], batch["segment_ids"])
+def loss_sums(model, batch: dict[str, jax.Array], chunk_size: int,
+              document_mask: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Sum of weighted NLL over the batch, and per-category sums and counts for the loss split.
+
+    `document_mask=False` (the original's concatenate-and-split packing, where a row is one causal stream) passes no
+    segment ids to attention: plain causal attention, which cuDNN runs 1.45x faster than with a dense mask.
+    """
+    segment_ids = batch["segment_ids"] if document_mask else None
+    h = model.hidden_states(batch["inputs"], batch["positions"], segment_ids)
     nll = token_nll(model, h, batch["targets"], chunk_size)
     weights = batch["loss_weights"].astype(jnp.float32)
     total = jnp.sum(nll * weights)
@@ -72,12 +78,12 @@ def split_micro_batches(batch: dict[str, jax.Array], accum_steps: int) -> dict[s
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: Callable, *, accum_steps: int,
-                    loss_chunk_size: int):
+                    loss_chunk_size: int, document_mask: bool = True):
     """Returns step(state, batch) -> (state, metrics); state = {params, opt_state, step, rng}."""
 
     def loss_fn(params, micro):
         model = nnx.merge(graphdef, params)
-        return loss_sums(model, micro, loss_chunk_size)
+        return loss_sums(model, micro, loss_chunk_size, document_mask)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -124,12 +130,12 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: Callab
     return step
 
 
-def make_eval_step(graphdef, loss_chunk_size: int):
+def make_eval_step(graphdef, loss_chunk_size: int, document_mask: bool = True):
     """Returns eval(params, batch) -> sums (weighted NLL, weight, per-category), for validation loss."""
 
     def evaluate(params, batch):
         model = nnx.merge(graphdef, params)
-        total, aux = loss_sums(model, batch, loss_chunk_size)
+        total, aux = loss_sums(model, batch, loss_chunk_size, document_mask)
         return dict(aux, loss=total)
 
     return evaluate
