@@ -1,9 +1,14 @@
-"""The toy corpus is learnable by a model of a few million parameters on a CPU in minutes (slow: ~1-2 min).
+"""The toy corpus is learnable by a model of a few million parameters on a CPU in minutes (slow: ~12 min on 2 cores).
 
 A 3M-parameter Llama trains on the toy corpus in the paper's `random` format through the real pipeline; then, on
 held-out documents in the prior format (thought before text), the answer tokens after "The answer is" are predicted
 by argmax under teacher forcing. The answer is the thought's last result, so a model that learned the format
 gets them right; an untrained model gets ~1/vocab.
+
+Measured on the 2-core development machine (2026-11-22), with the corpus's own BPE tokenizer: answer accuracy 0.06
+after 200 steps, 0.47 after 400, 0.75 after 600 and 0.80 after 800 of an 800-step schedule. With a generic
+tokenizer, which splits every word into characters, it reached only 0.10-0.19 after 400 steps. Training on the
+prior format alone did not learn faster (0.68 after 400 steps).
 """
 
 import numpy as np
@@ -33,9 +38,10 @@ def _answer_accuracy(model, tok, docs, latent_type):
     return hits / total
 
 
+STEPS = 1000
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(reason="open gap of the data issue: measured 2026-11-22, answer accuracy 0.10 after 400 steps "
-                          "(needs > 0.8); the toy corpus is not yet learnable at this scale", strict=False)
 def test_toy_corpus_is_learnable_by_a_small_model_on_cpu(tmp_path):
     import jax
     import ml_collections
@@ -63,7 +69,7 @@ def test_toy_corpus_is_learnable_by_a_small_model_on_cpu(tmp_path):
     batches = pipeline.make_batches(c, process_index=0, process_count=1)
     model = create_model(cfg, seed=0)
     before = _answer_accuracy(model, tok, held_out[:20], "prior")
-    opt = nnx.Optimizer(model, optax.adamw(optax.warmup_cosine_decay_schedule(0, 3e-3, 30, 400), weight_decay=0.0),
+    opt = nnx.Optimizer(model, optax.adamw(optax.warmup_cosine_decay_schedule(0, 3e-3, 30, STEPS), weight_decay=0.0),
                         wrt=nnx.Param)
 
     @nnx.jit
@@ -76,7 +82,7 @@ def test_toy_corpus_is_learnable_by_a_small_model_on_cpu(tmp_path):
         opt.update(model, grads)
         return loss
 
-    losses = [float(step(model, opt, jax.tree.map(np.asarray, next(batches)))) for _ in range(400)]
+    losses = [float(step(model, opt, jax.tree.map(np.asarray, next(batches)))) for _ in range(STEPS)]
     after_prior = _answer_accuracy(model, tok, held_out, "prior")
     print(f"loss {losses[0]:.2f} -> {np.mean(losses[-20:]):.2f}; answer accuracy (prior format) "
           f"{before:.2f} -> {after_prior:.2f}")
