@@ -14,8 +14,9 @@ shuffle_documents=False, as the original), formatted with its own RNG default_rn
 raw-mix draws). Row slot j of the R rows of a global batch packs stream positions j, j+R, j+2R, ... into
 consecutive rows, one row per batch, so row j of global batch i is a function of (seed, R, i, j) alone. Process k of
 n owns the contiguous slots [k R/n, (k+1) R/n) and reads only their records; the global batch is the processes'
-batches in process order. Batch i is therefore the same for any process count that divides R, and a run can resume
-on a different number of hosts.
+batches in process order. Batch i is therefore the same for any process count that divides R. A saved iterator
+state holds one state per slot; restoring it on another process count would need the slots redistributed (not
+built: set_state refuses with a clear error).
 """
 
 from __future__ import annotations
@@ -238,8 +239,8 @@ class _RowSlotsIterator(grain.DatasetIterator):
     def set_state(self, state: dict[str, Any]) -> None:
         if len(state["slots"]) != len(self._slots):
             raise ValueError(f"the data state has {len(state['slots'])} row slots, this process {len(self._slots)}: "
-                             "restore with the same global batch size and process count, or re-shard the saved "
-                             "per-process states (slot j of the global batch is the same at any process count)")
+                             "restore with the same global batch size and process count (moving slot states "
+                             "between processes is not supported)")
         for it, slot_state in zip(self._slots, state["slots"]):
             it.set_state(slot_state)
         self._done = [bool(d) for d in state["done"]]
