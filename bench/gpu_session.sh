@@ -3,6 +3,11 @@
 #   env attention train sampler estep dryrun
 # Installs the carried wheels (.whl/: ml-collections, which the accelerator image lacks), then runs each stage under
 # its own timeout and keeps its log in $OUT/<stage>.log. BOLT_COMMIT names the commit (the copy has no .git).
+# Before the first call, here (not on the GPU machine):
+#   echo /.whl/ >> .git/info/exclude
+#   python -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_17_x86_64 -d .whl ml-collections
+# and pass carry=[".whl"] to the device tool's run.
 set -u
 OUT=${OUT:-/tmp/bolt_out}
 mkdir -p "$OUT"
