@@ -209,6 +209,25 @@ def test_parquet_reader(tmp_path):
     assert open_corpus(str(tmp_path / "d.parquet"))[1]["id"] == 3
 
 
+def test_parquet_random_access_reads_row_groups_lazily(tmp_path):
+    """Several files of several row groups, a malformed row in one: [i] in any order gives the i-th usable record
+    of the iteration, reading only the row groups it needs."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = [f"doc {i}" for i in range(23)]
+    texts[7] = None
+    for part, (lo, hi) in enumerate([(0, 15), (15, 23)]):
+        pq.write_table(pa.table({"text": texts[lo:hi], "id": list(range(lo, hi))}), tmp_path / f"p{part}.parquet",
+                       row_group_size=4)
+    want = list(iter_corpus(str(tmp_path)))
+    src = open_corpus(str(tmp_path))
+    assert len(src) == len(want) == 22 and src.report.num_malformed == 1
+    for i in np.random.default_rng(0).permutation(len(src)):
+        assert src[int(i)] == want[int(i)]
+    assert len(src._row_groups._groups) <= src._row_groups.size  # a bounded cache, not the whole corpus
+
+
 def test_tfds_builder_directory_reader(tmp_path):
     import tensorflow_datasets as tfds
 

@@ -19,6 +19,7 @@ lines of their share), Parquet and TFDS are read through pyarrow / TFDS data sou
 
 from __future__ import annotations
 
+import collections
 import glob
 import json
 import logging
@@ -237,35 +238,76 @@ def load_line_index(path: str) -> np.ndarray | None:
     return saved[:-1]
 
 
+def build_parquet_index(path: str, report: ReadReport, strict: bool) -> np.ndarray:
+    """(row group, row in group) of every usable record, as an int32 [N, 2] array (malformed rows reported)."""
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    rows, seen = [], 0
+    for group in range(pf.num_row_groups):
+        for i, record in enumerate(pf.read_row_group(group).to_pylist()):
+            seen += 1
+            problem = record_problem(record)
+            if problem:
+                report.add_malformed(f"{path}:row {seen}", problem, strict)
+                continue
+            report.num_read += 1
+            rows.append((group, i))
+    return np.asarray(rows, np.int32).reshape(-1, 2)
+
+
+class _RowGroupCache:
+    """The last few decoded Parquet row groups: in stream order, a batch's records mostly share one."""
+
+    def __init__(self, size: int = 4):
+        self.size, self._groups = size, collections.OrderedDict()
+
+    def get(self, path: str, group: int) -> list[dict]:
+        key = (path, group)
+        if key in self._groups:
+            self._groups.move_to_end(key)
+            return self._groups[key]
+        import pyarrow.parquet as pq
+
+        rows = pq.ParquetFile(path).read_row_group(group).to_pylist()
+        self._groups[key] = rows
+        if len(self._groups) > self.size:
+            self._groups.popitem(last=False)
+        return rows
+
+
 class CorpusSource(Sequence[dict]):
-    """Random access to the usable records of a corpus (len, [i]). Reads JSONL lines lazily by offset."""
+    """Random access to the usable records of a corpus (len, [i]). Reads JSONL lines lazily by offset and Parquet
+    records by row group (a few decoded groups cached), so a corpus larger than memory is fine."""
 
     def __init__(self, source: str, strict: bool = False, tfds_data_dir: str | None = None):
         self.source, self.strict = source, strict
         self.report = ReadReport()
         self._files: list[str] = []
         self._spans: list[np.ndarray] = []
-        self._records: list[dict] | None = None
         self._tfds = None
         if is_tfds(source):
             self._tfds = tfds_source(source, tfds_data_dir)
             self._length = len(self._tfds)
             return
         files = corpus_files(source)
-        if all(f.endswith(".jsonl") for f in files):
-            for f in files:
+        self._parquet = all(f.endswith(".parquet") for f in files)
+        if not self._parquet and not all(f.endswith(".jsonl") for f in files):
+            raise ValueError(f"corpus {source!r}: mixed or unsupported files {files[:4]}; use .jsonl or .parquet")
+        self._row_groups = _RowGroupCache()
+        for f in files:
+            if self._parquet:
+                spans = build_parquet_index(f, self.report, strict)
+            else:
                 spans = load_line_index(f)
                 if spans is None:
                     spans = build_line_index(f, self.report, strict)
                 else:
                     self.report.num_read += len(spans)
-                self._files.append(f)
-                self._spans.append(spans)
-            self._starts = np.cumsum([0] + [len(s) for s in self._spans])
-            self._length = int(self._starts[-1])
-        else:
-            self._records = list(iter_corpus(source, self.report, strict))
-            self._length = len(self._records)
+            self._files.append(f)
+            self._spans.append(spans)
+        self._starts = np.cumsum([0] + [len(s) for s in self._spans])
+        self._length = int(self._starts[-1])
         if self.report.num_malformed:
             log.warning("corpus %s: %s", source, self.report.summary())
 
@@ -275,8 +317,6 @@ class CorpusSource(Sequence[dict]):
     def __getitem__(self, index: int) -> dict:  # type: ignore[override]
         if not 0 <= index < self._length:
             raise IndexError(f"record {index} out of range for corpus {self.source} of {self._length} records")
-        if self._records is not None:
-            return self._records[index]
         if self._tfds is not None:
             record = _decode(self._tfds[index])
             problem = record_problem(record)
@@ -286,6 +326,8 @@ class CorpusSource(Sequence[dict]):
             return record
         file_index = int(np.searchsorted(self._starts, index, side="right")) - 1
         start, end = self._spans[file_index][index - self._starts[file_index]]
+        if self._parquet:  # (row group, row)
+            return self._row_groups.get(self._files[file_index], int(start))[int(end)]
         with open(self._files[file_index], "rb") as f:
             f.seek(start)
             return json.loads(f.read(end - start))
