@@ -109,21 +109,27 @@ def iter_jsonl(path: str, report: ReadReport | None = None, strict: bool = False
                 yield record
 
 
-def iter_parquet(path: str, report: ReadReport | None = None, strict: bool = False,
-                 batch_size: int = 1024) -> Iterator[dict]:
+def _parquet_rows(path: str, report: ReadReport, strict: bool) -> Iterator[tuple[int, int, dict]]:
+    """(row group, row in the group, record) of every usable record of one Parquet file; malformed rows reported."""
     import pyarrow.parquet as pq
 
-    report = report if report is not None else ReadReport()
-    row = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
-        for record in batch.to_pylist():
-            row += 1
+    pf = pq.ParquetFile(path)
+    seen = 0
+    for group in range(pf.num_row_groups):
+        for i, record in enumerate(pf.read_row_group(group).to_pylist()):
+            seen += 1
             problem = record_problem(record)
             if problem:
-                report.add_malformed(f"{path}:row {row}", problem, strict)
+                report.add_malformed(f"{path}:row {seen}", problem, strict)
                 continue
             report.num_read += 1
-            yield record
+            yield group, i, record
+
+
+def iter_parquet(path: str, report: ReadReport | None = None, strict: bool = False) -> Iterator[dict]:
+    report = report if report is not None else ReadReport()
+    for _, _, record in _parquet_rows(path, report, strict):
+        yield record
 
 
 def _decode(value: Any) -> Any:
@@ -240,19 +246,7 @@ def load_line_index(path: str) -> np.ndarray | None:
 
 def build_parquet_index(path: str, report: ReadReport, strict: bool) -> np.ndarray:
     """(row group, row in group) of every usable record, as an int32 [N, 2] array (malformed rows reported)."""
-    import pyarrow.parquet as pq
-
-    pf = pq.ParquetFile(path)
-    rows, seen = [], 0
-    for group in range(pf.num_row_groups):
-        for i, record in enumerate(pf.read_row_group(group).to_pylist()):
-            seen += 1
-            problem = record_problem(record)
-            if problem:
-                report.add_malformed(f"{path}:row {seen}", problem, strict)
-                continue
-            report.num_read += 1
-            rows.append((group, i))
+    rows = [(group, i) for group, i, _ in _parquet_rows(path, report, strict)]
     return np.asarray(rows, np.int32).reshape(-1, 2)
 
 
