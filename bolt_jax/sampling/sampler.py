@@ -103,7 +103,7 @@ def _generate_core(graphdef, params, prompt_BxP, pad_B, prompt_keys_Bx2, *, n: i
     bn = b * n
     # Decoding unrolls the layers, with one cache buffer per layer: each step then updates every buffer in place and
     # attention reads it where it lies. Scanning over stacked [L, ...] caches instead copied the whole cache every
-    # step (the scan's stacked outputs), which made decoding 10x slower than the memory-bandwidth bound on an H100.
+    # step (the scan's stacked outputs): on an H100 that reached 7% of the memory-bandwidth bound, this 32%.
     n_layers = cfg.num_hidden_layers
     layers = unstack_layers(layer_params, n_layers)
     cache_axes = ("batch", "cache_time", "act_kv_heads", "act_head_dim")
