@@ -65,7 +65,8 @@ def main() -> None:
     if a.smoke:
         a.batch, a.seq, a.heads, a.kv_heads, a.head_dim, a.runs = 1, 256, 4, 2, 64, 2
     backend = jax.default_backend()
-    impls = a.impls.split(",") if a.impls else (["cudnn_causal", "cudnn", "pallas_gpu", "xla"] if backend == "gpu"
+    impls = a.impls.split(",") if a.impls else (["cudnn_causal", "cudnn", "pallas_gpu", "tokamax", "xla"]
+                                                if backend == "gpu"
                                                 else ["pallas_tpu", "xla"] if backend == "tpu"
                                                 else ["pallas_gpu", "xla"])
     rng = np.random.default_rng(0)

@@ -97,6 +97,15 @@ def test_pallas_tpu_splash_values_and_gradients():
     _check(fn, q, k, v, seg, True, 2e-6, 2e-5)
 
 
+@pytest.mark.parametrize("causal", [True, False])
+def test_tokamax_values_and_gradients(causal):
+    """tokamax through its CPU (XLA) path: our wrapper's mask and GQA layout against the reference."""
+    from bolt_jax.kernels.tokamax_attention import tokamax_attention
+
+    q, k, v, seg = inputs(s=64, h=8, k=2, cuts=(20, 41))
+    _check(tokamax_attention, q, k, v, seg, causal, 2e-5, 2e-4)
+
+
 def test_dispatch():
     assert kernels.resolve_impl("auto", "cpu") == "xla"
     assert kernels.resolve_impl("auto", "tpu") == "pallas_tpu"

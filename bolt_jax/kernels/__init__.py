@@ -14,7 +14,7 @@ import jax
 
 from bolt_jax.kernels.xla import xla_attention
 
-IMPLS = ("auto", "xla", "cudnn", "pallas_gpu", "pallas_tpu")
+IMPLS = ("auto", "xla", "cudnn", "pallas_gpu", "pallas_tpu", "tokamax")
 _log = logging.getLogger(__name__)
 _announced: set[tuple[str, str]] = set()
 
@@ -31,6 +31,7 @@ _REGISTRY: dict[str, Callable] = {
     "cudnn": _lazy("bolt_jax.kernels.cudnn", "cudnn_attention"),
     "pallas_gpu": _lazy("bolt_jax.kernels.pallas_gpu", "pallas_gpu_attention"),
     "pallas_tpu": _lazy("bolt_jax.kernels.pallas_tpu", "pallas_tpu_attention"),
+    "tokamax": _lazy("bolt_jax.kernels.tokamax_attention", "tokamax_attention"),
 }
 # What `auto` picks per backend and input, measured on an H100 at TinyLlama's shape (BENCHMARKS.md). Without
 # segment ids (plain causal: the original's concat packing) cuDNN is fastest (1.99 ms fwd+bwd). With packed documents
