@@ -19,7 +19,7 @@ import time
 import jax
 import numpy as np
 
-from common import header
+from common import header, median_seconds
 
 HBM_BYTES_PER_S = {"h100": 3.35e12, "h200": 4.8e12, "a100": 2.0e12, "b200": 8.0e12}
 
@@ -63,8 +63,7 @@ def main() -> None:
         t = statistics.median(times)
         # the same call with one new token: prefill + first sample + host work, to separate decoding from it
         kw1 = dict(kw, max_new_tokens=1)
-        generate(model, prompts, **kw1)
-        t1 = statistics.median([_timed(lambda r=r: generate(model, prompts, seed=r, **kw1)) for r in range(a.runs)])
+        t1 = median_seconds(lambda: generate(model, prompts, **kw1), runs=a.runs)
         new_tokens = int(out.lengths.sum())
         cache_bytes = 2 * cfg.num_hidden_layers * batch * (a.prompt + a.new / 2) * cfg.kv_size * 2
         bw = bandwidth()
@@ -77,12 +76,6 @@ def main() -> None:
     for batch, t, t1, tps, decode, bound in rows:
         frac = f"{decode / bound:.1%}" if bound == bound else "-"
         print(f"{batch:6d} {t:8.2f} {t1:9.2f} {tps:10,.0f} {decode:12,.0f} {bound:15,.0f} {frac:>12}")
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 if __name__ == "__main__":

@@ -173,8 +173,9 @@ def unstack_layers(params, n_layers: int) -> list:
     of 22 zero-padded copies, which XLA fused into reductions that read every stacked gradient 22 times (a fifth of an
     H100 TinyLlama step, measured; BENCHMARKS.md).
     """
-    parts = jax.tree.map(lambda x: [y[0] for y in jnp.split(x, n_layers, axis=0)], params)
-    return [jax.tree.map(lambda x: x[i], parts, is_leaf=lambda x: isinstance(x, list)) for i in range(n_layers)]
+    leaves, treedef = jax.tree.flatten(params)
+    pieces = [jnp.split(x, n_layers, axis=0) for x in leaves]
+    return [treedef.unflatten([p[i][0] for p in pieces]) for i in range(n_layers)]
 
 
 class DecoderStack(nnx.Module):
