@@ -2,13 +2,14 @@
 
     python bench/attention.py                      # B=8, S=2048, H=32, K=4, D=64, bf16, causal, 4 documents per row
     python bench/attention.py --sweep              # also the Pallas GPU kernel over tile sizes / warps / stages
+    python bench/attention.py --mosaic_sweep       # also the Mosaic GPU (Hopper) forward over block_kv / stages
     python bench/attention.py --smoke              # tiny shapes on CPU (Pallas in interpret mode)
 
 Every implementation is first checked against the XLA reference computed in fp32 on the same bf16 inputs
 (relative error of the output and of dq, dk, dv). Timing: median of several runs after warm-up; TFLOP/s counts the
 causal half of the 4 B S^2 H D dense matmuls (x3.5 with the backward). `cudnn` applies the document mask (a dense
-[B, 1, S, S] boolean mask); `cudnn_causal` ignores the documents (plain causal) and is the fastest possible baseline,
-not a correct result for packed rows.
+[B, 1, S, S] boolean mask). A `_causal` suffix (`cudnn_causal`, `mosaic_gpu_causal`) runs the kernel on the same
+rows as one plain causal stream (no documents), checked against the plain-causal oracle: the cost of packing.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ def make_fns(impl: str, blocks=None):
     from bolt_jax.kernels.pallas_gpu import pallas_gpu_attention
 
     def attend(q, k, v, s):
-        if impl == "cudnn_causal":
-            return kernels.attention(q, k, v, segment_ids=None, impl="cudnn")
+        if impl.endswith("_causal"):  # the same kernel on plain causal rows (no documents)
+            return kernels.attention(q, k, v, segment_ids=None, impl=impl.removesuffix("_causal"))
         if blocks is not None:
             return pallas_gpu_attention(q, k, v, q_segment_ids_BxS=s, kv_segment_ids_BxT=s, blocks=blocks)
         return kernels.attention(q, k, v, segment_ids=s, impl=impl)
@@ -57,15 +58,18 @@ def main() -> None:
     p.add_argument("--impls", default="")
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--sweep", action="store_true", help="Pallas GPU tiles x warps x stages")
+    p.add_argument("--mosaic_sweep", action="store_true", help="Mosaic GPU forward: block_kv x stages x ping-pong")
     p.add_argument("--smoke", action="store_true")
     a = p.parse_args()
+    from bolt_jax.kernels.mosaic_gpu import MosaicBlocks
     from bolt_jax.kernels.pallas_gpu import Blocks
     from bolt_jax.kernels.xla import xla_attention
 
     if a.smoke:
         a.batch, a.seq, a.heads, a.kv_heads, a.head_dim, a.runs = 1, 256, 4, 2, 64, 2
     backend = jax.default_backend()
-    impls = a.impls.split(",") if a.impls else (["cudnn_causal", "cudnn", "pallas_gpu", "tokamax", "xla"]
+    impls = a.impls.split(",") if a.impls else (["cudnn_causal", "cudnn", "pallas_gpu", "mosaic_gpu",
+                                                  "mosaic_gpu_causal", "tokamax", "xla"]
                                                 if backend == "gpu"
                                                 else ["pallas_tpu", "xla"] if backend == "tpu"
                                                 else ["pallas_gpu", "xla"])
@@ -83,9 +87,10 @@ def main() -> None:
     def ref_attend(q, k, v, s):
         return xla_attention(q, k, v, q_segment_ids_BxS=s, kv_segment_ids_BxT=s)
 
-    ref_o = jax.jit(ref_attend)(q32, k32, v32, seg)
-    ref_g = jax.jit(jax.grad(lambda q, k, v, s, w: jnp.sum(ref_attend(q, k, v, s) * w), argnums=(0, 1, 2)))(
-        q32, k32, v32, seg, w)
+    ref_grad = jax.jit(jax.grad(lambda q, k, v, s, w: jnp.sum(ref_attend(q, k, v, s) * w), argnums=(0, 1, 2)))
+    oracle = {False: (jax.jit(ref_attend)(q32, k32, v32, seg), ref_grad(q32, k32, v32, seg, w))}
+    ones = jnp.ones_like(seg)  # one document per row: the plain-causal oracle for the *_causal rows
+    oracle[True] = (jax.jit(ref_attend)(q32, k32, v32, ones), ref_grad(q32, k32, v32, ones, w))
     flops_fwd = 4 * a.batch * a.seq * a.seq * a.heads * a.head_dim / 2
 
     candidates = [(impl, None) for impl in impls]
@@ -95,18 +100,23 @@ def main() -> None:
         variants += [dict(bwd_q=bq, bwd_k=bk) for bq, bk in ((64, 64), (128, 32), (64, 128))]
         variants += [dict(num_warps=nw, num_stages=ns) for nw, ns in ((4, 2), (4, 4), (8, 3))]
         candidates += [("pallas_gpu", dataclasses.replace(d, **kw)) for kw in variants]
+    if a.mosaic_sweep:
+        candidates += [("mosaic_gpu", Blocks(mosaic=MosaicBlocks(block_kv=bk, stages=st, schedule_barrier=pp)))
+                       for bk, st, pp in ((128, 2, True), (64, 2, True), (128, 3, True), (128, 2, False),
+                                          (64, 4, True))]
     rows = []
     for impl, blocks in candidates:
         name = impl if blocks is None else (f"pg f{blocks.fwd_q}x{blocks.fwd_k} b{blocks.bwd_q}x{blocks.bwd_k} "
                                             f"w{blocks.num_warps}s{blocks.num_stages}")
+        if blocks is not None and blocks.mosaic is not None:
+            m = blocks.mosaic
+            name = f"mgpu q{m.tile_q} kv{m.block_kv} s{m.stages}{' pp' if m.schedule_barrier else ''}"
         fwd, bwd = make_fns(impl, blocks)
         try:
             o = fwd(q, k, v, seg)
             g = bwd(q, k, v, seg, w)
-            if impl == "cudnn_causal":
-                err = float("nan")
-            else:
-                err = max([rel_err(o, ref_o)] + [rel_err(x, y) for x, y in zip(g, ref_g)])
+            ref_o, ref_g = oracle[impl.endswith("_causal")]
+            err = max([rel_err(o, ref_o)] + [rel_err(x, y) for x, y in zip(g, ref_g)])
             t_f = median_seconds(lambda: jax.block_until_ready(fwd(q, k, v, seg)), runs=a.runs)
             t_b = median_seconds(lambda: jax.block_until_ready(bwd(q, k, v, seg, w)), runs=a.runs)
             rows.append((name, err, t_f, t_b))

@@ -26,7 +26,8 @@ from common import header
 
 
 
-def build_config(preset: str, seq_len: int, batch: int, remat: str, attention: str, steps: int, scan: bool = True):
+def build_config(preset: str, seq_len: int, batch: int, remat: str, attention: str, steps: int, scan: bool = True,
+                 docs: int = 1):
     from bolt_jax.config import base_config, model_config_dict
     from bolt_jax.train.loop import default_train_config
     from bolt_jax.train.optim import default_optim_config
@@ -43,21 +44,22 @@ def build_config(preset: str, seq_len: int, batch: int, remat: str, attention: s
     c.train.steps = steps
     c.optim = default_optim_config()
     c.optim.warmup_steps = 1
-    c.data = ml_collections.ConfigDict({"source": "synthetic", "seq_len": seq_len, "synthetic_docs_per_row": 1})
+    c.data = ml_collections.ConfigDict({"source": "synthetic", "seq_len": seq_len, "synthetic_docs_per_row": docs})
     return c
 
 
 def bench_one(preset: str, seq_len: int, batch: int, remat: str, attention: str, warmup: int, runs: int,
-              profile_dir: str = "", scan: bool = True) -> dict:
+              profile_dir: str = "", scan: bool = True, docs: int = 1) -> dict:
     from bolt_jax import parallel
     from bolt_jax.train.batches import SyntheticBatches
     from bolt_jax.train.loop import TrainSetup
     from bolt_jax.train.metrics import device_peak_flops
 
-    c = build_config(preset, seq_len, batch, remat, attention, steps=warmup + runs + 10, scan=scan)
+    c = build_config(preset, seq_len, batch, remat, attention, steps=warmup + runs + 10, scan=scan, docs=docs)
     setup = TrainSetup(c)
     state = setup.init_state()
-    src = SyntheticBatches(rows=batch, seq_len=seq_len, vocab_size=setup.model_cfg.vocab_size, seed=0)
+    src = SyntheticBatches(rows=batch, seq_len=seq_len, vocab_size=setup.model_cfg.vocab_size, seed=0,
+                           docs_per_row=docs)
     batches = [parallel.shard_batch(next(src), setup.mesh) for _ in range(2)]
     times = []
     with setup.mesh_context():
@@ -98,7 +100,7 @@ def run_child(a, batch: int, remat: str, attention: str, layers: str) -> dict:
     """One configuration in its own process, so memory peaks and OOMs do not leak between rows."""
     cmd = [sys.executable, __file__, "--child", "--preset", a.preset, "--seq_len", str(a.seq_len),
            "--micro_batches", str(batch), "--remat", remat, "--attention", attention, "--warmup", str(a.warmup),
-           "--runs", str(a.runs), "--layers", layers] + (["--profile", a.profile] if a.profile else [])
+           "--runs", str(a.runs), "--layers", layers, "--docs", str(a.docs)] + (["--profile", a.profile] if a.profile else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("{"):
@@ -116,6 +118,9 @@ def main() -> None:
     p.add_argument("--remat", default="none", help="comma list of remat policies")
     p.add_argument("--attention", default="auto", help="comma list of attention impls")
     p.add_argument("--layers", default="unrolled", help="comma list: scan (lax.scan over stacked layers) or unrolled")
+    p.add_argument("--docs", type=int, default=1,
+                   help="documents per row: 1 is the original's concat packing (plain causal, no segment ids); more "
+                        "packs documents (attention masked per document)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--profile", default="", help="write a profiler trace of 3 steps per configuration here")
@@ -126,7 +131,7 @@ def main() -> None:
         a.preset, a.seq_len, a.micro_batches, a.remat, a.warmup, a.runs = "tiny", 64, "8", "none", 1, 2
     if a.child:
         r = bench_one(a.preset, a.seq_len, int(a.micro_batches), a.remat, a.attention, a.warmup, a.runs,
-                      profile_dir=a.profile, scan=a.layers == "scan")
+                      profile_dir=a.profile, scan=a.layers == "scan", docs=a.docs)
         print(json.dumps(r))
         return
     rows = []
@@ -136,7 +141,7 @@ def main() -> None:
                 for batch in (int(b) for b in a.micro_batches.split(",")):
                     rows.append(run_child(a, batch, remat, attention, layers))
                     print(rows[-1], flush=True)
-    print(f"\ntrain step: {a.preset}, seq {a.seq_len}, {header()}, median of {a.runs} after {a.warmup} warm-up")
+    print(f"\ntrain step: {a.preset}, seq {a.seq_len}, {a.docs} document(s) per row, {header()}, median of {a.runs} after {a.warmup} warm-up")
     print(f"{'batch':>5} {'remat':>14} {'attn':>10} {'layers':>8} {'step ms':>9} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>9}")
     for r in rows:
         if "error" in r:

@@ -14,7 +14,7 @@ import jax
 
 from bolt_jax.kernels.xla import xla_attention
 
-IMPLS = ("auto", "xla", "cudnn", "pallas_gpu", "pallas_tpu", "tokamax")
+IMPLS = ("auto", "xla", "cudnn", "pallas_gpu", "mosaic_gpu", "pallas_tpu", "tokamax")
 _log = logging.getLogger(__name__)
 _announced: set[tuple[str, str]] = set()
 
@@ -30,6 +30,7 @@ _REGISTRY: dict[str, Callable] = {
     "xla": xla_attention,
     "cudnn": _lazy("bolt_jax.kernels.cudnn", "cudnn_attention"),
     "pallas_gpu": _lazy("bolt_jax.kernels.pallas_gpu", "pallas_gpu_attention"),
+    "mosaic_gpu": _lazy("bolt_jax.kernels.pallas_gpu", "mosaic_gpu_attention"),
     "pallas_tpu": _lazy("bolt_jax.kernels.pallas_tpu", "pallas_tpu_attention"),
     "tokamax": _lazy("bolt_jax.kernels.tokamax_attention", "tokamax_attention"),
 }

@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from bolt_jax.kernels.mosaic_gpu import MosaicBlocks
+
 NEG = -1e30
 
 
@@ -99,7 +101,10 @@ def _specs(b_h_map_q, b_h_map_kv, block_q, seq_k, d):
     ]
 
 
-def _forward(q, k, v, q_seg, k_seg, spans, *, scale, causal, blocks: "Blocks", interpret):
+def _forward(q, k, v, q_seg, k_seg, spans, *, scale, causal, blocks: "Blocks", interpret, segments=True):
+    if blocks.mosaic is not None:
+        return _mosaic_forward(q, k, v, q_seg, k_seg, spans, scale=scale, causal=causal, blocks=blocks.mosaic,
+                               interpret=interpret, segments=segments)
     block_q, block_k = blocks.fwd_q, blocks.fwd_k
     b, s, h, d = q.shape
     t, kvh = k.shape[1], k.shape[2]
@@ -221,17 +226,28 @@ def _backward(q, k, v, q_seg, k_seg, spans, o, lse, do, *, scale, causal, blocks
     return dq, dk, dv
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
-def _flash(q, k, v, q_seg, k_seg, spans, scale, causal, blocks, interpret):
-    return _forward(q, k, v, q_seg, k_seg, spans, scale=scale, causal=causal, blocks=blocks, interpret=interpret)[0]
+def _mosaic_forward(q, k, v, q_seg, k_seg, spans, *, scale, causal, blocks, interpret, segments):
+    """The Hopper forward (Mosaic GPU); on CPU its pure-JAX twin, the same algorithm tile for tile."""
+    from bolt_jax.kernels import mosaic_gpu
+    ranges = mosaic_gpu.kv_block_ranges(spans.q_lo, spans.q_hi, tile_q=blocks.tile_q, block_kv=blocks.block_kv,
+                                        n_kv_blocks=k.shape[1] // blocks.block_kv, causal=causal)
+    fn = mosaic_gpu.pure_jax_twin if interpret else mosaic_gpu.mosaic_forward
+    return fn(q, k, v, q_seg, k_seg, ranges, scale=scale, causal=causal, segments=segments, blocks=blocks)
 
 
-def _flash_fwd(q, k, v, q_seg, k_seg, spans, scale, causal, blocks, interpret):
-    o, lse = _forward(q, k, v, q_seg, k_seg, spans, scale=scale, causal=causal, blocks=blocks, interpret=interpret)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9, 10))
+def _flash(q, k, v, q_seg, k_seg, spans, scale, causal, blocks, interpret, segments):
+    return _forward(q, k, v, q_seg, k_seg, spans, scale=scale, causal=causal, blocks=blocks, interpret=interpret,
+                    segments=segments)[0]
+
+
+def _flash_fwd(q, k, v, q_seg, k_seg, spans, scale, causal, blocks, interpret, segments):
+    o, lse = _forward(q, k, v, q_seg, k_seg, spans, scale=scale, causal=causal, blocks=blocks, interpret=interpret,
+                      segments=segments)
     return o, (q, k, v, q_seg, k_seg, spans, o, lse)
 
 
-def _flash_bwd(scale, causal, blocks, interpret, res, do):
+def _flash_bwd(scale, causal, blocks, interpret, segments, res, do):
     q, k, v, q_seg, k_seg, spans, o, lse = res
     dq, dk, dv = _backward(q, k, v, q_seg, k_seg, spans, o, lse, do, scale=scale, causal=causal, blocks=blocks,
                            interpret=interpret)
@@ -289,6 +305,7 @@ class Blocks:
     bwd_k: int = 128
     num_warps: int = 4
     num_stages: int = 3
+    mosaic: MosaicBlocks | None = None  # set: the forward is the Mosaic GPU (Hopper) kernel with these tiles
 
     def clipped(self, s: int, t: int) -> "Blocks":
         """Shrinks the tiles to short sequences (a 16-token test needs no 128-row tile)."""
@@ -327,17 +344,32 @@ def pallas_gpu_attention(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, *, q_segment_ids_BxS=N
     k_seg = jnp.zeros((b, t), jnp.int32) if kv_segment_ids_BxT is None else kv_segment_ids_BxT.astype(jnp.int32)
     blocks = (blocks or DEFAULT_BLOCKS).clipped(s, t)
     # one padding serves both passes: the largest tile along each axis (all are powers of two)
-    s_pad = -s % max(blocks.fwd_q, blocks.bwd_q, blocks.fwd_k if causal else 1, blocks.bwd_k if causal else 1)
-    t_pad = -t % max(blocks.fwd_k, blocks.bwd_k, blocks.fwd_q if causal else 1, blocks.bwd_q if causal else 1)
+    tile_q, tile_k = (blocks.mosaic.tile_q, blocks.mosaic.block_kv) if blocks.mosaic else (1, 1)
+    s_pad = -s % max(blocks.fwd_q, blocks.bwd_q, blocks.fwd_k if causal else 1, blocks.bwd_k if causal else 1, tile_q,
+                     tile_k if causal else 1)
+    t_pad = -t % max(blocks.fwd_k, blocks.bwd_k, blocks.fwd_q if causal else 1, blocks.bwd_q if causal else 1, tile_k,
+                     tile_q if causal else 1)
+    # the segment compare can be left out only when there are no ids and no pad keys to hide
+    segments = q_segment_ids_BxS is not None or kv_segment_ids_BxT is not None or t_pad > 0
     if s_pad or t_pad:
         pad = lambda x, n, value=0: jnp.pad(x, [(0, 0), (0, n)] + [(0, 0)] * (x.ndim - 2),  # noqa: E731
                                             constant_values=value)
         q, k, v = pad(q_BxSxHxD, s_pad), pad(k_BxTxKxD, t_pad), pad(v_BxTxKxD, t_pad)
         q_seg, k_seg = pad(q_seg, s_pad, -1), pad(k_seg, t_pad, -2)
         spans = _spans(q_seg, k_seg, self_attention)  # pad ids never match: their ranges only need to be valid
-        return _flash(q, k, v, q_seg, k_seg, spans, scale, causal, blocks, interpret)[:, :s]
+        return _flash(q, k, v, q_seg, k_seg, spans, scale, causal, blocks, interpret, segments)[:, :s]
     spans = _spans(q_seg, k_seg, self_attention)
-    return _flash(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, q_seg, k_seg, spans, scale, causal, blocks, interpret)
+    return _flash(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, q_seg, k_seg, spans, scale, causal, blocks, interpret,
+                  segments)
+
+
+def mosaic_gpu_attention(*args, blocks: Blocks | None = None, **kwargs):
+    """Dispatch entry for impl='mosaic_gpu': the Mosaic GPU (Hopper: wgmma, TMA) forward with this module's
+    backward. On CPU the forward runs as its pure-JAX twin."""
+    blocks = blocks or DEFAULT_BLOCKS
+    if blocks.mosaic is None:
+        blocks = dataclasses.replace(blocks, mosaic=MosaicBlocks())
+    return pallas_gpu_attention(*args, blocks=blocks, **kwargs)
 
 
 def _pow2(n: int) -> int:

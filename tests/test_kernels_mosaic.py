@@ -1,0 +1,95 @@
+"""The Mosaic GPU (Hopper) attention forward on CPU: its pure-JAX twin against the reference (values, the
+log-sum-exp the backward relies on, and gradients through the dispatch), the range table against brute force, and
+the kernel itself lowered to Mosaic GPU for the cuda platform (tracing, layouts, barriers and TMA shapes are all
+checked at lowering; compiling and running need a Hopper GPU: bench/attention.py --check on the accelerator)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bolt_jax import kernels
+from bolt_jax.kernels import mosaic_gpu
+from bolt_jax.kernels.mosaic_gpu import MosaicBlocks, kv_block_ranges, mosaic_forward, pure_jax_twin
+from bolt_jax.kernels.pallas_gpu import Blocks, mosaic_gpu_attention, occurrence_range
+from bolt_jax.kernels.xla import xla_attention
+from tests.test_kernels import _check, inputs
+
+SMALL = Blocks(fwd_q=32, fwd_k=16, bwd_q=16, bwd_k=32, mosaic=MosaicBlocks(block_q=64, block_kv=64))
+
+
+def _reference_lse(q, k, seg, causal, scale):
+    b, s, h, d = q.shape
+    group = h // k.shape[2]
+    logits = jnp.einsum("bshd,bthd->bhst", q.astype(jnp.float32),
+                        jnp.repeat(k, group, axis=2).astype(jnp.float32)) * scale
+    valid = seg[:, None, :, None] == seg[:, None, None, :]
+    if causal:
+        valid = valid & (jnp.arange(s)[:, None] >= jnp.arange(s)[None, :])
+    return jax.nn.logsumexp(jnp.where(valid, logits, -jnp.inf), axis=-1)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("segments", [True, False])
+def test_twin_matches_reference_with_lse(causal, segments):
+    q, k, v, seg = inputs(s=256, h=8, k=2, d=64, cuts=(37, 150, 151))
+    if not segments:
+        seg = jnp.ones_like(seg)
+    blocks = MosaicBlocks(block_q=64, block_kv=64)
+    lo, hi = occurrence_range(seg)
+    ranges = kv_block_ranges(lo, hi, tile_q=blocks.tile_q, block_kv=blocks.block_kv, n_kv_blocks=4, causal=causal)
+    out, lse = pure_jax_twin(q, k, v, seg, seg, ranges, scale=0.125, causal=causal, segments=segments, blocks=blocks)
+    want = xla_attention(q, k, v, q_segment_ids_BxS=seg, kv_segment_ids_BxT=seg, causal=causal, sm_scale=0.125)
+    np.testing.assert_allclose(out, want, atol=3e-6)
+    np.testing.assert_allclose(lse, _reference_lse(q, k, seg, causal, 0.125), atol=3e-5)
+
+
+def test_range_table_covers_every_visible_key_and_skips_other_documents():
+    seg = jnp.asarray(np.repeat(np.arange(1, 9), 64)[None], jnp.int32)  # 8 documents of 64 tokens, S = 512
+    lo, hi = occurrence_range(seg)
+    ranges = np.asarray(kv_block_ranges(lo, hi, tile_q=128, block_kv=64, n_kv_blocks=8, causal=True))[0]
+    for tile, (first, last) in enumerate(ranges):
+        rows = np.arange(tile * 128, tile * 128 + 128)
+        visible = [c for r in rows for c in range(512) if seg[0, c] == seg[0, r] and c <= r]
+        assert first * 64 <= min(visible) and max(visible) < last * 64  # nothing visible is skipped
+        assert last - first == 2  # and only the tile's own two documents are visited (of up to 8 causal blocks)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_dispatch_values_and_gradients(causal):
+    """impl='mosaic_gpu' end to end on CPU: the twin forward, the Pallas backward on its lse, padding (S=100)."""
+    q, k, v, seg = inputs(s=100, h=4, k=2, d=64, cuts=(30, 70))
+    fn = lambda *a, **kw: mosaic_gpu_attention(*a, blocks=SMALL, **kw)  # noqa: E731
+    _check(fn, q, k, v, seg, causal, 3e-6, 3e-5)
+    _check(fn, q, k, v, None, causal, 3e-6, 3e-5)  # no segment ids: pad keys hidden all the same
+    out = kernels.attention(q, k, v, segment_ids=seg, impl="mosaic_gpu", causal=causal)
+    np.testing.assert_allclose(out, xla_attention(q, k, v, q_segment_ids_BxS=seg, kv_segment_ids_BxT=seg,
+                                                  causal=causal), atol=3e-6)
+
+
+def test_kernel_rejects_bad_inputs():
+    q, k, v, seg = inputs(s=128, d=32)
+    ranges = jnp.zeros((2, 1, 2), jnp.int32)
+    with pytest.raises(ValueError, match="head dim"):
+        mosaic_forward(q, k, v, seg, seg, ranges, scale=1.0, causal=True, segments=True)
+    q, k, v, seg = inputs(s=128, d=64)
+    with pytest.raises(ValueError, match="bf16 or fp16"):
+        mosaic_forward(q, k, v, seg, seg, ranges, scale=1.0, causal=True, segments=True)
+    with pytest.raises(ValueError, match="multiples of 64"):
+        MosaicBlocks(block_q=32)
+
+
+@pytest.mark.parametrize("causal,segments", [(True, True), (True, False), (False, False)])
+def test_kernel_lowers_to_mosaic_gpu(causal, segments):
+    """The real kernel, traced and lowered for the cuda platform on this CPU machine."""
+    b, s, h, kvh, d = 2, 512, 8, 2, 64
+    q = jax.ShapeDtypeStruct((b, s, h, d), jnp.bfloat16)
+    k = jax.ShapeDtypeStruct((b, s, kvh, d), jnp.bfloat16)
+    seg = jax.ShapeDtypeStruct((b, s), jnp.int32)
+    ranges = jax.ShapeDtypeStruct((b, s // 128, 2), jnp.int32)
+    fn = jax.jit(lambda *a: mosaic_forward(*a, scale=0.125, causal=causal, segments=segments))
+    exported = jax.export.export(fn, platforms=["cuda"])(q, k, k, seg, seg, ranges)
+    text = exported.mlir_module()
+    assert "mosaic_gpu" in text
+    assert exported.out_avals[1].shape == (b, h, s)
+    assert mosaic_gpu.LN2 > 0  # the lse is natural-log, the Pallas backward's convention
