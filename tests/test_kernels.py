@@ -110,7 +110,9 @@ def test_dispatch():
     assert kernels.resolve_impl("auto", "cpu") == "xla"
     assert kernels.resolve_impl("auto", "tpu") == "pallas_tpu"
     assert kernels.resolve_impl("auto", "gpu") == "cudnn"
-    assert kernels.resolve_impl("auto", "gpu", documents=True) == "pallas_gpu"
+    assert kernels.resolve_impl("auto", "gpu", documents=True, arch="8.0") == "pallas_gpu"
+    assert kernels.resolve_impl("auto", "gpu", documents=True, arch="9.0") == "mosaic_gpu"
+    assert kernels.resolve_impl("auto", "gpu", documents=False, arch="9.0") == "cudnn"
     assert kernels.resolve_impl("auto", "cpu", documents=True) == "xla"
     with pytest.raises(ValueError, match="unknown attention impl"):
         kernels.resolve_impl("flash3")

@@ -11,6 +11,7 @@ import logging
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 
 from bolt_jax.kernels.xla import xla_attention
 
@@ -35,12 +36,19 @@ _REGISTRY: dict[str, Callable] = {
     "tokamax": _lazy("bolt_jax.kernels.tokamax_attention", "tokamax_attention"),
 }
 # What `auto` picks per backend and input, measured on an H100 at TinyLlama's shape (BENCHMARKS.md). Without
-# segment ids (plain causal: the original's concat packing) cuDNN is fastest (1.99 ms fwd+bwd). With packed documents
-# our Pallas kernel skips the other documents' blocks (1.40 ms at 4 documents per row) where cuDNN must apply a dense
-# mask (2.87 ms), so `auto` picks it; with a single document per row it costs 6% more than cuDNN in the train step.
+# segment ids (plain causal: the original's concat packing) cuDNN is fastest (1.97 ms fwd+bwd; tokamax 1.99, our
+# Mosaic forward 2.88 with the Pallas backward). With packed documents our kernels skip the other documents' blocks
+# where cuDNN (2.98 ms) and tokamax (2.48 ms) apply a dense mask: on Hopper the Mosaic GPU forward (1.32 ms with the
+# Pallas backward), on other GPUs the Triton-lowered Pallas kernel (1.40 ms on the H100).
 # TPU: the splash kernel, which has not been run on a TPU yet.
 AUTO = {"cpu": "xla", "gpu": "cudnn", "cuda": "cudnn", "rocm": "pallas_gpu", "tpu": "pallas_tpu"}
 AUTO_WITH_DOCUMENTS = {"gpu": "pallas_gpu", "cuda": "pallas_gpu"}
+HOPPER_WITH_DOCUMENTS = "mosaic_gpu"  # wgmma is sm_90a only: not Ampere, not Blackwell
+
+
+def gpu_arch() -> str | None:
+    """The first device's compute capability ("9.0" on an H100 / H200), None off NVIDIA GPUs."""
+    return getattr(jax.devices()[0], "compute_capability", None)
 
 
 def register(name: str, fn: Callable) -> None:
@@ -50,7 +58,7 @@ def register(name: str, fn: Callable) -> None:
     _REGISTRY[name] = fn
 
 
-def resolve_impl(impl: str, backend: str | None = None, documents: bool = False) -> str:
+def resolve_impl(impl: str, backend: str | None = None, documents: bool = False, arch: str | None = None) -> str:
     """Maps `auto` to a concrete implementation for the backend and for whether the rows hold packed documents
     (self-attention with segment ids); reports each choice once."""
     if impl not in IMPLS:
@@ -59,6 +67,8 @@ def resolve_impl(impl: str, backend: str | None = None, documents: bool = False)
         return impl
     backend = backend or jax.default_backend()
     chosen = (documents and AUTO_WITH_DOCUMENTS.get(backend)) or AUTO.get(backend, "xla")
+    if chosen == "pallas_gpu" and backend in ("gpu", "cuda") and (arch or gpu_arch()) == "9.0":
+        chosen = HOPPER_WITH_DOCUMENTS
     if (backend, chosen) not in _announced:
         _announced.add((backend, chosen))
         _log.info("attention impl 'auto' on %s%s -> %s", backend, " with packed documents" if documents else "",
@@ -85,6 +95,8 @@ def attention(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, *, segment_ids=None, causal: bool
         chosen = "xla"  # KV-cache decode: causality by positions, which only the reference handles
     kwargs = dict(q_segment_ids_BxS=q_seg, kv_segment_ids_BxT=kv_seg, causal=causal, sm_scale=sm_scale,
                   q_positions_BxS=q_positions_BxS, kv_positions_BxT=kv_positions_BxT)
+    if impl == "auto" and chosen == "mosaic_gpu" and (q_BxSxHxD.dtype not in (jnp.bfloat16, jnp.float16) or d % 64):
+        chosen = "pallas_gpu"  # wgmma takes bf16 / fp16 operands and 64-wide head tiles
     if impl == "auto" and chosen == "cudnn":
         try:
             return _REGISTRY["cudnn"](q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, **kwargs)

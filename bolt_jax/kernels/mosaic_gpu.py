@@ -43,7 +43,7 @@ class MosaicBlocks:
     block_q: int = 64
     block_kv: int = 128
     stages: int = 2
-    schedule_barrier: bool = True
+    schedule_barrier: bool = False  # FA3's ping-pong; measured slower at head dim 64 (BENCHMARKS.md)
 
     def __post_init__(self):
         if self.block_q % 64 or self.block_kv % 64:
