@@ -37,6 +37,7 @@ def make_fns(impl: str, blocks=None):
         if impl.endswith("_causal"):  # the same kernel on plain causal rows (no documents)
             return kernels.attention(q, k, v, segment_ids=None, impl=impl.removesuffix("_causal"))
         if blocks is not None:
+            s = None if impl.endswith("_causal") else s
             return pallas_gpu_attention(q, k, v, q_segment_ids_BxS=s, kv_segment_ids_BxT=s, blocks=blocks)
         return kernels.attention(q, k, v, segment_ids=s, impl=impl)
 
@@ -101,16 +102,19 @@ def main() -> None:
         variants += [dict(num_warps=nw, num_stages=ns) for nw, ns in ((4, 2), (4, 4), (8, 3))]
         candidates += [("pallas_gpu", dataclasses.replace(d, **kw)) for kw in variants]
     if a.mosaic_sweep:
-        candidates += [("mosaic_gpu", Blocks(mosaic=MosaicBlocks(block_kv=bk, stages=st, schedule_barrier=pp)))
-                       for bk, st, pp in ((128, 2, True), (64, 2, True), (128, 3, True), (128, 2, False),
-                                          (64, 4, True))]
+        candidates += [(impl, Blocks(mosaic=MosaicBlocks(block_q=bq, block_kv=bk, stages=st, schedule_barrier=pp)))
+                       for impl in ("mosaic_gpu", "mosaic_gpu_causal")
+                       for bq, bk, st, pp in ((64, 128, 2, False), (64, 128, 2, True), (64, 64, 2, False),
+                                              (64, 128, 3, False), (128, 128, 2, False), (128, 64, 2, False),
+                                              (128, 64, 3, True))]
     rows = []
     for impl, blocks in candidates:
         name = impl if blocks is None else (f"pg f{blocks.fwd_q}x{blocks.fwd_k} b{blocks.bwd_q}x{blocks.bwd_k} "
                                             f"w{blocks.num_warps}s{blocks.num_stages}")
         if blocks is not None and blocks.mosaic is not None:
             m = blocks.mosaic
-            name = f"mgpu q{m.tile_q} kv{m.block_kv} s{m.stages}{' pp' if m.schedule_barrier else ''}"
+            name = (f"mgpu q{m.tile_q} kv{m.block_kv} s{m.stages}{' pp' if m.schedule_barrier else ''}"
+                    f"{' causal' if impl.endswith('_causal') else ''}")
         fwd, bwd = make_fns(impl, blocks)
         try:
             o = fwd(q, k, v, seg)

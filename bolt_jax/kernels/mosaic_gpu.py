@@ -102,7 +102,8 @@ def mosaic_forward(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, q_seg_BxS, kv_seg_BxT, range
     def kernel(q_ref, k_ref, v_ref, qseg_ref, kseg_ref, range_ref, o_ref, lse_ref, scoped):
         (qo_smem2, k_smem, v_smem, lse_smem2, qseg_smem2, kseg_smem), ready, (k_free, v_free), turn = scoped
         k_ready, v_ready, q_ready, qseg_ready, kseg_ready = ready
-        batch, head, tile = lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("q_tile")
+        batch, head = lax.axis_index("batch"), lax.axis_index("heads")
+        tile = (s // blocks.tile_q - 1) - lax.axis_index("q_tile")  # causal: the longest tiles first (less tail)
         wg = lax.axis_index("wg")
         lo, hi = range_ref[batch, tile, 0], range_ref[batch, tile, 1]
         n_steps = hi - lo
