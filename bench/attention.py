@@ -58,6 +58,7 @@ def main() -> None:
     p.add_argument("--docs", type=int, default=4)
     p.add_argument("--impls", default="")
     p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--inner", type=int, default=10, help="calls per timed sample")
     p.add_argument("--sweep", action="store_true", help="Pallas GPU tiles x warps x stages")
     p.add_argument("--mosaic_sweep", action="store_true", help="Mosaic GPU forward: block_kv x stages x ping-pong")
     p.add_argument("--smoke", action="store_true")
@@ -67,7 +68,7 @@ def main() -> None:
     from bolt_jax.kernels.xla import xla_attention
 
     if a.smoke:
-        a.batch, a.seq, a.heads, a.kv_heads, a.head_dim, a.runs = 1, 256, 4, 2, 64, 2
+        a.batch, a.seq, a.heads, a.kv_heads, a.head_dim, a.runs, a.inner = 1, 256, 4, 2, 64, 2, 1
     backend = jax.default_backend()
     impls = a.impls.split(",") if a.impls else (["cudnn_causal", "cudnn", "pallas_gpu", "mosaic_gpu",
                                                   "mosaic_gpu_causal", "tokamax", "xla"]
@@ -102,18 +103,18 @@ def main() -> None:
         variants += [dict(num_warps=nw, num_stages=ns) for nw, ns in ((4, 2), (4, 4), (8, 3))]
         candidates += [("pallas_gpu", dataclasses.replace(d, **kw)) for kw in variants]
     if a.mosaic_sweep:
-        candidates += [(impl, Blocks(mosaic=MosaicBlocks(block_q=bq, block_kv=bk, stages=st, schedule_barrier=pp)))
+        candidates += [(impl, Blocks(mosaic=MosaicBlocks(**kw)))
                        for impl in ("mosaic_gpu", "mosaic_gpu_causal")
-                       for bq, bk, st, pp in ((64, 128, 2, False), (64, 128, 2, True), (64, 64, 2, False),
-                                              (64, 128, 3, False), (128, 128, 2, False), (128, 64, 2, False),
-                                              (128, 64, 3, True))]
+                       for kw in (dict(backward=False), dict(schedule_barrier=True), dict(block_kv=64),
+                                  dict(stages=3), dict(bwd_stages=3), dict(bwd_stages=4))]
     rows = []
     for impl, blocks in candidates:
         name = impl if blocks is None else (f"pg f{blocks.fwd_q}x{blocks.fwd_k} b{blocks.bwd_q}x{blocks.bwd_k} "
                                             f"w{blocks.num_warps}s{blocks.num_stages}")
         if blocks is not None and blocks.mosaic is not None:
             m = blocks.mosaic
-            name = (f"mgpu q{m.tile_q} kv{m.block_kv} s{m.stages}{' pp' if m.schedule_barrier else ''}"
+            name = (f"mgpu q{m.tile_q} kv{m.block_kv} s{m.stages}{' pp' if m.schedule_barrier else ''} "
+                    f"{f'b{m.bwd_block}s{m.bwd_stages}' if m.backward else 'bwd=pallas'}"
                     f"{' causal' if impl.endswith('_causal') else ''}")
         fwd, bwd = make_fns(impl, blocks)
         try:
@@ -121,8 +122,11 @@ def main() -> None:
             g = bwd(q, k, v, seg, w)
             ref_o, ref_g = oracle[impl.endswith("_causal")]
             err = max([rel_err(o, ref_o)] + [rel_err(x, y) for x, y in zip(g, ref_g)])
-            t_f = median_seconds(lambda: jax.block_until_ready(fwd(q, k, v, seg)), runs=a.runs)
-            t_b = median_seconds(lambda: jax.block_until_ready(bwd(q, k, v, seg, w)), runs=a.runs)
+            # each sample: `inner` calls back to back, then one wait (a sub-ms kernel timed alone is mostly jitter)
+            t_f = median_seconds(lambda: jax.block_until_ready([fwd(q, k, v, seg) for _ in range(a.inner)]),
+                                 runs=a.runs) / a.inner
+            t_b = median_seconds(lambda: jax.block_until_ready([bwd(q, k, v, seg, w) for _ in range(a.inner)]),
+                                 runs=a.runs) / a.inner
             rows.append((name, err, t_f, t_b))
         except Exception as e:  # noqa: BLE001 - a refused shape or a failed compile is a row, not the end
             rows.append((name, str(e).splitlines()[0][:90] if str(e) else type(e).__name__))

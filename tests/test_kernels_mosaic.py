@@ -3,6 +3,8 @@ log-sum-exp the backward relies on, and gradients through the dispatch), the ran
 the kernel itself lowered to Mosaic GPU for the cuda platform (tracing, layouts, barriers and TMA shapes are all
 checked at lowering; compiling and running need a Hopper GPU: bench/attention.py --check on the accelerator)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -56,10 +58,13 @@ def test_range_table_covers_every_visible_key_and_skips_other_documents():
 
 
 @pytest.mark.parametrize("causal", [True, False])
-def test_dispatch_values_and_gradients(causal):
-    """impl='mosaic_gpu' end to end on CPU: the twin forward, the Pallas backward on its lse, padding (S=100)."""
+@pytest.mark.parametrize("mosaic_backward", [True, False])
+def test_dispatch_values_and_gradients(causal, mosaic_backward):
+    """impl='mosaic_gpu' end to end on CPU: the twin forward, then the twin of the Mosaic backward (GQA summed in
+    the kernel) or the Pallas backward on the forward's lse; padding (S=100)."""
     q, k, v, seg = inputs(s=100, h=4, k=2, d=64, cuts=(30, 70))
-    fn = lambda *a, **kw: mosaic_gpu_attention(*a, blocks=SMALL, **kw)  # noqa: E731
+    blocks = dataclasses.replace(SMALL, mosaic=dataclasses.replace(SMALL.mosaic, backward=mosaic_backward))
+    fn = lambda *a, **kw: mosaic_gpu_attention(*a, blocks=blocks, **kw)  # noqa: E731
     _check(fn, q, k, v, seg, causal, 3e-6, 3e-5)
     _check(fn, q, k, v, None, causal, 3e-6, 3e-5)  # no segment ids: pad keys hidden all the same
     out = kernels.attention(q, k, v, segment_ids=seg, impl="mosaic_gpu", causal=causal)
@@ -77,6 +82,30 @@ def test_kernel_rejects_bad_inputs():
         mosaic_forward(q, k, v, seg, seg, ranges, scale=1.0, causal=True, segments=True)
     with pytest.raises(ValueError, match="multiples of 64"):
         MosaicBlocks(block_q=32)
+
+
+def test_backward_twin_sums_a_group_of_eight_over_many_documents():
+    """The dK/dV kernel walks all query heads of a KV head's group (8, TinyLlama's ratio) over the query blocks of
+    several short documents; the twin of that walk against autodiff of the reference."""
+    q, k, v, _ = inputs(s=256, h=8, k=1, d=64)
+    seg = jnp.asarray(np.repeat(np.arange(1, 9), 32)[None].repeat(2, 0), jnp.int32)
+    fn = lambda *a, **kw: mosaic_gpu_attention(*a, blocks=SMALL, **kw)  # noqa: E731
+    _check(fn, q, k, v, seg, True, 3e-6, 3e-5)
+
+
+@pytest.mark.parametrize("causal,segments", [(True, True), (True, False), (False, False)])
+def test_backward_kernels_lower_to_mosaic_gpu(causal, segments):
+    from bolt_jax.kernels.mosaic_gpu_bwd import mosaic_backward
+    b, s, h, kvh, d = 2, 512, 8, 2, 64
+    q = jax.ShapeDtypeStruct((b, s, h, d), jnp.bfloat16)
+    k = jax.ShapeDtypeStruct((b, s, kvh, d), jnp.bfloat16)
+    seg = jax.ShapeDtypeStruct((b, s), jnp.int32)
+    rows = jax.ShapeDtypeStruct((b, h, s), jnp.float32)
+    ranges = jax.ShapeDtypeStruct((b, s // 128, 2), jnp.int32)
+    fn = jax.jit(lambda *a: mosaic_backward(*a, scale=0.125, causal=causal, segments=segments))
+    exported = jax.export.export(fn, platforms=["cuda"])(q, k, k, seg, seg, rows, rows, q, ranges, ranges)
+    assert exported.mlir_module().count("mosaic_gpu") >= 2  # the dQ and the dK/dV kernels
+    assert [a.shape for a in exported.out_avals] == [(b, s, h, d), (b, s, kvh, d), (b, s, kvh, d)]
 
 
 @pytest.mark.parametrize("causal,segments", [(True, True), (True, False), (False, False)])

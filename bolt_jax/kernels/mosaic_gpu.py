@@ -44,13 +44,16 @@ class MosaicBlocks:
     block_kv: int = 128
     stages: int = 2
     schedule_barrier: bool = False  # FA3's ping-pong; measured slower at head dim 64 (BENCHMARKS.md)
+    backward: bool = True  # the Mosaic GPU backward (mosaic_gpu_bwd.py); False: the Triton-lowered Pallas one
+    bwd_block: int = 64  # rows per compute warpgroup in both backward kernels (query and key blocks alike)
+    bwd_stages: int = 2
 
     def __post_init__(self):
-        if self.block_q % 64 or self.block_kv % 64:
-            raise ValueError(f"mosaic_gpu: block_q ({self.block_q}) and block_kv ({self.block_kv}) must be multiples "
-                             "of 64 (wgmma tiles)")
-        if self.stages < 2:
-            raise ValueError(f"mosaic_gpu: stages must be >= 2, got {self.stages}")
+        if self.block_q % 64 or self.block_kv % 64 or self.bwd_block % 64:
+            raise ValueError(f"mosaic_gpu: block_q ({self.block_q}), block_kv ({self.block_kv}) and bwd_block "
+                             f"({self.bwd_block}) must be multiples of 64 (wgmma tiles)")
+        if self.stages < 2 or self.bwd_stages < 2:
+            raise ValueError(f"mosaic_gpu: stages and bwd_stages must be >= 2, got {self.stages}, {self.bwd_stages}")
 
     @property
     def tile_q(self) -> int:
@@ -225,19 +228,7 @@ def mosaic_forward(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, q_seg_BxS, kv_seg_BxT, range
                 rows = pl.ds((lo + j) * block_kv, block_kv)
                 plgpu.copy_gmem_to_smem(v_ref.at[batch, rows, kv_head], v_smem.at[slot], v_ready.at[slot])
 
-            for i in range(stages):
-                @pl.when(i < n_steps)
-                def _(i=i):
-                    fetch_k(i, i)
-                    fetch_v(i, i)
-
-            @pl.loop(0, jnp.maximum(n_steps - stages, 0))
-            def _(j):
-                slot = lax.rem(j, jnp.int32(stages))
-                plgpu.barrier_wait(k_free.at[slot])
-                fetch_k(j + stages, slot)
-                plgpu.barrier_wait(v_free.at[slot])
-                fetch_v(j + stages, slot)
+            ring_producer(n_steps, stages, [(k_free, fetch_k), (v_free, fetch_v)])
 
     def entry(q_ref, k_ref, v_ref, qseg_ref, kseg_ref, range_ref, o_ref, lse_ref):
         swizzled = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
@@ -263,6 +254,26 @@ def mosaic_forward(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, q_seg_BxS, kv_seg_BxT, range
         compiler_params=plgpu.CompilerParams(approx_math=True),
     )(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, q_seg_BxS, kv_seg_BxT, ranges_BxNx2)
     return out, lse
+
+
+def ring_producer(n_steps, stages: int, streams) -> None:
+    """The memory warpgroup's loop: fill the `stages` slots, then refill slot j % stages with step j + stages as soon
+    as both compute warpgroups have released it. `streams`: (free barrier, fetch(step, slot)) per operand."""
+    import jax.experimental.pallas as pl
+    import jax.experimental.pallas.mosaic_gpu as plgpu
+
+    for i in range(stages):
+        @pl.when(i < n_steps)
+        def _(i=i):
+            for _, fetch in streams:
+                fetch(i, i)
+
+    @pl.loop(0, jnp.maximum(n_steps - stages, 0))
+    def _(j):
+        slot = lax.rem(j, jnp.int32(stages))
+        for free, fetch in streams:
+            plgpu.barrier_wait(free.at[slot])
+            fetch(j + stages, slot)
 
 
 def pure_jax_twin(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, q_seg_BxS, kv_seg_BxT, ranges_BxNx2, *, scale: float,

@@ -235,6 +235,16 @@ def _mosaic_forward(q, k, v, q_seg, k_seg, spans, *, scale, causal, blocks, inte
     return fn(q, k, v, q_seg, k_seg, ranges, scale=scale, causal=causal, segments=segments, blocks=blocks)
 
 
+def _mosaic_backward(q, k, v, q_seg, k_seg, spans, o, lse, do, *, scale, causal, blocks, interpret, segments):
+    """The Hopper backward (Mosaic GPU, GQA summed in the kernel); on CPU its pure-JAX twin."""
+    from bolt_jax.kernels import mosaic_gpu_bwd
+    delta = jnp.einsum("bshd,bshd->bhs", o.astype(jnp.float32), do.astype(jnp.float32))
+    dq_ranges, dkdv_ranges = mosaic_gpu_bwd.backward_ranges(spans, q.shape[1], k.shape[1], causal, blocks)
+    fn = mosaic_gpu_bwd.pure_jax_twin_backward if interpret else mosaic_gpu_bwd.mosaic_backward
+    return fn(q, k, v, q_seg, k_seg, lse, delta, do.astype(q.dtype), dq_ranges, dkdv_ranges, scale=scale,
+              causal=causal, segments=segments, blocks=blocks)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9, 10))
 def _flash(q, k, v, q_seg, k_seg, spans, scale, causal, blocks, interpret, segments):
     return _forward(q, k, v, q_seg, k_seg, spans, scale=scale, causal=causal, blocks=blocks, interpret=interpret,
@@ -249,6 +259,9 @@ def _flash_fwd(q, k, v, q_seg, k_seg, spans, scale, causal, blocks, interpret, s
 
 def _flash_bwd(scale, causal, blocks, interpret, segments, res, do):
     q, k, v, q_seg, k_seg, spans, o, lse = res
+    if blocks.mosaic is not None and blocks.mosaic.backward:
+        return _mosaic_backward(q, k, v, q_seg, k_seg, spans, o, lse, do, scale=scale, causal=causal,
+                                blocks=blocks.mosaic, interpret=interpret, segments=segments) + (None, None, None)
     dq, dk, dv = _backward(q, k, v, q_seg, k_seg, spans, o, lse, do, scale=scale, causal=causal, blocks=blocks,
                            interpret=interpret)
     return dq, dk, dv, None, None, None
@@ -344,7 +357,10 @@ def pallas_gpu_attention(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, *, q_segment_ids_BxS=N
     k_seg = jnp.zeros((b, t), jnp.int32) if kv_segment_ids_BxT is None else kv_segment_ids_BxT.astype(jnp.int32)
     blocks = (blocks or DEFAULT_BLOCKS).clipped(s, t)
     # one padding serves both passes: the largest tile along each axis (all are powers of two)
-    tile_q, tile_k = (blocks.mosaic.tile_q, blocks.mosaic.block_kv) if blocks.mosaic else (1, 1)
+    tile_q, tile_k = (1, 1)
+    if blocks.mosaic:
+        bwd_tile = 2 * blocks.mosaic.bwd_block if blocks.mosaic.backward else 1
+        tile_q, tile_k = max(blocks.mosaic.tile_q, bwd_tile), max(blocks.mosaic.block_kv, bwd_tile)
     s_pad = -s % max(blocks.fwd_q, blocks.bwd_q, blocks.fwd_k if causal else 1, blocks.bwd_k if causal else 1, tile_q,
                      tile_k if causal else 1)
     t_pad = -t % max(blocks.fwd_k, blocks.bwd_k, blocks.fwd_q if causal else 1, blocks.bwd_q if causal else 1, tile_k,
