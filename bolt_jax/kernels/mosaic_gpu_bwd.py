@@ -115,7 +115,7 @@ def mosaic_backward(q, k, v, q_seg, k_seg, lse, delta, do, dq_ranges, dkdv_range
             def _():
                 plgpu.barrier_wait(k_ready.at[0])
 
-            def step(j, dq):
+            def step(j, dq, masked: bool):
                 slot = lax.rem(j, jnp.int32(stages))
                 kv_start = (lo + j) * bb
 
@@ -129,7 +129,7 @@ def mosaic_backward(q, k, v, q_seg, k_seg, lse, delta, do, dq_ranges, dkdv_range
                     plgpu.barrier_wait(kseg_ready.at[slot])
                     k_seg = plgpu.load(kseg_smem.at[slot], layout=col_layout)
                 logits = scores * c - lax.broadcast_in_dim(lse2, (bb, bb), [0])
-                valid = seg_mask((bb, bb), q_seg, k_seg, q_base, kv_start, q_on_rows=True)
+                valid = seg_mask((bb, bb), q_seg, k_seg, q_base, kv_start, q_on_rows=True) if masked else None
                 p = jnp.exp2(logits if valid is None else jnp.where(valid, logits, NEG))
                 plgpu.barrier_wait(v_ready.at[slot])
 
@@ -153,7 +153,11 @@ def mosaic_backward(q, k, v, q_seg, k_seg, lse, delta, do, dq_ranges, dkdv_range
                 plgpu.barrier_arrive(k_free.at[slot])
                 return dq
 
-            dq = lax.fori_loop(0, n_steps, step, dq)
+            unmasked = 0
+            if causal and not segments:  # blocks wholly below the tile's diagonal need no mask
+                unmasked = jnp.clip(2 * tile - lo, 0, n_steps)
+                dq = lax.fori_loop(0, unmasked, lambda j, x: step(j, x, False), dq)
+            dq = lax.fori_loop(unmasked, n_steps, lambda j, x: step(j, x, causal or segments), dq)
             q_smem[...] = (dq * scale).astype(dtype)
             plgpu.commit_smem()
             plgpu.copy_smem_to_gmem(q_smem, dq_ref.at[rows])
@@ -222,7 +226,7 @@ def mosaic_backward(q, k, v, q_seg, k_seg, lse, delta, do, dq_ranges, dkdv_range
             plgpu.barrier_wait(v_ready.at[wg])
             zeros = plgpu.layout_cast(jnp.full((bb, d), 0, jnp.float32), wgmma_layout)
 
-            def step(j, carry):
+            def step(j, carry, masked: bool):
                 dk, dv = carry
                 slot = lax.rem(j, jnp.int32(stages))
                 _, q_block = head_and_block(j)
@@ -240,7 +244,7 @@ def mosaic_backward(q, k, v, q_seg, k_seg, lse, delta, do, dq_ranges, dkdv_range
                     plgpu.barrier_wait(qseg_ready.at[slot])
                     q_seg = plgpu.load(qseg_smem.at[slot], layout=col_layout)
                 logits = scores_t * c - lax.broadcast_in_dim(lse2, (bb, bb), [1])
-                valid = seg_mask((bb, bb), k_seg, q_seg, kv_base, q_block * bb, q_on_rows=False)
+                valid = seg_mask((bb, bb), k_seg, q_seg, kv_base, q_block * bb, q_on_rows=False) if masked else None
                 p_t = jnp.exp2(logits if valid is None else jnp.where(valid, logits, NEG))
                 plgpu.barrier_wait(do_ready.at[slot])
 
@@ -263,7 +267,16 @@ def mosaic_backward(q, k, v, q_seg, k_seg, lse, delta, do, dq_ranges, dkdv_range
                 plgpu.barrier_arrive(q_free.at[slot])
                 return dk, dv
 
-            dk, dv = lax.fori_loop(0, n_steps, step, (zeros, zeros))
+            if causal and not segments:  # per query head: the tile's 2 diagonal blocks masked, the rest not
+                def one_head(g, carry):
+                    base = g * per_head
+                    diagonal = jnp.minimum(per_head, 2)
+                    carry = lax.fori_loop(base, base + diagonal, lambda j, x: step(j, x, True), carry)
+                    return lax.fori_loop(base + diagonal, base + per_head, lambda j, x: step(j, x, False), carry)
+
+                dk, dv = lax.fori_loop(0, group, one_head, (zeros, zeros))
+            else:
+                dk, dv = lax.fori_loop(0, n_steps, lambda j, x: step(j, x, causal or segments), (zeros, zeros))
             k_smem[...] = (dk * scale).astype(dtype)
             v_smem[...] = dv.astype(dtype)
             plgpu.commit_smem()
