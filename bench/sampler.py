@@ -2,6 +2,7 @@
 
     python bench/sampler.py                       # TinyLlama (bf16 weights), batch 256, 512 prompt + 512 new tokens
     python bench/sampler.py --batch 64,256 --new 512
+    python bench/sampler.py --profile /tmp/prof && python bench/trace_summary.py /tmp/prof   # where decode time goes
     python bench/sampler.py --smoke               # tiny shapes on CPU
 
 Each decode step must read every weight once and the KV cache written so far: the bound on steps/s is
@@ -37,6 +38,8 @@ def main() -> None:
     p.add_argument("--prompt", type=int, default=512)
     p.add_argument("--new", type=int, default=512)
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--profile", default="", help="write a profiler trace of one generate call per batch size here "
+                                                  "(read it with bench/trace_summary.py)")
     p.add_argument("--smoke", action="store_true")
     a = p.parse_args()
     from bolt_jax import parallel
@@ -64,6 +67,9 @@ def main() -> None:
         # the same call with one new token: prefill + first sample + host work, to separate decoding from it
         kw1 = dict(kw, max_new_tokens=1)
         t1 = median_seconds(lambda: generate(model, prompts, **kw1), runs=a.runs)
+        if a.profile:
+            with jax.profiler.trace(f"{a.profile}/batch{batch}", create_perfetto_trace=True):
+                generate(model, prompts, **kw)
         new_tokens = int(out.lengths.sum())
         cache_bytes = 2 * cfg.num_hidden_layers * batch * (a.prompt + a.new / 2) * cfg.kv_size * 2
         bw = bandwidth()
