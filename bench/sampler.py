@@ -1,7 +1,7 @@
 """Sampler benchmark: output tokens/s of bolt_jax.sampling.generate, against the memory-bandwidth bound of decoding.
 
     python bench/sampler.py                       # TinyLlama (bf16 weights), batch 256, 512 prompt + 512 new tokens
-    python bench/sampler.py --batch 64,256 --new 512
+    python bench/sampler.py --batch 64,256 --new 512 --decode xla,pallas_gpu
     python bench/sampler.py --profile /tmp/prof && python bench/trace_summary.py /tmp/prof   # where decode time goes
     python bench/sampler.py --smoke               # tiny shapes on CPU
 
@@ -38,6 +38,7 @@ def main() -> None:
     p.add_argument("--prompt", type=int, default=512)
     p.add_argument("--new", type=int, default=512)
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--decode", default="auto", help="comma list of decode attention impls (auto, xla, pallas_gpu)")
     p.add_argument("--profile", default="", help="write a profiler trace of one generate call per batch size here "
                                                   "(read it with bench/trace_summary.py)")
     p.add_argument("--smoke", action="store_true")
@@ -53,7 +54,11 @@ def main() -> None:
     model = create_model(cfg, mesh, seed=0)
     weight_bytes = cfg.num_params() * 2
     rows = []
-    for batch in (int(b) for b in a.batch.split(",")):
+    from bolt_jax import kernels
+    for decode_impl, batch in ((d, int(b)) for d in a.decode.split(",") for b in a.batch.split(",")):
+        if decode_impl != "auto":  # `auto` resolves per backend at trace time: pin it, and retrace
+            kernels.DECODE_AUTO[jax.default_backend()] = decode_impl
+            jax.clear_caches()
         rng = np.random.default_rng(0)
         prompts = [rng.integers(3, cfg.vocab_size, a.prompt).tolist() for _ in range(batch)]
         kw = dict(max_new_tokens=a.new, temperature=1.0, mesh=mesh, batch_bucket=batch)
@@ -75,13 +80,13 @@ def main() -> None:
         bw = bandwidth()
         bound = batch * bw / (weight_bytes + cache_bytes) if bw else float("nan")
         decode = (new_tokens - batch) / max(t - t1, 1e-9)
-        rows.append((batch, t, t1, new_tokens / t, decode, bound))
+        rows.append((decode_impl, batch, t, t1, new_tokens / t, decode, bound))
     print(f"\nsampler: {a.preset} bf16, prompt {a.prompt}, new {a.new}, {header()}, median of {a.runs}")
-    print(f"{'batch':>6} {'seconds':>8} {'prefill s':>9} {'out tok/s':>10} {'decode tok/s':>12} {'bw bound tok/s':>15} "
+    print(f"{'decode attn':>11} {'batch':>6} {'seconds':>8} {'prefill s':>9} {'out tok/s':>10} {'decode tok/s':>12} {'bw bound tok/s':>15} "
           f"{'decode/bound':>12}")
-    for batch, t, t1, tps, decode, bound in rows:
+    for decode_impl, batch, t, t1, tps, decode, bound in rows:
         frac = f"{decode / bound:.1%}" if bound == bound else "-"
-        print(f"{batch:6d} {t:8.2f} {t1:9.2f} {tps:10,.0f} {decode:12,.0f} {bound:15,.0f} {frac:>12}")
+        print(f"{decode_impl:>11} {batch:6d} {t:8.2f} {t1:9.2f} {tps:10,.0f} {decode:12,.0f} {bound:15,.0f} {frac:>12}")
 
 
 if __name__ == "__main__":

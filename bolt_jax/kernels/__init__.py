@@ -106,3 +106,21 @@ def attention(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, *, segment_ids=None, causal: bool
                 _log.warning("cuDNN attention refused these inputs (%s); using pallas_gpu", e)
             chosen = "pallas_gpu"
     return _REGISTRY[chosen](q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, **kwargs)
+
+
+DECODE_IMPLS = ("auto", "xla", "pallas_gpu")
+DECODE_AUTO = {"gpu": "pallas_gpu", "cuda": "pallas_gpu"}
+
+
+def decode_attention(q_Bx1xHxD, k_cache_BxTxKxD, v_cache_BxTxKxD, *, kv_segment_ids_BxT, lengths_B,
+                     sm_scale: float | None = None, impl: str = "auto"):
+    """One new query per row against a KV cache: keys at positions [0, lengths[b]) whose segment id is not 0.
+    `auto`: the Pallas kernel on GPUs (it reads only the written part of the cache), XLA elsewhere."""
+    if impl not in DECODE_IMPLS:
+        raise ValueError(f"unknown decode attention impl {impl!r}; choose one of {DECODE_IMPLS}")
+    from bolt_jax.kernels import decode
+    if impl == "auto":
+        impl = DECODE_AUTO.get(jax.default_backend(), "xla")
+    fn = decode.pallas_decode_attention if impl == "pallas_gpu" else decode.xla_decode_attention
+    return fn(q_Bx1xHxD, k_cache_BxTxKxD, v_cache_BxTxKxD, kv_segment_ids_BxT=kv_segment_ids_BxT,
+              lengths_B=lengths_B, sm_scale=sm_scale)

@@ -61,14 +61,23 @@ def _place(array: np.ndarray, mesh) -> jax.Array:
     return jax.make_array_from_callback(array.shape, sharding, lambda idx: array[idx])
 
 
-def decode_step_layer(cfg, h_Bx1xD, p, cos, sin, k_cache_BxTxKxD, v_cache_BxTxKxD, kv_seg_BxT, write_index):
-    """One layer for one new token: project, write k/v into the cache slot, attend over the cache."""
+CACHE_BLOCK = 128  # the cache is allocated in whole blocks of the decode kernel (unused slots: segment 0)
+
+
+def cache_time(prompt_len: int, max_new_tokens: int) -> int:
+    """Cache positions per row: prompt and new tokens, rounded up to whole decode-kernel blocks."""
+    return -(-(prompt_len + max_new_tokens) // CACHE_BLOCK) * CACHE_BLOCK
+
+
+def decode_step_layer(cfg, h_Bx1xD, p, cos, sin, k_cache_BxTxKxD, v_cache_BxTxKxD, kv_seg_BxT, write_index,
+                      decode_impl: str = "auto"):
+    """One layer for one new token: project, write k/v into the cache slot, attend over the cache written so far."""
     q, k, v = attention_inputs(cfg, h_Bx1xD, p, cos, sin)
     k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache_BxTxKxD, k.astype(k_cache_BxTxKxD.dtype), write_index, 1)
     v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache_BxTxKxD, v.astype(v_cache_BxTxKxD.dtype), write_index, 1)
-    q_seg = jnp.ones(h_Bx1xD.shape[:2], jnp.int32)
-    attn = kernels.attention(q, k_cache, v_cache, segment_ids=(q_seg, kv_seg_BxT), causal=False,
-                             sm_scale=cfg.head_size ** -0.5, impl="xla")
+    lengths = jnp.full(h_Bx1xD.shape[:1], write_index + 1, jnp.int32)
+    attn = kernels.decode_attention(q, k_cache, v_cache, kv_segment_ids_BxT=kv_seg_BxT, lengths_B=lengths,
+                                    sm_scale=cfg.head_size ** -0.5, impl=decode_impl)
     return attention_output_and_mlp(cfg, h_Bx1xD, attn, p), (k_cache, v_cache)
 
 
@@ -79,7 +88,6 @@ def _generate_core(graphdef, params, prompt_BxP, pad_B, prompt_keys_Bx2, *, n: i
     model: Llama = nnx.merge(graphdef, params)
     cfg = model.config
     b, p_len = prompt_BxP.shape
-    t_len = p_len + max_new_tokens
     dtype = cfg.jnp_compute_dtype
     layer_params = model.layers.stacked_params()
 
@@ -107,11 +115,12 @@ def _generate_core(graphdef, params, prompt_BxP, pad_B, prompt_keys_Bx2, *, n: i
     n_layers = cfg.num_hidden_layers
     layers = unstack_layers(layer_params, n_layers)
     cache_axes = ("batch", "cache_time", "act_kv_heads", "act_head_dim")
-    pad_time = ((0, 0), (0, max_new_tokens), (0, 0), (0, 0))
+    cache_pad = cache_time(p_len, max_new_tokens) - p_len
+    pad_time = ((0, 0), (0, cache_pad), (0, 0), (0, 0))
     k_cache = tuple(constrain(jnp.pad(rep(k_LxBxPxKxD[i], 0), pad_time), cache_axes) for i in range(n_layers))
     v_cache = tuple(constrain(jnp.pad(rep(v_LxBxPxKxD[i], 0), pad_time), cache_axes) for i in range(n_layers))
     del k_LxBxPxKxD, v_LxBxPxKxD
-    kv_seg = jnp.pad(rep(seg_BxP, 0), ((0, 0), (0, max_new_tokens)))
+    kv_seg = jnp.pad(rep(seg_BxP, 0), ((0, 0), (0, cache_pad)))
     logits_BxV = rep(logits_BxV, 0)
     first_pos = rep(p_len - pad_B, 0)
     # sample j of prompt i draws from fold_in(key_i, j), then fold_in(., step): nothing depends on batch layout
@@ -196,7 +205,7 @@ def generate(model: Llama, prompts: Sequence[Sequence[int]], *, n: int = 1, max_
     divisor = parallel.batch_divisor(mesh) if mesh is not None else 1
     step = math.lcm(batch_bucket, divisor)
     b = math.ceil(len(prompts) / step) * step
-    check_cache_fits(cfg, rows=b * n, time=p_len + max_new_tokens, mesh=mesh, limit_bytes=max_cache_bytes)
+    check_cache_fits(cfg, rows=b * n, time=cache_time(p_len, max_new_tokens), mesh=mesh, limit_bytes=max_cache_bytes)
     prompt_np = np.zeros((b, p_len), np.int32)
     pad_np = np.full((b,), p_len - 1, np.int32)
     for i in range(b):
