@@ -66,9 +66,8 @@ def rope_cos_sin(positions_BxS, head_dim: int, theta: float):
 
 
 def apply_rope(x_BxSxHxD, cos_BxSxD, sin_BxSxD):
-    """HF's rotate-half RoPE. The rotation (-x2, x1) is a reversal of the two halves and a sign, not a concatenate:
-    XLA fuses it into the multiply-adds, where a concatenate was its own kernel, twice per layer and decode step
-    (0.9 of 5.2 ms per TinyLlama decode step at batch 256 on an H100, bench/sampler.py --profile)."""
+    """HF's rotate-half RoPE. The rotation (-x2, x1) is written as a reversal of the two halves and a sign, which
+    XLA fuses into the multiply-adds (no concatenate)."""
     half = x_BxSxHxD.shape[-1] // 2
     halves = x_BxSxHxD.reshape(*x_BxSxHxD.shape[:-1], 2, half)
     sign = jnp.asarray([-1, 1], x_BxSxHxD.dtype)[:, None]
@@ -96,9 +95,14 @@ def attention_inputs(cfg: LlamaConfig, h_BxSxD, p: dict[str, Any], cos_BxSxD, si
     b, s, _ = h_BxSxD.shape
     hd = cfg.head_size
     x = rms_norm(h_BxSxD, p["input_layernorm"]["weight"], cfg.rms_norm_eps)
-    q = _dense(x, p["self_attn"]["q_proj"]["kernel"], dtype).reshape(b, s, cfg.num_attention_heads, hd)
-    k = _dense(x, p["self_attn"]["k_proj"]["kernel"], dtype).reshape(b, s, cfg.num_key_value_heads, hd)
-    v = _dense(x, p["self_attn"]["v_proj"]["kernel"], dtype).reshape(b, s, cfg.num_key_value_heads, hd)
+    attn_p = p["self_attn"]
+    if "qkv_kernel" in attn_p:  # pre-fused (fuse_projections): one matmul
+        q, k, v = jnp.split(_dense(x, attn_p["qkv_kernel"], dtype), [cfg.q_size, cfg.q_size + cfg.kv_size], axis=-1)
+    else:
+        q, k, v = (_dense(x, attn_p[name]["kernel"], dtype) for name in ("q_proj", "k_proj", "v_proj"))
+    q = q.reshape(b, s, cfg.num_attention_heads, hd)
+    k = k.reshape(b, s, cfg.num_key_value_heads, hd)
+    v = v.reshape(b, s, cfg.num_key_value_heads, hd)
     q = constrain(apply_rope(q, cos_BxSxD, sin_BxSxD), ("batch", "act_seq", "act_heads", "act_head_dim"))
     k = constrain(apply_rope(k, cos_BxSxD, sin_BxSxD), ("batch", "act_seq", "act_kv_heads", "act_head_dim"))
     v = constrain(v, ("batch", "act_seq", "act_kv_heads", "act_head_dim"))
@@ -113,11 +117,27 @@ def attention_output_and_mlp(cfg: LlamaConfig, h_BxSxD, attn_BxSxHxD, p: dict[st
     h_BxSxD = h_BxSxD + _dense(attn.reshape(b, s, cfg.q_size), p["self_attn"]["o_proj"]["kernel"], dtype)
     h_BxSxD = constrain(h_BxSxD, ("batch", "act_seq", "act_embed"))
     x = rms_norm(h_BxSxD, p["post_attention_layernorm"]["weight"], cfg.rms_norm_eps)
-    gate = _dense(x, p["mlp"]["gate_proj"]["kernel"], dtype)
-    up = _dense(x, p["mlp"]["up_proj"]["kernel"], dtype)
+    if "gate_up_kernel" in p["mlp"]:
+        gate, up = jnp.split(_dense(x, p["mlp"]["gate_up_kernel"], dtype), 2, axis=-1)
+    else:
+        gate = _dense(x, p["mlp"]["gate_proj"]["kernel"], dtype)
+        up = _dense(x, p["mlp"]["up_proj"]["kernel"], dtype)
     act = constrain(jax.nn.silu(gate) * up, ("batch", "act_seq", "act_mlp"))
     h_BxSxD = h_BxSxD + _dense(act, p["mlp"]["down_proj"]["kernel"], dtype)
     return constrain(h_BxSxD, ("batch", "act_seq", "act_embed"))
+
+
+def fuse_projections(p: dict[str, Any]) -> dict[str, Any]:
+    """A layer's parameters with q/k/v and gate/up concatenated, for loops that apply the same layer many times.
+
+    XLA merges sibling matmuls that share an input by concatenating their weights; inside the sampler's decode loop
+    that concatenate ran every step, twice per layer (about a sixth of a TinyLlama decode step at batch 256 on an
+    H100, bench/sampler.py --profile). Concatenated once before the loop, each layer has two single matmuls."""
+    attn, mlp = p["self_attn"], p["mlp"]
+    qkv = jnp.concatenate([attn[n]["kernel"] for n in ("q_proj", "k_proj", "v_proj")], axis=-1)
+    gate_up = jnp.concatenate([mlp["gate_proj"]["kernel"], mlp["up_proj"]["kernel"]], axis=-1)
+    return {**p, "self_attn": {"qkv_kernel": qkv, "o_proj": attn["o_proj"]},
+            "mlp": {"gate_up_kernel": gate_up, "down_proj": mlp["down_proj"]}}
 
 
 def decoder_layer(cfg: LlamaConfig, h_BxSxD, p: dict[str, Any], cos_BxSxD, sin_BxSxD, segment_ids_BxS,

@@ -23,8 +23,8 @@ import numpy as np
 from flax import nnx
 
 from bolt_jax import kernels, parallel
-from bolt_jax.model.llama import (Llama, attention_inputs, attention_output_and_mlp, decoder_layer, pure_dict,
-                                  rms_norm, rope_cos_sin, unstack_layers)
+from bolt_jax.model.llama import (Llama, attention_inputs, attention_output_and_mlp, decoder_layer, fuse_projections,
+                                  pure_dict, rms_norm, rope_cos_sin, unstack_layers)
 from bolt_jax.parallel import constrain
 from bolt_jax.sampling.transforms import sample_tokens, transform_logits
 
@@ -113,7 +113,7 @@ def _generate_core(graphdef, params, prompt_BxP, pad_B, prompt_keys_Bx2, *, n: i
     # attention reads it where it lies. Scanning over stacked [L, ...] caches instead copied the whole cache every
     # step (the scan's stacked outputs): on an H100 that reached 7% of the memory-bandwidth bound, this 32%.
     n_layers = cfg.num_hidden_layers
-    layers = unstack_layers(layer_params, n_layers)
+    layers = [fuse_projections(p) for p in unstack_layers(layer_params, n_layers)]
     cache_axes = ("batch", "cache_time", "act_kv_heads", "act_head_dim")
     cache_pad = cache_time(p_len, max_new_tokens) - p_len
     pad_time = ((0, 0), (0, cache_pad), (0, 0), (0, 0))
