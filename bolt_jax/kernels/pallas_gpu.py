@@ -17,9 +17,10 @@ causal bound. At 4 documents per row that skips about three quarters of the caus
 
 Status: checked in Pallas interpret mode on CPU against the XLA reference (tests/test_kernels.py), and compiled
 for real on an H100 (jax 0.11.2, Triton lowering). At TinyLlama's shape with 4 documents per row it matches an fp32
-oracle to 3.2e-3 (cuDNN: 3.4e-3). Forward+backward takes 1.40 ms, against 2.87 ms for cuDNN with the same document
-mask and 1.99 ms for cuDNN plain causal (BENCHMARKS.md, `python bench/attention.py`). Not yet built: a Mosaic-GPU
-(Hopper wgmma/TMA) version, and a GQA backward that sums the group inside the kernel (today dK/dV go through an fp32
+oracle to 3.2e-3 (cuDNN: 3.4e-3); forward+backward 1.24-1.27 ms against 2.71 ms for cuDNN with the same document
+mask (BENCHMARKS.md, `python bench/attention.py`). This is the portable GPU path; on Hopper, `Blocks.mosaic` swaps in
+the Mosaic GPU kernels (`mosaic_gpu.py`, `mosaic_gpu_bwd.py`; impl `mosaic_gpu`), which share this module's padding,
+spans and custom VJP, and whose dK/dV kernel sums the GQA group in registers (here dK/dV still go through an fp32
 [B, T, H, D] buffer).
 """
 

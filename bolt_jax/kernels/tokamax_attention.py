@@ -2,9 +2,10 @@
 GPUs, and XLA elsewhere (`tokamax.dot_product_attention(implementation=None)`).
 
 Packed documents reach it as a dense [B, 1, S, T] mask built from the segment ids: its public API takes no segment
-ids. Optional dependency (`pip install bolt_jax[tokamax]`); `auto` never picks it. Status: checked on CPU (through
-tokamax's XLA path) against our reference, values and gradients; not yet run or benchmarked on a GPU
-(`python bench/attention.py --impls tokamax,pallas_gpu,cudnn` is the command for the next lent GPU).
+ids. Optional dependency (`pip install bolt_jax[tokamax]`); `auto` never picks it: on an H100 (tokamax 0.0.17,
+BENCHMARKS.md) it took 2.24 ms fwd+bwd with 4 documents per row (dense mask) against 0.90 ms for `mosaic_gpu`, and
+1.81 ms plain causal against 1.75-1.79 ms for cuDNN. Checked on CPU (through tokamax's XLA path) against our
+reference, values and gradients, and on the H100 against an fp32 oracle (relative error 3.2e-3).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ carry segment id 0 and are never attended to. The n samples of a prompt share it
 once per prompt and repeated n times along the batch. Each layer's cache `[batch, time, kv_heads, head_dim]` is
 sharded over the batch like the training activations. Each row draws from its own key (seed, row, step), so results
 do not depend on how the batch is sharded. log q of every token is that of the distribution actually sampled from
-(bolt_jax.sampling.transforms).
+(bolt_jax.sampling.transforms). Each step attends with `kernels.decode_attention` (on GPUs a Pallas kernel that reads
+only the cache written so far), and the layers' q/k/v and gate/up weights are concatenated once before the loop.
 """
 
 from __future__ import annotations
