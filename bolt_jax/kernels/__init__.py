@@ -9,6 +9,7 @@ grouped-query attention without repeating K/V). `segment_ids` is [B, S] for self
 from __future__ import annotations
 
 import logging
+import math
 from typing import Callable
 
 import jax
@@ -50,6 +51,43 @@ HOPPER_WITH_DOCUMENTS = "mosaic_gpu"  # wgmma is sm_90a only: not Ampere, not Bl
 def gpu_arch() -> str | None:
     """The first device's compute capability ("9.0" on an H100 / H200), None off NVIDIA GPUs."""
     return getattr(jax.devices()[0], "compute_capability", None)
+
+
+# Kernels that are custom calls: XLA cannot partition them, and on a mesh it would gather their inputs onto every
+# device. They run per shard instead (batch over the batch axes, heads over `tensor` when the KV heads divide).
+PER_SHARD = {"pallas_gpu", "mosaic_gpu", "pallas_tpu", "tokamax"}
+
+
+def _mesh():
+    mesh = jax.sharding.get_abstract_mesh()
+    return None if mesh is None or mesh.empty or math.prod(mesh.shape.values()) == 1 else mesh
+
+
+def _row_and_head_specs(mesh, b: int, kv_heads: int):
+    from bolt_jax.parallel import logical_to_spec
+    batch = logical_to_spec(("batch",), mesh=mesh, shape=(b,))[0]
+    heads = logical_to_spec(("act_kv_heads",), mesh=mesh, shape=(kv_heads,))[0]
+    return batch, heads
+
+
+def per_shard(fn: Callable, q, k, v, *, q_segment_ids_BxS=None, kv_segment_ids_BxT=None, **kwargs):
+    """Runs an attention kernel on each device's rows and heads under the active mesh (a plain call without one).
+    One segment-id array for both sides stays one array inside, so the kernel still sees self-attention."""
+    mesh = _mesh()
+    if mesh is None:
+        return fn(q, k, v, q_segment_ids_BxS=q_segment_ids_BxS, kv_segment_ids_BxT=kv_segment_ids_BxT, **kwargs)
+    from jax.sharding import PartitionSpec as P
+    batch, heads = _row_and_head_specs(mesh, q.shape[0], k.shape[2])
+    qkv_spec, seg_spec = P(batch, None, heads, None), P(batch, None)
+    same = q_segment_ids_BxS is kv_segment_ids_BxT
+    segs = [x for x in ((q_segment_ids_BxS,) if same else (q_segment_ids_BxS, kv_segment_ids_BxT)) if x is not None]
+
+    def local(q, k, v, *segs):
+        q_seg, kv_seg = (segs[0], segs[0]) if same and segs else (segs or (None, None))
+        return fn(q, k, v, q_segment_ids_BxS=q_seg, kv_segment_ids_BxT=kv_seg, **kwargs)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(qkv_spec,) * 3 + (seg_spec,) * len(segs), out_specs=qkv_spec,
+                         check_vma=False)(q, k, v, *segs)
 
 
 def register(name: str, fn: Callable) -> None:
@@ -106,6 +144,9 @@ def attention(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, *, segment_ids=None, causal: bool
                 _announced.add(("cudnn-fallback", str(type(e))))
                 _log.warning("cuDNN attention refused these inputs (%s); using pallas_gpu", e)
             chosen = "pallas_gpu"
+    if chosen in PER_SHARD and q_positions_BxS is None and kv_positions_BxT is None:
+        kwargs = {k: x for k, x in kwargs.items() if k not in ("q_positions_BxS", "kv_positions_BxT")}
+        return per_shard(_REGISTRY[chosen], q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, **kwargs)
     return _REGISTRY[chosen](q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, **kwargs)
 
 
@@ -122,6 +163,19 @@ def decode_attention(q_Bx1xHxD, k_cache_BxTxKxD, v_cache_BxTxKxD, *, kv_segment_
     from bolt_jax.kernels import decode
     if impl == "auto":
         impl = DECODE_AUTO.get(jax.default_backend(), "xla")
-    fn = decode.pallas_decode_attention if impl == "pallas_gpu" else decode.xla_decode_attention
-    return fn(q_Bx1xHxD, k_cache_BxTxKxD, v_cache_BxTxKxD, kv_segment_ids_BxT=kv_segment_ids_BxT,
-              lengths_B=lengths_B, sm_scale=sm_scale)
+    if impl == "xla":
+        return decode.xla_decode_attention(q_Bx1xHxD, k_cache_BxTxKxD, v_cache_BxTxKxD,
+                                           kv_segment_ids_BxT=kv_segment_ids_BxT, lengths_B=lengths_B, sm_scale=sm_scale)
+
+    def kernel(q, k, v, seg, lengths):
+        return decode.pallas_decode_attention(q, k, v, kv_segment_ids_BxT=seg, lengths_B=lengths, sm_scale=sm_scale)
+
+    mesh = _mesh()
+    if mesh is None:
+        return kernel(q_Bx1xHxD, k_cache_BxTxKxD, v_cache_BxTxKxD, kv_segment_ids_BxT, lengths_B)
+    from jax.sharding import PartitionSpec as P
+    batch, heads = _row_and_head_specs(mesh, q_Bx1xHxD.shape[0], k_cache_BxTxKxD.shape[2])
+    qkv_spec = P(batch, None, heads, None)
+    return jax.shard_map(kernel, mesh=mesh, in_specs=(qkv_spec,) * 3 + (P(batch, None), P(batch)),
+                         out_specs=qkv_spec, check_vma=False)(q_Bx1xHxD, k_cache_BxTxKxD, v_cache_BxTxKxD,
+                                                              kv_segment_ids_BxT, lengths_B)
