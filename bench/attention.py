@@ -60,7 +60,10 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--inner", type=int, default=10, help="calls per timed sample")
     p.add_argument("--sweep", action="store_true", help="Pallas GPU tiles x warps x stages")
-    p.add_argument("--mosaic_sweep", action="store_true", help="Mosaic GPU forward: block_kv x stages x ping-pong")
+    p.add_argument("--mosaic_sweep", action="store_true", help="Mosaic GPU kernels: tiles, stages, ping-pong")
+    p.add_argument("--mosaic_variants", default="",
+                   help="instead of the sweep's list: MosaicBlocks fields per variant, e.g. 'block_q=128;block_kv=64'")
+    p.add_argument("--mosaic_rows", default="mosaic_gpu,mosaic_gpu_causal", help="rows the Mosaic variants run on")
     p.add_argument("--smoke", action="store_true")
     a = p.parse_args()
     from bolt_jax.kernels.mosaic_gpu import MosaicBlocks
@@ -102,11 +105,14 @@ def main() -> None:
         variants += [dict(bwd_q=bq, bwd_k=bk) for bq, bk in ((64, 64), (128, 32), (64, 128))]
         variants += [dict(num_warps=nw, num_stages=ns) for nw, ns in ((4, 2), (4, 4), (8, 3))]
         candidates += [("pallas_gpu", dataclasses.replace(d, **kw)) for kw in variants]
-    if a.mosaic_sweep:
-        candidates += [(impl, Blocks(mosaic=MosaicBlocks(**kw)))
-                       for impl in ("mosaic_gpu", "mosaic_gpu_causal")
-                       for kw in (dict(backward=False), dict(schedule_barrier=True), dict(block_kv=64),
-                                  dict(stages=3), dict(bwd_stages=3), dict(bwd_stages=4))]
+    if a.mosaic_sweep or a.mosaic_variants:
+        variants = [dict(backward=False), dict(schedule_barrier=True), dict(block_kv=64), dict(stages=3),
+                    dict(bwd_stages=3), dict(bwd_stages=4)]
+        if a.mosaic_variants:
+            variants = [{k: int(x) for k, x in (kv.split("=") for kv in v.split(","))}
+                        for v in a.mosaic_variants.split(";")]
+        candidates += [(impl, Blocks(mosaic=MosaicBlocks(**kw))) for impl in a.mosaic_rows.split(",")
+                       for kw in variants]
     rows = []
     for impl, blocks in candidates:
         name = impl if blocks is None else (f"pg f{blocks.fwd_q}x{blocks.fwd_k} b{blocks.bwd_q}x{blocks.bwd_k} "
