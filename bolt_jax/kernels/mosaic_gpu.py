@@ -216,20 +216,9 @@ def mosaic_forward(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, q_seg_BxS, kv_seg_BxT, range
 
         @pl.when(wg == 2)
         def _memory():
-            plgpu.set_max_registers(40, action="decrease")
-            kv_head = lax.div(head, jnp.int32(group))
-
-            def fetch_k(j, slot):
-                rows = pl.ds((lo + j) * block_kv, block_kv)
-                plgpu.copy_gmem_to_smem(k_ref.at[batch, rows, kv_head], k_smem.at[slot], k_ready.at[slot])
-                if segments:
-                    plgpu.copy_gmem_to_smem(kseg_ref.at[batch, rows], kseg_smem.at[slot], kseg_ready.at[slot])
-
-            def fetch_v(j, slot):
-                rows = pl.ds((lo + j) * block_kv, block_kv)
-                plgpu.copy_gmem_to_smem(v_ref.at[batch, rows, kv_head], v_smem.at[slot], v_ready.at[slot])
-
-            ring_producer(n_steps, stages, [(k_free, fetch_k), (v_free, fetch_v)])
+            stream_kv((k_ref, v_ref, kseg_ref), (k_smem, v_smem, kseg_smem), (k_ready, v_ready, kseg_ready),
+                      (k_free, v_free), batch=batch, head=head, group=group, first_block=lo,
+                      block=block_kv, n_steps=n_steps, stages=stages, segments=segments)
 
     def entry(q_ref, k_ref, v_ref, qseg_ref, kseg_ref, range_ref, o_ref, lse_ref):
         swizzled = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
@@ -275,6 +264,32 @@ def ring_producer(n_steps, stages: int, streams) -> None:
         for free, fetch in streams:
             plgpu.barrier_wait(free.at[slot])
             fetch(j + stages, slot)
+
+
+def stream_kv(gmem, smem, ready, free, *, batch, head, group: int, first_block, block: int, n_steps, stages: int,
+              segments: bool) -> None:
+    """The memory warpgroup of the kernels that walk KV blocks (the forward, dQ): K (with its segment ids) and V of
+    blocks first_block, first_block + 1, ... of the query head's KV head into the SMEM ring, each slot refilled once
+    both compute warpgroups released it."""
+    import jax.experimental.pallas as pl
+    import jax.experimental.pallas.mosaic_gpu as plgpu
+
+    (k_ref, v_ref, kseg_ref), (k_smem, v_smem, kseg_smem) = gmem, smem
+    (k_ready, v_ready, kseg_ready), (k_free, v_free) = ready, free
+    plgpu.set_max_registers(40, action="decrease")
+    kv_head = lax.div(head, jnp.int32(group))  # GQA: the query head's KV head
+
+    def fetch_k(j, slot):
+        rows = pl.ds((first_block + j) * block, block)
+        plgpu.copy_gmem_to_smem(k_ref.at[batch, rows, kv_head], k_smem.at[slot], k_ready.at[slot])
+        if segments:
+            plgpu.copy_gmem_to_smem(kseg_ref.at[batch, rows], kseg_smem.at[slot], kseg_ready.at[slot])
+
+    def fetch_v(j, slot):
+        rows = pl.ds((first_block + j) * block, block)
+        plgpu.copy_gmem_to_smem(v_ref.at[batch, rows, kv_head], v_smem.at[slot], v_ready.at[slot])
+
+    ring_producer(n_steps, stages, [(k_free, fetch_k), (v_free, fetch_v)])
 
 
 def pure_jax_twin(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, q_seg_BxS, kv_seg_BxT, ranges_BxNx2, *, scale: float,

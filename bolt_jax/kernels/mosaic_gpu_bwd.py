@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from bolt_jax.kernels.mosaic_gpu import LOG2E, NEG, MosaicBlocks, kv_block_ranges, ring_producer
+from bolt_jax.kernels.mosaic_gpu import LOG2E, NEG, MosaicBlocks, kv_block_ranges, ring_producer, stream_kv
 
 
 def q_block_ranges(kv_lo_BxT, kv_hi_BxT, *, tile_kv: int, block_q: int, n_q_blocks: int, causal: bool):
@@ -165,20 +165,9 @@ def mosaic_backward(q, k, v, q_seg, k_seg, lse, delta, do, dq_ranges, dkdv_range
 
         @pl.when(wg == 2)
         def _memory():
-            plgpu.set_max_registers(40, action="decrease")
-            kv_head = lax.div(head, jnp.int32(group))
-
-            def fetch_k(j, slot):
-                rows = pl.ds((lo + j) * bb, bb)
-                plgpu.copy_gmem_to_smem(k_ref.at[batch, rows, kv_head], k_smem.at[slot], k_ready.at[slot])
-                if segments:
-                    plgpu.copy_gmem_to_smem(kseg_ref.at[batch, rows], kseg_smem.at[slot], kseg_ready.at[slot])
-
-            def fetch_v(j, slot):
-                plgpu.copy_gmem_to_smem(v_ref.at[batch, pl.ds((lo + j) * bb, bb), kv_head], v_smem.at[slot],
-                                        v_ready.at[slot])
-
-            ring_producer(n_steps, stages, [(k_free, fetch_k), (v_free, fetch_v)])
+            stream_kv((k_ref, v_ref, kseg_ref), (k_smem, v_smem, kseg_smem), (k_ready, v_ready, kseg_ready),
+                      (k_free, v_free), batch=batch, head=head, group=group, first_block=lo,
+                      block=bb, n_steps=n_steps, stages=stages, segments=segments)
 
     def dq_entry(*refs):
         seg = segments or None
