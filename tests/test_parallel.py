@@ -8,7 +8,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from bolt_jax import parallel
-from bolt_jax.model import Llama, create_model, preset
+from bolt_jax.model import create_model, preset
 
 
 def test_eight_simulated_devices():
