@@ -120,3 +120,12 @@ def test_kernel_lowers_to_mosaic_gpu(causal, segments):
     text = exported.mlir_module()
     assert "mosaic_gpu" in text
     assert exported.out_avals[1].shape == (b, h, s)
+
+
+def test_cuda_versions_that_miscompile_causal_mosaic_are_refused(monkeypatch):
+    from bolt_jax.kernels import pallas_gpu
+    monkeypatch.setattr(pallas_gpu, "ptxas_miscompiles_causal", lambda: True)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    q, k, v, seg = inputs(s=128, d=64)
+    with pytest.raises(ValueError, match="12.9.1 or newer"):
+        mosaic_gpu_attention(q, k, v, q_segment_ids_BxS=seg, kv_segment_ids_BxT=seg, causal=True)

@@ -90,6 +90,11 @@ def per_shard(fn: Callable, q, k, v, *, q_segment_ids_BxS=None, kv_segment_ids_B
                          check_vma=False)(q, k, v, *segs)
 
 
+def _mosaic_causal_broken() -> bool:
+    from bolt_jax.kernels.mosaic_gpu import ptxas_miscompiles_causal
+    return ptxas_miscompiles_causal()
+
+
 def register(name: str, fn: Callable) -> None:
     """Lets a kernel module plug itself into the dispatch."""
     if name not in IMPLS:
@@ -134,8 +139,9 @@ def attention(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, *, segment_ids=None, causal: bool
         chosen = "xla"  # KV-cache decode: causality by positions, which only the reference handles
     kwargs = dict(q_segment_ids_BxS=q_seg, kv_segment_ids_BxT=kv_seg, causal=causal, sm_scale=sm_scale,
                   q_positions_BxS=q_positions_BxS, kv_positions_BxT=kv_positions_BxT)
-    if impl == "auto" and chosen == "mosaic_gpu" and (q_BxSxHxD.dtype not in (jnp.bfloat16, jnp.float16) or d % 64):
-        chosen = "pallas_gpu"  # wgmma takes bf16 / fp16 operands and 64-wide head tiles
+    if impl == "auto" and chosen == "mosaic_gpu" and (q_BxSxHxD.dtype not in (jnp.bfloat16, jnp.float16) or d % 64
+                                                      or (causal and _mosaic_causal_broken())):
+        chosen = "pallas_gpu"  # wgmma takes bf16 / fp16 operands and 64-wide head tiles; some ptxas versions fail
     if impl == "auto" and chosen == "cudnn":
         try:
             return _REGISTRY["cudnn"](q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, **kwargs)

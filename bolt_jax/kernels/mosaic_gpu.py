@@ -61,6 +61,18 @@ class MosaicBlocks:
         return 2 * self.block_q
 
 
+def ptxas_miscompiles_causal() -> bool:
+    """CUDA runtimes 12.8.0 to 12.9.0 miscompile Mosaic GPU's causal attention (ptxas; jax's own FA3 example
+    refuses them). Checked so that `auto` avoids them and an explicit `mosaic_gpu` fails loudly, never silently."""
+    try:
+        from jax._src.lib import cuda_versions
+    except ImportError:
+        return False
+    if cuda_versions is None:
+        return False
+    return 12080 <= cuda_versions.cuda_runtime_get_version() < 12091
+
+
 def kv_block_ranges(q_lo_BxS, q_hi_BxS, *, tile_q: int, block_kv: int, n_kv_blocks: int, causal: bool):
     """Per query tile of `tile_q` rows, the KV blocks [lo, hi) it must visit: where its rows' segment ids occur
     (q_lo / q_hi: each row's occurrence range), cut at the causal diagonal. [B, S / tile_q, 2] int32."""

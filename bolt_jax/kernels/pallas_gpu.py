@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from bolt_jax.kernels.mosaic_gpu import MosaicBlocks
+from bolt_jax.kernels.mosaic_gpu import MosaicBlocks, ptxas_miscompiles_causal
 
 NEG = -1e30
 
@@ -386,6 +386,10 @@ def mosaic_gpu_attention(*args, blocks: Blocks | None = None, **kwargs):
     blocks = blocks or DEFAULT_BLOCKS
     if blocks.mosaic is None:
         blocks = dataclasses.replace(blocks, mosaic=MosaicBlocks())
+    interpret = kwargs.get("interpret")
+    if kwargs.get("causal", True) and not interpret and jax.default_backend() == "gpu" and ptxas_miscompiles_causal():
+        raise ValueError("mosaic_gpu: causal attention is miscompiled by ptxas in CUDA 12.8.0-12.9.0; upgrade CUDA "
+                         "(12.9.1 or newer) or use impl='pallas_gpu' or 'cudnn'")
     return pallas_gpu_attention(*args, blocks=blocks, **kwargs)
 
 
