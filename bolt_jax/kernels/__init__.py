@@ -37,11 +37,11 @@ _REGISTRY: dict[str, Callable] = {
     "pallas_tpu": _lazy("bolt_jax.kernels.pallas_tpu", "pallas_tpu_attention"),
     "tokamax": _lazy("bolt_jax.kernels.tokamax_attention", "tokamax_attention"),
 }
-# What `auto` picks per backend and input, measured on an H100 at TinyLlama's shape (BENCHMARKS.md). Without
-# segment ids (plain causal: the original's concat packing) cuDNN is fastest (1.97 ms fwd+bwd; tokamax 1.99, our
-# Mosaic forward 2.88 with the Pallas backward). With packed documents our kernels skip the other documents' blocks
-# where cuDNN (2.98 ms) and tokamax (2.48 ms) apply a dense mask: on Hopper the Mosaic GPU forward (1.32 ms with the
-# Pallas backward), on other GPUs the Triton-lowered Pallas kernel (1.40 ms on the H100).
+# What `auto` picks per backend and input, measured on an H100 at TinyLlama's shape (BENCHMARKS.md, fwd+bwd per
+# layer call). With packed documents our kernels skip the other documents' blocks where cuDNN (2.71 ms) and tokamax
+# (2.24 ms) apply a dense mask: on Hopper the Mosaic GPU kernels (0.90 ms), on other GPUs the Triton-lowered Pallas
+# kernel (1.24 ms on the H100). Without segment ids (plain causal: the original's concat packing) cuDNN stays: Mosaic
+# is faster on fwd+bwd (1.59 vs 1.75 ms) but slower on the forward (0.47 vs 0.39 ms), and the train step is a tie.
 # TPU: the splash kernel, which has not been run on a TPU yet.
 AUTO = {"cpu": "xla", "gpu": "cudnn", "cuda": "cudnn", "rocm": "pallas_gpu", "tpu": "pallas_tpu"}
 AUTO_WITH_DOCUMENTS = {"gpu": "pallas_gpu", "cuda": "pallas_gpu"}
