@@ -92,34 +92,28 @@ def test_backward_twin_sums_a_group_of_eight_over_many_documents():
     _check(fn, q, k, v, seg, True, 3e-6, 3e-5)
 
 
+def _abstract(b=2, s=512, h=8, kvh=2, d=64):
+    """Shapes only: q, k (= v), segment ids, [B, H, S] rows (lse, delta) and a range table, for lowering."""
+    return (jax.ShapeDtypeStruct((b, s, h, d), jnp.bfloat16), jax.ShapeDtypeStruct((b, s, kvh, d), jnp.bfloat16),
+            jax.ShapeDtypeStruct((b, s), jnp.int32), jax.ShapeDtypeStruct((b, h, s), jnp.float32),
+            jax.ShapeDtypeStruct((b, s // 128, 2), jnp.int32))
+
+
 @pytest.mark.parametrize("causal,segments", [(True, True), (True, False), (False, False)])
-def test_backward_kernels_lower_to_mosaic_gpu(causal, segments):
+def test_kernels_lower_to_mosaic_gpu(causal, segments):
+    """The real kernels, traced and lowered for the cuda platform on this CPU machine: the forward, then the dQ and
+    dK/dV kernels of the backward."""
     from bolt_jax.kernels.mosaic_gpu_bwd import mosaic_backward
-    b, s, h, kvh, d = 2, 512, 8, 2, 64
-    q = jax.ShapeDtypeStruct((b, s, h, d), jnp.bfloat16)
-    k = jax.ShapeDtypeStruct((b, s, kvh, d), jnp.bfloat16)
-    seg = jax.ShapeDtypeStruct((b, s), jnp.int32)
-    rows = jax.ShapeDtypeStruct((b, h, s), jnp.float32)
-    ranges = jax.ShapeDtypeStruct((b, s // 128, 2), jnp.int32)
-    fn = jax.jit(lambda *a: mosaic_backward(*a, scale=0.125, causal=causal, segments=segments))
-    exported = jax.export.export(fn, platforms=["cuda"])(q, k, k, seg, seg, rows, rows, q, ranges, ranges)
-    assert exported.mlir_module().count("mosaic_gpu") >= 2  # the dQ and the dK/dV kernels
-    assert [a.shape for a in exported.out_avals] == [(b, s, h, d), (b, s, kvh, d), (b, s, kvh, d)]
-
-
-@pytest.mark.parametrize("causal,segments", [(True, True), (True, False), (False, False)])
-def test_kernel_lowers_to_mosaic_gpu(causal, segments):
-    """The real kernel, traced and lowered for the cuda platform on this CPU machine."""
-    b, s, h, kvh, d = 2, 512, 8, 2, 64
-    q = jax.ShapeDtypeStruct((b, s, h, d), jnp.bfloat16)
-    k = jax.ShapeDtypeStruct((b, s, kvh, d), jnp.bfloat16)
-    seg = jax.ShapeDtypeStruct((b, s), jnp.int32)
-    ranges = jax.ShapeDtypeStruct((b, s // 128, 2), jnp.int32)
-    fn = jax.jit(lambda *a: mosaic_forward(*a, scale=0.125, causal=causal, segments=segments))
-    exported = jax.export.export(fn, platforms=["cuda"])(q, k, k, seg, seg, ranges)
-    text = exported.mlir_module()
-    assert "mosaic_gpu" in text
-    assert exported.out_avals[1].shape == (b, h, s)
+    q, k, seg, rows, ranges = _abstract()
+    kw = dict(scale=0.125, causal=causal, segments=segments)
+    fwd = jax.export.export(jax.jit(lambda *a: mosaic_forward(*a, **kw)), platforms=["cuda"])(
+        q, k, k, seg, seg, ranges)
+    assert "mosaic_gpu" in fwd.mlir_module()
+    assert [a.shape for a in fwd.out_avals] == [q.shape, rows.shape]  # out, and the lse the backward reads
+    bwd = jax.export.export(jax.jit(lambda *a: mosaic_backward(*a, **kw)), platforms=["cuda"])(
+        q, k, k, seg, seg, rows, rows, q, ranges, ranges)
+    assert bwd.mlir_module().count("mosaic_gpu") >= 2  # the dQ and the dK/dV kernels
+    assert [a.shape for a in bwd.out_avals] == [q.shape, k.shape, k.shape]
 
 
 def test_cuda_versions_that_miscompile_causal_mosaic_are_refused(monkeypatch):

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from bolt_jax.kernels import mosaic_gpu, mosaic_gpu_bwd
 from bolt_jax.kernels.mosaic_gpu import MosaicBlocks, ptxas_miscompiles_causal
 
 NEG = -1e30
@@ -229,7 +230,6 @@ def _backward(q, k, v, q_seg, k_seg, spans, o, lse, do, *, scale, causal, blocks
 
 def _mosaic_forward(q, k, v, q_seg, k_seg, spans, *, scale, causal, blocks, interpret, segments):
     """The Hopper forward (Mosaic GPU); on CPU its pure-JAX twin, the same algorithm tile for tile."""
-    from bolt_jax.kernels import mosaic_gpu
     ranges = mosaic_gpu.kv_block_ranges(spans.q_lo, spans.q_hi, tile_q=blocks.tile_q, block_kv=blocks.block_kv,
                                         n_kv_blocks=k.shape[1] // blocks.block_kv, causal=causal)
     fn = mosaic_gpu.pure_jax_twin if interpret else mosaic_gpu.mosaic_forward
@@ -238,7 +238,6 @@ def _mosaic_forward(q, k, v, q_seg, k_seg, spans, *, scale, causal, blocks, inte
 
 def _mosaic_backward(q, k, v, q_seg, k_seg, spans, o, lse, do, *, scale, causal, blocks, interpret, segments):
     """The Hopper backward (Mosaic GPU, GQA summed in the kernel); on CPU its pure-JAX twin."""
-    from bolt_jax.kernels import mosaic_gpu_bwd
     delta = jnp.einsum("bshd,bshd->bhs", o.astype(jnp.float32), do.astype(jnp.float32))
     dq_ranges, dkdv_ranges = mosaic_gpu_bwd.backward_ranges(spans, q.shape[1], k.shape[1], causal, blocks)
     fn = mosaic_gpu_bwd.pure_jax_twin_backward if interpret else mosaic_gpu_bwd.mosaic_backward
