@@ -14,6 +14,7 @@ stages and resumes the unfinished one where it stopped (trainer checkpoints, E-s
 from __future__ import annotations
 
 import copy
+import glob
 import json
 import logging
 import math
@@ -47,7 +48,13 @@ def default_bootstrap_config() -> ml_collections.ConfigDict:
         "elbo_docs": 16,
         "toy": False,  # the corpus is bolt_jax.data.toy: also report how often the chosen thought is correct
         "toy_eval_problems": 40,  # toy: greedy few-shot accuracy of every model on this many held-out problems
+        # a finished bootstrap run whose base and warmstart stages (and their evaluations) this run reuses instead
+        # of training them again (the K sweep: one warmstart, EM with several K); "" = none
+        "shared_stages_from": "",
     })
+
+
+SHARED_STAGES = ("base", "warmstart", "fewshot_base", "fewshot_warmstart", "elbo_warmstart", "nll_base")
 
 
 # ------------------------------------------------------------------------------------------------ manifest
@@ -65,6 +72,18 @@ class Manifest:
 
     def outputs(self, name: str) -> dict[str, Any]:
         return self.stages[name]["outputs"]
+
+
+def reuse_shared_stages(manifest: Manifest, source_dir: str) -> None:
+    """Copy the finished base and warmstart stages of another run into this manifest (they are then skipped)."""
+    source = Manifest(os.path.abspath(source_dir))
+    missing = [n for n in ("base", "warmstart") if not source.done(n)]
+    if missing:
+        raise ValueError(f"bootstrap.shared_stages_from={source_dir}: stages {missing} are not finished there")
+    for name in SHARED_STAGES:
+        if source.done(name) and not manifest.done(name):
+            manifest.stages[name] = dict(source.stages[name], shared_from=os.path.abspath(source_dir))
+    atomic_write_text(manifest.path, json.dumps(manifest.stages, indent=2, default=str))
 
 
 def run_stage(manifest: Manifest, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -121,73 +140,55 @@ def estep_stage(config, iteration: int, model_dir: str) -> dict[str, Any]:
                            f"other slices, then rerun this command to merge")
     out = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
     if config.bootstrap.toy:
-        out["thought_correct"] = toy_thought_accuracy(result["store"], config.bootstrap.bootstrap_path)
+        out["thought_correct"] = toy_estep_correctness(config, result["store"])
     return out
 
 
-def toy_thought_accuracy(store_dir: str, corpus_path: str) -> dict[str, float]:
-    """Share of chunks whose chosen thought computes the chunk's answer (toy corpus: thoughts are checkable),
-    and the same for a uniformly chosen sample, to show what importance resampling adds."""
-    import glob
-
-    from bolt_jax.data import toy
-    chosen = uniform = total = 0
-    for path in glob.glob(os.path.join(store_dir, "shards", "*", "*.jsonl")):
-        for line in open(path):
-            row = json.loads(line)
-            answer = toy.extract_answer(row["suffix"])
-            if answer is None:
-                continue
-            total += 1
-            ok = [toy.solve_steps(z) == answer for z in row["latents"]]
-            chosen += ok[row["chosen"]]
-            uniform += sum(ok) / len(ok)
-    return {"chosen": chosen / total if total else math.nan, "any_sample": uniform / total if total else math.nan,
-            "chunks": total}
+def toy_estep_correctness(config, store_dir: str) -> dict[str, float]:
+    """Toy corpus: how often the E-step's samples and its chosen thought are the true chain of steps, and the ESS."""
+    from bolt_jax.data.readers import open_corpus
+    from bolt_jax.estep.run import chunking_config, document_chunks
+    from bolt_jax.eval.toy import estep_correctness
+    rows = []
+    for path in sorted(glob.glob(os.path.join(store_dir, "shards", "*", "*.jsonl"))):
+        rows += [json.loads(line) for line in open(path) if line.strip()]
+    records = open_corpus(config.bootstrap.bootstrap_path)
+    chunks = document_chunks(records, range(len(records)), chunking_config(config.estep))
+    return estep_correctness(rows, chunks)
 
 
 def elbo_stage(config, name: str, model_dir: str) -> dict[str, float]:
     """Validation ELBO_n per token of one model (bolt_jax.eval.validation.validation_elbo)."""
     from bolt_jax.eval.validation import validation_elbo
-    return validation_elbo(config, model_dir, config.data.validation_path, k=config.bootstrap.elbo_samples,
-                           docs=config.bootstrap.elbo_docs, name=f"elbo_{name}",
-                           store_dir=os.path.join(config.run_dir, "elbo_store"))
+    out = validation_elbo(config, model_dir, config.data.validation_path, k=config.bootstrap.elbo_samples,
+                          docs=config.bootstrap.elbo_docs, name=f"elbo_{name}",
+                          store_dir=os.path.join(config.run_dir, "elbo_store"))
+    out["neg_elbo_per_token"] = -out[f"elbo_{config.bootstrap.elbo_samples}_per_token"]
+    return out
 
 
-def toy_fewshot_stage(config, model_dir: str, variant: str) -> dict[str, float]:
-    """Greedy few-shot accuracy on held-out toy problems (latent variant for models trained with thoughts), graded
-    by the GSM8K code path; exemplars are the first warmstart problems with their thoughts."""
+def toy_fewshot_stage(config, model_dir: str, latent: bool) -> dict[str, Any]:
+    """Greedy few-shot accuracy on held-out toy problems (bolt_jax.eval.toy.heldout_accuracy); the exemplars are
+    the first problems of the warmstart set, in the training format (latent prompt for models trained with
+    thoughts)."""
     from bolt_jax import checkpoint as model_ckpt
     from bolt_jax import parallel
-    from bolt_jax.data import toy
     from bolt_jax.data.readers import open_corpus
     from bolt_jax.data.tokenizer import load_tokenizer
-    from bolt_jax.eval.fewshot import Example, evaluate_fewshot, sampler_generate_fn
-
-    def problems(records, with_thoughts: bool):
-        for r in records:
-            chunks = r.get("chunks") or [{"suffix": t, "latent": None} for t in r["text"].split("\n\n")]
-            for c in chunks:
-                text = c["suffix"].strip()
-                if " The answer is" in text:
-                    yield text[: text.rindex(" The answer is")], str(toy.extract_answer(text)), c.get("latent")
+    from bolt_jax.eval import toy as toy_eval
 
     val = open_corpus(config.data.validation_path)
-    examples = [Example(str(i), q, a) for i, (q, a, _) in
-                enumerate(problems((val[j] for j in range(len(val))), False))][: config.bootstrap.toy_eval_problems]
+    problems = toy_eval.heldout_problems([val[j] for j in range(len(val))], config.bootstrap.toy_eval_problems)
     warm = open_corpus(config.bootstrap.warmstart_path)
-    shots = [{"question": q, "reasoning": z, "answer": a}
-             for q, a, z in problems((warm[j] for j in range(min(3, len(warm)))), True)][:3]
+    shots = toy_eval.toy_document(warm[0]).problems[:2]
     mesh = parallel.make_mesh(dict(config.mesh))
     model, _, tok_dir = model_ckpt.load_model(model_dir, mesh, compute_dtype=config.model.compute_dtype)
     tok = load_tokenizer(tok_dir or config.data.tokenizer_path)
-    out = evaluate_fewshot(examples, variant, sampler_generate_fn(model, tok, mesh), tokenizer=tok, exemplars=shots,
-                           max_new_tokens=48, max_prompt_tokens=config.data.seq_len,
-                           output_path=os.path.join(config.run_dir, "eval", f"toy_{os.path.basename(
-                               os.path.dirname(model_dir))}.json"))
-    m = out["metrics"]
-    return {"variant": variant, "accuracy": m["accuracy"], "accuracy_se": m["accuracy_se"],
-            "examples": m["examples"]}
+    out = toy_eval.heldout_accuracy(model, tok, problems, shots, latent=latent, mesh=mesh,
+                                    max_new_tokens=config.estep.max_new_tokens + 8)
+    atomic_write_text(os.path.join(config.run_dir, "eval", f"toy_{os.path.basename(os.path.dirname(model_dir))}.json"),
+                      json.dumps(out, indent=1))
+    return {k: v for k, v in out.items() if k != "examples"}
 
 
 def count_tokens(path: str, tokenizer_path: str, latent_type: str, limit: int = 2000) -> float:
@@ -209,6 +210,8 @@ def run_bootstrap(config: ml_collections.ConfigDict) -> dict[str, Any]:
     run_dir = os.path.abspath(config.run_dir)
     os.makedirs(run_dir, exist_ok=True)
     manifest = Manifest(run_dir)
+    if b.get("shared_stages_from"):
+        reuse_shared_stages(manifest, b.shared_stages_from)
     models: dict[str, dict[str, Any]] = {}
 
     base = b.base_checkpoint
@@ -247,98 +250,99 @@ def run_bootstrap(config: ml_collections.ConfigDict) -> dict[str, Any]:
         models["raw_flops_match"] = run_stage(manifest, "raw_flops_match", lambda: train_stage(
             config, "raw_flops_match", data_path=b.bootstrap_path, latent_type="raw", steps=steps, init=base))
 
-    accuracy: dict[str, dict[str, float]] = {}
-    if b.toy and b.get("toy_eval_problems", 0) > 0 and config.data.validation_path:
-        for name, m in models.items():
-            variant = "toy" if name == "base" or name.startswith("raw") else "latent_toy"
-            accuracy[name] = run_stage(manifest, f"fewshot_{name}", lambda: toy_fewshot_stage(
-                config, m["model_dir"], variant))
-    elbos: dict[str, dict[str, float]] = {}
-    if b.elbo_samples > 0 and config.data.validation_path:
-        for name, m in models.items():
-            elbos[name] = run_stage(manifest, f"elbo_{name}", lambda: elbo_stage(config, name, m["model_dir"]))
-    return write_report(config, run_dir, models, esteps, elbos, accuracy)
+    evaluations = evaluate_models(config, manifest, models)
+    return write_report(config, run_dir, manifest, models, esteps, evaluations)
+
+
+def is_thought_model(name: str) -> bool:
+    """Models trained with thoughts (warmstart, iter_N) get an ELBO; raw ones (base, raw baselines) an NLL."""
+    return name == "warmstart" or name.startswith("iter_")
+
+
+def evaluate_models(config, manifest: Manifest, models: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per model, on the validation documents: -ELBO_K per token (thought models; toy: with the posterior
+    diagnostics) or NLL per token (raw models), over the same text tokens; toy: held-out few-shot accuracy."""
+    b = config.bootstrap
+    out: dict[str, dict[str, Any]] = {name: {} for name in models}
+    if not config.data.validation_path:
+        return out
+    for name, m in models.items():
+        if b.toy and b.get("toy_eval_problems", 0) > 0:
+            out[name]["fewshot"] = run_stage(manifest, f"fewshot_{name}", lambda: toy_fewshot_stage(
+                config, m["model_dir"], latent=is_thought_model(name)))
+        if is_thought_model(name) and b.elbo_samples > 0:
+            fn = toy_posterior_stage if b.toy else elbo_stage
+            out[name]["elbo"] = run_stage(manifest, f"elbo_{name}", lambda: fn(config, name, m["model_dir"]))
+        elif not is_thought_model(name) and b.elbo_samples > 0:
+            out[name]["nll"] = run_stage(manifest, f"nll_{name}", lambda: nll_stage(config, m["model_dir"]))
+    return out
+
+
+def toy_posterior_stage(config, name: str, model_dir: str) -> dict[str, Any]:
+    """-ELBO_K per token and the posterior diagnostics of one model on the toy validation documents
+    (bolt_jax.eval.toy.posterior_diagnostics), with K = bootstrap.elbo_samples and the ELBO's chunking."""
+    from bolt_jax.data.readers import open_corpus
+    from bolt_jax.estep.backend import JaxBackend
+    from bolt_jax.estep.run import chunking_config, document_chunks
+    from bolt_jax.eval.toy import posterior_diagnostics
+    c = copy.deepcopy(config)
+    c.unlock()
+    k = config.bootstrap.elbo_samples
+    c.estep.update(checkpoint=model_dir, num_samples=k, elbo_samples=[n for n in (1, 2, 4, 8) if n <= k],
+                   random_chunking=False, include_all_prefix=True, seed=config.seed + 7)
+    c.lock()
+    backend, tokenizer, _ = JaxBackend.from_config(c)
+    records = open_corpus(config.data.validation_path)
+    docs = min(config.bootstrap.elbo_docs, len(records))
+    chunks = document_chunks(records, range(docs), chunking_config(c.estep))
+    out = posterior_diagnostics(backend, tokenizer, chunks, c.estep)
+    out["neg_elbo_per_token"] = out[f"neg_elbo_{k}_per_token"]
+    out["neg_elbo_per_token_se"] = out[f"neg_elbo_{k}_per_token_se"]
+    out["documents"] = docs
+    return out
+
+
+def nll_stage(config, model_dir: str) -> dict[str, Any]:
+    """NLL per token of a raw model on the validation documents the ELBO uses (bolt_jax.eval.validation)."""
+    from bolt_jax import checkpoint as model_ckpt
+    from bolt_jax import parallel
+    from bolt_jax.data.readers import open_corpus
+    from bolt_jax.data.tokenizer import load_tokenizer
+    from bolt_jax.eval.validation import validation_nll
+    mesh = parallel.make_mesh(dict(config.mesh))
+    model, _, tok_dir = model_ckpt.load_model(model_dir, mesh, compute_dtype=config.model.compute_dtype)
+    tok = load_tokenizer(tok_dir or config.data.tokenizer_path)
+    records = open_corpus(config.data.validation_path)
+    return validation_nll(model, tok, records, max_tokens=config.estep.max_tokens,
+                          limit=config.bootstrap.elbo_docs, mesh=mesh)
 
 
 # ------------------------------------------------------------------------------------------------ report
-def write_report(config, run_dir: str, models, esteps, elbos, accuracy=None) -> dict[str, Any]:
-    k = config.bootstrap.elbo_samples
-    accuracy = accuracy or {}
-    header = f"| model | steps | train tokens | validation loss (raw) | ELBO_{k} / token | toy accuracy (few-shot) |"
-    lines = ["# BoLT bootstrap report", "", f"run: `{run_dir}`", "", header, "|---|---|---|---|---|---|"]
-    console = [f"{'model':16s} {'steps':>6s} {'tokens':>10s} {'val loss':>9s} {f'-ELBO_{k}/tok':>12s} "
-               f"{'toy acc':>14s}"]
-    for name, m in models.items():
-        elbo = elbos.get(name, {}).get(f"elbo_{k}_per_token", math.nan)
-        acc = accuracy.get(name)
-        acc_s = f"{acc['accuracy']:.3f} +- {acc['accuracy_se']:.3f}" if acc else "-"
-        lines.append(f"| {name} | {m['steps']} | {m['tokens']:,} | {m['val_loss']:.4f} | {elbo:.4f} | {acc_s} |")
-        console.append(f"{name:16s} {m['steps']:6d} {m['tokens']:10,d} {m['val_loss']:9.4f} {-elbo:12.4f} "
-                       f"{acc_s:>14s}")
-    if esteps:
-        lines += ["", "## E-steps", "", "| iteration | chunks | mean ESS | share not done | mean thought tokens |"
-                  + (" chosen thought correct | mean sample correct |" if config.bootstrap.toy else ""),
-                  "|---|---|---|---|---|" + ("---|---|" if config.bootstrap.toy else "")]
-        for i, e in esteps.items():
-            row = (f"| {i} | {e.get('chunks', 0)} | {e.get('mean_ess', math.nan):.2f} | "
-                   f"{e.get('share_not_done', math.nan):.2%} | {e.get('mean_thought_tokens', math.nan):.1f} |")
-            if config.bootstrap.toy and "thought_correct" in e:
-                tc = e["thought_correct"]
-                row += f" {tc['chosen']:.1%} | {tc['any_sample']:.1%} |"
-            lines.append(row)
+def write_report(config, run_dir: str, manifest: Manifest, models, esteps, evaluations) -> dict[str, Any]:
+    """report.json, report.md and bootstrap.png (bolt_jax.eval.report), and a console summary."""
+    from bolt_jax.eval import report as report_lib
+    seconds = {name: stage["seconds"] for name, stage in manifest.stages.items() if "seconds" in stage}
+    report = report_lib.build_report(models=models, esteps=esteps, evaluations=evaluations, stage_seconds=seconds,
+                                     config=config.to_dict(), toy=bool(config.bootstrap.toy))
+    atomic_write_text(os.path.join(run_dir, "report.json"), json.dumps(report, indent=2, default=str))
     plot = os.path.join(run_dir, "bootstrap.png")
-    _plot(models, esteps, elbos, k, plot, toy=config.bootstrap.toy, accuracy=accuracy)
-    lines += ["", f"![curves]({os.path.basename(plot)})", ""]
-    atomic_write_text(os.path.join(run_dir, "report.md"), "\n".join(lines))
-    print("\nBoLT bootstrap summary\n" + "\n".join(console))
-    if esteps and config.bootstrap.toy:
-        print("chosen thought correct per iteration: " + ", ".join(
-            f"{i}: {e['thought_correct']['chosen']:.1%}" for i, e in esteps.items() if "thought_correct" in e))
-    print(f"report: {os.path.join(run_dir, 'report.md')}")
-    return {"models": models, "esteps": esteps, "elbos": elbos, "accuracy": accuracy,
-            "report": os.path.join(run_dir, "report.md")}
-
-
-def _plot(models, esteps, elbos, k, path: str, toy: bool, accuracy=None) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from bolt_jax.train.metrics import read_metrics
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
-    for name, m in models.items():
-        rows = read_metrics(os.path.join(m["run_dir"], "metrics.jsonl"))
-        per_step = m["tokens"] / max(m["steps"], 1)
-        val = [(r["step"] * per_step, r["val_loss"]) for r in rows if r.get("val_loss") is not None]
-        if val:
-            axes[0].plot(*zip(*val), marker=".", label=name)
-    axes[0].set(title="validation loss on raw documents", xlabel="training tokens", ylabel="nats / token")
-    names = [n for n in models if n in elbos]
-    if names:
-        axes[1].bar(names, [-elbos[n].get(f"elbo_{k}_per_token", math.nan) for n in names])
-        axes[1].set(title=f"validation -ELBO_{k} per token (lower is better)")
-        axes[1].tick_params(axis="x", rotation=30)
-    if esteps:
-        its = sorted(esteps)
-        axes[2].plot(its, [esteps[i].get("mean_ess", math.nan) for i in its], marker="o", label="mean ESS")
-        if toy:
-            ax2 = axes[2].twinx()
-            ax2.plot(its, [esteps[i].get("thought_correct", {}).get("chosen", math.nan) for i in its], "g-s",
-                     label="chosen thought correct")
-            ax2.set_ylabel("share correct")
-            ax2.legend(loc="lower right")
-        axes[2].set(title="E-step per iteration", xlabel="iteration", ylabel="effective sample size")
-        axes[2].legend(loc="upper left")
-    if accuracy:
-        names = list(accuracy)
-        axes[3].bar(names, [accuracy[n]["accuracy"] for n in names],
-                    yerr=[accuracy[n]["accuracy_se"] for n in names], capsize=3)
-        axes[3].set(title="few-shot accuracy (held-out problems)", ylabel="accuracy")
-        axes[3].tick_params(axis="x", rotation=30)
-    for ax in axes[:1]:
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    report_lib.plot(report, plot)
+    atomic_write_text(os.path.join(run_dir, "report.md"),
+                      report_lib.render_markdown(report, run_dir=run_dir, plot_name=os.path.basename(plot)))
+    print("\nBoLT bootstrap summary (nats/token: -ELBO for thought models, NLL for raw ones; lower is better)")
+    print(f"{'model':16s} {'steps':>6s} {'held-out acc':>15s} {'nats/token':>18s}")
+    for name, m in report["models"].items():
+        acc = report_lib._pm(m["heldout_accuracy"], m["heldout_accuracy_se"])
+        nats = report_lib._pm(m["neg_elbo_per_token"] if m["neg_elbo_per_token"] is not None else m["nll_per_token"],
+                              m["neg_elbo_per_token_se"] if m["neg_elbo_per_token"] is not None
+                              else m["nll_per_token_se"], 4)
+        print(f"{name:16s} {m['steps']:6d} {acc:>15s} {nats:>18s}")
+    for r in report["iterations"]:
+        if r.get("chosen_correct") is not None:
+            print(f"E-step {r['iteration']}: sample correct {r['sample_correct']:.3f}, chosen correct "
+                  f"{r['chosen_correct']:.3f}, ESS {r['ess']:.2f}")
+    for c in report["checks"]:
+        print(f"[{'ok' if c['passed'] else 'NOT MET'}] {c['name']}: {c['detail']}")
+    print(f"report: {os.path.join(run_dir, 'report.md')} (and report.json, bootstrap.png)")
+    return {"models": models, "esteps": esteps, "evaluations": evaluations, "report": report,
+            "report_path": os.path.join(run_dir, "report.md")}

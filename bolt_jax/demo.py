@@ -19,6 +19,9 @@ import ml_collections
 
 from bolt_jax.data import toy
 from bolt_jax.data.bpe import train_bpe_tokenizer
+from bolt_jax.data.schema import atomic_write_text
+
+TOY_WORLD_VERSION = 3  # bump when bolt_jax.data.toy changes what it generates
 
 
 def prepare_toy_data(data_dir: str, *, num_train: int, num_validation: int, seed: int, vocab_size: int) -> dict:
@@ -37,25 +40,33 @@ def prepare_toy_data(data_dir: str, *, num_train: int, num_validation: int, seed
     return paths
 
 
-def prepare_toy_bootstrap_data(data_dir: str, *, seed: int, vocab_size: int, num_pretrain: int, num_warmstart: int,
+def prepare_toy_bootstrap_data(data_dir: str, *, seed: int, num_pretrain: int, num_warmstart: int,
                                num_bootstrap: int, num_validation: int) -> dict[str, str]:
-    """Four disjoint toy corpora (raw pretraining text, warmstart with true thoughts, the fixed raw bootstrap
-    corpus, raw validation) and a tokenizer; reused if present."""
+    """Four disjoint toy corpora (raw pretraining text with restated questions, warmstart with true thoughts, the
+    fixed raw bootstrap corpus, raw validation) and the toy world's word-level tokenizer. Reused only if written with the same
+    settings; otherwise rewritten (the settings are recorded in the COMPLETE marker)."""
     os.makedirs(data_dir, exist_ok=True)
     paths = {name: os.path.join(data_dir, f"{name}.jsonl") for name in
              ("pretrain", "warmstart", "bootstrap", "validation")}
     paths["tokenizer"] = os.path.join(data_dir, "tokenizer")
+    settings = {"toy_world": TOY_WORLD_VERSION, "seed": seed, "pretrain": num_pretrain, "warmstart": num_warmstart,
+                "bootstrap": num_bootstrap, "validation": num_validation}
     done = os.path.join(data_dir, "COMPLETE")
     if os.path.exists(done):
-        return paths
+        try:
+            if json.load(open(done)) == settings:
+                return paths
+        except ValueError:
+            pass
+        print(f"toy data in {data_dir} was written with other settings: rewriting it")
+        os.remove(done)
     sets = {"pretrain": toy.generate(num_pretrain, seed=seed), "warmstart": toy.generate(num_warmstart, seed=seed + 1),
             "bootstrap": toy.generate(num_bootstrap, seed=seed + 2),
             "validation": toy.generate(num_validation, seed=seed + 3)}
-    texts = [d.text for d in sets["pretrain"]] + [p.thought for d in sets["warmstart"] for p in d.problems]
-    train_bpe_tokenizer(texts, paths["tokenizer"], vocab_size=vocab_size)
+    toy.build_tokenizer(paths["tokenizer"])
     for name, docs in sets.items():
-        toy.write_corpus(paths[name], docs, with_thoughts=(name == "warmstart"))
-    open(done, "w").close()
+        toy.write_corpus(paths[name], docs, with_thoughts=(name == "warmstart"), restated=(name == "pretrain"))
+    atomic_write_text(done, json.dumps(settings))
     return paths
 
 
@@ -64,8 +75,9 @@ def run_demo(config: ml_collections.ConfigDict) -> dict[str, Any]:
     from bolt_jax.bootstrap import run_bootstrap
 
     demo = config.demo
-    paths = prepare_toy_bootstrap_data(os.path.join(os.path.abspath(config.run_dir), "data"), seed=config.seed,
-                                       vocab_size=config.model.vocab_size, num_pretrain=demo.num_pretrain_docs,
+    data_dir = demo.get("data_dir") or os.path.join(os.path.abspath(config.run_dir), "data")
+    paths = prepare_toy_bootstrap_data(data_dir, seed=config.seed,
+                                       num_pretrain=demo.num_pretrain_docs,
                                        num_warmstart=demo.num_warmstart_docs, num_bootstrap=demo.num_bootstrap_docs,
                                        num_validation=demo.num_validation_docs)
     c = copy.deepcopy(config)
@@ -76,6 +88,88 @@ def run_demo(config: ml_collections.ConfigDict) -> dict[str, Any]:
                        bootstrap_path=paths["bootstrap"], toy=True)
     c.lock()
     return run_bootstrap(c)
+
+
+def run_k_sweep(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The paper's claim that gains grow with the number of samples K: the demo's EM loop once per K in
+    config.demo.k_values, all from one base and one warmstart (trained in the first K's run and reused), into
+    run_dir/k_<K>; then k_sweep.json, k_sweep.md and k_sweep.png side by side."""
+    run_dir = os.path.abspath(config.run_dir)
+    reports: dict[int, dict[str, Any]] = {}
+    first = ""
+    for k in config.demo.k_values:
+        c = copy.deepcopy(config)
+        c.unlock()
+        c.run_dir = os.path.join(run_dir, f"k_{k}")
+        c.estep.num_samples = int(k)
+        c.estep.elbo_samples = [n for n in (1, 2, 4, 8) if n <= k]
+        c.demo.data_dir = os.path.join(run_dir, "data")
+        if first:
+            c.bootstrap.shared_stages_from = first
+            c.bootstrap.baselines = ""  # they do not depend on K: trained once, in the first run
+        c.lock()
+        print(f"\n##### K sweep: K = {k} -> {c.run_dir}")
+        reports[int(k)] = run_demo(c)["report"]
+        first = first or c.run_dir
+    return write_k_sweep(run_dir, reports)
+
+
+def write_k_sweep(run_dir: str, reports: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    from bolt_jax.eval.report import _pm
+    rows = {}
+    for k, r in reports.items():
+        last = f"iter_{len(r['iterations'])}"
+        m = r["models"].get(last, {})
+        rows[k] = {"iterations": r["iterations"], "last_model": last,
+                   "heldout_accuracy": m.get("heldout_accuracy"), "heldout_accuracy_se": m.get("heldout_accuracy_se"),
+                   "neg_elbo_per_token": m.get("neg_elbo_per_token"),
+                   "neg_elbo_per_token_se": m.get("neg_elbo_per_token_se"), "seconds": r["total_seconds"]}
+    first = reports[min(reports)]["models"]
+    summary = {"k": rows, "warmstart": first.get("warmstart"),
+               "raw_baselines": {n: first[n] for n in ("raw_token_match", "raw_flops_match") if n in first}}
+    atomic_write_text(os.path.join(run_dir, "k_sweep.json"), json.dumps(summary, indent=2, default=str))
+    w = first.get("warmstart", {})
+    lines = ["# BoLT toy demo: the effect of the number of samples K", "",
+             "Every K starts from the same base and warmstart models and runs the same EM iterations; only the "
+             "number of posterior samples per chunk differs (K = 1: no choice, the single sample is kept). "
+             "Chosen correct: share of the E-step's chosen thoughts that are the true chain of steps (± bootstrap "
+             "SE); held-out accuracy of the last EM model; -ELBO_K/token of the last EM model on the validation "
+             "text (each with its own K, lower is better).", "",
+             f"Warmstart held-out accuracy: {_pm(w.get('heldout_accuracy'), w.get('heldout_accuracy_se'))}.", "",
+             "| K | chosen correct per iteration | sample correct per iteration | held-out accuracy (last) | "
+             "-ELBO_K / token (last) | minutes |", "|---|---|---|---|---|---|"]
+    for k, row in rows.items():
+        its = row["iterations"]
+        chosen = ", ".join(_pm(i.get("chosen_correct"), i.get("chosen_correct_se"), 2) for i in its)
+        sample = ", ".join(_pm(i.get("sample_correct"), i.get("sample_correct_se"), 2) for i in its)
+        lines.append(f"| {k} | {chosen} | {sample} | {_pm(row['heldout_accuracy'], row['heldout_accuracy_se'])} | "
+                     f"{_pm(row['neg_elbo_per_token'], row['neg_elbo_per_token_se'], 4)} | {row['seconds'] / 60:.1f} |")
+    lines += ["", "![K sweep](k_sweep.png)", ""]
+    atomic_write_text(os.path.join(run_dir, "k_sweep.md"), "\n".join(lines))
+    _plot_k_sweep(rows, os.path.join(run_dir, "k_sweep.png"))
+    print("\n" + "\n".join(lines))
+    return summary
+
+
+def _plot_k_sweep(rows: dict[int, dict[str, Any]], path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ks = sorted(rows)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ax.errorbar(ks, [rows[k]["heldout_accuracy"] for k in ks], yerr=[rows[k]["heldout_accuracy_se"] for k in ks],
+                marker="o", capsize=3, label="held-out accuracy, last EM model")
+    last_chosen = [rows[k]["iterations"][-1].get("chosen_correct") for k in ks]
+    last_se = [rows[k]["iterations"][-1].get("chosen_correct_se") for k in ks]
+    ax.errorbar(ks, last_chosen, yerr=last_se, marker="s", capsize=3, label="chosen thought correct, last E-step")
+    ax.set(xlabel="K (posterior samples per chunk)", ylabel="share correct", ylim=(0, 1),
+           title="BoLT toy demo: more samples, better thoughts?")
+    ax.set_xticks(ks)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _plot(results: dict[str, dict[str, Any]], path: str) -> None:

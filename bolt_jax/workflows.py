@@ -106,6 +106,7 @@ def _register_validators() -> None:
     VALIDATORS["train"] = _validate_train
     VALIDATORS["demo"] = _validate_train
     VALIDATORS["compare"] = _validate_train
+    VALIDATORS["demo_k_sweep"] = _validate_train
     VALIDATORS["bootstrap"] = _validate_train
     VALIDATORS["finetune_eval"] = _validate_train
 
@@ -118,6 +119,13 @@ def demo(config: ml_collections.ConfigDict):
     """Toy-scale BoLT on CPU: toy data, base model, warmstart, EM iterations, raw baselines, report."""
     from bolt_jax.demo import run_demo
     return run_demo(config)
+
+
+@workflow("demo_k_sweep")
+def demo_k_sweep(config: ml_collections.ConfigDict):
+    """The toy demo's EM loop for several K (config.demo.k_values) from one shared warmstart; a side-by-side report."""
+    from bolt_jax.demo import run_k_sweep
+    return run_k_sweep(config)
 
 
 @workflow("compare")

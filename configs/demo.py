@@ -20,7 +20,7 @@ def get_config():
     c.workflow = "demo"
     c.run_dir = "runs/demo"
     c.seed = 0
-    c.model = model_config_dict("tiny", vocab_size=512, hidden_size=128, intermediate_size=344,
+    c.model = model_config_dict("tiny", vocab_size=128, hidden_size=128, intermediate_size=344,
                                 num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
                                 compute_dtype="float32", max_position_embeddings=512)
     c.data = default_data_config()
@@ -39,13 +39,13 @@ def get_config():
     c.optim.warmup_steps = 10
     c.optim.lr_min_ratio = 0.1
     c.bootstrap = default_bootstrap_config()
-    c.bootstrap.update(iterations=2, pretrain_steps=300, warmstart_steps=150, iteration_steps=150, elbo_samples=4,
-                       elbo_docs=8)
+    c.bootstrap.update(iterations=2, pretrain_steps=350, warmstart_steps=200, iteration_steps=200, elbo_samples=4,
+                       elbo_docs=8, toy_eval_problems=200)
     c.estep = default_estep_config()
     # toy documents are one problem per paragraph: one chunk per problem, the previous 3 as prefix
-    c.estep.update(num_samples=4, max_new_tokens=40, max_prompt_len=384, max_tokens=512, split_mode="paragraph",
-                   random_chunking=False, units_per_chunk=1, chunks_per_batch=64)
+    c.estep.update(num_samples=4, max_new_tokens=24, max_prompt_len=256, max_tokens=512, split_mode="paragraph",
+                   random_chunking=False, units_per_chunk=1, chunks_per_batch=128)
     c.demo = ml_collections.ConfigDict({"num_train_docs": 4000, "num_validation_docs": 200,  # compare
-                                        "num_pretrain_docs": 3000, "num_warmstart_docs": 600,
-                                        "num_bootstrap_docs": 100})
+                                        "num_pretrain_docs": 3000, "num_warmstart_docs": 400,
+                                        "num_bootstrap_docs": 1000, "data_dir": ""})
     return c

@@ -21,34 +21,76 @@ def test_toy_is_a_pure_function_of_seed_and_index():
     assert toy.generate_document(1, 7).text == a[7].text
 
 
-def test_toy_answers_are_checkable_and_right():
-    docs = toy.generate(300, seed=0)
+def test_toy_thoughts_are_arithmetically_right():
+    docs = toy.generate(500, seed=0)
     assert all(toy.check_document(d) for d in docs)
-    p = toy.ToyProblem("Compute (2 + 3) * 4. The answer is 20.", "2 + 3 = 5. 5 * 4 = 20.", 20)
-    assert toy.extract_answer(p.text) == 20 and toy.solve_steps(p.thought) == 20
-    assert toy.solve_steps("2 + 3 = 6. 6 * 4 = 24.") is None  # a wrong step is caught
+    for p in (p for d in docs for p in d.problems):
+        # an independent oracle: parse the question's words and fold the operations mod 7
+        words = p.question.rstrip(" .").split(" , ")
+        value = int(words[0].split()[1])
+        for clause in words[1:]:
+            _, word, operand = clause.split()
+            value = {"plus": value + int(operand), "minus": value - int(operand),
+                     "times": value * int(operand)}[word] % 7
+        assert p.answer == value == toy.solve_steps(p.thought)
+    p = toy.ToyProblem("start 3 , first plus 5 , second times 2 .", " start 3 first plus 5 = 1 second times 2 = 2 .", 2)
+    assert toy.solve_steps(p.thought) == 2 and toy.solve_question(p.question) == (p.thought, 2)  # mod 7
+    assert toy.solve_steps(" start 3 first plus 5 = 8 second times 2 = 2 .") is None  # a wrong step is caught
+    assert toy.solve_steps(" start 3 first plus 5 = 1 third times 2 = 2 .") is None  # steps out of order
+    assert toy.thought_is_correct(" start 3  first plus 5 = 1 second times 2 = 2 .", p.thought)
+    assert not toy.thought_is_correct(" start 3 first plus 5 = 1 .", p.thought)
 
 
-def test_toy_chunks_and_records_follow_the_schema(tmp_path):
-    doc = toy.generate_document(0, 0)
+def test_toy_chunks_put_the_thought_between_question_and_answer(tmp_path):
+    doc = next(d for d in toy.generate(20, seed=0) if len(d.problems) == 2)
     chunks = doc.chunks()
     assert "".join(c["suffix"] for c in chunks) == doc.text
-    assert [c["latent"] for c in chunks] == [p.thought for p in doc.problems]
+    assert [c["latent"] for c in chunks] == ["", doc.problems[0].thought, "", doc.problems[1].thought]
+    assert chunks[0]["suffix"] == doc.problems[0].question + "\n\n"
+    assert chunks[1]["suffix"].startswith(f"The answer is {doc.problems[0].answer} .")
     path = tmp_path / "aug.jsonl"
     toy.write_corpus(path, [doc], with_thoughts=True)
-    rec = json.loads(path.read_text())
-    assert rec["num_chunks"] == len(doc.problems) and rec["chunks"][0]["latent"] == doc.problems[0].thought
-    first = doc.problems[0]
-    assert rec["combined_text_latent"].startswith(
-        f"<|START_OF_LATENT|>{first.thought}<|END_OF_LATENT|>{first.text}")
+    assert json.loads(path.read_text())["num_chunks"] == 4
+    # the paragraph chunker finds exactly these chunks (the demo's E-step setting)
+    pairs = chunk_text(doc.text, ChunkingConfig.estep(split_mode="paragraph", units_per_chunk=1,
+                                                      random_chunking=False))
+    assert [p.suffix for p in pairs] == [c["suffix"] for c in chunks]
 
 
-def test_toy_vocabulary_is_small():
-    words = set()
-    for d in toy.generate(500, seed=0):
-        words.update(d.text.split())
-        words.update(t for p in d.problems for t in p.thought.split())
-    assert len(words) < 600  # a tiny model's vocabulary; numbers are small
+def test_toy_tokenizer_is_word_level_and_round_trips(tmp_path):
+    from bolt_jax.data.formats import format_document
+    from bolt_jax.data.tokenizer import load_tokenizer
+    tok = load_tokenizer(toy.build_tokenizer(tmp_path / "tok"))
+    assert tok.vocab_size < 128
+    for d in toy.generate(50, seed=2):
+        text = "".join(p.text for p in format_document(d.augmented_record(), "random", np.random.default_rng(0)))
+        ids = tok.encode(text)
+        assert tok.decode(ids) == text and tok.hf.unk_token_id not in ids
+        for p in d.problems:  # every number is one token
+            assert len(tok.encode(f" {p.answer}")) == 1
+    # a decoded sample written without spaces re-encodes to the same tokens
+    assert tok.decode(tok.encode("=6")) == "=6" and len(tok.encode("=6")) == 2
+
+
+def test_toy_restated_pretraining_text_has_no_intermediate_results():
+    doc = toy.generate_document(0, 3)
+    text = doc.restated_text()
+    for p in doc.problems:
+        assert toy.restatement(p.question) in text and p.thought.strip() not in text
+    assert " = " not in text
+
+
+def test_evaluation_prompt_is_the_training_format():
+    from bolt_jax.data.formats import EOL, PRIOR, SOL, format_prior
+    docs = toy.generate(10, seed=4)
+    shots, q = docs[0].problems, docs[1].problems[0]
+    trained = "".join(p.text for p in format_prior(toy.ToyDocument("x", [*shots, q]).augmented_record()))
+    prompt = toy.evaluation_prompt(q.question, shots, latent=True)
+    assert trained.startswith(prompt) and prompt.endswith(f"{q.question}\n\n{SOL}{PRIOR}")
+    assert trained[len(prompt):] == f"{q.thought}{EOL}{q.answer_sentence}"
+    raw = toy.evaluation_prompt(q.question, shots, latent=False)
+    assert toy.ToyDocument("x", [*shots, q]).text == raw + q.answer_sentence
+    assert toy.evaluation_answer(f"{q.thought}{EOL}The answer is 7 .\n\nstart 1 , first plus 2 .") == 7
 
 
 @pytest.mark.parametrize("cfg", [ChunkingConfig(units_per_chunk=2), ChunkingConfig.estep(units_per_chunk=3),
@@ -61,7 +103,7 @@ def test_thought_source_gives_the_true_steps_for_any_chunking(cfg):
         got = " ".join(t for t in (source(p.prefix, p.suffix) for p in pairs) if t)
         assert got == " ".join(p.thought for p in d.problems)  # every problem's steps once, in order
     with pytest.raises(KeyError):
-        source("N/A", "Something else. The answer is 3.")
+        source("N/A", "Something else. The answer is 3 .")
 
 
 # ---- prepare -----------------------------------------------------------------------------------------------

@@ -27,15 +27,30 @@ def test_bootstrap_demo_runs_end_to_end_and_resumes(tmp_path):
             "--config.bootstrap.toy_eval_problems=4"]
     r = run(tmp_path, *args)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "BoLT bootstrap summary" in r.stdout and "chosen thought correct per iteration" in r.stdout
+    assert "BoLT bootstrap summary" in r.stdout and "E-step 2: sample correct" in r.stdout
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     expected = ["base", "warmstart", "estep_1", "mstep_1", "estep_2", "mstep_2", "raw_token_match",
                 "raw_flops_match"]
     assert all(manifest[s]["status"] == "done" for s in expected)
     assert manifest["estep_2"]["outputs"]["chunks"] > 0
-    assert manifest["fewshot_iter_2"]["outputs"]["variant"] == "latent_toy"
-    assert manifest["fewshot_raw_flops_match"]["outputs"]["examples"] == 4
+    assert manifest["fewshot_iter_2"]["outputs"]["latent_prompt"] is True
+    assert manifest["fewshot_raw_flops_match"]["outputs"]["problems"] == 4
     assert (tmp_path / "report.md").exists() and (tmp_path / "bootstrap.png").read_bytes()[:4] == b"\x89PNG"
+    # report.json: the schema other tools read; ELBO for thought models, NLL for raw ones, never both
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [it["iteration"] for it in report["iterations"]] == [1, 2]
+    assert all({"sample_correct", "chosen_correct", "ess"} <= set(it) for it in report["iterations"])
+    assert list(report["models"]) == ["base", "warmstart", "iter_1", "iter_2", "raw_token_match", "raw_flops_match"]
+    for name, m in report["models"].items():
+        assert {"heldout_accuracy", "heldout_accuracy_se", "neg_elbo_per_token", "nll_per_token"} <= set(m)
+        thought_model = name == "warmstart" or name.startswith("iter_")
+        assert (m["neg_elbo_per_token"] is not None) == thought_model
+        assert (m["nll_per_token"] is not None) == (not thought_model)
+        assert 0.0 <= m["heldout_accuracy"] <= 1.0
+    assert {"sample_correct", "chosen_correct", "true_top", "log_q_true", "ess"} <= set(
+        report["models"]["iter_2"]["posterior"])
+    assert report["stage_seconds"]["estep_1"] > 0 and report["commit"] and report["config"]["seed"] == 0
+    assert len(report["checks"]) == 6
     data = [json.loads(l) for l in open(tmp_path / "data" / "iter_1.jsonl")]
     assert len(data) == 6 and all(c["latent"] is not None for d in data for c in d["chunks"])
     # the M-step of iteration 2 trained from the base model on iteration 2's data

@@ -1,5 +1,5 @@
 """Evaluation: grading on literal model outputs, prompts on literal strings, and an end-to-end run of a tiny model
-through the JAX sampler on GSM8K lines and toy problems."""
+through the JAX sampler on GSM8K lines."""
 
 import json
 import math
@@ -9,7 +9,7 @@ import pytest
 
 from bolt_jax.eval import grading, prompts
 from bolt_jax.eval.fewshot import (Example, bootstrap_se, evaluate_fewshot, mean_and_se, read_gsm8k,
-                                   sampler_generate_fn, toy_examples, toy_exemplars)
+                                   sampler_generate_fn)
 
 SOL, EOL, PRIOR = "<|START_OF_LATENT|>", "<|END_OF_LATENT|>", "<|PRIOR_PREFIX|>"
 
@@ -126,10 +126,8 @@ def test_fewshot_with_literal_outputs_writes_results(tok, tmp_path):
     assert json.loads((tmp_path / "results.json").read_text())["metrics"]["examples"] == 3
 
 
-def test_end_to_end_tiny_model_on_gsm8k_and_toy(tok, tmp_path):
-    """A random tiny model through the real sampler: the pipeline runs and is graded; the toy answers go through
-    the same code path (a model that copies the gold answer would score 1)."""
-    from bolt_jax.data import toy
+def test_end_to_end_tiny_model_on_gsm8k(tok, tmp_path):
+    """A random tiny model through the real sampler: the pipeline runs and is graded."""
     from bolt_jax.model import create_model, preset
     model = create_model(preset("tiny", vocab_size=len(tok.hf), compute_dtype="float32"))
     fn = sampler_generate_fn(model, tok)
@@ -139,13 +137,6 @@ def test_end_to_end_tiny_model_on_gsm8k_and_toy(tok, tmp_path):
                            output_path=str(tmp_path / "gsm.json"))
     assert out["metrics"]["examples"] == len(gsm) and out["metrics"]["prompts_shortened"] >= 0
     assert all(SOL not in o for r in out["records"] for o in r["outputs"])  # banned in plain variants
-    docs = toy.generate(3, seed=9)
-    toy_ex = toy_examples(docs)
-    right = lambda ids, *, n, **kw: [[f" The answer is {e.answer}."] * n for e in toy_ex]  # noqa: E731
-    assert evaluate_fewshot(toy_ex, "toy", right, tokenizer=tok, exemplars=toy_exemplars(docs, 2)
-                            )["metrics"]["accuracy"] == 1.0
-    out = evaluate_fewshot(toy_ex, "toy", fn, tokenizer=tok, exemplars=toy_exemplars(docs, 2), max_new_tokens=6)
-    assert 0.0 <= out["metrics"]["accuracy"] <= 1.0
 
 
 def test_eval_workflow_on_a_checkpoint(tmp_path):

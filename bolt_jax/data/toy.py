@@ -1,18 +1,33 @@
-"""A toy math corpus whose latent thoughts are known: the stand-in for FineMath and GPT-4o-mini in the demo and tests.
+"""A toy world built for BoLT: text that leaves out the reasoning its answers need, with known latent thoughts.
 
-Each document is 2-4 short problems (multi-step arithmetic and word problems with small numbers), one per
-paragraph, each ending "The answer is N." The true latent thought of a problem is its intermediate steps, e.g.
-"3 * 12 = 36. 36 - 5 = 31." Documents and thoughts are a pure function of (seed, index); the vocabulary is a few
-hundred words and numbers, so a model of a few million parameters can learn it on a CPU in minutes, and every
-answer is checkable (`extract_answer`, `check_document`).
+Each problem is a chain of arithmetic steps modulo 7, stated in words, and its answer:
+
+    question   "start 3 , first plus 5 , second times 2 , third minus 7 ."
+    thought    " start 3 first plus 5 = 8 second times 2 = 6 third minus 7 = 9 ."   (never in the raw text)
+    answer     "The answer is 9 ."
+
+Why this shape (what the demo must show, and why the previous corpus could not show it):
+- The thought is needed to predict the text. The answer is a 3-step chain modulo 7: a model reading only questions
+  and answers must compute the whole chain in one token, which a tiny model does not learn from a few thousand
+  examples (raw training stays near chance), while each written step is one small table lookup.
+- The thought sits between what it explains and what depends on it. A document is paragraphs
+  `Q1 \\n\\n "The answer is a1 ." \\n\\n Q2 \\n\\n ...`, so with one paragraph per chunk the thought of an answer
+  chunk (prior format: `<SoL><PRIOR> z <EoL> x`) comes right after the question it solves (in the prefix) and
+  before the answer it produces (the chunk): p(z | prefix) can compute it and p(x | z) checks it. A question chunk's
+  true thought is "". (With the next question in the answer's paragraph, the posterior format put that question
+  between the thought and the one it solves, and a tiny model learned to read much more slowly.)
+- The few-shot evaluation prompt is the training format itself (`evaluation_prompt`), so it occurs in training.
+- Memorisation cannot reach held-out answers: about 7,500 different questions (start, operands and order of
+  operations), and the demo holds out problems it never trains on.
+- Every number is one word and the tokenizer is word-level (`build_tokenizer`), so a 1M-parameter model learns the
+  steps on a CPU in minutes.
+
+Documents and thoughts are a pure function of (seed, index).
 
     docs = generate(num_docs=1000, seed=0)            # list[ToyDocument]
     write_corpus("toy.jsonl", docs)                   # raw schema: {"id", "text", "answers", "metadata"}
     write_corpus("toy_aug.jsonl", docs, with_thoughts=True)   # augmented schema (spec 2.6), true thoughts
-    source = ToyThoughtSource(docs); source.thought(prefix, suffix)   # the teacher: true steps of the suffix
-
-A document's problems are its natural chunks: `document.chunks()` gives (suffix, thought) pairs whose suffixes
-join back to the text (the "\\n\\n" after a problem ends its chunk, like the chunker's paragraphs).
+    source = ToyThoughtSource(docs); source.thought(prefix, suffix)   # the teacher: true thoughts of a chunk
 """
 
 from __future__ import annotations
@@ -26,17 +41,33 @@ import numpy as np
 
 from bolt_jax.data.schema import augment_record, write_jsonl
 
-NAMES = ("Ava", "Ben", "Cara", "Dan", "Eli", "Fay", "Gus", "Hana", "Ivan", "June", "Kai", "Lena", "Max", "Nia")
-ITEMS = ("apples", "pens", "books", "cards", "marbles", "stickers", "eggs", "shells")
-ANSWER_RE = re.compile(r"The answer is (-?\d+)\.")
-SEPARATOR = "\n\n"
+MODULUS = 7
+OPS: dict[str, tuple[str, Callable[[int, int], int]]] = {
+    "+": ("plus", lambda a, b: (a + b) % MODULUS),
+    "-": ("minus", lambda a, b: (a - b) % MODULUS),
+    "*": ("times", lambda a, b: (a * b) % MODULUS),
+}
+ANSWER_RE = re.compile(r"The answer is (\d+) \.")
+STEP_RE = re.compile(r" ([a-z]+) ([a-z]+) (\d+) = (\d+)")
+THOUGHT_RE = re.compile(r"start (\d+)((?: [a-z]+ [a-z]+ \d+ = \d+)+) \.")
+SEPARATOR = "\n\n"  # ends every question: the paragraph boundary the chunker cuts at
+FIRST_THOUGHT = ""  # the true thought of a chunk without an answer (the document's first question)
 
 
 @dataclass(frozen=True)
 class ToyProblem:
-    text: str  # the problem and its answer sentence
-    thought: str  # the intermediate steps
+    question: str  # "start 3 , first plus 5 , second times 2 , third minus 7 ."
+    thought: str  # " start 3 first plus 5 = 8 second times 2 = 6 ..." (leading space: after <SoL><PRIOR>)
     answer: int
+
+    @property
+    def answer_sentence(self) -> str:
+        return f"The answer is {self.answer} ."
+
+    @property
+    def text(self) -> str:
+        """The problem as it appears in a document: question, paragraph break, answer."""
+        return f"{self.question}{SEPARATOR}{self.answer_sentence}"
 
 
 @dataclass
@@ -44,154 +75,209 @@ class ToyDocument:
     id: str
     problems: list[ToyProblem] = field(default_factory=list)
 
+    def chunks(self) -> list[dict[str, str]]:
+        """One chunk per paragraph, {"suffix", "latent"}; the suffixes concatenate to `text`. Questions and answers
+        alternate: a question chunk's thought is "" (nothing to solve yet), an answer chunk's thought is the steps
+        of the question just before it."""
+        out = []
+        for i, p in enumerate(self.problems):
+            last = i + 1 == len(self.problems)
+            out.append({"suffix": p.question + SEPARATOR, "latent": FIRST_THOUGHT})
+            out.append({"suffix": p.answer_sentence + ("" if last else SEPARATOR), "latent": p.thought})
+        return out
+
     @property
     def text(self) -> str:
-        return SEPARATOR.join(p.text for p in self.problems)
+        return "".join(c["suffix"] for c in self.chunks())
 
-    def chunks(self) -> list[dict[str, str]]:
-        """One chunk per problem: {"suffix", "latent"}; the suffixes concatenate to `text`."""
-        last = len(self.problems) - 1
-        return [{"suffix": p.text + (SEPARATOR if i < last else ""), "latent": p.thought}
-                for i, p in enumerate(self.problems)]
+    def restated_text(self) -> str:
+        """Pretraining text: every question followed by its restatement ("in short : start 3 first plus 5 ...
+        ."), the thought without its results. A base model that has read such text knows how to restate a problem
+        (as TinyLlama has read plenty of restated problems) but has never seen an intermediate result."""
+        parts = []
+        for i, p in enumerate(self.problems):
+            parts.append(p.question + SEPARATOR + "in short : " + restatement(p.question) + SEPARATOR
+                         + p.answer_sentence + ("" if i + 1 == len(self.problems) else SEPARATOR))
+        return "".join(parts)
 
-    def raw_record(self) -> dict[str, Any]:
-        return {"id": self.id, "text": self.text, "answers": [p.answer for p in self.problems],
+    def raw_record(self, restated: bool = False) -> dict[str, Any]:
+        return {"id": self.id, "text": self.restated_text() if restated else self.text, "answers": [p.answer for p in self.problems],
                 "metadata": {"source": "bolt_jax.data.toy"}}
 
     def augmented_record(self) -> dict[str, Any]:
         return augment_record(self.raw_record(), self.chunks())
 
 
-def _boxes(rng: np.random.Generator) -> ToyProblem:
-    name, item = rng.choice(NAMES), rng.choice(ITEMS)
-    a, b = int(rng.integers(2, 10)), int(rng.integers(2, 13))
-    c = int(rng.integers(1, a * b))
-    ab, ans = a * b, a * b - c
-    return ToyProblem(f"{name} has {a} boxes with {b} {item} in each box. {name} gives away {c} {item}. "
-                      f"How many {item} does {name} have now? The answer is {ans}.",
-                      f"{a} * {b} = {ab}. {ab} - {c} = {ans}.", ans)
+ORDINALS = ("first", "second", "third", "fourth")
 
 
-def _change(rng: np.random.Generator) -> ToyProblem:
-    name, item = rng.choice(NAMES), rng.choice(ITEMS)
-    a, b = int(rng.integers(2, 8)), int(rng.integers(2, 10))
-    ab = a * b
-    c = int(rng.integers(ab, ab + 30) // 5 * 5 + 5)
-    ans = c - ab
-    return ToyProblem(f"{name} buys {a} {item} at {b} dollars each and pays with {c} dollars. "
-                      f"How much change does {name} get? The answer is {ans}.",
-                      f"{a} * {b} = {ab}. {c} - {ab} = {ans}.", ans)
+def make_problem(rng: np.random.Generator, num_steps: int = 3) -> ToyProblem:
+    """A chain of `num_steps` operations mod 7 from a random start: plus, minus and times once each, in a random
+    order (so an operation word names its operand uniquely within the question); no step by 0 or times 1.
+
+    A thought step repeats its question clause and adds the result ("second times 2" -> "second times 2 = 6"), so
+    reading the question is copying what follows the same words earlier (what induction heads do), which a tiny
+    model learns wherever the question sits (the random format moves it by a few tokens from chunk to chunk)."""
+    value = int(rng.integers(MODULUS))
+    clauses, steps = [f"start {value}"], [f"start {value}"]
+    for k, op in enumerate(rng.permutation(list(OPS))[:num_steps]):
+        op = str(op)
+        operand = int(rng.integers(2, MODULUS)) if op == "*" else int(rng.integers(1, MODULUS))
+        word, fn = OPS[op]
+        value = fn(value, operand)
+        clauses.append(f"{ORDINALS[k]} {word} {operand}")
+        steps.append(f"{ORDINALS[k]} {word} {operand} = {value}")
+    return ToyProblem(" , ".join(clauses) + " .", " " + " ".join(steps) + " .", value)
 
 
-def _pages(rng: np.random.Generator) -> ToyProblem:
-    name = rng.choice(NAMES)
-    a, b = int(rng.integers(5, 40)), int(rng.integers(1, 20))
-    t = a + b
-    ans = a + t
-    return ToyProblem(f"{name} reads {a} pages on Monday and {b} more pages on Tuesday than on Monday. "
-                      f"How many pages does {name} read in total? The answer is {ans}.",
-                      f"{a} + {b} = {t}. {a} + {t} = {ans}.", ans)
-
-
-def _expression(rng: np.random.Generator) -> ToyProblem:
-    a, b, c = (int(x) for x in rng.integers(1, 12, size=3))
-    s = a + b
-    ans = s * c
-    return ToyProblem(f"Compute ({a} + {b}) * {c}. The answer is {ans}.", f"{a} + {b} = {s}. {s} * {c} = {ans}.",
-                      ans)
-
-
-def _share(rng: np.random.Generator) -> ToyProblem:
-    name, item = rng.choice(NAMES), rng.choice(ITEMS)
-    k, each, extra = int(rng.integers(2, 6)), int(rng.integers(2, 10)), int(rng.integers(1, 10))
-    total = k * each
-    ans = total + extra
-    return ToyProblem(f"{name} shares {item} equally among {k} friends and each friend gets {each}. "
-                      f"{name} keeps {extra} more. How many {item} did {name} start with? The answer is {ans}.",
-                      f"{k} * {each} = {total}. {total} + {extra} = {ans}.", ans)
-
-
-TEMPLATES: tuple[Callable[[np.random.Generator], ToyProblem], ...] = (_boxes, _change, _pages, _expression, _share)
-
-
-def generate_document(seed: int, index: int, min_problems: int = 2, max_problems: int = 4) -> ToyDocument:
+def generate_document(seed: int, index: int, min_problems: int = 1, max_problems: int = 2) -> ToyDocument:
     """Document `index` of the corpus `seed`: a pure function of both."""
     rng = np.random.default_rng([seed, index])
     n = int(rng.integers(min_problems, max_problems + 1))
-    problems = [TEMPLATES[int(rng.integers(len(TEMPLATES)))](rng) for _ in range(n)]
-    return ToyDocument(id=f"toy-{seed}-{index}", problems=problems)
+    return ToyDocument(id=f"toy-{seed}-{index}", problems=[make_problem(rng) for _ in range(n)])
 
 
 def generate(num_docs: int, seed: int = 0, **kw) -> list[ToyDocument]:
     return [generate_document(seed, i, **kw) for i in range(num_docs)]
 
 
-def write_corpus(path: str | os.PathLike, docs: Sequence[ToyDocument], with_thoughts: bool = False) -> int:
-    """JSONL in the standard schema (raw, or augmented with the true thoughts); atomic."""
-    return write_jsonl(path, (d.augmented_record() if with_thoughts else d.raw_record() for d in docs))
+def write_corpus(path: str | os.PathLike, docs: Sequence[ToyDocument], with_thoughts: bool = False,
+                 restated: bool = False) -> int:
+    """JSONL in the standard schema (raw, raw with restatements, or augmented with the true thoughts); atomic."""
+    return write_jsonl(path, (d.augmented_record() if with_thoughts else d.raw_record(restated) for d in docs))
 
 
+# ------------------------------------------------------------------------------------------------ checking
 def extract_answer(text: str) -> int | None:
-    """The last "The answer is N." in `text`, or None."""
-    found = ANSWER_RE.findall(text)
-    return int(found[-1]) if found else None
+    """The first "The answer is N ." in `text` (what a model states right after its thought), or None."""
+    m = ANSWER_RE.search(text)
+    return int(m.group(1)) if m else None
 
 
 def solve_steps(thought: str) -> int | None:
-    """Check a thought's arithmetic ("a op b = c." steps); returns the last result if every step is right."""
-    result = None
-    for a, op, b, c in re.findall(r"(-?\d+) ([-+*]) (-?\d+) = (-?\d+)\.", thought):
-        a, b, c = int(a), int(b), int(c)
-        if {"+": a + b, "-": a - b, "*": a * b}[op] != c:
+    """Check a thought's arithmetic (a start value, then "op operand = result" steps mod 7, each from the previous
+    result); returns the last result if every step is right, else None."""
+    m = THOUGHT_RE.fullmatch(thought.strip())
+    if not m:
+        return None
+    value = int(m.group(1))
+    by_word = {word: fn for word, fn in OPS.values()}
+    for k, (label, word, operand, result) in enumerate(STEP_RE.findall(m.group(2))):
+        if (k >= len(ORDINALS) or label != ORDINALS[k] or word not in by_word
+                or by_word[word](value, int(operand)) != int(result)):
             return None
-        result = c
-    return result
+        value = int(result)
+    return value
 
 
 def check_document(doc: ToyDocument) -> bool:
     """Every problem's stated answer follows from its thought (the corpus checks itself)."""
-    return all(extract_answer(p.text) == p.answer == solve_steps(p.thought) for p in doc.problems)
+    return all(extract_answer(p.answer_sentence) == p.answer == solve_steps(p.thought) for p in doc.problems)
+
+
+def normalize_thought(thought: str) -> str:
+    return " ".join(thought.split())
+
+
+def thought_is_correct(thought: str, true_thought: str) -> bool:
+    """A sampled thought is correct when it is the problem's true chain of steps (up to whitespace): a thought that
+    only ends in the stated answer, with a wrong step on the way, is not."""
+    return normalize_thought(thought) == normalize_thought(true_thought)
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+def evaluation_prompt(question: str, exemplars: Sequence[ToyProblem], latent: bool) -> str:
+    """A few-shot prompt in the training format itself: a document of solved problems, then the question.
+
+    latent: the prior format (`<SoL><PRIOR> z <EoL>` before every answer, the empty thought before the first
+    question), ending `question \\n\\n <SoL><PRIOR>` so the model writes its thought, <EoL>, then the answer.
+    raw: the plain document, ending `question \\n\\n` so the model writes the answer directly."""
+    from bolt_jax.data.formats import EOL, PRIOR, SOL
+    doc = ToyDocument("prompt", [*exemplars, ToyProblem(question, "", 0)])
+    parts = []
+    for c in doc.chunks()[:-1]:
+        parts.append(f"{SOL}{PRIOR}{c['latent']}{EOL}{c['suffix']}" if latent else c["suffix"])
+    # the last chunk is the question's own answer: stop before it
+    return "".join(parts) + (f"{SOL}{PRIOR}" if latent else "")
+
+
+def evaluation_answer(generated: str) -> int | None:
+    """The answer a model states after the prompt: the first "The answer is N ." (a latent model writes its thought
+    and <EoL> first; what follows the answer, e.g. a new problem, is ignored)."""
+    return extract_answer(generated)
+
+
+# ------------------------------------------------------------------------------------------------ teacher
+QUESTION_RE = re.compile(r"start \d+(?: , [a-z]+ [a-z]+ \d+)+ \.")
+
+
+def solve_question(question: str) -> tuple[str, int]:
+    """(true thought, answer) of a toy question, computed from its words as the generator computes them."""
+    m = re.fullmatch(r"start (\d+)((?: , [a-z]+ [a-z]+ \d+)+) \.", question.strip())
+    if not m:
+        raise ValueError(f"not a toy question: {question[:80]!r}")
+    value = int(m.group(1))
+    steps = [f"start {value}"]
+    by_word = {word: op for op, (word, _) in OPS.items()}
+    for label, word, operand in re.findall(r" , ([a-z]+) ([a-z]+) (\d+)", m.group(2)):
+        op = by_word[word]
+        value = OPS[op][1](value, int(operand))
+        steps.append(f"{label} {word} {operand} = {value}")
+    return " " + " ".join(steps) + " .", value
+
+
+def restatement(question: str) -> str:
+    """A question's clauses without their commas: "start 3 first plus 5 second times 2 third minus 7 ."."""
+    return question.replace(" ,", "")
 
 
 class ToyThoughtSource:
-    """The true thoughts of a toy corpus for any (prefix, suffix) chunk: the steps of every problem whose answer
-    sentence lies in the suffix, in order, so chunks cut anywhere by the chunker get the right thoughts (a
-    problem split over chunks belongs to the chunk with its answer). "" when the suffix has no answer.
-    Stand-in for the API teacher (synth) in tests and the demo."""
+    """The true thoughts of toy text for any (prefix, suffix) chunk: the steps of every problem whose answer
+    sentence lies in the suffix, in order; "" when the suffix has no answer. A problem's thought is computed from
+    its question (the last question before the answer, in the suffix or the prefix) and must give the stated
+    answer. Stand-in for the API teacher (synth) in tests and the demo."""
 
-    def __init__(self, docs: Sequence[ToyDocument]):
-        self._full: dict[str, str] = {}  # problem text -> thought
-        self._tail: dict[str, str] = {}  # question sentence + answer sentence -> thought (when the text is cut)
-        for d in docs:
-            for p in d.problems:
-                self._full.setdefault(p.text, p.thought)
-                self._tail.setdefault(_tail(p.text), p.thought)
-        self._full_lengths = sorted({len(k) for k in self._full}, reverse=True)
-        self._tail_lengths = sorted({len(k) for k in self._tail}, reverse=True)
-
-    def _lookup(self, context: str) -> str | None:
-        for table, lengths in ((self._full, self._full_lengths), (self._tail, self._tail_lengths)):
-            for n in lengths:
-                if n <= len(context) and context[-n:] in table:
-                    return table[context[-n:]]
-        return None
+    def __init__(self, docs: Sequence[ToyDocument] = ()):
+        del docs  # every toy thought follows from its question; kept for the teacher interface
 
     def thought(self, prefix: str, suffix: str) -> str:
         context = "" if prefix == "N/A" else prefix
         thoughts = []
         for m in ANSWER_RE.finditer(suffix):
-            found = self._lookup(context + suffix[:m.end()])
-            if found is None:
+            questions = QUESTION_RE.findall(context + suffix[:m.start()])
+            if not questions or solve_question(questions[-1])[1] != int(m.group(1)):
                 raise KeyError(f"no toy problem ends at {suffix[:m.end()][-80:]!r}: not from this corpus")
-            thoughts.append(found)
+            thoughts.append(solve_question(questions[-1])[0])
         return " ".join(thoughts)
 
     def __call__(self, prefix: str, suffix: str) -> str:
         return self.thought(prefix, suffix)
 
 
-def _tail(problem_text: str) -> str:
-    """The question sentence and the answer sentence of a problem."""
-    answer_at = problem_text.rindex(" The answer is")
-    question_at = max(problem_text.rfind(". ", 0, answer_at), problem_text.rfind("? ", 0, answer_at))
-    return problem_text[question_at + 2:] if question_at >= 0 else problem_text
+# ------------------------------------------------------------------------------------------------ tokenizer
+def vocabulary() -> list[str]:
+    """Every word of the toy world, with and without a leading space: the word-level tokenizer's vocabulary."""
+    words = ["The", "answer", "is", "in", "short", ":", "start", *ORDINALS, *(w for w, _ in OPS.values()), *OPS, "=",
+             ".", ",", *(str(n) for n in range(MODULUS))]
+    return [*words, *(" " + w for w in words), SEPARATOR, "\n", " "]
+
+
+def build_tokenizer(out_dir: str | os.PathLike) -> str:
+    """A word-level tokenizer for the toy world (every word and number one token, the space before it included),
+    with BOS/EOS and the four BoLT tokens appended last, saved as a Hugging Face tokenizer directory."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from bolt_jax.data.formats import SPECIAL_TOKENS
+    vocab = {t: i for i, t in enumerate(["<unk>", "<s>", "</s>", *vocabulary()])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    # words keep the space before them; digits, punctuation and letters split apart, so a decoded sample
+    # ("8" "." written without a space) re-encodes to the same tokens
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r" ?[A-Za-z]+| ?[0-9]| ?[^\sA-Za-z0-9]|\n\n|\s"), "isolated")
+    tok.decoder = decoders.Fuse()
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    hf.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
+    out_dir = str(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    hf.save_pretrained(out_dir)
+    return out_dir

@@ -59,3 +59,18 @@ def chunk_diagnostics(log_w: Sequence[float]) -> dict[str, float]:
     w = normalized(log_w)
     return {"ess": float(1.0 / np.sum(w * w)), "max_weight": float(w.max()),
             "log_weight_spread": float(log_w.max() - log_w.min())}
+
+
+def true_thought_diagnostics(log_w: Sequence[float], log_w_true: float, correct: Sequence[bool],
+                             rng: np.random.Generator) -> dict[str, float]:
+    """What the importance weights do with one chunk's K samples when the true thought is known.
+
+    sample_correct: share of the K samples that are correct; chosen_correct: whether the resampled one is
+    (`resample(log_w, rng)`, the E-step's draw); true_top: whether the true thought, scored as a (K+1)-th candidate
+    with log weight `log_w_true`, gets at least the largest weight of the K (a sample equal to it ties); ess: of the
+    K samples."""
+    correct = np.asarray(correct, bool)
+    chosen = resample(log_w, rng)
+    return {"sample_correct": float(correct.mean()), "chosen_correct": float(correct[chosen]),
+            "true_top": float(log_w_true >= np.max(np.asarray(log_w, np.float64))),
+            "ess": effective_sample_size(log_w)}

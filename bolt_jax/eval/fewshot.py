@@ -24,7 +24,7 @@ from bolt_jax.eval import grading, prompts
 class Example:
     id: str
     question: str
-    answer: str  # the gold final answer (GSM8K/toy: a number; MATH: the final answer)
+    answer: str  # the gold final answer (GSM8K: a number; MATH: the final answer)
     solution: str = ""  # MATH: the full reference solution (what math-verify parses)
 
 
@@ -65,25 +65,9 @@ def read_math(path: str, limit: int = 0) -> list[Example]:
     return out
 
 
-def toy_examples(docs) -> list[Example]:
-    """Toy-corpus problems as a benchmark: the question (text before 'The answer is') and its answer."""
-    out = []
-    for d in docs:
-        for j, p in enumerate(d.problems):
-            q = p.text[: p.text.rindex(" The answer is")]
-            out.append(Example(f"{d.id}-{j}", q, str(p.answer), p.thought))
-    return out
-
-
-def toy_exemplars(docs, n: int = 4) -> list[dict]:
-    ex = toy_examples(docs)[:n]
-    thoughts = [p.thought for d in docs for p in d.problems][:n]
-    return [{"question": e.question, "reasoning": t, "answer": e.answer} for e, t in zip(ex, thoughts)]
-
-
 # ------------------------------------------------------------------------------------------------ grading
 def grade(variant: prompts.Variant, text: str, ex: Example) -> dict[str, Any]:
-    if variant.benchmark in ("gsm8k", "toy"):
+    if variant.benchmark == "gsm8k":
         strict = grading.gsm8k_strict(text, latent=variant.latent)
         flexible = grading.gsm8k_flexible(text, latent=variant.latent)
         gold = grading.normalize_number(ex.answer)
@@ -101,6 +85,17 @@ def bootstrap_se(values: Sequence[float], iters: int = 1000, seed: int = 1234) -
         return float("nan")
     idx = np.random.default_rng(seed).integers(0, len(v), (iters, len(v)))
     return float(v[idx].mean(axis=1).std(ddof=1))
+
+
+def bootstrap_ratio_se(numerators: Sequence[float], denominators: Sequence[float], iters: int = 1000,
+                       seed: int = 1234) -> float:
+    """Standard error of sum(numerators) / sum(denominators) (e.g. nats per token over documents) by resampling
+    the units (documents or chunks) with their own denominators."""
+    num, den = np.asarray(numerators, np.float64), np.asarray(denominators, np.float64)
+    if len(num) < 2:
+        return float("nan")
+    idx = np.random.default_rng(seed).integers(0, len(num), (iters, len(num)))
+    return float((num[idx].sum(axis=1) / np.maximum(den[idx].sum(axis=1), 1e-12)).std(ddof=1))
 
 
 def mean_and_se(values: Sequence[float]) -> tuple[float, float]:
@@ -124,12 +119,12 @@ def evaluate_fewshot(examples: Sequence[Example], variant_name: str, generate_fn
                           top_p=top_p, top_k=top_k, stop_strings=variant.stop_strings,
                           banned_token_strings=variant.banned)
     records, main_scores = [], []
-    key = "flexible_correct" if variant.benchmark in ("gsm8k", "toy") else "correct"
+    key = "flexible_correct" if variant.benchmark == "gsm8k" else "correct"
     for ex, outs in zip(examples, outputs):
         graded = [grade(variant, o, ex) for o in outs]
         rec = {"id": ex.id, "gold": ex.answer, "outputs": outs, "graded": graded,
                "correct": float(np.mean([g[key] for g in graded]))}
-        if variant.benchmark in ("gsm8k", "toy"):
+        if variant.benchmark == "gsm8k":
             rec["strict_correct"] = float(np.mean([g["strict_correct"] for g in graded]))
         if num_samples > 1:
             maj = grading.majority([g["answer"] for g in graded])
@@ -142,7 +137,7 @@ def evaluate_fewshot(examples: Sequence[Example], variant_name: str, generate_fn
                "accuracy": float(np.mean(main_scores)) if main_scores else float("nan"),
                "accuracy_se": bootstrap_se(main_scores), "prompts_shortened": shortened,
                "max_prompt_tokens": max_prompt_tokens, "truncation": truncation}
-    if variant.benchmark in ("gsm8k", "toy"):
+    if variant.benchmark == "gsm8k":
         strict = [r["strict_correct"] for r in records]
         metrics.update(strict_accuracy=float(np.mean(strict)) if strict else float("nan"),
                        strict_accuracy_se=bootstrap_se(strict))

@@ -2,7 +2,8 @@
 
 Variants: `gsm8k_cot` (Q:/A:, "The answer is N."), `latent_gsm8k_cot` (the prompt ends `A:<SoL><PRIOR>`, the
 exemplar reasoning sits inside the thought and the answer follows `<EoL>`), `math_cot` and `latent_math_cot`
-("Final Answer: The final answer is $X$. I hope it is correct."), and `toy` (the toy corpus, graded like GSM8K).
+("Final Answer: The final answer is $X$. I hope it is correct."). The toy world has its own prompt, in its
+training format (bolt_jax.eval.toy).
 Plain variants ban the four special tokens; latent variants stop at `<SoL>`.
 
 Prompts longer than `max_prompt_tokens` lose their earliest exemplars (or are left-truncated, a setting); the number
@@ -25,7 +26,7 @@ EXEMPLAR_DIR = os.path.join(os.path.dirname(__file__), "exemplars")
 @dataclass(frozen=True)
 class Variant:
     name: str
-    benchmark: str  # gsm8k | math | toy
+    benchmark: str  # gsm8k | math
     latent: bool
     delimiter: str
     stop_strings: tuple[str, ...]
@@ -37,16 +38,12 @@ VARIANTS = {
     "latent_gsm8k_cot": Variant("latent_gsm8k_cot", "gsm8k", True, "\n\n", ("Q:", "</s>", SOL), ()),
     "math_cot": Variant("math_cot", "math", False, "\n\n", ("Problem:", "</s>"), SPECIAL),
     "latent_math_cot": Variant("latent_math_cot", "math", True, "\n\n", ("Problem:", "</s>", SOL), ()),
-    "toy": Variant("toy", "toy", False, "\n\n", ("\n\n", "</s>"), SPECIAL),
-    "latent_toy": Variant("latent_toy", "toy", True, "\n\n", ("\n\n", "</s>", SOL), ()),
 }
 
 
 def load_exemplars(benchmark: str, path: str = "") -> list[dict]:
     """Our exemplar file for the benchmark (GSM8K: 8 solutions from the GSM8K train set, MIT; MATH: 4 of our own),
     or a user's JSONL with question/problem, reasoning, answer."""
-    if benchmark == "toy":
-        return []
     path = path or os.path.join(EXEMPLAR_DIR, f"{benchmark}_cot.jsonl")
     return [json.loads(line) for line in open(path) if line.strip()]
 
@@ -57,8 +54,8 @@ def _question(ex: dict) -> str:
 
 def format_shot(variant: Variant, question: str, reasoning: str | None = None, answer: str | None = None) -> str:
     """One exemplar (with reasoning and answer) or the final query (without)."""
-    if variant.benchmark in ("gsm8k", "toy"):
-        head = f"Q: {question}\nA:" if variant.benchmark == "gsm8k" else question
+    if variant.benchmark == "gsm8k":
+        head = f"Q: {question}\nA:"
         if reasoning is None:
             return head + (SOL + PRIOR if variant.latent else "")
         if variant.latent:

@@ -26,7 +26,9 @@ def validation_nll(model, tokenizer, records, *, max_tokens: int = 2048, limit: 
     lps = score(model, seqs, mesh=mesh)
     nll = np.array([-float(np.sum(lp[1:])) for lp in lps])
     tokens = np.array([len(s) - 1 for s in seqs])
+    from bolt_jax.eval.fewshot import bootstrap_ratio_se
     return {"documents": n, "nll_per_token": float(nll.sum() / max(tokens.sum(), 1)),
+            "nll_per_token_se": bootstrap_ratio_se(nll, tokens), "tokens": int(tokens.sum()),
             "nll_per_char": float(nll.sum() / max(sum(chars), 1)), "avg_tokens": float(tokens.mean()) if n else 0.0}
 
 
