@@ -19,9 +19,9 @@ import ml_collections
 
 from bolt_jax.data import toy
 from bolt_jax.data.bpe import train_bpe_tokenizer
-from bolt_jax.data.schema import atomic_write_text
+from bolt_jax.data.schema import atomic_write_text, write_jsonl
 
-TOY_WORLD_VERSION = 3  # bump when bolt_jax.data.toy changes what it generates
+TOY_WORLD_VERSION = 5  # bump when bolt_jax.data.toy changes what it generates
 
 
 def prepare_toy_data(data_dir: str, *, num_train: int, num_validation: int, seed: int, vocab_size: int) -> dict:
@@ -42,8 +42,8 @@ def prepare_toy_data(data_dir: str, *, num_train: int, num_validation: int, seed
 
 def prepare_toy_bootstrap_data(data_dir: str, *, seed: int, num_pretrain: int, num_warmstart: int,
                                num_bootstrap: int, num_validation: int) -> dict[str, str]:
-    """Four disjoint toy corpora (raw pretraining text with restated questions, warmstart with true thoughts, the
-    fixed raw bootstrap corpus, raw validation) and the toy world's word-level tokenizer. Reused only if written with the same
+    """Four toy corpora (the base model's pretraining text: one-step problems and restated, unanswered three-step
+    questions; the warmstart set with true thoughts; the fixed raw bootstrap corpus, 4x larger; raw validation) and the toy world's word-level tokenizer. Reused only if written with the same
     settings; otherwise rewritten (the settings are recorded in the COMPLETE marker)."""
     os.makedirs(data_dir, exist_ok=True)
     paths = {name: os.path.join(data_dir, f"{name}.jsonl") for name in
@@ -60,12 +60,13 @@ def prepare_toy_bootstrap_data(data_dir: str, *, seed: int, num_pretrain: int, n
             pass
         print(f"toy data in {data_dir} was written with other settings: rewriting it")
         os.remove(done)
-    sets = {"pretrain": toy.generate(num_pretrain, seed=seed), "warmstart": toy.generate(num_warmstart, seed=seed + 1),
+    sets = {"warmstart": toy.generate(num_warmstart, seed=seed + 1),
             "bootstrap": toy.generate(num_bootstrap, seed=seed + 2),
             "validation": toy.generate(num_validation, seed=seed + 3)}
     toy.build_tokenizer(paths["tokenizer"])
+    write_jsonl(paths["pretrain"], (toy.pretraining_record(seed, i) for i in range(num_pretrain)))
     for name, docs in sets.items():
-        toy.write_corpus(paths[name], docs, with_thoughts=(name == "warmstart"), restated=(name == "pretrain"))
+        toy.write_corpus(paths[name], docs, with_thoughts=(name == "warmstart"))
     atomic_write_text(done, json.dumps(settings))
     return paths
 

@@ -1,7 +1,8 @@
 """`make demo`: the whole BoLT EM loop on the toy math corpus, on CPU in minutes.
 
-Tiny base model pretrained on raw toy text -> warmstart on the toy thoughts -> 2 EM iterations with K=4 ->
-raw token- and FLOP-matched baselines -> report (validation loss, ELBO, chosen-thought correctness).
+Tiny base model pretrained on raw toy text -> warmstart on a small set with the true thoughts -> 2 EM iterations
+with K=4 on a raw corpus twice as large -> raw token- and FLOP-matched baselines -> report (bolt_jax.eval.report:
+E-step thought correctness, held-out accuracy, -ELBO / NLL per token, posterior diagnostics, the demo's claims).
 `--config.workflow=compare` runs the simpler raw-vs-thoughts comparison instead.
 """
 
@@ -39,13 +40,13 @@ def get_config():
     c.optim.warmup_steps = 10
     c.optim.lr_min_ratio = 0.1
     c.bootstrap = default_bootstrap_config()
-    c.bootstrap.update(iterations=2, pretrain_steps=350, warmstart_steps=200, iteration_steps=200, elbo_samples=4,
-                       elbo_docs=8, toy_eval_problems=200)
+    c.bootstrap.update(iterations=2, pretrain_steps=300, warmstart_steps=250, iteration_steps=250, elbo_samples=4,
+                       elbo_docs=40, toy_eval_problems=200)
     c.estep = default_estep_config()
     # toy documents are one problem per paragraph: one chunk per problem, the previous 3 as prefix
     c.estep.update(num_samples=4, max_new_tokens=24, max_prompt_len=256, max_tokens=512, split_mode="paragraph",
                    random_chunking=False, units_per_chunk=1, chunks_per_batch=128)
     c.demo = ml_collections.ConfigDict({"num_train_docs": 4000, "num_validation_docs": 200,  # compare
-                                        "num_pretrain_docs": 3000, "num_warmstart_docs": 400,
-                                        "num_bootstrap_docs": 1000, "data_dir": ""})
+                                        "num_pretrain_docs": 3000, "num_warmstart_docs": 200,
+                                        "num_bootstrap_docs": 800, "data_dir": ""})
     return c

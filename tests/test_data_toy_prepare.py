@@ -72,12 +72,18 @@ def test_toy_tokenizer_is_word_level_and_round_trips(tmp_path):
     assert tok.decode(tok.encode("=6")) == "=6" and len(tok.encode("=6")) == 2
 
 
-def test_toy_restated_pretraining_text_has_no_intermediate_results():
-    doc = toy.generate_document(0, 3)
-    text = doc.restated_text()
-    for p in doc.problems:
-        assert toy.restatement(p.question) in text and p.thought.strip() not in text
-    assert " = " not in text
+def test_pretraining_text_has_facts_and_restatements_but_no_multi_step_answer():
+    texts = [toy.pretraining_record(0, i)["text"] for i in range(200)]
+    assert all(" = " not in t for t in texts)  # no intermediate result, ever
+    for t in texts:
+        for q in toy.QUESTION_RE.findall(t):
+            steps = q.count(" , ")
+            after = t.split(q, 1)[1].lstrip("\n")
+            if steps == 1:  # a one-step problem is answered: a fact
+                assert after.startswith(f"The answer is {toy.solve_question(q)[1]} .")
+            else:  # a three-step question is restated, never answered
+                after = after.removeprefix("let us write it in short .\n\n")
+                assert steps == 3 and after.startswith(f"in short : {toy.restatement(q)}")
 
 
 def test_evaluation_prompt_is_the_training_format():

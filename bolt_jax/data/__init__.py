@@ -8,5 +8,6 @@
 - packing.py    rows of (input, target) pairs: the original's concat mode or document-masked mode
 - pipeline.py   default_data_config(), make_batches(config, split): checkpointable per-process Grain iterator
 - prepare.py    run_prepare(config): validation / warmstart / bootstrap splits with manifests
-- toy.py        a toy math corpus with known latent thoughts, and a thought source returning them
+- toy.py        the toy world built for BoLT (3-step mod-7 chains, thoughts known), its word-level tokenizer,
+                its evaluation prompt and a thought source returning the true thoughts
 """

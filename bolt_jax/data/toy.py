@@ -90,18 +90,8 @@ class ToyDocument:
     def text(self) -> str:
         return "".join(c["suffix"] for c in self.chunks())
 
-    def restated_text(self) -> str:
-        """Pretraining text: every question followed by its restatement ("in short : start 3 first plus 5 ...
-        ."), the thought without its results. A base model that has read such text knows how to restate a problem
-        (as TinyLlama has read plenty of restated problems) but has never seen an intermediate result."""
-        parts = []
-        for i, p in enumerate(self.problems):
-            parts.append(p.question + SEPARATOR + "in short : " + restatement(p.question) + SEPARATOR
-                         + p.answer_sentence + ("" if i + 1 == len(self.problems) else SEPARATOR))
-        return "".join(parts)
-
-    def raw_record(self, restated: bool = False) -> dict[str, Any]:
-        return {"id": self.id, "text": self.restated_text() if restated else self.text, "answers": [p.answer for p in self.problems],
+    def raw_record(self) -> dict[str, Any]:
+        return {"id": self.id, "text": self.text, "answers": [p.answer for p in self.problems],
                 "metadata": {"source": "bolt_jax.data.toy"}}
 
     def augmented_record(self) -> dict[str, Any]:
@@ -141,10 +131,32 @@ def generate(num_docs: int, seed: int = 0, **kw) -> list[ToyDocument]:
     return [generate_document(seed, i, **kw) for i in range(num_docs)]
 
 
-def write_corpus(path: str | os.PathLike, docs: Sequence[ToyDocument], with_thoughts: bool = False,
-                 restated: bool = False) -> int:
-    """JSONL in the standard schema (raw, raw with restatements, or augmented with the true thoughts); atomic."""
-    return write_jsonl(path, (d.augmented_record() if with_thoughts else d.raw_record(restated) for d in docs))
+def write_corpus(path: str | os.PathLike, docs: Sequence[ToyDocument], with_thoughts: bool = False) -> int:
+    """JSONL in the standard schema (raw, or augmented with the true thoughts); atomic."""
+    return write_jsonl(path, (d.augmented_record() if with_thoughts else d.raw_record() for d in docs))
+
+
+def pretraining_record(seed: int, index: int) -> dict[str, Any]:
+    """A raw document of the base model's pretraining text: what a base model knows before BoLT.
+
+    Its paragraphs are one-step problems with their answers ("start 3 , first plus 5 ." ... "The answer is 1 ."),
+    which teach every arithmetic fact, and three-step questions restated ("in short : start 3 first plus 5 second
+    times 2 third minus 4 .") but never answered. So the base model knows one-step arithmetic and how to read and
+    restate a problem, as TinyLlama knows its arithmetic facts and how to read, but it has never seen an
+    intermediate result or the answer to a three-step question (the demo's held-out problems cannot be memorised
+    from it)."""
+    rng = np.random.default_rng([seed, index, 1])
+    paragraphs = []
+    for _ in range(int(rng.integers(2, 5))):
+        if rng.random() < 0.5:
+            p = make_problem(rng, num_steps=1)
+            paragraphs += [p.question, p.answer_sentence]
+        else:  # restated right after the question or a sentence later (the posterior reads across the answer)
+            p = make_problem(rng)
+            paragraphs += [p.question, *(["let us write it in short ."] if rng.random() < 0.5 else []),
+                           f"in short : {restatement(p.question)}"]
+    return {"id": f"toy-pretrain-{seed}-{index}", "text": SEPARATOR.join(paragraphs),
+            "metadata": {"source": "bolt_jax.data.toy.pretraining_record"}}
 
 
 # ------------------------------------------------------------------------------------------------ checking
@@ -257,7 +269,7 @@ class ToyThoughtSource:
 # ------------------------------------------------------------------------------------------------ tokenizer
 def vocabulary() -> list[str]:
     """Every word of the toy world, with and without a leading space: the word-level tokenizer's vocabulary."""
-    words = ["The", "answer", "is", "in", "short", ":", "start", *ORDINALS, *(w for w, _ in OPS.values()), *OPS, "=",
+    words = ["The", "answer", "is", "in", "short", ":", "let", "us", "write", "it", "start", *ORDINALS, *(w for w, _ in OPS.values()), *OPS, "=",
              ".", ",", *(str(n) for n in range(MODULUS))]
     return [*words, *(" " + w for w in words), SEPARATOR, "\n", " "]
 
