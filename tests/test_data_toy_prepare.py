@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import ml_collections
 import numpy as np
@@ -33,12 +34,14 @@ def test_toy_thoughts_are_arithmetically_right():
             value = {"plus": value + int(operand), "minus": value - int(operand),
                      "times": value * int(operand)}[word] % 7
         assert p.answer == value == toy.solve_steps(p.thought)
-    p = toy.ToyProblem("start 3 , first plus 5 , second times 2 .", " start 3 first plus 5 = 1 second times 2 = 2 .", 2)
+    p = toy.ToyProblem("start 3 , first plus 5 , second times 2 .", " start 3 first 3 plus 5 = 1 second 1 times 2 = 2 .",
+                       2)
     assert toy.solve_steps(p.thought) == 2 and toy.solve_question(p.question) == (p.thought, 2)  # mod 7
-    assert toy.solve_steps(" start 3 first plus 5 = 8 second times 2 = 2 .") is None  # a wrong step is caught
-    assert toy.solve_steps(" start 3 first plus 5 = 1 third times 2 = 2 .") is None  # steps out of order
-    assert toy.thought_is_correct(" start 3  first plus 5 = 1 second times 2 = 2 .", p.thought)
-    assert not toy.thought_is_correct(" start 3 first plus 5 = 1 .", p.thought)
+    assert toy.solve_steps(" start 3 first 3 plus 5 = 8 second 8 times 2 = 2 .") is None  # a wrong step
+    assert toy.solve_steps(" start 3 first 3 plus 5 = 1 second 4 times 2 = 1 .") is None  # a broken chain
+    assert toy.solve_steps(" start 3 first 3 plus 5 = 1 third 1 times 2 = 2 .") is None  # steps out of order
+    assert toy.thought_is_correct(" start 3  first 3 plus 5 = 1 second 1 times 2 = 2 .", p.thought)
+    assert not toy.thought_is_correct(" start 3 first 3 plus 5 = 1 .", p.thought)
 
 
 def test_toy_chunks_put_the_thought_between_question_and_answer(tmp_path):
@@ -72,18 +75,20 @@ def test_toy_tokenizer_is_word_level_and_round_trips(tmp_path):
     assert tok.decode(tok.encode("=6")) == "=6" and len(tok.encode("=6")) == 2
 
 
-def test_pretraining_text_has_facts_and_restatements_but_no_multi_step_answer():
+def test_pretraining_text_has_facts_and_restatements_but_no_solved_problem():
     texts = [toy.pretraining_record(0, i)["text"] for i in range(200)]
-    assert all(" = " not in t for t in texts)  # no intermediate result, ever
+    facts = set()
     for t in texts:
+        assert "The answer is" not in t  # no problem is ever answered
+        for a, word, b, c in re.findall(r"(\d+) ([a-z]+) (\d+) = (\d+) \.", t):
+            assert (int(a), word, int(b), int(c)) == (int(a), word, int(b), {"plus": int(a) + int(b),
+                    "minus": int(a) - int(b), "times": int(a) * int(b)}[word] % 7)
+            facts.add((a, word, b))
         for q in toy.QUESTION_RE.findall(t):
-            steps = q.count(" , ")
-            after = t.split(q, 1)[1].lstrip("\n")
-            if steps == 1:  # a one-step problem is answered: a fact
-                assert after.startswith(f"The answer is {toy.solve_question(q)[1]} .")
-            else:  # a three-step question is restated, never answered
-                after = after.removeprefix("let us write it in short .\n\n")
-                assert steps == 3 and after.startswith(f"in short : {toy.restatement(q)}")
+            after = t.split(q, 1)[1].lstrip("\n").removeprefix("let us write it in short .\n\n")
+            assert after.startswith(f"in short : {toy.restatement(q)}")
+            assert toy.solve_question(q)[0].strip() not in t
+    assert len(facts) == 7 * 6 * 2 + 7 * 5  # every fact of the world is taught
 
 
 def test_evaluation_prompt_is_the_training_format():

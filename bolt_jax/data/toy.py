@@ -2,8 +2,8 @@
 
 Each problem is a chain of arithmetic steps modulo 7, stated in words, and its answer:
 
-    question   "start 3 , first plus 5 , second times 2 , third minus 7 ."
-    thought    " start 3 first plus 5 = 8 second times 2 = 6 third minus 7 = 9 ."   (never in the raw text)
+    question   "start 3 , first plus 5 , second times 2 , third minus 4 ."
+    thought    " start 3 first 3 plus 5 = 1 second 1 times 2 = 2 third 2 minus 4 = 5 ."   (never in raw text)
     answer     "The answer is 9 ."
 
 Why this shape (what the demo must show, and why the previous corpus could not show it):
@@ -48,8 +48,8 @@ OPS: dict[str, tuple[str, Callable[[int, int], int]]] = {
     "*": ("times", lambda a, b: (a * b) % MODULUS),
 }
 ANSWER_RE = re.compile(r"The answer is (\d+) \.")
-STEP_RE = re.compile(r" ([a-z]+) ([a-z]+) (\d+) = (\d+)")
-THOUGHT_RE = re.compile(r"start (\d+)((?: [a-z]+ [a-z]+ \d+ = \d+)+) \.")
+STEP_RE = re.compile(r" ([a-z]+) (\d+) ([a-z]+) (\d+) = (\d+)")
+THOUGHT_RE = re.compile(r"start (\d+)((?: [a-z]+ \d+ [a-z]+ \d+ = \d+)+) \.")
 SEPARATOR = "\n\n"  # ends every question: the paragraph boundary the chunker cuts at
 FIRST_THOUGHT = ""  # the true thought of a chunk without an answer (the document's first question)
 
@@ -57,7 +57,7 @@ FIRST_THOUGHT = ""  # the true thought of a chunk without an answer (the documen
 @dataclass(frozen=True)
 class ToyProblem:
     question: str  # "start 3 , first plus 5 , second times 2 , third minus 7 ."
-    thought: str  # " start 3 first plus 5 = 8 second times 2 = 6 ..." (leading space: after <SoL><PRIOR>)
+    thought: str  # " start 3 first 3 plus 5 = 1 second 1 times 2 = 2 ..." (leading space: after <SoL><PRIOR>)
     answer: int
 
     @property
@@ -105,18 +105,18 @@ def make_problem(rng: np.random.Generator, num_steps: int = 3) -> ToyProblem:
     """A chain of `num_steps` operations mod 7 from a random start: plus, minus and times once each, in a random
     order (so an operation word names its operand uniquely within the question); no step by 0 or times 1.
 
-    A thought step repeats its question clause and adds the result ("second times 2" -> "second times 2 = 6"), so
-    reading the question is copying what follows the same words earlier (what induction heads do), which a tiny
-    model learns wherever the question sits (the random format moves it by a few tokens from chunk to chunk)."""
+    A thought step repeats its question clause as an arithmetic fact ("second times 2" -> "second 1 times 2 = 2"):
+    reading the question is copying what follows the same words earlier (what induction heads do, wherever the
+    question sits), and each result is a fact in the form the base model's pretraining tables state it."""
     value = int(rng.integers(MODULUS))
     clauses, steps = [f"start {value}"], [f"start {value}"]
     for k, op in enumerate(rng.permutation(list(OPS))[:num_steps]):
         op = str(op)
         operand = int(rng.integers(2, MODULUS)) if op == "*" else int(rng.integers(1, MODULUS))
         word, fn = OPS[op]
-        value = fn(value, operand)
+        previous, value = value, fn(value, operand)
         clauses.append(f"{ORDINALS[k]} {word} {operand}")
-        steps.append(f"{ORDINALS[k]} {word} {operand} = {value}")
+        steps.append(f"{ORDINALS[k]} {fact(previous, op, operand)}")
     return ToyProblem(" , ".join(clauses) + " .", " " + " ".join(steps) + " .", value)
 
 
@@ -136,21 +136,28 @@ def write_corpus(path: str | os.PathLike, docs: Sequence[ToyDocument], with_thou
     return write_jsonl(path, (d.augmented_record() if with_thoughts else d.raw_record() for d in docs))
 
 
+def fact(a: int, op: str, b: int) -> str:
+    """One arithmetic fact as text: "6 plus 2 = 1" (mod 7)."""
+    word, fn = OPS[op]
+    return f"{a} {word} {b} = {fn(a, b)}"
+
+
 def pretraining_record(seed: int, index: int) -> dict[str, Any]:
     """A raw document of the base model's pretraining text: what a base model knows before BoLT.
 
-    Its paragraphs are one-step problems with their answers ("start 3 , first plus 5 ." ... "The answer is 1 ."),
-    which teach every arithmetic fact, and three-step questions restated ("in short : start 3 first plus 5 second
-    times 2 third minus 4 .") but never answered. So the base model knows one-step arithmetic and how to read and
-    restate a problem, as TinyLlama knows its arithmetic facts and how to read, but it has never seen an
-    intermediate result or the answer to a three-step question (the demo's held-out problems cannot be memorised
-    from it)."""
+    Its paragraphs are lines of an arithmetic table ("6 plus 2 = 1 . 3 times 4 = 5 ."), which teach every fact,
+    and three-step questions restated ("in short : start 3 first plus 5 second times 2 third minus 4 .") but never
+    answered. So the base model knows one-step arithmetic and how to read and restate a problem, as TinyLlama
+    knows its arithmetic facts and how to read, but it has never seen a multi-step problem solved or answered
+    (the demo's held-out problems cannot be memorised from it)."""
     rng = np.random.default_rng([seed, index, 1])
     paragraphs = []
     for _ in range(int(rng.integers(2, 5))):
         if rng.random() < 0.5:
-            p = make_problem(rng, num_steps=1)
-            paragraphs += [p.question, p.answer_sentence]
+            ops = [str(o) for o in rng.choice(list(OPS), 4)]
+            paragraphs.append(" ".join(fact(int(rng.integers(MODULUS)), o, int(rng.integers(2 if o == "*" else 1,
+                                                                                            MODULUS))) + " ."
+                                       for o in ops))
         else:  # restated right after the question or a sentence later (the posterior reads across the answer)
             p = make_problem(rng)
             paragraphs += [p.question, *(["let us write it in short ."] if rng.random() < 0.5 else []),
@@ -174,8 +181,8 @@ def solve_steps(thought: str) -> int | None:
         return None
     value = int(m.group(1))
     by_word = {word: fn for word, fn in OPS.values()}
-    for k, (label, word, operand, result) in enumerate(STEP_RE.findall(m.group(2))):
-        if (k >= len(ORDINALS) or label != ORDINALS[k] or word not in by_word
+    for k, (label, first, word, operand, result) in enumerate(STEP_RE.findall(m.group(2))):
+        if (k >= len(ORDINALS) or label != ORDINALS[k] or int(first) != value or word not in by_word
                 or by_word[word](value, int(operand)) != int(result)):
             return None
         value = int(result)
@@ -232,9 +239,8 @@ def solve_question(question: str) -> tuple[str, int]:
     steps = [f"start {value}"]
     by_word = {word: op for op, (word, _) in OPS.items()}
     for label, word, operand in re.findall(r" , ([a-z]+) ([a-z]+) (\d+)", m.group(2)):
-        op = by_word[word]
-        value = OPS[op][1](value, int(operand))
-        steps.append(f"{label} {word} {operand} = {value}")
+        steps.append(f"{label} {fact(value, by_word[word], int(operand))}")
+        value = OPS[by_word[word]][1](value, int(operand))
     return " " + " ".join(steps) + " .", value
 
 
