@@ -17,7 +17,6 @@ import copy
 import glob
 import json
 import logging
-import math
 import os
 import time
 from typing import Any, Callable
@@ -180,7 +179,8 @@ def toy_fewshot_stage(config, model_dir: str, latent: bool) -> dict[str, Any]:
     val = open_corpus(config.data.validation_path)
     problems = toy_eval.heldout_problems([val[j] for j in range(len(val))], config.bootstrap.toy_eval_problems)
     warm = open_corpus(config.bootstrap.warmstart_path)
-    shots = toy_eval.toy_document(warm[0]).problems[:2]
+    from bolt_jax.data import toy
+    shots = toy.problems_of(warm[0])[:2]
     mesh = parallel.make_mesh(dict(config.mesh))
     model, _, tok_dir = model_ckpt.load_model(model_dir, mesh, compute_dtype=config.model.compute_dtype)
     tok = load_tokenizer(tok_dir or config.data.tokenizer_path)

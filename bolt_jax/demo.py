@@ -18,13 +18,12 @@ from typing import Any
 import ml_collections
 
 from bolt_jax.data import toy
-from bolt_jax.data.bpe import train_bpe_tokenizer
 from bolt_jax.data.schema import atomic_write_text, write_jsonl
 
 TOY_WORLD_VERSION = 6  # bump when bolt_jax.data.toy changes what it generates
 
 
-def prepare_toy_data(data_dir: str, *, num_train: int, num_validation: int, seed: int, vocab_size: int) -> dict:
+def prepare_toy_data(data_dir: str, *, num_train: int, num_validation: int, seed: int) -> dict:
     """Writes the augmented training corpus, the raw validation corpus and a tokenizer; reuses them if present."""
     os.makedirs(data_dir, exist_ok=True)
     paths = {"train": os.path.join(data_dir, "train_with_thoughts.jsonl"),
@@ -34,8 +33,7 @@ def prepare_toy_data(data_dir: str, *, num_train: int, num_validation: int, seed
         train_docs = toy.generate(num_train, seed=seed)
         toy.write_corpus(paths["validation"], toy.generate(num_validation, seed=seed + 1000))
         if not os.path.exists(os.path.join(paths["tokenizer"], "tokenizer.json")):
-            texts = [d.text for d in train_docs] + [p.thought for d in train_docs for p in d.problems]
-            train_bpe_tokenizer(texts, paths["tokenizer"], vocab_size=vocab_size)
+            toy.build_tokenizer(paths["tokenizer"])
         toy.write_corpus(paths["train"], train_docs, with_thoughts=True)  # last: its presence marks completion
     return paths
 
@@ -206,8 +204,7 @@ def run_compare(config: ml_collections.ConfigDict) -> dict[str, Any]:
     demo = config.demo
     run_dir = os.path.abspath(config.run_dir)
     paths = prepare_toy_data(os.path.join(run_dir, "data"), num_train=demo.num_train_docs,
-                             num_validation=demo.num_validation_docs, seed=config.seed,
-                             vocab_size=config.model.vocab_size)
+                             num_validation=demo.num_validation_docs, seed=config.seed)
     results: dict[str, dict[str, Any]] = {}
     for name, latent_type in (("raw", "raw"), ("thoughts", "random")):
         c = copy.deepcopy(config)

@@ -3,7 +3,6 @@ against a hand computation on a fake model, E-step correctness, and the report's
 
 import math
 
-import ml_collections
 import numpy as np
 import pytest
 
