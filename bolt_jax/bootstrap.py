@@ -167,9 +167,10 @@ def elbo_stage(config, name: str, model_dir: str) -> dict[str, float]:
 
 
 def toy_fewshot_stage(config, model_dir: str, latent: bool) -> dict[str, Any]:
-    """Greedy few-shot accuracy on held-out toy problems (bolt_jax.eval.toy.heldout_accuracy); the exemplars are
-    the first problems of the warmstart set, in the training format (latent prompt for models trained with
-    thoughts)."""
+    """Greedy accuracy on held-out toy problems (bolt_jax.eval.toy.heldout_accuracy), the prompt in the training
+    format (latent prompt for models trained with thoughts). A toy document holds one problem, so the prompt is the
+    question alone, as every training document begins: exemplars before it would be a layout no model trained on
+    (with two problems per document, models copied the start number of the wrong question)."""
     from bolt_jax import checkpoint as model_ckpt
     from bolt_jax import parallel
     from bolt_jax.data.readers import open_corpus
@@ -178,9 +179,7 @@ def toy_fewshot_stage(config, model_dir: str, latent: bool) -> dict[str, Any]:
 
     val = open_corpus(config.data.validation_path)
     problems = toy_eval.heldout_problems([val[j] for j in range(len(val))], config.bootstrap.toy_eval_problems)
-    warm = open_corpus(config.bootstrap.warmstart_path)
-    from bolt_jax.data import toy
-    shots = toy.problems_of(warm[0])[:2]
+    shots: list = []
     mesh = parallel.make_mesh(dict(config.mesh))
     model, _, tok_dir = model_ckpt.load_model(model_dir, mesh, compute_dtype=config.model.compute_dtype)
     tok = load_tokenizer(tok_dir or config.data.tokenizer_path)

@@ -1,8 +1,12 @@
 """`make demo`: the whole BoLT EM loop on the toy math corpus, on CPU in minutes.
 
 Tiny base model pretrained on raw toy text -> warmstart on a small set with the true thoughts -> 2 EM iterations
-with K=4 on a raw corpus twice as large -> raw token- and FLOP-matched baselines -> report (bolt_jax.eval.report:
+with K=4 on a raw corpus 4x as large -> raw token- and FLOP-matched baselines -> report (bolt_jax.eval.report:
 E-step thought correctness, held-out accuracy, -ELBO / NLL per token, posterior diagnostics, the demo's claims).
+
+As in the paper (spec 6.3: warmstart 0.8e9 tokens, each M-step 13e9), the warmstart is a short run on the small
+set and every M-step a longer one on the bootstrap corpus: here 100 warmstart steps and 300 per M-step, each M-step
+from the base model.
 `--config.workflow=compare` runs the simpler raw-vs-thoughts comparison instead.
 """
 
@@ -40,10 +44,10 @@ def get_config():
     c.optim.warmup_steps = 10
     c.optim.lr_min_ratio = 0.1
     c.bootstrap = default_bootstrap_config()
-    c.bootstrap.update(iterations=2, pretrain_steps=300, warmstart_steps=250, iteration_steps=250, elbo_samples=4,
+    c.bootstrap.update(iterations=2, pretrain_steps=300, warmstart_steps=100, iteration_steps=300, elbo_samples=4,
                        elbo_docs=40, toy_eval_problems=200)
     c.estep = default_estep_config()
-    # toy documents are one problem per paragraph: one chunk per problem, the previous 3 as prefix
+    # a toy document is a question paragraph and an answer paragraph: one chunk per paragraph, the earlier ones as prefix
     c.estep.update(num_samples=4, max_new_tokens=24, max_prompt_len=256, max_tokens=512, split_mode="paragraph",
                    random_chunking=False, units_per_chunk=1, chunks_per_batch=128)
     c.demo = ml_collections.ConfigDict({"num_train_docs": 4000, "num_validation_docs": 200,  # compare

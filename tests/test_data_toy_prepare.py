@@ -45,7 +45,8 @@ def test_toy_thoughts_are_arithmetically_right():
 
 
 def test_toy_chunks_put_the_thought_between_question_and_answer(tmp_path):
-    doc = next(d for d in toy.generate(20, seed=0) if len(d.problems) == 2)
+    assert all(len(d.problems) == 1 for d in toy.generate(20, seed=0))  # the demo's documents: one problem each
+    doc = next(d for d in toy.generate(20, seed=0, max_problems=2) if len(d.problems) == 2)
     chunks = doc.chunks()
     assert "".join(c["suffix"] for c in chunks) == doc.text
     assert [c["latent"] for c in chunks] == ["", doc.problems[0].thought, "", doc.problems[1].thought]
@@ -75,20 +76,24 @@ def test_toy_tokenizer_is_word_level_and_round_trips(tmp_path):
     assert tok.decode(tok.encode("=6")) == "=6" and len(tok.encode("=6")) == 2
 
 
-def test_pretraining_text_has_facts_and_restatements_but_no_solved_problem():
+def test_pretraining_text_teaches_reading_and_single_steps_but_never_a_chain():
     texts = [toy.pretraining_record(0, i)["text"] for i in range(200)]
-    facts = set()
+    long_questions, facts = 0, set()
     for t in texts:
         assert "The answer is" not in t  # no problem is ever answered
-        for a, word, b, c in re.findall(r"(\d+) ([a-z]+) (\d+) = (\d+) \.", t):
-            assert (int(a), word, int(b), int(c)) == (int(a), word, int(b), {"plus": int(a) + int(b),
-                    "minus": int(a) - int(b), "times": int(a) * int(b)}[word] % 7)
-            facts.add((a, word, b))
         for q in toy.QUESTION_RE.findall(t):
             after = t.split(q, 1)[1].lstrip("\n").removeprefix("let us write it in short .\n\n")
-            assert after.startswith(f"in short : {toy.restatement(q)}")
-            assert toy.solve_question(q)[0].strip() not in t
-    assert len(facts) == 7 * 6 * 2 + 7 * 5  # every fact of the world is taught
+            if " , second " in q:  # a three-step question: restated, never solved
+                assert after.startswith(f"in short : {toy.restatement(q)}")
+                assert toy.solve_question(q)[0].strip() not in t
+                long_questions += 1
+            else:  # a one-step question: restated with its result, checked by an independent oracle
+                a, word, b = re.fullmatch(r"start (\d) , first ([a-z]+) (\d) \.", q).groups()
+                result = {"plus": int(a) + int(b), "minus": int(a) - int(b), "times": int(a) * int(b)}[word] % 7
+                assert after.startswith(f"in short : start {a} first {a} {word} {b} = {result} .")
+                facts.add((a, word, b))
+        assert not re.search(r"second \d+ [a-z]+ \d+ =", t)  # never a second step worked out
+    assert long_questions > 100 and len(facts) == 7 * 6  # every fact of the world appears
 
 
 def test_evaluation_prompt_is_the_training_format():

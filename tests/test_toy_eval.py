@@ -81,6 +81,19 @@ def test_posterior_diagnostics_by_hand(tmp_path):
         ids = tok.encode(d.problems[0].thought) + [eol]
         expected_lq.append(-0.01 * sum(ids))
     assert out["log_q_true"] == pytest.approx(np.mean(expected_lq))
+    # the true thought part by part: " start S (ordinal prev op operand = result)* ." by position, scored -0.01 * id
+    by_part: dict[str, list[float]] = {}
+    step = ["format", "copy_previous", "copy_op", "copy_operand", "format", "result"]
+    for d in docs:
+        ids = tok.encode(d.problems[0].thought)
+        names = ["format", "copy_start"] + step * ((len(ids) - 3) // len(step)) + ["format"]
+        for i, name in zip(ids, names):
+            by_part.setdefault(name, []).append(-0.01 * i)
+    for name, values in by_part.items():
+        for fmt in ("posterior", "prior"):
+            assert out["thought_parts"][f"{fmt}/{name}"]["logp"] == pytest.approx(np.mean(values))
+    answer_ids = [tok.encode(f" {d.problems[0].answer}")[0] for d in docs]
+    assert out["thought_parts"]["prior/answer"]["logp"] == pytest.approx(np.mean([-0.01 * i for i in answer_ids]))
     # ELBO_n per token: -logsumexp(log w[:n]) + log n per chunk, over the chunks' suffix tokens, by hand
     total, tokens = {1: 0.0, 2: 0.0}, 0
     for c in chunks:

@@ -1,26 +1,29 @@
 """A toy world built for BoLT: text that leaves out the reasoning its answers need, with known latent thoughts.
 
-Each problem is a chain of arithmetic steps modulo 7, stated in words, and its answer:
+Each document is one problem, a chain of three arithmetic steps modulo 7 stated in words, and its answer:
 
-    question   "start 3 , first plus 5 , second times 2 , third minus 4 ."
-    thought    " start 3 first 3 plus 5 = 1 second 1 times 2 = 2 third 2 minus 4 = 5 ."   (never in raw text)
-    answer     "The answer is 9 ."
+    question   "start 4 , first times 2 , second plus 1 , third minus 2 ."
+    thought    " start 4 first 4 times 2 = 1 second 1 plus 1 = 2 third 2 minus 2 = 0 ."   (never in raw text)
+    answer     "The answer is 0 ."
 
-Why this shape (what the demo must show, and why the previous corpus could not show it):
-- The thought is needed to predict the text. The answer is a 3-step chain modulo 7: a model reading only questions
-  and answers must compute the whole chain in one token, which a tiny model does not learn from a few thousand
-  examples (raw training stays near chance), while each written step is one small table lookup.
-- The thought sits between what it explains and what depends on it. A document is paragraphs
-  `Q1 \\n\\n "The answer is a1 ." \\n\\n Q2 \\n\\n ...`, so with one paragraph per chunk the thought of an answer
-  chunk (prior format: `<SoL><PRIOR> z <EoL> x`) comes right after the question it solves (in the prefix) and
-  before the answer it produces (the chunk): p(z | prefix) can compute it and p(x | z) checks it. A question chunk's
-  true thought is "". (With the next question in the answer's paragraph, the posterior format put that question
-  between the thought and the one it solves, and a tiny model learned to read much more slowly.)
-- The few-shot evaluation prompt is the training format itself (`evaluation_prompt`), so it occurs in training.
-- Memorisation cannot reach held-out answers: about 7,500 different questions (start, operands and order of
-  operations), and the demo holds out problems it never trains on.
-- Every number is one word and the tokenizer is word-level (`build_tokenizer`), so a 1M-parameter model learns the
-  steps on a CPU in minutes.
+Why this shape (each choice measured on this machine's CPU budget; the notes of 2026-12-04 have the figures):
+- The thought is needed to predict the text: the answer is three steps composed, the thought writes each one out.
+- Each part of the thought is something the demo's 1M-parameter model learns in CPU minutes. A step restates its
+  question clause and the previous result (copying, which the base model's pretraining text teaches by restating
+  questions) and then states one of 42 facts (plus or minus 1 or 2, times 2 or 3, mod 7), which the pretraining
+  text teaches through one-step questions restated with their result. The base model never sees a chain worked
+  out or an answer. What failed: 119 facts mod 7 were not memorised after 300 steps of nothing but fact tables;
+  tables in the pretraining text (where the number after "plus" is a guess) kept the model from ever learning to
+  copy numbers; lookups in a per-problem map and function words without operands were not copied at all.
+- The thought sits between what it explains and what depends on it: the question is one paragraph (one chunk,
+  true thought ""), the answer the next, so the answer chunk's prior-format thought (`<SoL><PRIOR> z <EoL> x`)
+  comes right after the question (in the prefix) and before the answer (the chunk): p(z | prefix) can compute it
+  and p(x | z) checks it (the answer is the thought's last number). One problem per document: with two, models
+  copied the start number of the wrong question in 23% of the chosen thoughts.
+- The evaluation prompt is the training format itself (`evaluation_prompt`), so it occurs in training.
+- Known weakness: with small operands there are only 336 distinct questions, and raw training for 300 steps
+  answers 0.435 of held-out problems (see the README's toy figures).
+- Every number is one word and the tokenizer is word-level (`build_tokenizer`).
 
 Documents and thoughts are a pure function of (seed, index).
 
@@ -47,7 +50,10 @@ OPS: dict[str, tuple[str, Callable[[int, int], int]]] = {
     "-": ("minus", lambda a, b: (a - b) % MODULUS),
     "*": ("times", lambda a, b: (a * b) % MODULUS),
 }
+OPERANDS = {"+": (1, 2), "-": (1, 2), "*": (2, 3)}  # 6 operations x 7 values = 42 facts
+ORDINALS = ("first", "second", "third")
 ANSWER_RE = re.compile(r"The answer is (\d+) \.")
+QUESTION_RE = re.compile(r"start \d+(?: , [a-z]+ [a-z]+ \d+)+ \.")
 STEP_RE = re.compile(r" ([a-z]+) (\d+) ([a-z]+) (\d+) = (\d+)")
 THOUGHT_RE = re.compile(r"start (\d+)((?: [a-z]+ \d+ [a-z]+ \d+ = \d+)+) \.")
 SEPARATOR = "\n\n"  # ends every question: the paragraph boundary the chunker cuts at
@@ -56,8 +62,8 @@ FIRST_THOUGHT = ""  # the true thought of a chunk without an answer (the documen
 
 @dataclass(frozen=True)
 class ToyProblem:
-    question: str  # "start 3 , first plus 5 , second times 2 , third minus 7 ."
-    thought: str  # " start 3 first 3 plus 5 = 1 second 1 times 2 = 2 ..." (leading space: after <SoL><PRIOR>)
+    question: str  # "start 4 , first times 2 , second plus 1 , third minus 2 ."
+    thought: str  # " start 4 first 4 times 2 = 1 second 1 plus 1 = 2 ..." (leading space: after <SoL><PRIOR>)
     answer: int
 
     @property
@@ -98,29 +104,32 @@ class ToyDocument:
         return augment_record(self.raw_record(), self.chunks())
 
 
-ORDINALS = ("first", "second", "third", "fourth")
+def fact(a: int, op: str, b: int) -> str:
+    """One arithmetic fact as text: "6 plus 2 = 1" (mod 7)."""
+    word, fn = OPS[op]
+    return f"{a} {word} {b} = {fn(a, b)}"
 
 
-def make_problem(rng: np.random.Generator, num_steps: int = 3) -> ToyProblem:
-    """A chain of `num_steps` operations mod 7 from a random start: plus, minus and times once each, in a random
-    order (so an operation word names its operand uniquely within the question); no step by 0 or times 1.
+def make_problem(rng: np.random.Generator) -> ToyProblem:
+    """A chain of three operations mod 7 from a random start: plus, minus and times once each, in a random order,
+    each with a small operand (OPERANDS).
 
-    A thought step repeats its question clause as an arithmetic fact ("second times 2" -> "second 1 times 2 = 2"):
-    reading the question is copying what follows the same words earlier (what induction heads do, wherever the
-    question sits), and each result is a fact in the form the base model's pretraining tables state it."""
+    A thought step restates its question clause as an arithmetic fact ("second times 2" -> "second 1 times 2 = 2"):
+    copying the clause and the previous result is what the base model's pretraining taught it (restating), and the
+    result is one of 42 facts."""
     value = int(rng.integers(MODULUS))
     clauses, steps = [f"start {value}"], [f"start {value}"]
-    for k, op in enumerate(rng.permutation(list(OPS))[:num_steps]):
+    for ordinal, op in zip(ORDINALS, rng.permutation(list(OPS))):
         op = str(op)
-        operand = int(rng.integers(2, MODULUS)) if op == "*" else int(rng.integers(1, MODULUS))
+        operand = int(rng.choice(OPERANDS[op]))
         word, fn = OPS[op]
-        previous, value = value, fn(value, operand)
-        clauses.append(f"{ORDINALS[k]} {word} {operand}")
-        steps.append(f"{ORDINALS[k]} {fact(previous, op, operand)}")
+        clauses.append(f"{ordinal} {word} {operand}")
+        steps.append(f"{ordinal} {fact(value, op, operand)}")
+        value = fn(value, operand)
     return ToyProblem(" , ".join(clauses) + " .", " " + " ".join(steps) + " .", value)
 
 
-def generate_document(seed: int, index: int, min_problems: int = 1, max_problems: int = 2) -> ToyDocument:
+def generate_document(seed: int, index: int, min_problems: int = 1, max_problems: int = 1) -> ToyDocument:
     """Document `index` of the corpus `seed`: a pure function of both."""
     rng = np.random.default_rng([seed, index])
     n = int(rng.integers(min_problems, max_problems + 1))
@@ -146,34 +155,35 @@ def write_corpus(path: str | os.PathLike, docs: Sequence[ToyDocument], with_thou
     return write_jsonl(path, (d.augmented_record() if with_thoughts else d.raw_record() for d in docs))
 
 
-def fact(a: int, op: str, b: int) -> str:
-    """One arithmetic fact as text: "6 plus 2 = 1" (mod 7)."""
-    word, fn = OPS[op]
-    return f"{a} {word} {b} = {fn(a, b)}"
-
-
 def pretraining_record(seed: int, index: int) -> dict[str, Any]:
     """A raw document of the base model's pretraining text: what a base model knows before BoLT.
 
-    Its paragraphs are lines of an arithmetic table ("6 plus 2 = 1 . 3 times 4 = 5 ."), which teach every fact,
-    and three-step questions restated ("in short : start 3 first plus 5 second times 2 third minus 4 .") but never
-    answered. So the base model knows one-step arithmetic and how to read and restate a problem, as TinyLlama
-    knows its arithmetic facts and how to read, but it has never seen a multi-step problem solved or answered
-    (the demo's held-out problems cannot be memorised from it)."""
+    Three-step questions, each restated without its commas ("in short : start 3 first plus 2 second times 3 ...")
+    right after it or a sentence later, never answered; and one-step questions restated with their result ("start
+    4 , first times 2 ." -> "in short : start 4 first 4 times 2 = 1 ."). So the base model can read a question,
+    copy it and apply one operation (as TinyLlama knows its arithmetic facts and how to read), but has never seen
+    a chain of steps, a multi-step problem solved or an answer: the held-out problems cannot be memorised from this
+    text. (Arithmetic tables here kept a tiny base model from ever learning to copy operands: the number after
+    "plus" is a guess in a table and a copy in a restatement; here it is always a copy.)"""
     rng = np.random.default_rng([seed, index, 1])
     paragraphs = []
     for _ in range(int(rng.integers(2, 5))):
+        question = make_problem(rng).question
         if rng.random() < 0.5:
-            ops = [str(o) for o in rng.choice(list(OPS), 4)]
-            paragraphs.append(" ".join(fact(int(rng.integers(MODULUS)), o, int(rng.integers(2 if o == "*" else 1,
-                                                                                            MODULUS))) + " ."
-                                       for o in ops))
-        else:  # restated right after the question or a sentence later (the posterior reads across the answer)
-            p = make_problem(rng)
-            paragraphs += [p.question, *(["let us write it in short ."] if rng.random() < 0.5 else []),
-                           f"in short : {restatement(p.question)}"]
+            short = restatement(question)
+        else:  # its first step alone, solved
+            question = question.split(" , second ")[0] + " ."
+            short = solve_question(question)[0].strip()
+        paragraphs += [question, *(["let us write it in short ."] if rng.random() < 0.5 else []),
+                       f"in short : {short}"]
     return {"id": f"toy-pretrain-{seed}-{index}", "text": SEPARATOR.join(paragraphs),
             "metadata": {"source": "bolt_jax.data.toy.pretraining_record"}}
+
+
+def restatement(question: str) -> str:
+    """A question without its commas: "start 3 first up second twice third flip fourth up ."; its thought is
+    this with each result after its function."""
+    return question.replace(" ,", "")
 
 
 # ------------------------------------------------------------------------------------------------ checking
@@ -184,8 +194,8 @@ def extract_answer(text: str) -> int | None:
 
 
 def solve_steps(thought: str) -> int | None:
-    """Check a thought's arithmetic (a start value, then "op operand = result" steps mod 7, each from the previous
-    result); returns the last result if every step is right, else None."""
+    """Check a thought's arithmetic (a start value, then "ordinal previous op operand = result" steps mod 7, each
+    from the previous result); returns the last result if every step is right, else None."""
     m = THOUGHT_RE.fullmatch(thought.strip())
     if not m:
         return None
@@ -202,6 +212,23 @@ def solve_steps(thought: str) -> int | None:
 def check_document(doc: ToyDocument) -> bool:
     """Every problem's stated answer follows from its thought (the corpus checks itself)."""
     return all(extract_answer(p.answer_sentence) == p.answer == solve_steps(p.thought) for p in doc.problems)
+
+
+THOUGHT_PARTS = ("copy_start", "copy_previous", "copy_op", "copy_operand", "result", "format")
+
+
+def thought_parts(words: Sequence[str]) -> list[str]:
+    """The part each word of a thought plays: copy_start (the number after "start"), copy_previous (the previous
+    result, after an ordinal), copy_op and copy_operand (the question's clause), result (after "=": one fact),
+    format (the rest). A model that fails a part fails every thought; the report shows each part's log-probability."""
+    ops = {word for word, _ in OPS.values()}
+    out = []
+    for j, w in enumerate(words):
+        w, prev = w.strip(), words[j - 1].strip() if j else ""
+        out.append("copy_start" if prev == "start" else "copy_previous" if prev in ORDINALS
+                   else "copy_op" if w in ops else "copy_operand" if prev in ops
+                   else "result" if prev == "=" else "format")
+    return out
 
 
 def normalize_thought(thought: str) -> str:
@@ -237,9 +264,6 @@ def evaluation_answer(generated: str) -> int | None:
 
 
 # ------------------------------------------------------------------------------------------------ teacher
-QUESTION_RE = re.compile(r"start \d+(?: , [a-z]+ [a-z]+ \d+)+ \.")
-
-
 def solve_question(question: str) -> tuple[str, int]:
     """(true thought, answer) of a toy question, computed from its words as the generator computes them."""
     m = re.fullmatch(r"start (\d+)((?: , [a-z]+ [a-z]+ \d+)+) \.", question.strip())
@@ -252,11 +276,6 @@ def solve_question(question: str) -> tuple[str, int]:
         steps.append(f"{label} {fact(value, by_word[word], int(operand))}")
         value = OPS[by_word[word]][1](value, int(operand))
     return " " + " ".join(steps) + " .", value
-
-
-def restatement(question: str) -> str:
-    """A question's clauses without their commas: "start 3 first plus 5 second times 2 third minus 7 ."."""
-    return question.replace(" ,", "")
 
 
 class ToyThoughtSource:
@@ -285,8 +304,8 @@ class ToyThoughtSource:
 # ------------------------------------------------------------------------------------------------ tokenizer
 def vocabulary() -> list[str]:
     """Every word of the toy world, with and without a leading space: the word-level tokenizer's vocabulary."""
-    words = ["The", "answer", "is", "in", "short", ":", "let", "us", "write", "it", "start", *ORDINALS, *(w for w, _ in OPS.values()), *OPS, "=",
-             ".", ",", *(str(n) for n in range(MODULUS))]
+    words = ["The", "answer", "is", "in", "short", ":", "let", "us", "write", "it", "start", *ORDINALS, *(w for w, _ in OPS.values()),
+             "=", ".", ",", *(str(n) for n in range(MODULUS))]
     return [*words, *(" " + w for w in words), SEPARATOR, "\n", " "]
 
 

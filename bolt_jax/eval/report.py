@@ -76,6 +76,7 @@ def build_report(*, models: dict[str, dict], esteps: dict[int, dict], evaluation
             row["posterior"] = {k: elbo[k] for k in ("sample_correct", "sample_correct_se", "chosen_correct",
                                                      "chosen_correct_se", "true_top", "true_top_se", "ess",
                                                      "ess_se", "log_q_true", "log_q_true_se", "answer_chunks")}
+            row["posterior"]["thought_parts"] = elbo.get("thought_parts", {})
         out_models[name] = row
     report = {"iterations": iterations, "models": out_models, "stage_seconds": stage_seconds,
               "total_seconds": sum(stage_seconds.values()), "commit": git_commit(), "config": config,
@@ -180,6 +181,19 @@ def render_markdown(report: dict, *, run_dir: str, plot_name: str = "bootstrap.p
             lines.append(f"| {n} | {_pm(p['sample_correct'], p['sample_correct_se'])} | "
                          f"{_pm(p['chosen_correct'], p['chosen_correct_se'])} | {_pm(p['true_top'], p['true_top_se'])} | "
                          f"{_pm(p['ess'], p['ess_se'], 2)} | {_pm(p['log_q_true'], p['log_q_true_se'], 2)} |")
+    parts = sorted({key for p in posterior.values() for key in p.get("thought_parts", {})})
+    if parts:
+        lines += ["", "## Which part of the thought each model gets right", "",
+                  "Mean log-probability per token (nats; 0 = certain, log(1/7) = -1.95 = a guess among the numbers) "
+                  "of the true thought's parts on the same held-out chunks, as the posterior writes it (after the "
+                  "answer) and as the prior writes it (before it): copying the start number and the function words "
+                  "from the question, each fact (a result), and, in the prior format, the answer after the thought. "
+                  "A thought is right only when every part is.", "",
+                  "| model | " + " | ".join(parts) + " |", "|---|" + "---|" * len(parts)]
+        for n, p in posterior.items():
+            tp = p.get("thought_parts", {})
+            lines.append(f"| {n} | " + " | ".join(_pm(_get(tp.get(k), "logp"), _get(tp.get(k), "logp_se"), 2)
+                                                 for k in parts) + " |")
     lines += ["", f"![what EM improves]({plot_name})", "", "## Time per stage", "",
               "| stage | seconds |", "|---|---|"]
     lines += [f"| {n} | {s:.0f} |" for n, s in report["stage_seconds"].items()]

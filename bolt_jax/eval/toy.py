@@ -6,7 +6,8 @@
   chain of steps, from the rows of an E-step store.
 - `posterior_diagnostics`: for one model on held-out chunks: the same correctness figures, the ESS, the log q of
   the true thought and how often the true thought, added as a (K+1)-th candidate, gets the largest importance
-  weight; plus ELBO_n per token from the same samples. The weight math is bolt_jax.estep.weights.
+  weight; the true thought's log-probability part by part (copying the question, each fact, the answer: which
+  skill a model lacks); plus ELBO_n per token from the same samples. The weight math is bolt_jax.estep.weights.
 
 Accuracies carry a bootstrap standard error over problems (bolt_jax.eval.fewshot.bootstrap_se).
 """
@@ -106,9 +107,13 @@ def posterior_diagnostics(backend, tokenizer, chunks, e) -> dict[str, Any]:
                                                 e.accounting))
     scores = backend.score(q_seqs + [j.sequences[0] for j in joints])
     per_chunk, log_q_true = [], []
+    parts: dict[str, list[float]] = {}
     for n, ((c, row), start, j) in enumerate(zip(solved, q_from, joints)):
         lq = sequences.span_sum(scores[n], start)
         lp = sequences.span_sum(scores[len(solved) + n], j.score_from)
+        for fmt, seq, s, first in (("posterior", q_seqs[n], scores[n], start),
+                                   ("prior", j.sequences[0], scores[len(solved) + n], _prior_thought_start(j, tokenizer))):
+            _add_part_logprobs(parts, fmt, tokenizer, seq, s, first)
         ok = [toy.thought_is_correct(z, truth[c.chunk_id]) for z in row["latents"]]
         per_chunk.append(true_thought_diagnostics(row["log_weight"], lp - lq, ok,
                                                   chunk_rng(e.seed, c.doc_index, c.index)))
@@ -118,6 +123,8 @@ def posterior_diagnostics(backend, tokenizer, chunks, e) -> dict[str, Any]:
         values = [d[key] for d in per_chunk]
         out[key] = float(np.mean(values)) if values else math.nan
         out[f"{key}_se"] = bootstrap_se(values)
+    out["thought_parts"] = {key: {"logp": float(np.mean(v)), "logp_se": bootstrap_se(v), "tokens": len(v)}
+                            for key, v in sorted(parts.items())}
     out["log_q_true"] = float(np.mean(log_q_true)) if log_q_true else math.nan
     out["log_q_true_se"] = bootstrap_se(log_q_true)
     from bolt_jax.eval.fewshot import bootstrap_ratio_se
@@ -129,3 +136,27 @@ def posterior_diagnostics(backend, tokenizer, chunks, e) -> dict[str, Any]:
             out[f"neg_elbo_{n}_per_token_se"] = bootstrap_ratio_se(neg, tokens)
     out["tokens"] = sum(tokens)
     return out
+
+
+def _prior_thought_start(joint, tokenizer) -> int:
+    """Index of the first thought token of a joint sequence (right after its last <PRIOR>)."""
+    from bolt_jax.data.formats import PRIOR
+    seq = list(joint.sequences[0])
+    return len(seq) - seq[::-1].index(tokenizer.special_ids[PRIOR])
+
+
+def _add_part_logprobs(parts: dict[str, list[float]], fmt: str, tokenizer, seq, scores, first: int) -> None:
+    """Per-token log p of the true thought's parts (toy.thought_parts) from `first` up to <EoL>, and, after it in
+    the prior format, of the stated answer's number: what each skill of the thought costs the model."""
+    from bolt_jax.data.formats import EOL
+    eol = tokenizer.special_ids[EOL]
+    end = list(seq).index(eol, first)
+    words = [tokenizer.decode([t]) for t in seq[first:end]]
+    for offset, part in enumerate(toy.thought_parts(words)):
+        parts.setdefault(f"{fmt}/{part}", []).append(float(scores[first + offset]))
+    if fmt == "prior":
+        after = [tokenizer.decode([t]).strip() for t in seq[end + 1:]]
+        for offset, w in enumerate(after):
+            if w.isdigit():  # "The answer is N ." -> N, predicted from the thought
+                parts.setdefault("prior/answer", []).append(float(scores[end + 1 + offset]))
+                break
