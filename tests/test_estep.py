@@ -20,7 +20,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("estep")
     hf_dir = build_hf_model(root / "hf")
     convert_hf_to_orbax(hf_dir, str(root / "ckpt"))
-    toy.write_corpus(root / "corpus.jsonl", toy.generate(5, seed=3))
+    toy.write_corpus(root / "corpus.jsonl", toy.generate(5, seed=3, max_problems=2))
     return root, hf_dir
 
 
