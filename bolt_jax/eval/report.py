@@ -237,7 +237,7 @@ def plot(report: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     models, its = report["models"], report["iterations"]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.4))
     ax = axes[0]
     n_it = len(its)
     xs = list(range(0, n_it + 1))
@@ -264,7 +264,7 @@ def plot(report: dict, path: str) -> None:
     ax.set(title="what EM improves", xlabel="EM iteration", ylabel="share correct", ylim=(0, 1))
     ax.set_xticks(xs)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)  # below: never over the data
     ax = axes[1]
     names, vals, errs, colors = [], [], [], []
     for name, m in models.items():
