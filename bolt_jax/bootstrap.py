@@ -46,7 +46,7 @@ def default_bootstrap_config() -> ml_collections.ConfigDict:
         "elbo_samples": 4,  # validation ELBO_1..K per model (0 = skip)
         "elbo_docs": 16,
         "toy": False,  # the corpus is bolt_jax.data.toy: also report how often the chosen thought is correct
-        "toy_eval_problems": 40,  # toy: greedy accuracy (zero-shot, training format) of every model on this many held-out problems
+        "toy_eval_problems": 40,  # toy: greedy zero-shot accuracy of every model on this many held-out problems
         # a finished bootstrap run whose base and warmstart stages (and their evaluations) this run reuses instead
         # of training them again (the K sweep: one warmstart, EM with several K); "" = none
         "shared_stages_from": "",
@@ -260,7 +260,8 @@ def is_thought_model(name: str) -> bool:
 
 def evaluate_models(config, manifest: Manifest, models: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per model, on the validation documents: -ELBO_K per token (thought models; toy: with the posterior
-    diagnostics) or NLL per token (raw models), over the same text tokens; toy: held-out accuracy (zero-shot, in the training format)."""
+    diagnostics) or NLL per token (raw models), over the same text tokens; toy: held-out
+    accuracy (zero-shot, in the training format)."""
     b = config.bootstrap
     out: dict[str, dict[str, Any]] = {name: {} for name in models}
     if not config.data.validation_path:

@@ -304,7 +304,8 @@ class ToyThoughtSource:
 # ------------------------------------------------------------------------------------------------ tokenizer
 def vocabulary() -> list[str]:
     """Every word of the toy world, with and without a leading space: the word-level tokenizer's vocabulary."""
-    words = ["The", "answer", "is", "in", "short", ":", "let", "us", "write", "it", "start", *ORDINALS, *(w for w, _ in OPS.values()),
+    words = ["The", "answer", "is", "in", "short", ":", "let", "us", "write", "it", "start", *ORDINALS,
+             *(w for w, _ in OPS.values()),
              "=", ".", ",", *(str(n) for n in range(MODULUS))]
     return [*words, *(" " + w for w in words), SEPARATOR, "\n", " "]
 

@@ -111,8 +111,9 @@ def posterior_diagnostics(backend, tokenizer, chunks, e) -> dict[str, Any]:
     for n, ((c, row), start, j) in enumerate(zip(solved, q_from, joints)):
         lq = sequences.span_sum(scores[n], start)
         lp = sequences.span_sum(scores[len(solved) + n], j.score_from)
+        prior_start = _prior_thought_start(j, tokenizer)
         for fmt, seq, s, first in (("posterior", q_seqs[n], scores[n], start),
-                                   ("prior", j.sequences[0], scores[len(solved) + n], _prior_thought_start(j, tokenizer))):
+                                   ("prior", j.sequences[0], scores[len(solved) + n], prior_start)):
             _add_part_logprobs(parts, fmt, tokenizer, seq, s, first)
         ok = [toy.thought_is_correct(z, truth[c.chunk_id]) for z in row["latents"]]
         per_chunk.append(true_thought_diagnostics(row["log_weight"], lp - lq, ok,
