@@ -140,16 +140,6 @@ def generate(num_docs: int, seed: int = 0, **kw) -> list[ToyDocument]:
     return [generate_document(seed, i, **kw) for i in range(num_docs)]
 
 
-def problems_of(record: dict[str, Any]) -> list[ToyProblem]:
-    """The problems of a toy record (raw or augmented), their thoughts recomputed from the questions."""
-    text = record.get("text") or "".join(c["suffix"] for c in record["chunks"])
-    out = []
-    for q in QUESTION_RE.findall(text):
-        thought, answer = solve_question(q)
-        out.append(ToyProblem(q, thought, answer))
-    return out
-
-
 def write_corpus(path: str | os.PathLike, docs: Sequence[ToyDocument], with_thoughts: bool = False) -> int:
     """JSONL in the standard schema (raw, or augmented with the true thoughts); atomic."""
     return write_jsonl(path, (d.augmented_record() if with_thoughts else d.raw_record() for d in docs))
