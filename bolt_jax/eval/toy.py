@@ -1,6 +1,7 @@
 """Evaluation in the toy world (bolt_jax.data.toy), where every thought and answer can be checked.
 
-- `heldout_accuracy`: greedy accuracy on held-out problems (optionally with exemplars), the prompt in the training format itself
+- `heldout_accuracy`: greedy accuracy on held-out problems (optionally with exemplars), the prompt in the training
+  format itself
   (`toy.evaluation_prompt`): latent models write a thought, <EoL>, then the answer; raw models the answer.
 - `estep_correctness`: how often the E-step's K posterior samples, and its chosen (resampled) thought, are the true
   chain of steps, from the rows of an E-step store.
