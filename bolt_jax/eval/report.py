@@ -207,10 +207,17 @@ def _conclusions(report: dict) -> list[str]:
     its = [r for r in its if r.get("chosen_correct") is not None]
     if its:
         first, last = its[0], its[-1]
-        out.append(f"EM bootstraps its own thoughts: the share of chosen thoughts that are the true chain of steps "
-                   f"went from {first['chosen_correct']:.2f} in iteration 1 to {last['chosen_correct']:.2f} in "
-                   f"iteration {last['iteration']}, and in every iteration the importance weights chose correct "
-                   f"thoughts more often than the sampler wrote them (chosen vs sample correct above).")
+        change = last["chosen_correct"] - first["chosen_correct"]
+        se = math.hypot(first.get("chosen_correct_se") or 0.0, last.get("chosen_correct_se") or 0.0)
+        verdict = ("rose" if change > 2 * se else "fell" if change < -2 * se
+                   else "did not change by more than twice its standard error")
+        picked = all(r["chosen_correct"] > r["sample_correct"] for r in its)
+        out.append(f"The share of chosen thoughts that are the true chain of steps {verdict}: "
+                   f"{first['chosen_correct']:.2f} in iteration 1, {last['chosen_correct']:.2f} in iteration "
+                   f"{last['iteration']} ({change:+.2f} ± {se:.2f}). The importance weights chose correct thoughts "
+                   + ("more often than the sampler wrote them in every iteration" if picked else
+                      "no more often than the sampler wrote them in at least one iteration")
+                   + " (chosen vs sample correct below).")
     last_name = f"iter_{len(report['iterations'])}"
     acc = {n: (m["heldout_accuracy"], m["heldout_accuracy_se"]) for n, m in models.items()
            if m.get("heldout_accuracy") is not None}
