@@ -20,7 +20,7 @@ import ml_collections
 from bolt_jax.data import toy
 from bolt_jax.data.schema import atomic_write_text, write_jsonl
 
-TOY_WORLD_VERSION = 14  # bump when bolt_jax.data.toy changes what it generates
+TOY_WORLD_VERSION = 19  # bump when bolt_jax.data.toy changes what it generates
 
 
 def prepare_toy_data(data_dir: str, *, num_train: int, num_validation: int, seed: int) -> dict:

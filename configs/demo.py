@@ -44,11 +44,11 @@ def get_config():
     c.optim.warmup_steps = 10
     c.optim.lr_min_ratio = 0.1
     c.bootstrap = default_bootstrap_config()
-    c.bootstrap.update(iterations=2, pretrain_steps=300, warmstart_steps=100, iteration_steps=300, elbo_samples=4,
+    c.bootstrap.update(iterations=2, pretrain_steps=300, warmstart_steps=60, iteration_steps=300, elbo_samples=4,
                        elbo_docs=40, toy_eval_problems=200)
     c.estep = default_estep_config()
     # a toy document is a question paragraph and an answer paragraph: one chunk per paragraph
-    c.estep.update(num_samples=4, max_new_tokens=24, max_prompt_len=256, max_tokens=512, split_mode="paragraph",
+    c.estep.update(num_samples=4, max_new_tokens=32, max_prompt_len=256, max_tokens=512, split_mode="paragraph",
                    random_chunking=False, units_per_chunk=1, chunks_per_batch=128)
     c.demo = ml_collections.ConfigDict({"num_train_docs": 4000, "num_validation_docs": 200,  # compare
                                         "num_pretrain_docs": 3000, "num_warmstart_docs": 200,

@@ -22,26 +22,39 @@ def test_toy_is_a_pure_function_of_seed_and_index():
     assert toy.generate_document(1, 7).text == a[7].text
 
 
+def _fold(question: str) -> list[int]:
+    """An independent oracle: parse the question's words and fold the operations mod 7; every intermediate value."""
+    words = question.rstrip(" .").split(" , ")
+    values = [int(words[0].split("_")[1])]
+    for clause in words[1:]:
+        _, word = clause.split("_")
+        a = values[-1]
+        values.append({"up": a + 1, "upup": a + 2, "down": a - 1, "downdown": a - 2, "double": 2 * a,
+                       "triple": 3 * a}[word] % 7)
+    return values
+
+
 def test_toy_thoughts_are_arithmetically_right():
     docs = toy.generate(500, seed=0)
     assert all(toy.check_document(d) for d in docs)
+    questions = set()
     for p in (p for d in docs for p in d.problems):
-        # an independent oracle: parse the question's words and fold the operations mod 7
-        words = p.question.rstrip(" .").split(" , ")
-        value = int(words[0].split()[1])
-        for clause in words[1:]:
-            _, word, operand = clause.split()
-            value = {"plus": value + int(operand), "minus": value - int(operand),
-                     "times": value * int(operand)}[word] % 7
-        assert p.answer == value == toy.solve_steps(p.thought)
-    p = toy.ToyProblem("start 3 , first plus 5 , second times 2 .", " start 3 first 3 plus 5 = 1 second 1 times 2 = 2 .",
-                       2)
-    assert toy.solve_steps(p.thought) == 2 and toy.solve_question(p.question) == (p.thought, 2)  # mod 7
-    assert toy.solve_steps(" start 3 first 3 plus 5 = 8 second 8 times 2 = 2 .") is None  # a wrong step
-    assert toy.solve_steps(" start 3 first 3 plus 5 = 1 second 4 times 2 = 1 .") is None  # a broken chain
-    assert toy.solve_steps(" start 3 first 3 plus 5 = 1 third 1 times 2 = 2 .") is None  # steps out of order
-    assert toy.thought_is_correct(" start 3  first 3 plus 5 = 1 second 1 times 2 = 2 .", p.thought)
-    assert not toy.thought_is_correct(" start 3 first 3 plus 5 = 1 .", p.thought)
+        values = _fold(p.question)
+        assert p.answer == values[-1] == toy.solve_steps(p.thought)
+        # the thought is the question spelled out, with every intermediate result after its clause
+        assert [int(x) for x in re.findall(r"gives (\d)", p.thought)] == values[1:]
+        assert re.sub(r" gives \d", "", p.thought).strip().replace(" ", "_").replace("_,_", " , ").replace(
+            "_.", " .") == p.question
+        questions.add(p.question)
+    assert len(questions) > 450  # 9,072 possible questions: documents hardly ever repeat one
+    p = toy.ToyProblem("start_3 , first_upup , second_double .", " start 3 , first upup gives 5 , second double "
+                       "gives 3 .", 3)
+    assert toy.solve_steps(p.thought) == 3 and toy.solve_question(p.question) == (p.thought, 3)  # mod 7
+    assert toy.solve_steps(" start 3 , first upup gives 5 , second double gives 10 .") is None  # a wrong step
+    assert toy.solve_steps(" start 3 , first upup gives 4 , second double gives 1 .") is None  # a broken chain
+    assert toy.solve_steps(" start 3 , first upup gives 5 , third double gives 3 .") is None  # out of order
+    assert toy.thought_is_correct(" start 3 ,  first upup gives 5 , second double gives 3 .", p.thought)
+    assert not toy.thought_is_correct(" start 3 , first upup gives 5 .", p.thought)
 
 
 def test_toy_chunks_put_the_thought_between_question_and_answer(tmp_path):
@@ -73,27 +86,31 @@ def test_toy_tokenizer_is_word_level_and_round_trips(tmp_path):
         for p in d.problems:  # every number is one token
             assert len(tok.encode(f" {p.answer}")) == 1
     # a decoded sample written without spaces re-encodes to the same tokens
-    assert tok.decode(tok.encode("=6")) == "=6" and len(tok.encode("=6")) == 2
+    assert tok.decode(tok.encode("gives6.")) == "gives6." and len(tok.encode("gives6.")) == 3
 
 
-def test_pretraining_text_teaches_reading_and_single_steps_but_never_a_chain():
-    texts = [toy.pretraining_record(0, i)["text"] for i in range(200)]
-    long_questions, facts = 0, set()
+def test_pretraining_text_teaches_reading_and_familiar_chains_but_never_a_new_fact_or_an_answer():
+    texts = [toy.pretraining_record(0, i)["text"] for i in range(600)]
+    restated, facts = 0, set()
     for t in texts:
         assert "The answer is" not in t  # no problem is ever answered
-        for q in toy.QUESTION_RE.findall(t):
-            after = t.split(q, 1)[1].lstrip("\n").removeprefix("let us write it in short .\n\n")
-            if " , second " in q:  # a three-step question: restated, never solved
-                assert after.startswith(f"in short : {toy.restatement(q)}")
-                assert toy.solve_question(q)[0].strip() not in t
-                long_questions += 1
-            else:  # a one-step question: restated with its result, checked by an independent oracle
-                a, word, b = re.fullmatch(r"start (\d) , first ([a-z]+) (\d) \.", q).groups()
-                result = {"plus": int(a) + int(b), "minus": int(a) - int(b), "times": int(a) * int(b)}[word] % 7
-                assert after.startswith(f"in short : start {a} first {a} {word} {b} = {result} .")
-                facts.add((a, word, b))
-        assert not re.search(r"second \d+ [a-z]+ \d+ =", t)  # never a second step worked out
-    assert long_questions > 100 and len(facts) == 7 * 6  # every fact of the world appears
+        paragraphs = t.split("\n\n")
+        assert len(paragraphs) % 2 == 0
+        for q, short in zip(paragraphs[::2], paragraphs[1::2]):
+            assert toy.QUESTION_RE.fullmatch(q)
+            head, *clauses = q.rstrip(" .").replace("_", " ").split(" , ")
+            ops = [c.split()[1] for c in clauses]
+            values = _fold(q)
+            if "gives" not in short:  # a question of several steps: its clauses spelled out in some order
+                assert len(clauses) > 1 and short.startswith(f"in short : {head} , ")
+                assert sorted(short.removeprefix("in short : ").rstrip(" .").split(" , ")[1:]) == sorted(clauses)
+                restated += 1
+            else:  # worked out, one to three steps of the familiar operations, checked by an independent oracle
+                assert 1 <= len(clauses) < toy.NUM_STEPS and not set(ops) & set(toy.NEW_OPS)
+                assert short == "in short : " + " , ".join(
+                    [head] + [f"{c} gives {v}" for c, v in zip(clauses, values[1:])]) + " ."
+                facts |= {(v, op) for v, op in zip(values, ops)}
+    assert restated > 100 and len(facts) == 7 * (len(toy.OPS) - len(toy.NEW_OPS))  # every familiar fact, no other
 
 
 def test_evaluation_prompt_is_the_training_format():
@@ -106,7 +123,7 @@ def test_evaluation_prompt_is_the_training_format():
     assert trained[len(prompt):] == f"{q.thought}{EOL}{q.answer_sentence}"
     raw = toy.evaluation_prompt(q.question, shots, latent=False)
     assert toy.ToyDocument("x", [*shots, q]).text == raw + q.answer_sentence
-    assert toy.evaluation_answer(f"{q.thought}{EOL}The answer is 7 .\n\nstart 1 , first plus 2 .") == 7
+    assert toy.evaluation_answer(f"{q.thought}{EOL}The answer is 6 .\n\nstart 1 , first_up .") == 6
 
 
 @pytest.mark.parametrize("cfg", [ChunkingConfig(units_per_chunk=2), ChunkingConfig.estep(units_per_chunk=3),

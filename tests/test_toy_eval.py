@@ -81,12 +81,17 @@ def test_posterior_diagnostics_by_hand(tmp_path):
         ids = tok.encode(d.problems[0].thought) + [eol]
         expected_lq.append(-0.01 * sum(ids))
     assert out["log_q_true"] == pytest.approx(np.mean(expected_lq))
-    # the true thought part by part: " start S (ordinal prev op operand = result)* ." by position, scored -0.01 * id
+    # the true thought part by part: " start S (, ordinal operation gives result)* ." by position, -0.01 * id
     by_part: dict[str, list[float]] = {}
-    step = ["format", "copy_previous", "copy_op", "copy_operand", "format", "result"]
+    step = ["format", "format", "copy_op", "format", "result"]
     for d in docs:
         ids = tok.encode(d.problems[0].thought)
         names = ["format", "copy_start"] + step * ((len(ids) - 3) // len(step)) + ["format"]
+        # a result of a new operation is a fact only thoughts teach
+        results = [n for n, name in enumerate(names) if name == "result"]
+        for n, (_, op) in zip(results, toy.question_clauses(d.problems[0].question)[1]):
+            if op in toy.NEW_OPS:
+                names[n] = "new_result"
         for i, name in zip(ids, names):
             by_part.setdefault(name, []).append(-0.01 * i)
     for name, values in by_part.items():

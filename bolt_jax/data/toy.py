@@ -1,29 +1,31 @@
 """A toy world built for BoLT: text that leaves out the reasoning its answers need, with known latent thoughts.
 
-Each document is one problem, a chain of three arithmetic steps modulo 7 stated in words, and its answer:
+Each document is one problem, a chain of four operations modulo 7, and its answer:
 
-    question   "start 4 , first times 2 , second plus 1 , third minus 2 ."
-    thought    " start 4 first 4 times 2 = 1 second 1 plus 1 = 2 third 2 minus 2 = 0 ."   (never in raw text)
-    answer     "The answer is 0 ."
+    question   "start_4 , first_double , second_up , third_triple , fourth_downdown ."
+    thought    " start 4 , first double gives 1 , second up gives 2 , third triple gives 6 ,
+                fourth downdown gives 4 ."                                               (never in raw text)
+    answer     "The answer is 4 ."
 
-Why this shape (each choice measured on this machine's CPU budget; the notes of 2026-12-04 have the figures):
-- The thought is needed to predict the text: the answer is three steps composed, the thought writes each one out.
-- Each part of the thought is something the demo's 1M-parameter model learns in CPU minutes. A step restates its
-  question clause and the previous result (copying, which the base model's pretraining text teaches by restating
-  questions) and then states one of 42 facts (plus or minus 1 or 2, times 2 or 3, mod 7), which the pretraining
-  text teaches through one-step questions restated with their result. The base model never sees a chain worked
-  out or an answer. What failed: 119 facts mod 7 were not memorised after 300 steps of nothing but fact tables;
-  tables in the pretraining text (where the number after "plus" is a guess) kept the model from ever learning to
-  copy numbers; lookups in a per-problem map and function words without operands were not copied at all.
+What the method needs, and how this world provides it:
+- The thought is needed to predict the text: the answer is four steps composed (9,072 distinct questions, so no
+  model memorises its way to held-out answers, and raw training cannot learn the composition); the thought writes
+  each step out.
+- Something the thoughts teach that the base model lacks: its pretraining text (`pretraining_record`) teaches it
+  to read a question and to work out chains of the four familiar operations (as TinyLlama knows some arithmetic),
+  but never states a fact of the two NEW_OPS (14 facts), never a four-step chain, never an answer. Thoughts (the
+  warmstart teacher's, then the model's own from the E-step) are the only place the new facts are written down.
 - The thought sits between what it explains and what depends on it: the question is one paragraph (one chunk,
   true thought ""), the answer the next, so the answer chunk's prior-format thought (`<SoL><PRIOR> z <EoL> x`)
   comes right after the question (in the prefix) and before the answer (the chunk): p(z | prefix) can compute it
-  and p(x | z) checks it (the answer is the thought's last number). One problem per document: with two, models
-  copied the start number of the wrong question in 23% of the chosen thoughts.
+  and p(x | z) checks it (the answer is the thought's last number).
+- Everything a 1M-parameter model has to do is local or one look-up: every clause of a question is one word
+  ("second_up"), so a thought reads a step's operation with one look-up keyed by the ordinal; a result depends on
+  the three tokens four and one places back. (Copying the word after another word needs an induction circuit,
+  which the demo's model did not form in its budget: 18% on a 6-way choice after 300 steps, see the notes of
+  2026-12-06.)
 - The evaluation prompt is the training format itself (`evaluation_prompt`), so it occurs in training.
-- Known weakness: with small operands there are only 336 distinct questions, and raw training for 300 steps
-  answers 0.435 of held-out problems (see the README's toy figures).
-- Every number is one word and the tokenizer is word-level (`build_tokenizer`).
+- Every word and number is one token (`build_tokenizer`, word level).
 
 Documents and thoughts are a pure function of (seed, index).
 
@@ -45,25 +47,31 @@ import numpy as np
 from bolt_jax.data.schema import augment_record, write_jsonl
 
 MODULUS = 7
-OPS: dict[str, tuple[str, Callable[[int, int], int]]] = {
-    "+": ("plus", lambda a, b: (a + b) % MODULUS),
-    "-": ("minus", lambda a, b: (a - b) % MODULUS),
-    "*": ("times", lambda a, b: (a * b) % MODULUS),
-}
-OPERANDS = {"+": (1, 2), "-": (1, 2), "*": (2, 3)}  # 6 operations x 7 values = 42 facts
-ORDINALS = ("first", "second", "third")
+# each operation is one word (one token): a thought copies it with one look-up, keyed by the clause's ordinal
+OPS: dict[str, Callable[[int], int]] = {
+    "up": lambda a: (a + 1) % MODULUS,
+    "upup": lambda a: (a + 2) % MODULUS,
+    "down": lambda a: (a - 1) % MODULUS,
+    "downdown": lambda a: (a - 2) % MODULUS,
+    "double": lambda a: (a * 2) % MODULUS,
+    "triple": lambda a: (a * 3) % MODULUS,
+}  # 6 operations x 7 values = 42 facts
+# operations whose facts the base model's pretraining text never states: only thoughts teach them
+NEW_OPS = ("downdown", "triple")
+ORDINALS = ("first", "second", "third", "fourth")
+NUM_STEPS = len(ORDINALS)  # 7 x 6^4 = 9,072 distinct questions: memorising answers cannot reach held-out ones
 ANSWER_RE = re.compile(r"The answer is (\d+) \.")
-QUESTION_RE = re.compile(r"start \d+(?: , [a-z]+ [a-z]+ \d+)+ \.")
-STEP_RE = re.compile(r" ([a-z]+) (\d+) ([a-z]+) (\d+) = (\d+)")
-THOUGHT_RE = re.compile(r"start (\d+)((?: [a-z]+ \d+ [a-z]+ \d+ = \d+)+) \.")
+QUESTION_RE = re.compile(r"start_\d+(?: , [a-z]+_[a-z]+)+ \.")
+STEP_RE = re.compile(r" , ([a-z]+) ([a-z]+) gives (\d+)")
+THOUGHT_RE = re.compile(r"start (\d+)((?: , [a-z]+ [a-z]+ gives \d+)+) \.")
 SEPARATOR = "\n\n"  # ends every question: the paragraph boundary the chunker cuts at
 FIRST_THOUGHT = ""  # the true thought of a chunk without an answer (the document's first question)
 
 
 @dataclass(frozen=True)
 class ToyProblem:
-    question: str  # "start 4 , first times 2 , second plus 1 , third minus 2 ."
-    thought: str  # " start 4 first 4 times 2 = 1 second 1 plus 1 = 2 ..." (leading space: after <SoL><PRIOR>)
+    question: str  # "start 4 , first times 2 , second plus 1 , third minus 2 , fourth plus 1 ."
+    thought: str  # " start 4 , first times 2 gives 1 , second plus 1 gives 2 , ..." (leading space: after <PRIOR>)
     answer: int
 
     @property
@@ -104,29 +112,33 @@ class ToyDocument:
         return augment_record(self.raw_record(), self.chunks())
 
 
-def fact(a: int, op: str, b: int) -> str:
-    """One arithmetic fact as text: "6 plus 2 = 1" (mod 7)."""
-    word, fn = OPS[op]
-    return f"{a} {word} {b} = {fn(a, b)}"
+def make_question(rng: np.random.Generator, steps: int = NUM_STEPS, ops: Sequence[str] = tuple(OPS)) -> str:
+    """A random start value and `steps` clauses, each operation drawn independently from `ops`; every clause is one
+    word ("start_4 , first_double , second_up .")."""
+    clauses = [f"start_{int(rng.integers(MODULUS))}"]
+    names = list(ops)
+    for ordinal, k in zip(ORDINALS, rng.integers(len(names), size=steps)):
+        clauses.append(f"{ordinal}_{names[int(k)]}")
+    return " , ".join(clauses) + " ."
+
+
+def question_clauses(question: str) -> tuple[int, list[tuple[str, str]]]:
+    """(start value, [(ordinal, operation), ...]) of a question."""
+    if not QUESTION_RE.fullmatch(question.strip()):
+        raise ValueError(f"not a toy question: {question[:80]!r}")
+    head, *clauses = question.strip().rstrip(" .").split(" , ")
+    pairs = [tuple(c.split("_")) for c in clauses]
+    for _, op in pairs:
+        if op not in OPS:
+            raise ValueError(f"not a toy operation: {op!r} in {question[:80]!r}")
+    return int(head.removeprefix("start_")), pairs  # type: ignore[return-value]
 
 
 def make_problem(rng: np.random.Generator) -> ToyProblem:
-    """A chain of three operations mod 7 from a random start: plus, minus and times once each, in a random order,
-    each with a small operand (OPERANDS).
-
-    A thought step restates its question clause as an arithmetic fact ("second times 2" -> "second 1 times 2 = 2"):
-    copying the clause and the previous result is what the base model's pretraining taught it (restating), and the
-    result is one of 42 facts."""
-    value = int(rng.integers(MODULUS))
-    clauses, steps = [f"start {value}"], [f"start {value}"]
-    for ordinal, op in zip(ORDINALS, rng.permutation(list(OPS))):
-        op = str(op)
-        operand = int(rng.choice(OPERANDS[op]))
-        word, fn = OPS[op]
-        clauses.append(f"{ordinal} {word} {operand}")
-        steps.append(f"{ordinal} {fact(value, op, operand)}")
-        value = fn(value, operand)
-    return ToyProblem(" , ".join(clauses) + " .", " " + " ".join(steps) + " .", value)
+    """A chain of NUM_STEPS operations mod 7 from a random start, and its true thought (solve_question)."""
+    question = make_question(rng)
+    thought, answer = solve_question(question)
+    return ToyProblem(question, thought, answer)
 
 
 def generate_document(seed: int, index: int, min_problems: int = 1, max_problems: int = 1) -> ToyDocument:
@@ -148,32 +160,34 @@ def write_corpus(path: str | os.PathLike, docs: Sequence[ToyDocument], with_thou
 def pretraining_record(seed: int, index: int) -> dict[str, Any]:
     """A raw document of the base model's pretraining text: what a base model knows before BoLT.
 
-    Three-step questions, each restated without its commas ("in short : start 3 first plus 2 second times 3 ...")
-    right after it or a sentence later, never answered; and one-step questions restated with their result ("start
-    4 , first times 2 ." -> "in short : start 4 first 4 times 2 = 1 ."). So the base model can read a question,
-    copy it and apply one operation (as TinyLlama knows its arithmetic facts and how to read), but has never seen
-    a chain of steps, a multi-step problem solved or an answer: the held-out problems cannot be memorised from this
-    text. (Arithmetic tables here kept a tiny base model from ever learning to copy operands: the number after
-    "plus" is a guess in a table and a copy in a restatement; here it is always a copy.)"""
+    Questions of two to four steps, their clauses spelled out after "in short :" in a random order (reading a
+    question: which operation each ordinal has), and questions of one to three steps with the familiar operations
+    only, worked out after "in short :" ("start_4 , first_double , second_up ." -> "in short : start 4 , first
+    double gives 1 , second up gives 2 ."). So the base model reads questions and chains the 28 facts of the
+    familiar operations (as TinyLlama knows some arithmetic and how to read), but it has never seen a fact of the
+    NEW_OPS, a four-step chain, or a question answered: held-out problems cannot be memorised from this text, and
+    what the new operations do is what the thoughts (the warmstart's, then the model's own) have to teach."""
     rng = np.random.default_rng([seed, index, 1])
+    familiar = [op for op in OPS if op not in NEW_OPS]
     paragraphs = []
     for _ in range(int(rng.integers(2, 5))):
-        question = make_problem(rng).question
-        if rng.random() < 0.5:
-            short = restatement(question)
-        else:  # its first step alone, solved
-            question = question.split(" , second ")[0] + " ."
+        if rng.random() < 0.3:
+            question = make_question(rng, steps=int(rng.integers(2, NUM_STEPS + 1)))
+            short = restatement(question, rng)
+        else:
+            question = make_question(rng, steps=int(rng.integers(1, NUM_STEPS)), ops=familiar)
             short = solve_question(question)[0].strip()
-        paragraphs += [question, *(["let us write it in short ."] if rng.random() < 0.5 else []),
-                       f"in short : {short}"]
+        paragraphs += [question, f"in short : {short}"]
     return {"id": f"toy-pretrain-{seed}-{index}", "text": SEPARATOR.join(paragraphs),
             "metadata": {"source": "bolt_jax.data.toy.pretraining_record"}}
 
 
-def restatement(question: str) -> str:
-    """A question without its commas: "start 3 first up second twice third flip fourth up ."; its thought is
-    this with each result after its function."""
-    return question.replace(" ,", "")
+def restatement(question: str, rng: np.random.Generator) -> str:
+    """A question's clauses spelled out, in a random order ("start 2 , third up , first double , second down ."):
+    which operation an ordinal has can only be read from the question, as a thought reads it."""
+    value, clauses = question_clauses(question)
+    spelled = [f"{ordinal} {op}" for ordinal, op in clauses]
+    return " , ".join([f"start {value}", *(spelled[int(i)] for i in rng.permutation(len(spelled)))]) + " ."
 
 
 # ------------------------------------------------------------------------------------------------ checking
@@ -184,16 +198,14 @@ def extract_answer(text: str) -> int | None:
 
 
 def solve_steps(thought: str) -> int | None:
-    """Check a thought's arithmetic (a start value, then "ordinal previous op operand = result" steps mod 7, each
-    from the previous result); returns the last result if every step is right, else None."""
+    """Check a thought's arithmetic (a start value, then ", ordinal operation gives result" steps mod 7, each from
+    the previous result, ordinals in order); returns the last result if every step is right, else None."""
     m = THOUGHT_RE.fullmatch(thought.strip())
     if not m:
         return None
     value = int(m.group(1))
-    by_word = {word: fn for word, fn in OPS.values()}
-    for k, (label, first, word, operand, result) in enumerate(STEP_RE.findall(m.group(2))):
-        if (k >= len(ORDINALS) or label != ORDINALS[k] or int(first) != value or word not in by_word
-                or by_word[word](value, int(operand)) != int(result)):
+    for k, (label, word, result) in enumerate(STEP_RE.findall(m.group(2))):
+        if k >= len(ORDINALS) or label != ORDINALS[k] or word not in OPS or OPS[word](value) != int(result):
             return None
         value = int(result)
     return value
@@ -204,20 +216,21 @@ def check_document(doc: ToyDocument) -> bool:
     return all(extract_answer(p.answer_sentence) == p.answer == solve_steps(p.thought) for p in doc.problems)
 
 
-THOUGHT_PARTS = ("copy_start", "copy_previous", "copy_op", "copy_operand", "result", "format")
+THOUGHT_PARTS = ("copy_start", "copy_op", "result", "new_result", "format")
 
 
 def thought_parts(words: Sequence[str]) -> list[str]:
-    """The part each word of a thought plays: copy_start (the number after "start"), copy_previous (the previous
-    result, after an ordinal), copy_op and copy_operand (the question's clause), result (after "=": one fact),
-    format (the rest). A model that fails a part fails every thought; the report shows each part's log-probability."""
-    ops = {word for word, _ in OPS.values()}
+    """The part each word of a thought plays: copy_start (the number after "start"), copy_op (a question clause's
+    operation, read from the question), result (after "gives": a fact of a familiar operation, which the base model
+    knew), new_result (a fact of one of the NEW_OPS, which only thoughts teach), format (the rest: commas, ordinals,
+    "gives"). A model that fails a part fails every thought; the report shows each part's log-probability."""
     out = []
     for j, w in enumerate(words):
         w, prev = w.strip(), words[j - 1].strip() if j else ""
-        out.append("copy_start" if prev == "start" else "copy_previous" if prev in ORDINALS
-                   else "copy_op" if w in ops else "copy_operand" if prev in ops
-                   else "result" if prev == "=" else "format")
+        if prev == "gives":
+            out.append("new_result" if j >= 2 and words[j - 2].strip() in NEW_OPS else "result")
+        else:
+            out.append("copy_start" if prev == "start" else "copy_op" if w in OPS else "format")
     return out
 
 
@@ -255,17 +268,15 @@ def evaluation_answer(generated: str) -> int | None:
 
 # ------------------------------------------------------------------------------------------------ teacher
 def solve_question(question: str) -> tuple[str, int]:
-    """(true thought, answer) of a toy question, computed from its words as the generator computes them."""
-    m = re.fullmatch(r"start (\d+)((?: , [a-z]+ [a-z]+ \d+)+) \.", question.strip())
-    if not m:
-        raise ValueError(f"not a toy question: {question[:80]!r}")
-    value = int(m.group(1))
+    """(true thought, answer) of a toy question: its clauses spelled out in order, each with "gives <result>", the
+    previous result with the clause's operation applied (mod 7): "start_4 , first_double ." ->
+    " start 4 , first double gives 1 .", 1."""
+    value, clauses = question_clauses(question)
     steps = [f"start {value}"]
-    by_word = {word: op for op, (word, _) in OPS.items()}
-    for label, word, operand in re.findall(r" , ([a-z]+) ([a-z]+) (\d+)", m.group(2)):
-        steps.append(f"{label} {fact(value, by_word[word], int(operand))}")
-        value = OPS[by_word[word]][1](value, int(operand))
-    return " " + " ".join(steps) + " .", value
+    for ordinal, op in clauses:
+        value = OPS[op](value)
+        steps.append(f"{ordinal} {op} gives {value}")
+    return " " + " , ".join(steps) + " .", value
 
 
 class ToyThoughtSource:
@@ -293,11 +304,12 @@ class ToyThoughtSource:
 
 # ------------------------------------------------------------------------------------------------ tokenizer
 def vocabulary() -> list[str]:
-    """Every word of the toy world, with and without a leading space: the word-level tokenizer's vocabulary."""
-    words = ["The", "answer", "is", "in", "short", ":", "let", "us", "write", "it", "start", *ORDINALS,
-             *(w for w, _ in OPS.values()),
-             "=", ".", ",", *(str(n) for n in range(MODULUS))]
-    return [*words, *(" " + w for w in words), SEPARATOR, "\n", " "]
+    """Every word of the toy world, with and without a leading space, and the question's one-word clauses in the one
+    form they occur in (start_N after a paragraph break, ordinal_op after a comma): the word-level vocabulary."""
+    words = ["The", "answer", "is", "in", "short", ":", "start", "gives", *ORDINALS, *OPS,
+             ".", ",", *(str(n) for n in range(MODULUS))]
+    clauses = [*(f"start_{n}" for n in range(MODULUS)), *(f" {o}_{op}" for o in ORDINALS for op in OPS)]
+    return [*words, *(" " + w for w in words), *clauses, SEPARATOR, "\n", " "]
 
 
 def build_tokenizer(out_dir: str | os.PathLike) -> str:
@@ -311,7 +323,7 @@ def build_tokenizer(out_dir: str | os.PathLike) -> str:
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     # words keep the space before them; digits, punctuation and letters split apart, so a decoded sample
     # ("8" "." written without a space) re-encodes to the same tokens
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r" ?[A-Za-z]+| ?[0-9]| ?[^\sA-Za-z0-9]|\n\n|\s"), "isolated")
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r" ?[A-Za-z]+_[A-Za-z0-9]+| ?[A-Za-z]+| ?[0-9]| ?[^\sA-Za-z0-9]|\n\n|\s"), "isolated")
     tok.decoder = decoders.Fuse()
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     hf.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})

@@ -186,9 +186,11 @@ def render_markdown(report: dict, *, run_dir: str, plot_name: str = "bootstrap.p
         lines += ["", "## Which part of the thought each model gets right", "",
                   "Mean log-probability per token (nats; 0 = certain, log(1/7) = -1.95 = a guess among the numbers) "
                   "of the true thought's parts on the same held-out chunks, as the posterior writes it (after the "
-                  "answer) and as the prior writes it (before it): copying the start number, the previous result, "
-                  "the operation and the operand, each fact (a result), and, in the prior format, the answer after the thought. "
-                  "A thought is right only when every part is.", "",
+                  "answer) and as the prior writes it (before it): copying the start number and each step's "
+                  "operation from the question, each fact of a familiar operation (result: the base model knew "
+                  "these), each fact of a new operation (new_result: only thoughts teach these), the format words, "
+                  "and, in the prior format, the answer after the thought. A thought is right only when every part "
+                  "is.", "",
                   "| model | " + " | ".join(parts) + " |", "|---|" + "---|" * len(parts)]
         for n, p in posterior.items():
             tp = p.get("thought_parts", {})
