@@ -40,8 +40,9 @@ def prepare_toy_data(data_dir: str, *, num_train: int, num_validation: int, seed
 
 def prepare_toy_bootstrap_data(data_dir: str, *, seed: int, num_pretrain: int, num_warmstart: int,
                                num_bootstrap: int, num_validation: int) -> dict[str, str]:
-    """Four toy corpora (the base model's pretraining text: one-step problems and restated, unanswered three-step
-    questions; the warmstart set with true thoughts; the fixed raw bootstrap corpus, 4x larger; raw validation) and the toy world's word-level tokenizer. Reused only if written with the same
+    """Four toy corpora (the base model's pretraining text: questions read and restated, chains of the familiar
+    operations worked out, never an answer; the warmstart set with true thoughts; the fixed raw bootstrap corpus,
+    4x larger; raw validation) and the toy world's word-level tokenizer. Reused only if written with the same
     settings; otherwise rewritten (the settings are recorded in the COMPLETE marker)."""
     os.makedirs(data_dir, exist_ok=True)
     paths = {name: os.path.join(data_dir, f"{name}.jsonl") for name in
@@ -132,11 +133,11 @@ def write_k_sweep(run_dir: str, reports: dict[int, dict[str, Any]]) -> dict[str,
              "Every K starts from the same base and warmstart models and runs the same EM iterations; only the "
              "number of posterior samples per chunk differs (K = 1: no choice, the single sample is kept). "
              "Chosen correct: share of the E-step's chosen thoughts that are the true chain of steps (± bootstrap "
-             "SE); held-out accuracy of the last EM model; -ELBO_K/token of the last EM model on the validation "
-             "text (each with its own K, lower is better).", "",
+             "SE); held-out accuracy of the last EM model; -ELBO/token of the last EM model on the validation "
+             "text, the same bound (bootstrap.elbo_samples posterior samples) for every K, lower is better.", "",
              f"Warmstart held-out accuracy: {_pm(w.get('heldout_accuracy'), w.get('heldout_accuracy_se'))}.", "",
              "| K | chosen correct per iteration | sample correct per iteration | held-out accuracy (last) | "
-             "-ELBO_K / token (last) | minutes |", "|---|---|---|---|---|---|"]
+             "-ELBO / token (last) | minutes |", "|---|---|---|---|---|---|"]
     for k, row in rows.items():
         its = row["iterations"]
         chosen = ", ".join(_pm(i.get("chosen_correct"), i.get("chosen_correct_se"), 2) for i in its)

@@ -5,8 +5,9 @@ with K=4 on a raw corpus 4x as large -> raw token- and FLOP-matched baselines ->
 E-step thought correctness, held-out accuracy, -ELBO / NLL per token, posterior diagnostics, the demo's claims).
 
 As in the paper (spec 6.3: warmstart 0.8e9 tokens, each M-step 13e9), the warmstart is a short run on the small
-set and every M-step a longer one on the bootstrap corpus: here 100 warmstart steps and 300 per M-step, each M-step
-from the base model.
+set and every M-step a longer one on the bootstrap corpus: here 50 warmstart steps and 300 per M-step, each M-step
+from the base model. (In this toy world the warmstart's quality changes sharply between 40 and 60 steps: at 40 it
+has not learned the thought format, at 60 its E-step already chooses 0.99 correct thoughts; see the README.)
 `--config.workflow=compare` runs the simpler raw-vs-thoughts comparison instead.
 """
 
@@ -44,7 +45,7 @@ def get_config():
     c.optim.warmup_steps = 10
     c.optim.lr_min_ratio = 0.1
     c.bootstrap = default_bootstrap_config()
-    c.bootstrap.update(iterations=2, pretrain_steps=300, warmstart_steps=60, iteration_steps=300, elbo_samples=4,
+    c.bootstrap.update(iterations=2, pretrain_steps=300, warmstart_steps=50, iteration_steps=300, elbo_samples=4,
                        elbo_docs=40, toy_eval_problems=200)
     c.estep = default_estep_config()
     # a toy document is a question paragraph and an answer paragraph: one chunk per paragraph

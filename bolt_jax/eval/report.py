@@ -147,7 +147,10 @@ def render_markdown(report: dict, *, run_dir: str, plot_name: str = "bootstrap.p
               "format (thought models write a thought first). "
               f"-ELBO_{k}/token: the {k}-sample bound on the negative log-likelihood of the validation text, in nats "
               "per token, for models trained with thoughts; NLL/token: the negative log-likelihood itself, for raw "
-              "models, on the same tokens. Lower is better for both; ± is one bootstrap standard error.", "",
+              "models, on the same tokens. Lower is better for both; ± is one bootstrap standard error. The -ELBO "
+              "is an upper bound on the model's NLL, loose by how far its posterior q(z | x) is from the model's own "
+              "posterior; when it lies above a raw model's NLL, that slack can account for the gap: compare -ELBOs "
+              "with -ELBOs.", "",
               f"| model | what it is | steps | train tokens | held-out accuracy | -ELBO_{k} / token | NLL / token |",
               "|---|---|---|---|---|---|---|"]
     for name, m in models.items():
