@@ -273,7 +273,7 @@ def plot(report: dict, path: str) -> None:
             a, se = m["heldout_accuracy"], m["heldout_accuracy_se"] or 0
             ax.axhspan(a - se, a + se, color=f"C{3 + i}", alpha=0.25)
             ax.axhline(a, color=f"C{3 + i}", lw=1, label=f"{name} accuracy (band: ±1 SE)")
-    ax.set(title="what EM improves", xlabel="EM iteration", ylabel="share correct", ylim=(0, 1))
+    ax.set(title="what EM improves", xlabel="EM iteration", ylabel="share correct", ylim=(0, 1.04))
     ax.set_xticks(xs)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)  # below: never over the data
@@ -285,10 +285,18 @@ def plot(report: dict, path: str) -> None:
         if v is not None:
             names.append(name), vals.append(v), errs.append(se or 0), colors.append(c)
     if names:
-        ax.bar(names, vals, yerr=errs, capsize=3, color=colors)
-        lo, hi = min(v - e for v, e in zip(vals, errs)), max(v + e for v, e in zip(vals, errs))
+        # a bar far above the rest (the base model has never seen an answer) is cut at the top and labelled, so
+        # the models that matter keep a readable scale
+        others = sorted(vals)[:-1] or vals
+        cap = 1.6 * max(others) if max(vals) > 2.5 * max(others) else None
+        shown = [min(v, cap) if cap else v for v in vals]
+        ax.bar(names, shown, yerr=[0 if cap and v > cap else e for v, e in zip(vals, errs)], capsize=3,
+               color=colors)
+        for x, (v, s) in enumerate(zip(vals, shown)):
+            ax.text(x, s, f"{v:.3f}" + (" (cut)" if s < v else ""), ha="center", va="bottom", fontsize=8)
+        lo, hi = min(s - e for s, e in zip(shown, errs)), max(shown)
         pad = max(0.05 * (hi - lo), 0.01)
-        ax.set_ylim(lo - 4 * pad, hi + pad)
+        ax.set_ylim(max(0.0, lo - 4 * pad), hi + 3 * pad)
         ax.tick_params(axis="x", rotation=30)
     k = report.get("elbo_samples") or "K"
     ax.set(title=f"validation nats/token (blue: -ELBO_{k}, grey: NLL; lower is better)", ylabel="nats / token")
