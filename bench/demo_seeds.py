@@ -44,7 +44,7 @@ def run_seeds(seeds: list[int], run_root: str, parallel: bool, extra: list[str])
     return dirs
 
 
-def summarise(run_dirs: list[str], parallel: bool) -> dict:
+def summarise(run_dirs: list[str], parallel: bool, alone: tuple[str, ...] = ()) -> dict:
     rows = []
     for d in run_dirs:
         r = json.load(open(os.path.join(d, "report.json")))
@@ -52,7 +52,7 @@ def summarise(run_dirs: list[str], parallel: bool) -> dict:
         last = f"iter_{len(r['iterations'])}"
         rows.append({
             "run_dir": d, "seed": r["config"]["seed"], "commit": r["commit"],
-            "minutes_of_stages": r["total_seconds"] / 60, "shared_cores": parallel,
+            "minutes_of_stages": r["total_seconds"] / 60, "shared_cores": parallel and d not in alone,
             "iterations": [{k: it.get(k) for k in ("iteration", "sample_correct", "sample_correct_se",
                                                   "chosen_correct", "chosen_correct_se", "ess")}
                            for it in r["iterations"]],
@@ -98,10 +98,11 @@ def main() -> None:
     ap.add_argument("--run_root", default="runs/seeds")
     ap.add_argument("--parallel", action="store_true", help="one seed per core at once (minutes then shared)")
     ap.add_argument("--collect", nargs="*", default=[], help="finished run dirs to summarise instead of running")
+    ap.add_argument("--ran_alone", nargs="*", default=[], help="of --collect: the runs that had the machine alone")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
     args, extra = ap.parse_known_args()
     dirs = args.collect or run_seeds(args.seeds, args.run_root, args.parallel, extra)
-    summary = summarise(dirs, parallel=args.parallel or bool(args.collect))
+    summary = summarise(dirs, parallel=args.parallel or bool(args.collect), alone=tuple(args.ran_alone))
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"demo_seeds-{summary['date']}")
     json.dump(summary, open(stem + ".json", "w"), indent=1)

@@ -96,9 +96,11 @@ def toy_checks(report: dict) -> list[dict[str, Any]]:
 
     if its:
         chosen = [r["chosen_correct"] for r in its]
-        add("chosen-thought correctness rises at every EM iteration",
-            all(b > a for a, b in zip(chosen, chosen[1:])) and len(chosen) > 1,
-            " -> ".join(f"{c:.2f}" for c in chosen))
+        ses = [r.get("chosen_correct_se") or 0.0 for r in its]
+        add("chosen-thought correctness rises at every EM iteration (by more than twice its standard error)",
+            len(chosen) > 1 and all(b - a > 2 * math.hypot(sa, sb)
+                                    for a, b, sa, sb in zip(chosen, chosen[1:], ses, ses[1:])),
+            " -> ".join(f"{c:.3f} ± {s:.3f}" for c, s in zip(chosen, ses)))
         add("the last iteration's chosen thoughts are >= 0.20 more often correct than the first's",
             chosen[-1] - chosen[0] >= 0.20, f"{chosen[-1]:.2f} - {chosen[0]:.2f} = {chosen[-1] - chosen[0]:+.2f}")
         add("importance resampling picks correct thoughts more often than a random sample, every iteration",
