@@ -322,8 +322,9 @@ def build_tokenizer(out_dir: str | os.PathLike) -> str:
     vocab = {t: i for i, t in enumerate(["<unk>", "<s>", "</s>", *vocabulary()])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     # words keep the space before them; digits, punctuation and letters split apart, so a decoded sample
-    # ("8" "." written without a space) re-encodes to the same tokens
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r" ?[A-Za-z]+_[A-Za-z0-9]+| ?[A-Za-z]+| ?[0-9]| ?[^\sA-Za-z0-9]|\n\n|\s"), "isolated")
+    # ("8" "." written without a space) re-encodes to the same tokens; a question clause ("second_up") is one word
+    words = r" ?[A-Za-z]+_[A-Za-z0-9]+| ?[A-Za-z]+| ?[0-9]| ?[^\sA-Za-z0-9]|\n\n|\s"
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(words), "isolated")
     tok.decoder = decoders.Fuse()
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     hf.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
