@@ -4,6 +4,7 @@ seed's figures and claims to bench/results/demo_seeds-<date>.json and .md.
     python bench/demo_seeds.py --seeds 0 1 2 --run_root runs/seeds            # run, then summarise
     python bench/demo_seeds.py --seeds 0 1 --run_root runs/seeds --parallel    # one seed per core (taskset)
     python bench/demo_seeds.py --collect runs/seeds/seed_0 runs/seeds/seed_1   # summarise finished runs only
+    python bench/demo_seeds.py --k_sweep runs/demo_k_sweep   # file a finished K sweep's k_sweep.{json,md} too
 
 A seed's minutes are only the demo's own when it ran alone on the machine; `--parallel` runs say so in the output.
 """
@@ -100,7 +101,17 @@ def main() -> None:
     ap.add_argument("--collect", nargs="*", default=[], help="finished run dirs to summarise instead of running")
     ap.add_argument("--ran_alone", nargs="*", default=[], help="of --collect: the runs that had the machine alone")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    ap.add_argument("--k_sweep", default="", help="a finished configs/demo_k_sweep.py run dir to file as well")
     args, extra = ap.parse_known_args()
+    if args.k_sweep:
+        import shutil
+        os.makedirs(args.out, exist_ok=True)
+        for ext in ("json", "md", "png"):
+            dst = os.path.join(args.out, f"k_sweep-{datetime.date.today().isoformat()}.{ext}")
+            shutil.copyfile(os.path.join(args.k_sweep, f"k_sweep.{ext}"), dst)
+            print(f"written: {dst}")
+        if not (args.collect or args.seeds):
+            return
     dirs = args.collect or run_seeds(args.seeds, args.run_root, args.parallel, extra)
     summary = summarise(dirs, parallel=args.parallel or bool(args.collect), alone=tuple(args.ran_alone))
     os.makedirs(args.out, exist_ok=True)
