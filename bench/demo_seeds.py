@@ -48,7 +48,8 @@ def run_seeds(seeds: list[int], run_root: str, parallel: bool, extra: list[str])
 def summarise(run_dirs: list[str], parallel: bool, alone: tuple[str, ...] = ()) -> dict:
     rows = []
     for d in run_dirs:
-        r = json.load(open(os.path.join(d, "report.json")))
+        with open(os.path.join(d, "report.json")) as f:
+            r = json.load(f)
         m = r["models"]
         last = f"iter_{len(r['iterations'])}"
         rows.append({
@@ -112,13 +113,17 @@ def main() -> None:
             print(f"written: {dst}")
         if not (args.collect or args.seeds):
             return
+    if not (args.collect or args.seeds):
+        ap.error("give --seeds to run, --collect RUN_DIR... to summarise, or --k_sweep RUN_DIR")
     dirs = args.collect or run_seeds(args.seeds, args.run_root, args.parallel, extra)
     summary = summarise(dirs, parallel=args.parallel or bool(args.collect), alone=tuple(args.ran_alone))
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"demo_seeds-{summary['date']}")
-    json.dump(summary, open(stem + ".json", "w"), indent=1)
     text = markdown(summary)
-    open(stem + ".md", "w").write(text)
+    with open(stem + ".json", "w") as f:
+        json.dump(summary, f, indent=1)
+    with open(stem + ".md", "w") as f:
+        f.write(text)
     print(text + f"\nwritten: {stem}.json, {stem}.md")
 
 

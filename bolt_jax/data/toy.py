@@ -70,8 +70,8 @@ FIRST_THOUGHT = ""  # the true thought of a chunk without an answer (the documen
 
 @dataclass(frozen=True)
 class ToyProblem:
-    question: str  # "start 4 , first times 2 , second plus 1 , third minus 2 , fourth plus 1 ."
-    thought: str  # " start 4 , first times 2 gives 1 , second plus 1 gives 2 , ..." (leading space: after <PRIOR>)
+    question: str  # "start_4 , first_double , second_up , third_triple , fourth_downdown ."
+    thought: str  # " start 4 , first double gives 1 , second up gives 2 , ..." (leading space: after <PRIOR>)
     answer: int
 
     @property
