@@ -8,7 +8,7 @@ import subprocess
 import time
 from typing import Callable
 
-from bolt_jax import xla_flags
+from bolt_jax.runtime import xla_flags
 
 xla_flags.apply_defaults()  # before jax starts its backend, as `python -m bolt_jax.main` does
 

@@ -13,7 +13,6 @@ import os
 import tempfile
 import time
 
-import jax
 
 from common import header
 
@@ -48,7 +47,7 @@ def main() -> None:
     if a.smoke:
         a.preset, a.docs, a.new, a.chunks_per_batch = "tiny", 8, 16, 16
 
-    from bolt_jax import checkpoint as model_ckpt
+    from bolt_jax.model import artifact as model_ckpt
     from bolt_jax import parallel
     from bolt_jax.config import base_config
     from bolt_jax.data import toy

@@ -49,7 +49,7 @@ def build_config(preset: str, seq_len: int, batch: int, remat: str, attention: s
 def bench_one(preset: str, seq_len: int, batch: int, remat: str, attention: str, warmup: int, runs: int,
               profile_dir: str = "", scan: bool = True, docs: int = 1) -> dict:
     from bolt_jax import parallel
-    from bolt_jax.train.batches import SyntheticBatches
+    from bolt_jax.data.sources import SyntheticBatches
     from bolt_jax.train.loop import TrainSetup
     from bolt_jax.train.metrics import device_peak_flops
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Any, Callable
+from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
@@ -54,8 +54,8 @@ def base_config() -> ml_collections.ConfigDict:
     # the command line can change one, e.g. --config.rules.vocab= to replicate the vocabulary dimension.
     from bolt_jax.parallel import rules_as_strings
     c.rules = ml_collections.ConfigDict(rules_as_strings())
-    # Multi-host: bolt_jax.distributed (single process unless configured, set by a launcher, or under SLURM/TPU).
-    from bolt_jax.distributed import default_distributed_config
+    # Multi-host: bolt_jax.runtime.distributed (single process unless configured, set by a launcher, or under SLURM/TPU).
+    from bolt_jax.runtime.distributed import default_distributed_config
     c.distributed = default_distributed_config()
     # Inputs of the model_summary workflow (a forward pass on random tokens).
     c.summary = ml_collections.ConfigDict({"batch_size": 0, "seq_len": 128})  # batch_size 0: one row per device
@@ -73,11 +73,9 @@ def validate_mesh(c: ml_collections.ConfigDict, num_devices: int | None = None) 
         raise ValueError(f"config.mesh: {e}") from None
 
 
-def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
-    """Checks the sections every workflow uses. Raises ValueError naming the key."""
-    from bolt_jax.workflows import WORKFLOWS
-    if c.workflow not in WORKFLOWS:
-        raise ValueError(f"config.workflow={c.workflow!r} is not a workflow; available: {sorted(WORKFLOWS)}")
+def validate_common(c: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+    """Checks the sections every workflow uses (model, mesh, rules). Raises ValueError naming the key.
+    `bolt_jax.workflows.validate` calls it, then the named workflow's own validator."""
     try:
         cfg = llama_config(c.model)
     except (ValueError, TypeError, FileNotFoundError) as e:
@@ -95,12 +93,6 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
         normalize_rules(dict(c.rules))
     except ValueError as e:
         raise ValueError(f"config.rules: {e}") from None
-    validator = VALIDATORS.get(c.workflow)
-    if validator is not None:
-        validator(c)
-
-
-VALIDATORS: dict[str, Callable[[ml_collections.ConfigDict], None]] = {}
 
 
 def check_override_keys(config: ml_collections.ConfigDict, overrides: typing.Iterable[str]) -> None:

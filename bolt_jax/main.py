@@ -14,7 +14,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from bolt_jax import xla_flags
+from bolt_jax.runtime import xla_flags
 
 xla_flags.apply_defaults()  # before anything starts the jax backend
 
@@ -75,26 +75,25 @@ def _setup_logging() -> None:
 
 
 def main(argv: list[str]) -> None:
-    from bolt_jax import config as config_lib
     from bolt_jax import workflows
 
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}; overrides are written --config.key=value")
     if _LIST.value:
-        for name in sorted(workflows.WORKFLOWS):
-            print(f"{name:16s} {workflows.DESCRIPTIONS[name]}")
+        for name, entry in sorted(workflows.WORKFLOWS.items()):
+            print(f"{name:16s} {entry.description}")
         return
     config = _CONFIG.value
     if config is None:
         _fail("--config is required, e.g. --config configs/demo.py (see README)")
-    from bolt_jax import distributed
+    from bolt_jax.runtime import distributed
     try:
         distributed.initialize(config.get("distributed"))
     except (ValueError, RuntimeError) as e:
         _fail(str(e))
     _setup_logging()
     try:
-        config_lib.validate(config)
+        workflows.validate(config)
         distributed.check_processes_agree(config)
     except (ValueError, KeyError, RuntimeError) as e:
         _fail(str(e.args[0] if e.args else e))

@@ -120,8 +120,8 @@ def logical_to_spec(logical_axes: Sequence[str | None], rules=None, mesh: Mesh |
 
 # ------------------------------------------------------------------------------------------------------ mesh
 def initialize(cfg=None) -> dict:
-    """Joins the JAX processes of a multi-host job (single process by default); see bolt_jax.distributed."""
-    from bolt_jax.distributed import initialize as _initialize
+    """Joins the JAX processes of a multi-host job (single process by default); see bolt_jax.runtime.distributed."""
+    from bolt_jax.runtime.distributed import initialize as _initialize
     return _initialize(cfg)
 
 

@@ -1,7 +1,7 @@
 """`make demo`: the whole BoLT EM loop on the toy math corpus, on CPU in minutes.
 
 Tiny base model pretrained on raw toy text -> warmstart on a small set with the true thoughts -> 2 EM iterations
-with K=4 on a raw corpus 4x as large -> raw token- and FLOP-matched baselines -> report (bolt_jax.eval.report:
+with K=4 on a raw corpus 4x as large -> raw token- and FLOP-matched baselines -> report (bolt_jax.workflows.report:
 E-step thought correctness, held-out accuracy, -ELBO / NLL per token, posterior diagnostics, the demo's claims).
 
 As in the paper (spec 6.3: warmstart 0.8e9 tokens, each M-step 13e9), the warmstart is a short run on the small
@@ -13,7 +13,7 @@ has not learned the thought format, at 60 its E-step already chooses 0.99 correc
 
 import ml_collections
 
-from bolt_jax.bootstrap import default_bootstrap_config
+from bolt_jax.workflows.bootstrap import default_bootstrap_config
 from bolt_jax.config import base_config, model_config_dict
 from bolt_jax.data.pipeline import default_data_config
 from bolt_jax.estep.run import default_estep_config

@@ -1,4 +1,4 @@
-"""Hugging Face Llama directory -> bolt_jax model checkpoint (bolt_jax.checkpoint), streamed into the mesh.
+"""Hugging Face Llama directory -> bolt_jax model checkpoint (bolt_jax.model.artifact), streamed into the mesh.
 
 Each parameter is read tensor by tensor (a layer parameter's per-layer slices stacked into one host buffer),
 then placed into its NamedSharding with `jax.make_array_from_callback`, which materialises only this process's
@@ -17,7 +17,8 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from bolt_jax import checkpoint, parallel
+from bolt_jax import parallel
+from bolt_jax.model import artifact
 from bolt_jax.model.config import DTYPES, LlamaConfig
 from bolt_jax.model.hf_layout import expected_hf_shapes, param_paths
 from convert import bolt_tokens
@@ -152,10 +153,10 @@ def stream_params(source: TensorSource, cfg: LlamaConfig, out_cfg: LlamaConfig, 
 def convert_hf_to_orbax(hf_dir: str, out_dir: str, *, add_bolt_tokens: bool = False, dtype: str = "float32",
                         tokenizer_dir: str | None = None, mesh=None, rules=None, overwrite: bool = False) -> str:
     """Converts; a complete `out_dir` is left as it is (a rerun is a no-op) unless `overwrite`."""
-    if checkpoint.is_complete(out_dir) and not overwrite:
+    if artifact.is_complete(out_dir) and not overwrite:
         _log.warning("%s is already a complete checkpoint; nothing to do (--overwrite to redo it)", out_dir)
         return os.path.abspath(out_dir)
-    if os.path.exists(out_dir) and not checkpoint.is_complete(out_dir) and not overwrite:
+    if os.path.exists(out_dir) and not artifact.is_complete(out_dir) and not overwrite:
         raise FileExistsError(f"{out_dir} exists and is not a bolt_jax checkpoint; choose another --out or "
                               "pass --overwrite")
     if dtype not in ("float32", "bfloat16"):
@@ -180,7 +181,7 @@ def convert_hf_to_orbax(hf_dir: str, out_dir: str, *, add_bolt_tokens: bool = Fa
                 _log.info("growing the vocabulary %d -> %d rows", cfg.vocab_size, out_cfg.vocab_size)
             mesh = mesh if mesh is not None else parallel.make_mesh()
             params = stream_params(source, cfg, out_cfg, mesh, rules)
-            return checkpoint.save_model(
+            return artifact.save_model(
                 out_dir, params, out_cfg, tokenizer_dir=tok_tmp if tok_len is not None else None,
                 overwrite=overwrite, provenance={"source": os.path.abspath(hf_dir), "add_bolt_tokens": add_bolt_tokens,
                                                  "source_vocab_size": cfg.vocab_size})

@@ -19,6 +19,8 @@ from typing import Callable, Iterable, Iterator, Protocol
 import ml_dtypes
 import numpy as np
 
+from bolt_jax.runtime.atomic import atomic_file
+
 SAFETENSORS_DTYPES: dict[str, np.dtype] = {
     "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
     "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
@@ -207,8 +209,7 @@ def write_safetensors(path: str, specs: Iterable[tuple[str, tuple[int, ...], np.
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
     header_bytes += b" " * (-len(header_bytes) % 8)  # align the data start to 8 bytes, as safetensors does
     stream = tensors() if callable(tensors) else tensors
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
+    with atomic_file(path, "wb", fsync=True) as f:
         f.write(struct.pack("<Q", len(header_bytes)))
         f.write(header_bytes)
         for (name, shape, dtype), (got_name, array) in zip(specs, stream, strict=True):
@@ -216,6 +217,3 @@ def write_safetensors(path: str, specs: Iterable[tuple[str, tuple[int, ...], np.
                 raise WeightsError(f"writing {path}: expected {name} {tuple(shape)} {np.dtype(dtype)}, got "
                                    f"{got_name} {tuple(array.shape)} {array.dtype}")
             f.write(memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8)))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

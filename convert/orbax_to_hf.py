@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from bolt_jax import checkpoint
+from bolt_jax.model import artifact
 from bolt_jax.model.config import DTYPES, LlamaConfig
 from bolt_jax.model.hf_layout import expected_hf_shapes, hf_from_params
 from convert.hf_weights import SINGLE_FILE, write_safetensors
@@ -74,22 +74,22 @@ def convert_orbax_to_hf(ckpt_dir: str, out_dir: str, *, dtype: str | None = None
 
     from bolt_jax.model.llama import pure_dict
 
-    model, cfg, tokenizer_dir = checkpoint.load_model(ckpt_dir, mesh, dtype=dtype, rules=rules)
+    model, cfg, tokenizer_dir = artifact.load_model(ckpt_dir, mesh, dtype=dtype, rules=rules)
     np_dtype = np.dtype(DTYPES[cfg.param_dtype])
     params = jax.tree.map(lambda a: _HostGather(a, np_dtype), pure_dict(nnx.state(model, nnx.Param)))
     del model  # _HostGather now holds the only references, and frees each parameter once written
     specs = [(name, shape, np_dtype) for name, shape in _hf_order(cfg)]
-    with checkpoint.atomic_directory(out_dir, overwrite=overwrite) as staging:
+    with artifact.atomic_directory(out_dir, overwrite=overwrite) as staging:
         writer = jax.process_index() == 0
         if writer:
             write_safetensors(os.path.join(staging, SINGLE_FILE), specs, hf_from_params(cfg, params))
-            checkpoint.write_json_atomic(os.path.join(staging, "config.json"), hf_config_dict(cfg, cfg.param_dtype))
-            checkpoint.write_json_atomic(os.path.join(staging, "generation_config.json"),
+            artifact.atomic_write_json(os.path.join(staging, "config.json"), hf_config_dict(cfg, cfg.param_dtype))
+            artifact.atomic_write_json(os.path.join(staging, "generation_config.json"),
                                          generation_config_dict(cfg))
             if tokenizer_dir is not None:
                 for name in os.listdir(tokenizer_dir):
                     shutil.copy2(os.path.join(tokenizer_dir, name), os.path.join(staging, name))
-            checkpoint.write_json_atomic(os.path.join(staging, MARKER), {
+            artifact.atomic_write_json(os.path.join(staging, MARKER), {
                 "source": os.path.abspath(ckpt_dir), "dtype": cfg.param_dtype,
                 "tokenizer": tokenizer_dir is not None})
         else:  # the gathers are collective: every process walks the same stream

@@ -1,4 +1,4 @@
-"""bolt_jax.checkpoint: save_model / load_model. Oracles: the saved arrays themselves (numpy), the sharding the rules
+"""bolt_jax.model.artifact: save_model / load_model. Oracles: the saved arrays themselves (numpy), the sharding the rules
 table gives each parameter, and the filesystem (an interrupted save leaves no complete-looking directory)."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bolt_jax import checkpoint, parallel
+from bolt_jax import parallel
+from bolt_jax.model import artifact
 from bolt_jax.model import create_model, preset
 from bolt_jax.model.llama import pure_dict
 
@@ -35,7 +36,7 @@ def saved(tmp_path_factory):
     tok = root / "tok"
     tok.mkdir()
     (tok / "tokenizer.json").write_text('{"fake": true}')
-    path = checkpoint.save_model(root / "model", params, CFG, tokenizer_dir=tok)
+    path = artifact.save_model(root / "model", params, CFG, tokenizer_dir=tok)
     host = {k: np.asarray(v) for k, v in _flat(params).items()}
     return path, host
 
@@ -44,7 +45,7 @@ def test_layout_and_marker(saved):
     path, _ = saved
     assert sorted(os.listdir(path)) == ["bolt_checkpoint.json", "config.json", "params", "tokenizer"]
     meta = json.load(open(os.path.join(path, "bolt_checkpoint.json")))
-    assert meta["format"] == checkpoint.FORMAT and meta["param_dtype"] == "float32"
+    assert meta["format"] == artifact.FORMAT and meta["param_dtype"] == "float32"
     assert json.load(open(os.path.join(path, "config.json")))["intermediate_size"] == CFG.intermediate_size
     assert not os.path.exists(path + ".partial")
 
@@ -52,7 +53,7 @@ def test_layout_and_marker(saved):
 def test_load_restores_values_into_rule_shardings_on_another_mesh(saved):
     path, host = saved
     mesh = parallel.make_mesh({"fsdp": 4, "tensor": 2})
-    model, cfg, tok_dir = checkpoint.load_model(path, mesh)
+    model, cfg, tok_dir = artifact.load_model(path, mesh)
     assert cfg == CFG  # architecture and runtime fields, so the trainer's init_checkpoint check passes
     assert tok_dir == os.path.join(path, "tokenizer") and os.path.isfile(os.path.join(tok_dir, "tokenizer.json"))
     state = nnx.state(model, nnx.Param)
@@ -67,7 +68,7 @@ def test_load_restores_values_into_rule_shardings_on_another_mesh(saved):
 
 def test_load_casts_to_requested_dtype(saved):
     path, host = saved
-    model, cfg, _ = checkpoint.load_model(path, parallel.make_mesh(), dtype="bfloat16", compute_dtype="float32")
+    model, cfg, _ = artifact.load_model(path, parallel.make_mesh(), dtype="bfloat16", compute_dtype="float32")
     assert cfg.param_dtype == "bfloat16" and cfg.compute_dtype == "float32"
     q = np.asarray(model.layers.self_attn.q_proj.kernel[...])
     assert q.dtype == ml_dtypes.bfloat16
@@ -76,11 +77,11 @@ def test_load_casts_to_requested_dtype(saved):
 
 def test_incomplete_or_mismatched_checkpoints_fail_clearly(saved, tmp_path):
     path, _ = saved
-    with pytest.raises(checkpoint.CheckpointError, match="no model checkpoint"):
-        checkpoint.load_model(tmp_path / "absent")
+    with pytest.raises(artifact.CheckpointError, match="no model checkpoint"):
+        artifact.load_model(tmp_path / "absent")
     (tmp_path / "half").mkdir()
-    with pytest.raises(checkpoint.CheckpointError, match="not a complete"):
-        checkpoint.load_model(tmp_path / "half")
+    with pytest.raises(artifact.CheckpointError, match="not a complete"):
+        artifact.load_model(tmp_path / "half")
     # A config.json that disagrees with the stored arrays: the message names the parameter.
     import shutil
     bad = tmp_path / "bad"
@@ -88,35 +89,35 @@ def test_incomplete_or_mismatched_checkpoints_fail_clearly(saved, tmp_path):
     hf = json.load(open(bad / "config.json"))
     hf["intermediate_size"] += 8
     json.dump(hf, open(bad / "config.json", "w"))
-    with pytest.raises(checkpoint.CheckpointError, match="layers/mlp/down_proj/kernel"):
-        checkpoint.load_model(bad)
+    with pytest.raises(artifact.CheckpointError, match="layers/mlp/down_proj/kernel"):
+        artifact.load_model(bad)
 
 
 def test_save_rejects_params_that_do_not_match_config(saved, tmp_path):
     _, host = saved
     params = {"embed_tokens": host["embed_tokens"]}
-    with pytest.raises(checkpoint.CheckpointError, match="missing"):
-        checkpoint.save_model(tmp_path / "x", params, CFG)
+    with pytest.raises(artifact.CheckpointError, match="missing"):
+        artifact.save_model(tmp_path / "x", params, CFG)
     assert not os.path.exists(tmp_path / "x")
 
 
 def test_interrupted_save_leaves_no_checkpoint(saved, tmp_path, monkeypatch):
     path, _ = saved
-    model, _, _ = checkpoint.load_model(path)
+    model, _, _ = artifact.load_model(path)
     params = pure_dict(nnx.state(model, nnx.Param))
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(checkpoint, "write_json_atomic", boom)  # fails after the params are written
+    monkeypatch.setattr(artifact, "atomic_write_json", boom)  # fails after the params are written
     with pytest.raises(RuntimeError, match="disk full"):
-        checkpoint.save_model(tmp_path / "m", params, CFG)
+        artifact.save_model(tmp_path / "m", params, CFG)
     assert not os.path.exists(tmp_path / "m")
-    assert not checkpoint.is_complete(tmp_path / "m.partial")
-    with pytest.raises(checkpoint.CheckpointError, match="interrupted"):
-        checkpoint.load_model(tmp_path / "m")
+    assert not artifact.is_complete(tmp_path / "m.partial")
+    with pytest.raises(artifact.CheckpointError, match="interrupted"):
+        artifact.load_model(tmp_path / "m")
     monkeypatch.undo()
-    checkpoint.save_model(tmp_path / "m", params, CFG)  # a rerun succeeds and clears the leftover
-    assert checkpoint.is_complete(tmp_path / "m") and not os.path.exists(tmp_path / "m.partial")
+    artifact.save_model(tmp_path / "m", params, CFG)  # a rerun succeeds and clears the leftover
+    assert artifact.is_complete(tmp_path / "m") and not os.path.exists(tmp_path / "m.partial")
     with pytest.raises(FileExistsError):
-        checkpoint.save_model(tmp_path / "m", params, CFG)
+        artifact.save_model(tmp_path / "m", params, CFG)

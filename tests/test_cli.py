@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from bolt_jax import config as config_lib
+from bolt_jax import workflows
 from tests.helpers import repo_root
 
 ROOT = repo_root()
@@ -59,7 +59,7 @@ def test_every_config_file_validates():
         spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        config_lib.validate(module.get_config(), num_devices=8)
+        workflows.validate(module.get_config(), num_devices=8)
 
 
 def test_prepare_workflow_from_the_command_line(tmp_path):

@@ -17,7 +17,8 @@ import pytest
 import torch
 from safetensors.numpy import load_file, save_file
 
-from bolt_jax import checkpoint, parallel
+from bolt_jax import parallel
+from bolt_jax.model import artifact
 from convert import __main__ as cli
 from convert.hf_to_orbax import UnsupportedConfigError, convert_hf_to_orbax
 from convert.hf_weights import WeightsError, open_hf_weights
@@ -68,7 +69,7 @@ def converted(request, tmp_path_factory, mesh):
 def test_our_logits_after_conversion_match_torch(converted, mesh):
     hf, ckpt, _ = converted
     tokens = _tokens()
-    model, cfg, tok_dir = checkpoint.load_model(ckpt, mesh, compute_dtype="float32")
+    model, cfg, tok_dir = artifact.load_model(ckpt, mesh, compute_dtype="float32")
     assert cfg.tie_word_embeddings == json.load(open(os.path.join(hf, "config.json")))["tie_word_embeddings"]
     assert tok_dir is not None
     ours = np.asarray(model(tokens))
@@ -94,10 +95,10 @@ def test_round_trip_is_bit_exact_and_loads_in_transformers(converted):
 
 def test_rerun_is_a_noop(converted):
     hf, ckpt, out = converted
-    marks = [os.stat(os.path.join(ckpt, checkpoint.MARKER)).st_mtime_ns, os.stat(os.path.join(out, MARKER)).st_mtime_ns]
+    marks = [os.stat(os.path.join(ckpt, artifact.MARKER)).st_mtime_ns, os.stat(os.path.join(out, MARKER)).st_mtime_ns]
     assert convert_hf_to_orbax(hf, ckpt) == ckpt
     assert convert_orbax_to_hf(ckpt, out) == out
-    assert marks == [os.stat(os.path.join(ckpt, checkpoint.MARKER)).st_mtime_ns,
+    assert marks == [os.stat(os.path.join(ckpt, artifact.MARKER)).st_mtime_ns,
                      os.stat(os.path.join(out, MARKER)).st_mtime_ns]
 
 
@@ -191,7 +192,7 @@ def test_bolt_export_generates_in_transformers(bolt):
 def test_adding_bolt_tokens_twice_is_a_noop(bolt, tmp_path, mesh):
     _, ckpt, out, _ = bolt
     again = convert_hf_to_orbax(out, str(tmp_path / "again"), add_bolt_tokens=True, mesh=mesh)
-    assert checkpoint.read_config(again).vocab_size == VOCAB + 4
+    assert artifact.read_config(again).vocab_size == VOCAB + 4
     twice = convert_orbax_to_hf(again, str(tmp_path / "again_hf"))
     first, second = _read_all(out), _read_all(twice)
     for name in first:
@@ -251,7 +252,7 @@ def test_cli_reports_errors_and_converts(small_hf, tmp_path, capsys):
     assert "no config.json" in capsys.readouterr().err
     assert cli.main(["hf-to-orbax", "--hf-dir", small_hf, "--out", str(tmp_path / "ck"), "--mesh", "fsdp=-1",
                      "--dtype", "bfloat16"]) == 0
-    assert checkpoint.read_config(tmp_path / "ck").param_dtype == "bfloat16"
+    assert artifact.read_config(tmp_path / "ck").param_dtype == "bfloat16"
     assert cli.main(["orbax-to-hf", "--ckpt", str(tmp_path / "ck"), "--out", str(tmp_path / "hf")]) == 0
     assert "wrote" in capsys.readouterr().out
     ref = load_file(os.path.join(small_hf, "model.safetensors"))
@@ -269,11 +270,11 @@ def test_help_explains_both_commands():
 # ------------------------------------------------------------------------------------------------ interruption
 KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
-    import bolt_jax.checkpoint as ck, convert.orbax_to_hf as o2h
+    import bolt_jax.model.artifact as ck, convert.orbax_to_hf as o2h
     from convert.hf_to_orbax import convert_hf_to_orbax
     hf, ckpt, out, which = sys.argv[1:]
     if which == "hf-to-orbax":   # killed when the params are on disk, just before the completion marker
-        ck.write_json_atomic = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
+        ck.atomic_write_json = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
         convert_hf_to_orbax(hf, ckpt)
     else:                        # killed after a few tensors of model.safetensors were written
         def killing(cfg, params, orig=o2h.hf_from_params):
@@ -293,11 +294,11 @@ def test_sigkill_mid_conversion_leaves_no_complete_looking_dir(small_hf, tmp_pat
                        cwd=repo_root(), capture_output=True, text=True, timeout=120)
     assert r.returncode == -9, r.stderr[-2000:]
     assert not os.path.exists(ckpt) and os.path.isdir(ckpt + ".partial")
-    assert not checkpoint.is_complete(ckpt + ".partial")
-    with pytest.raises(checkpoint.CheckpointError, match="interrupted"):
-        checkpoint.load_model(ckpt)
+    assert not artifact.is_complete(ckpt + ".partial")
+    with pytest.raises(artifact.CheckpointError, match="interrupted"):
+        artifact.load_model(ckpt)
     convert_hf_to_orbax(small_hf, ckpt)  # the rerun finishes and clears the leftover
-    assert checkpoint.is_complete(ckpt) and not os.path.exists(ckpt + ".partial")
+    assert artifact.is_complete(ckpt) and not os.path.exists(ckpt + ".partial")
 
     r = subprocess.run([sys.executable, "-c", KILL_SCRIPT, small_hf, ckpt, out, "orbax-to-hf"], env=env,
                        cwd=repo_root(), capture_output=True, text=True, timeout=120)

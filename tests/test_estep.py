@@ -3,7 +3,6 @@ slices against an uninterrupted run."""
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -38,7 +37,7 @@ def estep_config(root, run_dir, **overrides):
 
 
 def test_estep_scores_match_the_hf_oracle(setup, tmp_path):
-    from transformers import AutoTokenizer, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     from bolt_jax.data.tokenizer import load_tokenizer
     root, hf_dir = setup

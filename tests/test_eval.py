@@ -169,7 +169,8 @@ def test_eval_workflow_on_a_checkpoint(tmp_path):
 
 
 def test_sft_batches_put_the_loss_on_completions_only(tok):
-    from bolt_jax.eval.finetune import SFTBatches, gsm8k_sft_examples
+    from bolt_jax.data.sources import SFTBatches
+    from bolt_jax.eval.sft import gsm8k_sft_examples
     ex = gsm8k_sft_examples("/work/shared/data/gsm8k/train.jsonl", raw_baseline=False, limit=3) \
         if __import__("os").path.exists("/work/shared/data/gsm8k/train.jsonl") else None
     if ex is None:
@@ -182,7 +183,6 @@ def test_sft_batches_put_the_loss_on_completions_only(tok):
     for r in range(2):
         w = b["loss_weights"][r]
         first = int(np.argmax(w > 0))
-        completion_ids = tok.encode(ex[0]["completion"]) + [tok.eos_id]
         targets = b["targets"][r][w > 0].tolist()
         assert targets[-1] == tok.eos_id and tok.decode(targets[:-1]) in [e["completion"] for e in ex]
         assert (b["inputs"][r, first] == tok.special_ids[PRIOR])  # the first weighted target follows the delimiter
@@ -250,7 +250,7 @@ def test_benchmark_readers_jsonl_parquet_tfds(tmp_path):
 
 
 def test_math_sft_examples_and_grading(tmp_path):
-    from bolt_jax.eval.finetune import is_correct, math_sft_examples
+    from bolt_jax.eval.sft import is_correct, math_sft_examples
     (tmp_path / "m.jsonl").write_text(json.dumps({"problem": "Compute $1+1$.", "solution": "We get $\\\\boxed{2}$."})
                                       + "\n")
     ex = math_sft_examples(str(tmp_path / "m.jsonl"), raw_baseline=False)[0]

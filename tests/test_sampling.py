@@ -153,7 +153,6 @@ def test_prompt_seeds_make_samples_independent_of_batch_composition(models):
 
 def test_n_samples_share_one_prefill_in_the_compiled_program(models):
     """Compiled cost: 8 prompts x 4 samples costs far less than 32 prompts x 1 sample (prefill runs per prompt)."""
-    import jax
     import jax.numpy as jnp
     from bolt_jax.model.llama import pure_dict
     from bolt_jax.sampling.sampler import _generate_core

@@ -9,7 +9,8 @@ import pytest
 from bolt_jax.data import toy
 from bolt_jax.data.chunking import ChunkingConfig
 from bolt_jax.estep import weights
-from bolt_jax.estep.run import Sample, default_estep_config, document_chunks
+from bolt_jax.estep.backend import Sample
+from bolt_jax.estep.run import default_estep_config, document_chunks
 
 
 def test_true_thought_diagnostics_against_numpy():
@@ -134,7 +135,7 @@ def test_estep_correctness_counts_only_answer_chunks():
 
 
 def test_report_checks_follow_the_figures():
-    from bolt_jax.eval.report import build_report, render_markdown
+    from bolt_jax.workflows.report import build_report, render_markdown
     models = {n: {"steps": 10, "tokens": 100} for n in ("base", "warmstart", "iter_1", "iter_2", "raw_token_match")}
     acc = {"base": 0.1, "warmstart": 0.3, "iter_1": 0.4, "iter_2": 0.6, "raw_token_match": 0.1}
     evaluations = {n: {"fewshot": {"accuracy": a, "accuracy_se": 0.02}} for n, a in acc.items()}

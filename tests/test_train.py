@@ -13,6 +13,7 @@ import numpy as np
 import optax
 import pytest
 
+from bolt_jax.data.sources import SyntheticBatches
 from bolt_jax.train import batches as batches_lib
 from bolt_jax.train.loop import KILL_AFTER_SAVE_ENV, NonFiniteLossError, TrainSetup, dry_run, train
 from bolt_jax.train.optim import lr_multiplier
@@ -57,7 +58,7 @@ def test_schedule_matches_spec_formula(s):
 
 # ----------------------------------------------------------------------------------------------- the step
 def _batch(setup, seed=0):
-    src = batches_lib.SyntheticBatches(rows=setup.config.train.global_batch_size, seq_len=setup.config.data.seq_len,
+    src = SyntheticBatches(rows=setup.config.train.global_batch_size, seq_len=setup.config.data.seq_len,
                                        vocab_size=setup.model_cfg.vocab_size, seed=seed, docs_per_row=2)
     b = next(src)
     b["loss_weights"][:, :3] = 0.0  # uneven target counts per row: the token-weighted mean matters
@@ -247,7 +248,7 @@ def test_training_starts_from_a_converted_hf_checkpoint(tmp_path):
     import torch
     from transformers import LlamaForCausalLM
 
-    from bolt_jax import checkpoint as model_ckpt
+    from bolt_jax.model import artifact as model_ckpt
     from convert.hf_to_orbax import convert_hf_to_orbax
     from tests.helpers import build_hf_model
 
@@ -261,7 +262,7 @@ def test_training_starts_from_a_converted_hf_checkpoint(tmp_path):
     c.train.init_checkpoint = str(tmp_path / "ckpt")
     summary = train(c)
 
-    batch = next(batches_lib.SyntheticBatches(rows=8, seq_len=32, vocab_size=512, seed=c.seed, docs_per_row=2))
+    batch = next(SyntheticBatches(rows=8, seq_len=32, vocab_size=512, seed=c.seed, docs_per_row=2))
     hf = LlamaForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32).eval()
     with torch.no_grad():
         losses = []

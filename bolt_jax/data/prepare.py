@@ -31,7 +31,8 @@ import numpy as np
 
 from bolt_jax.data.formats import raw_text
 from bolt_jax.data.readers import CorpusSource, build_line_index, open_corpus, save_line_index, ReadReport
-from bolt_jax.data.schema import atomic_write_text, write_jsonl
+from bolt_jax.data.schema import write_jsonl
+from bolt_jax.runtime.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 WORD_RE = re.compile(r"\b\w+\b")

@@ -29,6 +29,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from bolt_jax.runtime.atomic import atomic_file
+
 log = logging.getLogger(__name__)
 
 TEXT_KEYS = ("text", "content")
@@ -226,10 +228,8 @@ def build_line_index(path: str, report: ReadReport, strict: bool) -> np.ndarray:
 
 
 def save_line_index(path: str, spans: np.ndarray) -> None:
-    target = index_path(path)
-    tmp = target + ".tmp.npy"
-    np.save(tmp, np.concatenate([spans, np.array([[os.path.getsize(path), -1]], np.int64)]))
-    os.replace(tmp, target)
+    with atomic_file(index_path(path), "wb") as f:
+        np.save(f, np.concatenate([spans, np.array([[os.path.getsize(path), -1]], np.int64)]))
 
 
 def load_line_index(path: str) -> np.ndarray | None:

@@ -10,7 +10,7 @@
                      The prefix is not stored: it is always the previous suffixes.
 - WRAP record:       the raw record plus "latent" (the paraphrase).
 
-`augment_record` builds an augmented record; `write_jsonl` writes records atomically (tmp file + os.replace);
+`augment_record` builds an augmented record; `write_jsonl` writes records atomically (bolt_jax.runtime.atomic);
 `read_jsonl` (bolt_jax.data.readers) reads them back with malformed lines counted.
 """
 
@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any, Iterable, Mapping, Sequence
 
 from bolt_jax.data.formats import EOL, SOL
+from bolt_jax.runtime.atomic import atomic_file
 
 CHUNK_KEYS = ("suffix", "latent")
 
@@ -62,35 +62,12 @@ def validate_augmented(record: Mapping[str, Any]) -> str | None:
     return None
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_jsonl(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -> int:
     """Write one JSON object a line, atomically; returns the number written."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp.")
     n = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False))
-                f.write("\n")
-                n += 1
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False))
+            f.write("\n")
+            n += 1
     return n

@@ -1,14 +1,31 @@
-"""The E-step's model backend: the JAX sampler and scorer on the trainer's mesh, over a model checkpoint."""
+"""The E-step's model interface (`ModelBackend`: sample K thoughts, score sequences; `Sample`) and its
+implementation: the JAX sampler and scorer on the trainer's mesh, over a model checkpoint (`JaxBackend`).
+Tests and the toy diagnostics drive the E-step through the same interface with stand-ins."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Protocol, Sequence
 
 import ml_collections
 import numpy as np
 
 from bolt_jax.data.formats import EOL
-from bolt_jax.estep.run import Sample
+
+
+@dataclass
+class Sample:
+    tokens: list[int]  # generated tokens, without the stop token
+    logq: float  # sum of log q over the generated tokens, including the stop token when it was generated
+    done: bool  # stopped at <EoL> (False: hit max_new_tokens)
+
+
+class ModelBackend(Protocol):
+    def sample(self, prompts: Sequence[Sequence[int]], *, n: int, seeds: Sequence[int]) -> list[list[Sample]]:
+        """n samples per prompt; prompt i's randomness comes from seeds[i] alone."""
+
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """Per-token log p(token_j | tokens_<j) for j >= 1 (entry 0 unused)."""
 
 
 class JaxBackend:
@@ -21,9 +38,9 @@ class JaxBackend:
         """(backend, tokenizer, model id) for config.estep.checkpoint on the config's mesh."""
         import os
 
-        from bolt_jax import checkpoint as model_ckpt
         from bolt_jax import parallel
         from bolt_jax.data.tokenizer import load_tokenizer
+        from bolt_jax.model import artifact as model_ckpt
         e = config.estep
         if not e.checkpoint:
             raise ValueError("config.estep.checkpoint is empty: name the model checkpoint that writes the thoughts")

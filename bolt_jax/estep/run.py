@@ -16,16 +16,18 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Sequence
 
 import ml_collections
 import numpy as np
 
 from bolt_jax.data.chunking import ChunkingConfig, chunk_text
-from bolt_jax.data.formats import EOL, raw_text
-from bolt_jax.data.schema import atomic_write_text, augment_record, write_jsonl
+from bolt_jax.data.formats import raw_text
+from bolt_jax.data.schema import augment_record, write_jsonl
 from bolt_jax.estep import sequences, weights
+from bolt_jax.estep.backend import JaxBackend, ModelBackend
 from bolt_jax.estep.store import ResultStore
+from bolt_jax.runtime.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -63,22 +65,6 @@ def default_estep_config() -> ml_collections.ConfigDict:
         "include_all_prefix": False,
         "chunk_seed": 42,
     })
-
-
-# ------------------------------------------------------------------------------------------------ model interface
-@dataclass
-class Sample:
-    tokens: list[int]  # generated tokens, without the stop token
-    logq: float  # sum of log q over the generated tokens, including the stop token when it was generated
-    done: bool  # stopped at <EoL> (False: hit max_new_tokens)
-
-
-class ModelBackend(Protocol):
-    def sample(self, prompts: Sequence[Sequence[int]], *, n: int, seeds: Sequence[int]) -> list[list[Sample]]:
-        """n samples per prompt; prompt i's randomness comes from seeds[i] alone."""
-
-    def score(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
-        """Per-token log p(token_j | tokens_<j) for j >= 1 (entry 0 unused)."""
 
 
 # ------------------------------------------------------------------------------------------------ work items
@@ -301,5 +287,4 @@ def merge_estep(store: ResultStore, records, num_docs: int, e: ml_collections.Co
 
 def load_backend(config: ml_collections.ConfigDict):
     """The JAX sampler and scorer on the trainer's mesh, over the checkpoint's weights."""
-    from bolt_jax.estep.backend import JaxBackend
     return JaxBackend.from_config(config)

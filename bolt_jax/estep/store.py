@@ -15,7 +15,7 @@ import json
 import os
 from typing import Any, Iterator, Mapping
 
-from bolt_jax.data.schema import atomic_write_text
+from bolt_jax.runtime.atomic import atomic_write_text
 
 
 def settings_hash(settings: Mapping[str, Any]) -> str:

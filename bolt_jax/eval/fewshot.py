@@ -10,13 +10,12 @@ pass@k are reported too. Prompt shortening is counted in the results.
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from bolt_jax.data.schema import atomic_write_text
+from bolt_jax.runtime.atomic import atomic_write_text
 from bolt_jax.eval import grading, prompts
 
 

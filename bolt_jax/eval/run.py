@@ -9,12 +9,12 @@ from typing import Any
 
 import ml_collections
 
-from bolt_jax.data.schema import atomic_write_text
+from bolt_jax.runtime.atomic import atomic_write_text
 
 
 def default_eval_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({
-        "checkpoint": "",  # a model checkpoint (bolt_jax.checkpoint)
+        "checkpoint": "",  # a model checkpoint (bolt_jax.model.artifact)
         "output_dir": "",  # "" = <run_dir>/eval
         "gsm8k_path": "",  # GSM8K test.jsonl ({question, answer}); "" = skip
         "math_path": "",  # MATH test (.jsonl/.parquet with problem, solution); "" = skip
@@ -36,7 +36,7 @@ def default_eval_config() -> ml_collections.ConfigDict:
 
 
 def run_eval(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    from bolt_jax import checkpoint as model_ckpt
+    from bolt_jax.model import artifact as model_ckpt
     from bolt_jax import parallel
     from bolt_jax.data.tokenizer import load_tokenizer
     from bolt_jax.eval import fewshot, prompts, validation

@@ -49,7 +49,7 @@ def validation_elbo(config, model_dir: str, corpus_path: str, *, k: int = 4, doc
                    resample=False, random_chunking=False, include_all_prefix=True, slice="0:1", limit_docs=docs,
                    elbo_samples=[n for n in (1, 2, 4, 8) if n <= k],
                    store_dir=store_dir or os.path.join(config.run_dir, "elbo_store"))
-    from bolt_jax.checkpoint import read_config
+    from bolt_jax.model.artifact import read_config
     max_pos = read_config(model_dir).max_position_embeddings
     c.estep.max_tokens = min(c.estep.max_tokens, max_pos)
     c.estep.max_new_tokens = min(c.estep.max_new_tokens, max_pos // 2)

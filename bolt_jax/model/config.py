@@ -184,12 +184,9 @@ class LlamaConfig:
             return cls.from_hf_dict(json.load(f), **runtime)
 
     def write_hf_json(self, directory: str) -> str:
-        os.makedirs(directory, exist_ok=True)
+        from bolt_jax.runtime.atomic import atomic_write_json
         path = os.path.join(directory, "config.json")
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.to_hf_dict(), f, indent=2)
-        os.replace(tmp, path)
+        atomic_write_json(path, self.to_hf_dict())
         return path
 
     def runtime_dict(self) -> dict[str, Any]:

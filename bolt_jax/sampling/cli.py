@@ -27,7 +27,7 @@ def default_generate_config() -> ml_collections.ConfigDict:
 
 
 def run_generate(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
-    from bolt_jax import checkpoint as model_ckpt
+    from bolt_jax.model import artifact as model_ckpt
     from bolt_jax import parallel
     from bolt_jax.data.schema import write_jsonl
     from bolt_jax.data.tokenizer import load_tokenizer

@@ -21,10 +21,10 @@ import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from bolt_jax.data.schema import atomic_write_text
+from bolt_jax.runtime.atomic import atomic_write_text
 
 log = logging.getLogger("bolt_jax.synth")
 

@@ -17,7 +17,8 @@ import ml_collections
 
 from bolt_jax.data.chunking import ChunkingConfig, chunk_text
 from bolt_jax.data.formats import raw_text
-from bolt_jax.data.schema import atomic_write_text, augment_record, write_jsonl
+from bolt_jax.data.schema import augment_record, write_jsonl
+from bolt_jax.runtime.atomic import atomic_write_text
 from bolt_jax.synth import prompts
 from bolt_jax.synth.api import (Budget, Ledger, Prices, Request, RequestCache, estimate_tokens, make_client,
                                 run_batch, run_sync)

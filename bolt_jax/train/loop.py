@@ -146,7 +146,7 @@ class TrainSetup:
         init_ckpt = self.config.train.init_checkpoint
         with self.mesh_context():
             if init_ckpt:
-                from bolt_jax.checkpoint import load_model
+                from bolt_jax.model.artifact import load_model
                 model, loaded_cfg, _ = load_model(init_ckpt, self.mesh, rules=self.rules)
                 _check_same_architecture(loaded_cfg, self.model_cfg, init_ckpt)
                 params = pure_dict(nnx.state(model, nnx.Param))
@@ -346,8 +346,8 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def export_model(config: ml_collections.ConfigDict, setup: TrainSetup, state, run_dir: str) -> str:
-    """The trained params as a model checkpoint (bolt_jax.checkpoint), with the run's tokenizer."""
-    from bolt_jax import checkpoint as model_ckpt
+    """The trained params as a model checkpoint (bolt_jax.model.artifact), with the run's tokenizer."""
+    from bolt_jax.model import artifact as model_ckpt
     out = os.path.join(run_dir, "model")
     if model_ckpt.is_complete(out):
         return out

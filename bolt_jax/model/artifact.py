@@ -17,23 +17,22 @@ whole model never sits on one device or host.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import os
 import shutil
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import jax
 import numpy as np
 
 from bolt_jax.model.config import DTYPES, LlamaConfig
+from bolt_jax.runtime.atomic import PARTIAL_SUFFIX, atomic_directory, atomic_write_json
 
 FORMAT = "bolt_jax.model_checkpoint/1"
 MARKER = "bolt_checkpoint.json"
 PARAMS_DIR = "params"
 TOKENIZER_DIR = "tokenizer"
-PARTIAL_SUFFIX = ".partial"
 SAVE_CONCURRENT_GB = 0.5
 
 
@@ -44,50 +43,6 @@ class CheckpointError(ValueError):
 # ------------------------------------------------------------------------------------------------ atomic directories
 def is_complete(ckpt_dir: str | os.PathLike) -> bool:
     return os.path.isfile(os.path.join(str(ckpt_dir), MARKER))
-
-
-def _sync(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices(name)
-
-
-@contextlib.contextmanager
-def atomic_directory(final_dir: str | os.PathLike, *, overwrite: bool = False) -> Iterator[str]:
-    """Yields a staging directory `<final>.partial`; renames it to `final_dir` only if the block completes.
-
-    A leftover `.partial` from an interrupted run is removed first. The staging path is the same on every process
-    (Orbax multi-host saves need one path); process 0 does the filesystem work. An existing `final_dir` is replaced
-    only with `overwrite=True` (it is moved aside first and deleted after the rename).
-    """
-    final_dir = os.path.abspath(str(final_dir))
-    partial = final_dir + PARTIAL_SUFFIX
-    if os.path.exists(final_dir) and not overwrite:
-        raise FileExistsError(f"{final_dir} already exists; pass overwrite=True (--overwrite) to replace it")
-    if jax.process_index() == 0:
-        shutil.rmtree(partial, ignore_errors=True)
-        os.makedirs(os.path.dirname(final_dir) or ".", exist_ok=True)
-        os.makedirs(partial)
-    _sync("bolt_atomic_dir_start")
-    yield partial
-    _sync("bolt_atomic_dir_end")
-    if jax.process_index() == 0:
-        old = None
-        if os.path.exists(final_dir):
-            old = final_dir + ".old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final_dir, old)
-        os.replace(partial, final_dir)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
-    _sync("bolt_atomic_dir_done")
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------------------ save
@@ -124,7 +79,7 @@ def save_model(ckpt_dir: str | os.PathLike, params: Mapping[str, Any], config: L
                 shutil.copytree(str(tokenizer_dir), os.path.join(staging, TOKENIZER_DIR),
                                 ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "config.json",
                                                               "generation_config.json", "*.index.json", ".*"))
-            write_json_atomic(os.path.join(staging, MARKER), {
+            atomic_write_json(os.path.join(staging, MARKER), {
                 "format": FORMAT, "param_dtype": dtype, "runtime": config.runtime_dict(),
                 "provenance": dict(provenance or {})})
     return os.path.abspath(str(ckpt_dir))
@@ -153,7 +108,7 @@ def read_config(ckpt_dir: str | os.PathLike, **runtime: Any) -> LlamaConfig:
         raise CheckpointError(f"no model checkpoint at {ckpt_dir}{hint}")
     if not is_complete(ckpt_dir):
         raise CheckpointError(f"{ckpt_dir} is not a complete bolt_jax model checkpoint (no {MARKER}); "
-                              "write one with `python -m convert hf-to-orbax` or bolt_jax.checkpoint.save_model")
+                              "write one with `python -m convert hf-to-orbax` or bolt_jax.model.artifact.save_model")
     with open(os.path.join(ckpt_dir, MARKER)) as f:
         meta = json.load(f)
     if meta.get("format") != FORMAT:

@@ -24,9 +24,9 @@ from typing import Any, Callable
 import ml_collections
 import numpy as np
 
-from bolt_jax.data.schema import atomic_write_text
+from bolt_jax.runtime.atomic import atomic_write_text
 
-log = logging.getLogger("bolt_jax.bootstrap")
+log = logging.getLogger("bolt_jax.workflows.bootstrap")
 
 
 def default_bootstrap_config() -> ml_collections.ConfigDict:
@@ -171,7 +171,7 @@ def toy_fewshot_stage(config, model_dir: str, latent: bool) -> dict[str, Any]:
     format (latent prompt for models trained with thoughts). A toy document holds one problem, so the prompt is the
     question alone, as every training document begins: exemplars before it would be a layout no model trained on
     (with two problems per document, models copied the start number of the wrong question)."""
-    from bolt_jax import checkpoint as model_ckpt
+    from bolt_jax.model import artifact as model_ckpt
     from bolt_jax import parallel
     from bolt_jax.data.readers import open_corpus
     from bolt_jax.data.tokenizer import load_tokenizer
@@ -304,7 +304,7 @@ def toy_posterior_stage(config, name: str, model_dir: str) -> dict[str, Any]:
 
 def nll_stage(config, model_dir: str) -> dict[str, Any]:
     """NLL per token of a raw model on the validation documents the ELBO uses (bolt_jax.eval.validation)."""
-    from bolt_jax import checkpoint as model_ckpt
+    from bolt_jax.model import artifact as model_ckpt
     from bolt_jax import parallel
     from bolt_jax.data.readers import open_corpus
     from bolt_jax.data.tokenizer import load_tokenizer
@@ -319,8 +319,8 @@ def nll_stage(config, model_dir: str) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------ report
 def write_report(config, run_dir: str, manifest: Manifest, models, esteps, evaluations) -> dict[str, Any]:
-    """report.json, report.md and bootstrap.png (bolt_jax.eval.report), and a console summary."""
-    from bolt_jax.eval import report as report_lib
+    """report.json, report.md and bootstrap.png (bolt_jax.workflows.report), and a console summary."""
+    from bolt_jax.workflows import report as report_lib
     seconds = {name: stage["seconds"] for name, stage in manifest.stages.items() if "seconds" in stage}
     report = report_lib.build_report(models=models, esteps=esteps, evaluations=evaluations, stage_seconds=seconds,
                                      config=config.to_dict(), toy=bool(config.bootstrap.toy))

@@ -18,7 +18,8 @@ from typing import Any
 import ml_collections
 
 from bolt_jax.data import toy
-from bolt_jax.data.schema import atomic_write_text, write_jsonl
+from bolt_jax.data.schema import write_jsonl
+from bolt_jax.runtime.atomic import atomic_write_text
 
 TOY_WORLD_VERSION = 19  # bump when bolt_jax.data.toy changes what it generates
 
@@ -72,7 +73,7 @@ def prepare_toy_bootstrap_data(data_dir: str, *, seed: int, num_pretrain: int, n
 
 def run_demo(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Toy data -> the bootstrap workflow."""
-    from bolt_jax.bootstrap import run_bootstrap
+    from bolt_jax.workflows.bootstrap import run_bootstrap
 
     demo = config.demo
     data_dir = demo.get("data_dir") or os.path.join(os.path.abspath(config.run_dir), "data")
@@ -115,7 +116,7 @@ def run_k_sweep(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def write_k_sweep(run_dir: str, reports: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    from bolt_jax.eval.report import _pm
+    from bolt_jax.workflows.report import _pm
     rows = {}
     for k, r in reports.items():
         last = f"iter_{len(r['iterations'])}"

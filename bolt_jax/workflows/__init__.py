@@ -1,0 +1,146 @@
+"""The jobs a config can name in `config.workflow`: the registry, and the workflows that compose the packages
+below (bootstrap's EM loop, the toy demo, the report, finetune evaluation, the model summary).
+
+Each entry is a name, the function that runs it on the validated config, a validator for the settings only it
+reads, and one line of description (`python -m bolt_jax.main --list_workflows`). Implementations are imported when
+a workflow runs, so the command line starts fast and a workflow's heavy dependencies load only when needed.
+Dependencies point one way: main -> workflows -> (train, estep, sampling, eval, synth, data) -> (model, kernels,
+parallel) -> runtime.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import ml_collections
+
+ConfigFn = Callable[[ml_collections.ConfigDict], Any]
+
+
+@dataclass(frozen=True)
+class Workflow:
+    name: str
+    run: ConfigFn
+    description: str
+    validate: Callable[[ml_collections.ConfigDict], None] | None = None  # the settings only this workflow reads
+
+
+WORKFLOWS: dict[str, Workflow] = {}
+
+
+def register(name: str, validate: Callable[[ml_collections.ConfigDict], None] | None = None):
+    """Decorator: registers `fn` under `name`; its docstring's first line is the description."""
+    def decorate(fn: ConfigFn) -> ConfigFn:
+        WORKFLOWS[name] = Workflow(name, fn, (fn.__doc__ or "").strip().splitlines()[0], validate)
+        return fn
+    return decorate
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+    """The workflow name, the sections every workflow uses, then the workflow's own settings (ValueError)."""
+    from bolt_jax.config import validate_common
+    if config.workflow not in WORKFLOWS:
+        raise ValueError(f"config.workflow={config.workflow!r} is not a workflow; available: {sorted(WORKFLOWS)}")
+    validate_common(config, num_devices)
+    own = WORKFLOWS[config.workflow].validate
+    if own is not None:
+        own(config)
+
+
+def run(config: ml_collections.ConfigDict) -> Any:
+    if config.workflow not in WORKFLOWS:
+        raise ValueError(f"unknown workflow {config.workflow!r}; available: {sorted(WORKFLOWS)}")
+    return WORKFLOWS[config.workflow].run(config)
+
+
+def _validate_train(config: ml_collections.ConfigDict) -> None:
+    from bolt_jax.train.loop import validate_train_config
+    validate_train_config(config)
+
+
+@register("model_summary")
+def model_summary(config: ml_collections.ConfigDict) -> dict:
+    """Build the model on the mesh, print parameters with their shardings, and time a forward pass."""
+    from bolt_jax.workflows.summary import model_summary as run_summary
+    return run_summary(config)
+
+
+@register("train", _validate_train)
+def train(config: ml_collections.ConfigDict):
+    """M-step: train (or resume) on the configured data; checkpoints, metrics, validation."""
+    from bolt_jax.train.loop import train as run_train
+    return run_train(config)
+
+
+@register("demo", _validate_train)
+def demo(config: ml_collections.ConfigDict):
+    """Toy-scale BoLT on CPU: toy data, base model, warmstart, EM iterations, raw baselines, report."""
+    from bolt_jax.workflows.demo import run_demo
+    return run_demo(config)
+
+
+@register("demo_k_sweep", _validate_train)
+def demo_k_sweep(config: ml_collections.ConfigDict):
+    """The toy demo's EM loop for several K (config.demo.k_values) from one shared warmstart; a side-by-side report."""
+    from bolt_jax.workflows.demo import run_k_sweep
+    return run_k_sweep(config)
+
+
+@register("compare", _validate_train)
+def compare(config: ml_collections.ConfigDict):
+    """Raw vs thought-augmented training for the same steps on the toy corpus, evaluated on raw text."""
+    from bolt_jax.workflows.demo import run_compare
+    return run_compare(config)
+
+
+@register("estep")
+def estep(config: ml_collections.ConfigDict):
+    """E-step: sample K thoughts per chunk with config.estep.checkpoint, weigh, resample, write the dataset."""
+    from bolt_jax.estep.run import run_estep
+    result = run_estep(config)
+    print(json.dumps({k: v for k, v in result.items() if isinstance(v, (int, float, str))}, indent=2))
+    return result
+
+
+@register("bootstrap", _validate_train)
+def bootstrap(config: ml_collections.ConfigDict):
+    """BoLT's EM loop: warmstart, E-step/M-step iterations from the base model, raw baselines, report."""
+    from bolt_jax.workflows.bootstrap import run_bootstrap
+    return run_bootstrap(config)
+
+
+@register("synth")
+def synth(config: ml_collections.ConfigDict):
+    """Thoughts (or WRAP paraphrases) from an API model: estimate, budget cap, cache, sync or Batch API."""
+    from bolt_jax.synth.run import run_synth
+    return run_synth(config)
+
+
+@register("eval")
+def evaluate(config: ml_collections.ConfigDict):
+    """Few-shot GSM8K/MATH (plain and latent variants) and validation NLL of config.eval.checkpoint."""
+    from bolt_jax.eval.run import run_eval
+    return run_eval(config)
+
+
+@register("prepare")
+def prepare(config: ml_collections.ConfigDict):
+    """Write the validation / warmstart / bootstrap splits of a corpus with manifests (config.prepare)."""
+    from bolt_jax.data.prepare import run_prepare
+    return run_prepare(config)
+
+
+@register("finetune_eval", _validate_train)
+def finetune_eval(config: ml_collections.ConfigDict):
+    """Finetune-based evaluation: SFT on completions from a checkpoint, then sampled accuracy over seeds."""
+    from bolt_jax.workflows.finetune import run_finetune_eval
+    return run_finetune_eval(config)
+
+
+@register("generate")
+def generate(config: ml_collections.ConfigDict):
+    """Sample from config.generate.checkpoint for prompts; prints text, log q and tokens/s."""
+    from bolt_jax.sampling.cli import run_generate
+    return run_generate(config)
