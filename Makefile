@@ -9,7 +9,7 @@ TEST_ENV := JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: test test-slow demo venv clean-venv
+.PHONY: test test-slow lint demo venv clean-venv
 
 $(VENV)/.created:
 	@PYBIN="$$(.ci/find_python.sh)" || exit 1; \
@@ -30,8 +30,12 @@ $(VENV)/.installed-demo: $(VENV)/.created pyproject.toml
 
 venv: $(VENV)/.installed-test
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test lint
 	$(TEST_ENV) $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# ruff, configured in pyproject.toml (line length 120); part of `make test`
+lint: $(VENV)/.installed-test
+	$(PY) -m ruff check .
 
 test-slow: $(VENV)/.installed-test
 	$(TEST_ENV) $(PY) -m pytest -q -m slow $(PYTEST_ARGS)

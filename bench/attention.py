@@ -20,7 +20,6 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from common import header, median_seconds
 
 
@@ -138,8 +137,8 @@ def main() -> None:
             rows.append((name, str(e).splitlines()[0][:90] if str(e) else type(e).__name__))
         print(rows[-1], flush=True)
     base = next((r[3] for r in rows if r[0] == "cudnn" and len(r) == 4), None)
-    print(f"\nattention B={a.batch} S={a.seq} H={a.heads} K={a.kv_heads} D={a.head_dim} bf16 causal, {a.docs} docs/row; "
-          f"{header()}, median of {a.runs}")
+    print(f"\nattention B={a.batch} S={a.seq} H={a.heads} K={a.kv_heads} D={a.head_dim} bf16 causal, "
+          f"{a.docs} docs/row; {header()}, median of {a.runs}")
     print(f"{'impl':>28} {'max rel err':>11} {'fwd ms':>8} {'fwd TF/s':>9} {'f+b ms':>8} {'f+b TF/s':>9} "
           f"{'f+b vs cuDNN':>12}")
     for r in rows:

@@ -6,7 +6,7 @@ import os
 import statistics
 import subprocess
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from bolt_jax.runtime import xla_flags
 

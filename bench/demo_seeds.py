@@ -77,7 +77,8 @@ def markdown(summary: dict) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for r in summary["runs"]:
         acc = r["heldout_accuracy"]
-        a = lambda n: f"{acc[n][0]:.3f}" if n in acc and acc[n][0] is not None else "-"
+        def a(n):
+            return f"{acc[n][0]:.3f}" if n in acc and acc[n][0] is not None else "-"
         e = r["neg_elbo_per_token"]
         met = sum(c["passed"] for c in r["checks"])
         lines.append(

@@ -13,9 +13,7 @@ import os
 import tempfile
 import time
 
-
 from common import header
-
 
 
 class TimedBackend:
@@ -47,7 +45,8 @@ def main() -> None:
     if a.smoke:
         a.preset, a.docs, a.new, a.chunks_per_batch = "tiny", 8, 16, 16
 
-    from bolt_jax.model import artifact as model_ckpt
+    from flax import nnx
+
     from bolt_jax import parallel
     from bolt_jax.config import base_config
     from bolt_jax.data import toy
@@ -55,9 +54,9 @@ def main() -> None:
     from bolt_jax.data.tokenizer import load_tokenizer
     from bolt_jax.estep.backend import JaxBackend
     from bolt_jax.estep.run import default_estep_config, run_estep
+    from bolt_jax.model import artifact as model_ckpt
     from bolt_jax.model import create_model, preset
     from bolt_jax.model.llama import pure_dict
-    from flax import nnx
 
     work = tempfile.mkdtemp(prefix="bench_estep_")
     docs = toy.generate(a.docs, seed=0)

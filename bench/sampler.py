@@ -19,7 +19,6 @@ import time
 
 import jax
 import numpy as np
-
 from common import header, median_seconds
 
 HBM_BYTES_PER_S = {"h100": 3.35e12, "h200": 4.8e12, "a100": 2.0e12, "b200": 8.0e12}
@@ -82,8 +81,8 @@ def main() -> None:
         decode = (new_tokens - batch) / max(t - t1, 1e-9)
         rows.append((decode_impl, batch, t, t1, new_tokens / t, decode, bound))
     print(f"\nsampler: {a.preset} bf16, prompt {a.prompt}, new {a.new}, {header()}, median of {a.runs}")
-    print(f"{'decode attn':>11} {'batch':>6} {'seconds':>8} {'prefill s':>9} {'out tok/s':>10} {'decode tok/s':>12} {'bw bound tok/s':>15} "
-          f"{'decode/bound':>12}")
+    print(f"{'decode attn':>11} {'batch':>6} {'seconds':>8} {'prefill s':>9} {'out tok/s':>10} {'decode tok/s':>12} "
+          f"{'bw bound tok/s':>15} {'decode/bound':>12}")
     for decode_impl, batch, t, t1, tps, decode, bound in rows:
         frac = f"{decode / bound:.1%}" if bound == bound else "-"
         print(f"{decode_impl:>11} {batch:6d} {t:8.2f} {t1:9.2f} {tps:10,.0f} {decode:12,.0f} {bound:15,.0f} {frac:>12}")

@@ -19,17 +19,16 @@ import sys
 import time
 
 import jax
-
 from common import header
-
 
 
 def build_config(preset: str, seq_len: int, batch: int, remat: str, attention: str, steps: int, scan: bool = True,
                  docs: int = 1):
+    import ml_collections
+
     from bolt_jax.config import base_config, model_config_dict
     from bolt_jax.train.loop import default_train_config
     from bolt_jax.train.optim import default_optim_config
-    import ml_collections
 
     c = base_config()
     c.workflow = "train"
@@ -98,7 +97,8 @@ def run_child(a, batch: int, remat: str, attention: str, layers: str) -> dict:
     """One configuration in its own process, so memory peaks and OOMs do not leak between rows."""
     cmd = [sys.executable, __file__, "--child", "--preset", a.preset, "--seq_len", str(a.seq_len),
            "--micro_batches", str(batch), "--remat", remat, "--attention", attention, "--warmup", str(a.warmup),
-           "--runs", str(a.runs), "--layers", layers, "--docs", str(a.docs)] + (["--profile", a.profile] if a.profile else [])
+           "--runs", str(a.runs), "--layers", layers, "--docs", str(a.docs)] + (
+               ["--profile", a.profile] if a.profile else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("{"):
@@ -139,8 +139,10 @@ def main() -> None:
                 for batch in (int(b) for b in a.micro_batches.split(",")):
                     rows.append(run_child(a, batch, remat, attention, layers))
                     print(rows[-1], flush=True)
-    print(f"\ntrain step: {a.preset}, seq {a.seq_len}, {a.docs} document(s) per row, {header()}, median of {a.runs} after {a.warmup} warm-up")
-    print(f"{'batch':>5} {'remat':>14} {'attn':>10} {'layers':>8} {'step ms':>9} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>9}")
+    print(f"\ntrain step: {a.preset}, seq {a.seq_len}, {a.docs} document(s) per row, {header()}, "
+          f"median of {a.runs} after {a.warmup} warm-up")
+    print(f"{'batch':>5} {'remat':>14} {'attn':>10} {'layers':>8} {'step ms':>9} {'tokens/s':>10} {'MFU':>6} "
+          f"{'peak GiB':>9}")
     for r in rows:
         if "error" in r:
             print(f"{r['batch']:5d} {r['remat']:>14} {r['attention']:>10} {r['layers']:>8}  failed: {r['error']}")

@@ -6,6 +6,7 @@ before a workflow runs, so a bad value fails with a message naming the key and t
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
 from typing import Any
@@ -42,6 +43,23 @@ def llama_config(model: ml_collections.ConfigDict) -> LlamaConfig:
     return LlamaConfig(**values)
 
 
+# The runtime settings a run applies to every checkpoint it loads. A model checkpoint fixes the architecture and
+# the parameters' dtype; how the run computes with it (kernels, precision, memory) is the run's own choice, so these
+# come from config.model (command line included), never silently from what the checkpoint's writer used.
+RUNTIME_OVERRIDES = ("compute_dtype", "remat_policy", "attention_impl", "decode_impl", "scan_layers")
+
+
+def runtime_overrides(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """`config.model`'s runtime settings, for `bolt_jax.model.artifact.load_model(..., **runtime_overrides(c))`."""
+    return {k: config.model[k] for k in RUNTIME_OVERRIDES}
+
+
+def rules_of(config: ml_collections.ConfigDict):
+    """The config's logical-axis rules, normalized for `bolt_jax.parallel` (None: the default table)."""
+    from bolt_jax.parallel import normalize_rules
+    return normalize_rules(dict(config.rules)) if "rules" in config else None
+
+
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.workflow = "model_summary"  # see `python -m bolt_jax.main --list_workflows`
@@ -54,7 +72,8 @@ def base_config() -> ml_collections.ConfigDict:
     # the command line can change one, e.g. --config.rules.vocab= to replicate the vocabulary dimension.
     from bolt_jax.parallel import rules_as_strings
     c.rules = ml_collections.ConfigDict(rules_as_strings())
-    # Multi-host: bolt_jax.runtime.distributed (single process unless configured, set by a launcher, or under SLURM/TPU).
+    # Multi-host: bolt_jax.runtime.distributed (single process unless configured, set by a launcher, or under
+    # SLURM/TPU).
     from bolt_jax.runtime.distributed import default_distributed_config
     c.distributed = default_distributed_config()
     # Inputs of the model_summary workflow (a forward pass on random tokens).
@@ -93,6 +112,25 @@ def validate_common(c: ml_collections.ConfigDict, num_devices: int | None = None
         normalize_rules(dict(c.rules))
     except ValueError as e:
         raise ValueError(f"config.rules: {e}") from None
+
+
+def derive(config: ml_collections.ConfigDict, changes: typing.Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """The config a stage runs with: a locked copy of `config` with `changes` (`{"train.steps": 300, ...}`) applied.
+
+    This is how one workflow hands settings to another (bootstrap -> train, E-step, ELBO): every change is spelled
+    out in one dict at the call site, and every key must already exist, so a misspelt one fails here instead of
+    being written where nobody reads it. `config` itself is never changed."""
+    check_override_keys(config, changes)
+    out = copy.deepcopy(config)
+    out.unlock()
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split(".")
+        node = out
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    out.lock()
+    return out
 
 
 def check_override_keys(config: ml_collections.ConfigDict, overrides: typing.Iterable[str]) -> None:

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
+_log = logging.getLogger(__name__)
+_warned: set[tuple] = set()
 BATCH_AXES = ("data", "fsdp")
 
 # logical name -> mesh axis (or tuple of mesh axes, or None for replicated). Order matters only for readability.
@@ -119,12 +124,6 @@ def logical_to_spec(logical_axes: Sequence[str | None], rules=None, mesh: Mesh |
 
 
 # ------------------------------------------------------------------------------------------------------ mesh
-def initialize(cfg=None) -> dict:
-    """Joins the JAX processes of a multi-host job (single process by default); see bolt_jax.runtime.distributed."""
-    from bolt_jax.runtime.distributed import initialize as _initialize
-    return _initialize(cfg)
-
-
 def resolve_mesh_shape(sizes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
     """Mesh sizes in MESH_AXES order; one of them may be -1 (fill with what is left)."""
     unknown = set(sizes) - set(MESH_AXES)
@@ -157,7 +156,8 @@ def make_mesh(sizes: Mapping[str, int] | None = None, devices: Sequence[Any] | N
 
 
 def mesh_summary(mesh: Mesh) -> str:
-    return " x ".join(f"{a}={mesh.shape[a]}" for a in MESH_AXES) + f" ({mesh.devices.size} {jax.default_backend()} devices)"
+    return (" x ".join(f"{a}={mesh.shape[a]}" for a in MESH_AXES)
+            + f" ({mesh.devices.size} {jax.default_backend()} devices)")
 
 
 # ------------------------------------------------------------------------------------------------------ params
@@ -173,12 +173,58 @@ def variable_axes(var) -> tuple[str | None, ...]:
     return tuple(axes)
 
 
+def _param_spec(var, mesh: Mesh, rules) -> P:
+    """The variable's PartitionSpec; warns (once per shape) when the rules ask to split a dimension the mesh axes do
+    not divide, since that dimension then sits whole on every device: vocab 32004 on tensor=8 would replicate the
+    embedding and the LM head on all eight."""
+    axes = variable_axes(var)
+    spec = logical_to_spec(axes, rules, mesh=mesh, shape=var.shape)
+    wanted = logical_to_spec(axes, rules, mesh=mesh)
+    for dim, (got, want) in enumerate(zip(spec, wanted)):
+        key = (axes[dim], var.shape[dim], want)
+        if got is None and want is not None and key not in _warned:
+            _warned.add(key)
+            names = want if isinstance(want, tuple) else (want,)
+            size = math.prod(mesh.shape[a] for a in names)
+            _log.warning("logical axis %r of size %d is not divisible by mesh axes %s (%d devices): it is REPLICATED "
+                         "on every device; make the size a multiple of %d (e.g. pad vocab_size) or change the mesh",
+                         axes[dim], var.shape[dim], "x".join(names), size, size)
+    return spec
+
+
 def state_shardings(abstract_state, mesh: Mesh, rules=None):
     """The NamedSharding of every variable in an (abstract) NNX state, from its `axes` metadata and the rules."""
     def one(var):
-        spec = logical_to_spec(variable_axes(var), rules, mesh=mesh, shape=var.shape)
-        return var.replace(NamedSharding(mesh, spec))
+        return var.replace(NamedSharding(mesh, _param_spec(var, mesh, rules)))
     return jax.tree.map(one, abstract_state, is_leaf=_is_variable)
+
+
+def replicated_fraction(abstract_state, mesh: Mesh, rules=None) -> float:
+    """The share of parameter bytes every device holds in full copies beyond its 1/N part: 0 when every
+    parameter is split over all devices, up to 1 - 1/N when everything is replicated. `check_sharding` reads it."""
+    from flax import nnx
+    n = mesh.devices.size
+    total = per_device = 0
+    for _, var in nnx.to_flat_state(abstract_state):
+        spec = logical_to_spec(variable_axes(var), rules, mesh=mesh, shape=var.shape)
+        split = math.prod(mesh.shape[a] for entry in spec if entry is not None
+                          for a in (entry if isinstance(entry, tuple) else (entry,)))
+        size = math.prod(var.shape) * np.dtype(var.dtype).itemsize
+        total += size
+        per_device += size / split
+    return 0.0 if total == 0 or n == 1 else (per_device - total / n) / total
+
+
+def check_sharding(abstract_state, mesh: Mesh, rules=None, max_replicated: float = 0.05) -> float:
+    """Fails when more than `max_replicated` of the parameter bytes are held whole beyond each device's share
+    (a rule that names no axis, or a dimension the mesh does not divide). Returns the fraction."""
+    frac = replicated_fraction(abstract_state, mesh, rules)
+    if frac > max_replicated:
+        specs = state_specs(abstract_state, mesh, rules)
+        whole = [k for k, v in specs.items() if all(e is None for e in v)]
+        raise ValueError(f"{frac:.1%} of the parameter bytes are replicated beyond each device's share on mesh "
+                         f"{mesh_summary(mesh)} (limit {max_replicated:.0%}); unsharded: {whole[:8]}")
+    return frac
 
 
 def state_specs(abstract_state, mesh: Mesh, rules=None) -> dict[str, P]:

@@ -10,12 +10,12 @@ iteration about 6 hours of M-step and about 12 hours of E-step (about 17.7B samp
 Rerunning the same command resumes at the stage and step where a run stopped.
 """
 
-from bolt_jax.workflows.bootstrap import default_bootstrap_config
 from bolt_jax.config import base_config, model_config_dict
 from bolt_jax.data.pipeline import default_data_config
 from bolt_jax.estep.run import default_estep_config
 from bolt_jax.train.loop import default_train_config
 from bolt_jax.train.optim import default_optim_config
+from bolt_jax.workflows.bootstrap import default_bootstrap_config
 
 
 def get_config(trial: str = "0"):

@@ -5,8 +5,9 @@
                                                                                          # wrap_baseline, wrap_cot
 Hardware: 4 GPUs (H100/H200 80+ GB), global batch 96 x 2048 = 196,608 tokens/step, 40,690 steps. At the 50% MFU
 target (about 76k tokens/s per H100) that is about 7.3 hours; expect more until the performance issue is measured.
-Inputs: the converted base model (`python -m convert hf-to-orbax --hf-dir TinyLlama_v1.1 --out checkpoints/tinyllama_bolt
---add-bolt-tokens`), the splits from `prepare` and the thoughts from `synth` (paths below; override them).
+Inputs: the converted base model (`python -m convert hf-to-orbax --hf-dir TinyLlama_v1.1
+--out checkpoints/tinyllama_bolt --add-bolt-tokens`), the splits from `prepare` and the thoughts from `synth`
+(paths below; override them).
 """
 
 from bolt_jax.config import base_config, model_config_dict

@@ -13,12 +13,12 @@ has not learned the thought format, at 60 its E-step already chooses 0.99 correc
 
 import ml_collections
 
-from bolt_jax.workflows.bootstrap import default_bootstrap_config
 from bolt_jax.config import base_config, model_config_dict
 from bolt_jax.data.pipeline import default_data_config
 from bolt_jax.estep.run import default_estep_config
 from bolt_jax.train.loop import default_train_config
 from bolt_jax.train.optim import default_optim_config
+from bolt_jax.workflows.bootstrap import default_bootstrap_config
 
 
 def get_config():

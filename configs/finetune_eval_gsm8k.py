@@ -7,9 +7,9 @@
 import ml_collections
 
 from bolt_jax.config import base_config, model_config_dict
-from bolt_jax.workflows.finetune import default_finetune_config
 from bolt_jax.train.loop import default_train_config
 from bolt_jax.train.optim import default_optim_config
+from bolt_jax.workflows.finetune import default_finetune_config
 
 
 def get_config():

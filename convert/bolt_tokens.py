@@ -38,11 +38,6 @@ def add_bolt_tokens(tokenizer_dir: str, out_dir: str) -> tuple[int, dict[str, in
     return len(tok), ids
 
 
-def tokenizer_length(tokenizer_dir: str) -> int:
-    from transformers import AutoTokenizer
-    return len(AutoTokenizer.from_pretrained(tokenizer_dir))
-
-
 def new_rows(rng: np.random.Generator, num_rows: int, hidden_size: int) -> np.ndarray:
     """[num_rows, hidden] float64 rows ~ N(0, hidden^-0.5), clamped to +-3 std (the original's recipe)."""
     std = hidden_size ** -0.5

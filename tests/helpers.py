@@ -52,7 +52,7 @@ def build_hf_model(out_dir: str | os.PathLike, *, vocab_size: int = 512, tie: bo
     return out_dir
 
 
-def hf_logits(model_dir: str | os.PathLike, tokens_BxS) -> "object":
+def hf_logits(model_dir: str | os.PathLike, tokens_BxS) -> object:
     """Logits of the saved HF model (the oracle), fp32 numpy."""
     import numpy as np
     import torch

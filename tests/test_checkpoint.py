@@ -1,5 +1,5 @@
-"""bolt_jax.model.artifact: save_model / load_model. Oracles: the saved arrays themselves (numpy), the sharding the rules
-table gives each parameter, and the filesystem (an interrupted save leaves no complete-looking directory)."""
+"""bolt_jax.model.artifact: save_model / load_model. Oracles: the saved arrays themselves (numpy), the sharding the
+rules table gives each parameter, and the filesystem (an interrupted save leaves no complete-looking directory)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ import pytest
 from flax import nnx
 
 from bolt_jax import parallel
-from bolt_jax.model import artifact
-from bolt_jax.model import create_model, preset
+from bolt_jax.model import artifact, create_model, preset
 from bolt_jax.model.llama import pure_dict
 
 CFG = preset("tiny", vocab_size=96, num_hidden_layers=2)

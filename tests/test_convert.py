@@ -264,7 +264,8 @@ def test_cli_reports_errors_and_converts(small_hf, tmp_path, capsys):
 def test_help_explains_both_commands():
     r = subprocess.run([sys.executable, "-m", "convert", "--help"], capture_output=True, text=True,
                        cwd=repo_root(), timeout=60)
-    assert r.returncode == 0 and "hf-to-orbax" in r.stdout and "orbax-to-hf" in r.stdout and "--add-bolt-tokens" in r.stdout
+    assert (r.returncode == 0 and "hf-to-orbax" in r.stdout and "orbax-to-hf" in r.stdout
+            and "--add-bolt-tokens" in r.stdout)
 
 
 # ------------------------------------------------------------------------------------------------ interruption

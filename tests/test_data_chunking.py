@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from bolt_jax.data.chunking import (ChunkingConfig, chunk_boundaries, chunk_text, split_paragraphs, split_units)
+from bolt_jax.data.chunking import ChunkingConfig, chunk_boundaries, chunk_text, split_paragraphs, split_units
 
 DOC = "One is first. Two follows! Is three next?\n\nFour starts a paragraph. Five ends it.\n\nSix. Seven. Eight."
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from bolt_jax.data import formats as F
-from bolt_jax.data.formats import FormatError, format_document, render
-from bolt_jax.data.tokenizer import CATEGORY_IDS, TokenizerError, load_tokenizer
+from bolt_jax.data.formats import CATEGORY_IDS, FormatError, format_document, render
+from bolt_jax.data.tokenizer import TokenizerError, load_tokenizer
 from tests.helpers import build_tokenizer
 
 SOL, EOL, PRI, POS = "<|START_OF_LATENT|>", "<|END_OF_LATENT|>", "<|PRIOR_PREFIX|>", "<|POSTERIOR_PREFIX|>"

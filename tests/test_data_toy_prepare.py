@@ -10,7 +10,7 @@ import pytest
 
 from bolt_jax.data import toy
 from bolt_jax.data.chunking import ChunkingConfig, chunk_text
-from bolt_jax.data.prepare import default_prepare_config, parse_slice, run_prepare, split_assignment
+from bolt_jax.data.prepare import default_prepare_config, parse_split_slice, run_prepare, split_assignment
 from bolt_jax.data.readers import iter_corpus
 from tests.helpers import build_tokenizer
 
@@ -143,9 +143,9 @@ def test_thought_source_gives_the_true_steps_for_any_chunking(cfg):
 
 
 def test_split_slices_follow_the_original():
-    assert parse_slice("13:17:20") == (13, 17, 20)
+    assert parse_split_slice("13:17:20") == (13, 17, 20)
     with pytest.raises(ValueError, match="start:end:step"):
-        parse_slice("13-17")
+        parse_split_slice("13-17")
     s = split_assignment(4000, seed=0, shuffle=False, validation_slice="0:1:1000", warmstart_slice="0:1:20",
                          bootstrap_slice="13:17:20")
     assert s["validation"].tolist() == [0, 1000, 2000, 3000]  # every 1000th line

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from bolt_jax.eval import grading, prompts
-from bolt_jax.eval.fewshot import (Example, bootstrap_se, evaluate_fewshot, mean_and_se, read_gsm8k,
-                                   sampler_generate_fn)
+from bolt_jax.eval.fewshot import Example, bootstrap_se, evaluate_fewshot, mean_and_se, read_gsm8k, sampler_generate_fn
 
 SOL, EOL, PRIOR = "<|START_OF_LATENT|>", "<|END_OF_LATENT|>", "<|PRIOR_PREFIX|>"
 
@@ -240,8 +239,7 @@ def test_benchmark_readers_jsonl_parquet_tfds(tmp_path):
             return {"test": self._generate_examples()}
 
         def _generate_examples(self):
-            for i, r in enumerate(rows):
-                yield i, r
+            yield from enumerate(rows)
 
     builder = TinyGsm(data_dir=str(tmp_path / "tfds"), file_format="array_record")
     builder.download_and_prepare()

@@ -125,6 +125,7 @@ def test_dispatch():
 
 def test_model_with_the_pallas_kernel_equals_the_reference():
     from flax import nnx
+
     from bolt_jax.model import Llama, preset
     cfg = preset("tiny", compute_dtype="float32")
     tokens = jnp.asarray(np.random.default_rng(1).integers(0, cfg.vocab_size, (2, 64)))

@@ -54,6 +54,7 @@ def test_bad_inputs_are_refused():
 
 def test_sampler_decodes_the_same_tokens_with_the_kernel(monkeypatch):
     from flax import nnx
+
     from bolt_jax.model import Llama, preset
     from bolt_jax.sampling import generate
     model = Llama(preset("tiny", compute_dtype="float32"), nnx.Rngs(0))

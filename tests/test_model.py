@@ -10,8 +10,8 @@ from flax import nnx
 from safetensors.numpy import load_file
 
 from bolt_jax.model import TINYLLAMA_1_1B, Llama, LlamaConfig, param_count, preset
-from bolt_jax.model.llama import pure_dict
 from bolt_jax.model.hf_layout import hf_from_params, load_params_into, params_from_hf
+from bolt_jax.model.llama import pure_dict
 from tests.helpers import build_hf_model, hf_logits
 
 

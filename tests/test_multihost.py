@@ -66,7 +66,7 @@ def test_two_processes_train_like_one(tmp_path, reference):
     run_dir = tmp_path / "two"
     args = COMMON + [f"--config.run_dir={run_dir}", "--config.train.steps=6", "--config.mesh.data=2"]
     results = run_two_processes([args, args])
-    for rc, out, err in results:
+    for rc, _out, err in results:
         assert rc == 0, err[-3000:]
     assert "training summary" in results[0][1] and "training summary" not in results[1][1]  # process 0 reports
     got = losses(run_dir)
@@ -77,7 +77,7 @@ def test_checkpoint_moves_between_process_counts(tmp_path, reference):
     """Saved by two processes (mesh data=2 x fsdp=4), resumed by one (fsdp=8), and the other way round."""
     a = tmp_path / "two_then_one"
     args = COMMON + [f"--config.run_dir={a}", "--config.train.steps=3", "--config.mesh.data=2"]
-    for rc, out, err in run_two_processes([args, args]):
+    for rc, _out, err in run_two_processes([args, args]):
         assert rc == 0, err[-3000:]
     rc, out, err = run_one_process(COMMON + [f"--config.run_dir={a}", "--config.train.steps=6"])
     assert rc == 0 and "resumed from 3" in out, err[-3000:]
@@ -89,7 +89,7 @@ def test_checkpoint_moves_between_process_counts(tmp_path, reference):
     assert rc == 0, err[-3000:]
     args = COMMON + [f"--config.run_dir={b}", "--config.train.steps=6", "--config.mesh.tensor=2"]
     results = run_two_processes([args, args])
-    for rc, out, err in results:
+    for rc, _out, err in results:
         assert rc == 0, err[-3000:]
     assert "resumed from 3" in results[0][1]
     got = losses(b)
@@ -99,7 +99,7 @@ def test_checkpoint_moves_between_process_counts(tmp_path, reference):
 def test_processes_with_different_configs_fail_clearly(tmp_path):
     base = COMMON + [f"--config.run_dir={tmp_path}", "--config.train.steps=2", "--dry_run"]
     results = run_two_processes([base + ["--config.seed=1"], base + ["--config.seed=2"]])
-    for rc, out, err in results:
+    for rc, _out, err in results:
         assert rc == 2
         assert "run a different config than process 0" in err, err[-2000:]
 
@@ -128,13 +128,14 @@ def test_estep_in_two_processes_merges_to_the_same_dataset(tmp_path):
     convert_hf_to_orbax(hf_dir, str(tmp_path / "ckpt"))
     toy.write_corpus(tmp_path / "corpus.jsonl", toy.generate(4, seed=5))
     common = ["--config", "configs/demo.py", "--config.workflow=estep", "--config.model.compute_dtype=float32",
-              f"--config.estep.checkpoint={tmp_path / 'ckpt'}", f"--config.estep.corpus_path={tmp_path / 'corpus.jsonl'}",
+              f"--config.estep.checkpoint={tmp_path / 'ckpt'}",
+              f"--config.estep.corpus_path={tmp_path / 'corpus.jsonl'}",
               "--config.estep.max_new_tokens=5", "--config.estep.chunks_per_batch=4", "--config.estep.num_samples=2"]
     one = common + [f"--config.run_dir={tmp_path / 'one'}", f"--config.estep.output_path={tmp_path / 'one.jsonl'}"]
     rc, out, err = run_one_process(one)
     assert rc == 0, err[-3000:]
     two = common + [f"--config.run_dir={tmp_path / 'two'}", f"--config.estep.output_path={tmp_path / 'two.jsonl'}",
                     "--config.mesh.data=2"]
-    for rc, out, err in run_two_processes([two, two]):
+    for rc, _out, err in run_two_processes([two, two]):
         assert rc == 0, err[-3000:]
     assert (tmp_path / "one.jsonl").read_text() == (tmp_path / "two.jsonl").read_text()

@@ -147,3 +147,36 @@ def test_decode_kernel_runs_per_shard_on_a_mesh():
     with jax.set_mesh(parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})):
         got = jax.jit(lambda *a: kernels.decode_attention(*a, impl="pallas_gpu", **kw))(q, kc, vc)
     np.testing.assert_allclose(np.asarray(got), np.asarray(xla_decode_attention(q, kc, vc, **kw)), atol=2e-6)
+
+
+def _abstract_state(vocab_size: int):
+    from bolt_jax.model.llama import Llama
+    cfg = preset("tiny", vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2)
+    return nnx.split(nnx.eval_shape(lambda: Llama(cfg, nnx.Rngs(0))))[1]
+
+
+def test_an_indivisible_dimension_is_replicated_loudly_and_the_sharding_check_sees_it(caplog):
+    """vocab 130 on tensor=4 cannot be split: the embedding and head sit whole on every device, with a warning;
+    check_sharding measures the replicated bytes against numpy arithmetic on the shapes."""
+    mesh = parallel.make_mesh({"data": 1, "fsdp": 2, "tensor": 4})
+    good, bad = _abstract_state(128), _abstract_state(130)
+    with caplog.at_level("WARNING", logger="bolt_jax.parallel"):
+        parallel.state_shardings(bad, mesh)
+    assert any("'vocab' of size 130" in r.getMessage() and "REPLICATED" in r.getMessage() for r in caplog.records)
+    # oracle: per device, a parameter split over mesh axes of total size s holds bytes / s
+    n = mesh.devices.size
+    for state, _vocab in ((good, 128), (bad, 130)):
+        total = per_device = 0
+        for _, var in nnx.to_flat_state(state):
+            size = int(np.prod(var.shape)) * 4
+            spec = parallel.logical_to_spec(parallel.variable_axes(var), mesh=mesh, shape=var.shape)
+            split = int(np.prod([mesh.shape[a] for e in spec if e is not None for a in (e if isinstance(e, tuple)
+                                                                                          else (e,))]))
+            total, per_device = total + size, per_device + size / split
+        expected = (per_device - total / n) / total
+        assert parallel.replicated_fraction(state, mesh) == pytest.approx(expected)
+    assert parallel.replicated_fraction(bad, mesh) > parallel.replicated_fraction(good, mesh) + 0.05
+    parallel.check_sharding(good, mesh, max_replicated=0.05)
+    with pytest.raises(ValueError, match="replicated beyond each device's share"):
+        parallel.check_sharding(bad, mesh, max_replicated=0.05)

@@ -154,6 +154,7 @@ def test_prompt_seeds_make_samples_independent_of_batch_composition(models):
 def test_n_samples_share_one_prefill_in_the_compiled_program(models):
     """Compiled cost: 8 prompts x 4 samples costs far less than 32 prompts x 1 sample (prefill runs per prompt)."""
     import jax.numpy as jnp
+
     from bolt_jax.model.llama import pure_dict
     from bolt_jax.sampling.sampler import _generate_core
     ours, _, _ = models
@@ -201,3 +202,32 @@ def test_generate_workflow(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [json.loads(l) for l in open(tmp_path / "out.jsonl")]
     assert len(rows) == 4 and "tokens/s" in r.stdout
+
+
+def test_decode_impl_from_the_config_reaches_decode_attention(monkeypatch):
+    """The model config's decode kernel choice (`decode_impl`) is what every decode step's attention call receives,
+    and the kernel (interpret mode on CPU) gives the XLA path's tokens and log q."""
+    import jax
+
+    from bolt_jax import kernels
+    from bolt_jax.model import preset
+
+    seen = []
+    real = kernels.decode_attention
+
+    def recording(*args, impl="auto", **kwargs):
+        seen.append(impl)
+        return real(*args, impl=impl, **kwargs)
+
+    monkeypatch.setattr(kernels, "decode_attention", recording)
+    jax.clear_caches()  # the impl is read at trace time: retrace
+    base = preset("tiny", compute_dtype="float32")
+    prompts = [[1, 5, 9, 33, 7], [1, 100, 200]]
+    ref = generate(Llama(base, nnx.Rngs(0)), prompts, max_new_tokens=4, greedy=True)
+    assert seen and set(seen) == {"auto"}
+    seen.clear()
+    cfg = base.replace(decode_impl="pallas_gpu")  # the kernel, in interpret mode on CPU
+    got = generate(Llama(cfg, nnx.Rngs(0)), prompts, max_new_tokens=4, greedy=True)
+    assert len(seen) == base.num_hidden_layers and set(seen) == {"pallas_gpu"}  # one call per layer in the loop body
+    assert got.tokens == ref.tokens
+    np.testing.assert_allclose(got.logq, ref.logq, atol=1e-4)

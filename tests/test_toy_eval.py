@@ -78,7 +78,7 @@ def test_posterior_diagnostics_by_hand(tmp_path):
     # log q(true): the fake score of the true thought's tokens and <EoL> after the posterior prompt
     eol = tok.special_ids[EOL]
     expected_lq = []
-    for c, d in zip(chunks[1::2], docs):
+    for _c, d in zip(chunks[1::2], docs):
         ids = tok.encode(d.problems[0].thought) + [eol]
         expected_lq.append(-0.01 * sum(ids))
     assert out["log_q_true"] == pytest.approx(np.mean(expected_lq))

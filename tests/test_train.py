@@ -70,6 +70,7 @@ def test_accumulation_and_clipping_equal_one_clipped_full_batch_update(tmp_path)
     """4 micro-batches == one batch 4x larger, and the clip is applied once to the accumulated gradient:
     the oracle is a plain jax.grad of the token-weighted mean over the whole batch, clipped by hand, then AdamW."""
     from flax import nnx
+
     from bolt_jax import parallel
     from bolt_jax.train.step import loss_sums
 

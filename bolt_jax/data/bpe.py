@@ -7,7 +7,7 @@ Layout like Llama's: <unk>=0, <s>=1 (BOS), </s>=2 (EOS); the four BoLT tokens ar
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 from bolt_jax.data.formats import SPECIAL_TOKENS
 

@@ -23,7 +23,6 @@ import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Mapping
 
 import numpy as np
 
@@ -47,15 +46,15 @@ class ChunkingConfig:
     chunk_seed: int = 42
 
     @classmethod
-    def synth(cls, **kw) -> "ChunkingConfig":
+    def synth(cls, **kw) -> ChunkingConfig:
         return cls(**kw)
 
     @classmethod
-    def estep(cls, **kw) -> "ChunkingConfig":
+    def estep(cls, **kw) -> ChunkingConfig:
         return cls(**{"num_prefix_chunks": 3, **kw})
 
     @classmethod
-    def elbo(cls, **kw) -> "ChunkingConfig":
+    def elbo(cls, **kw) -> ChunkingConfig:
         return cls(**{"random_chunking": False, "include_all_prefix": True, **kw})
 
 
@@ -189,10 +188,3 @@ def chunk_text(text: str, cfg: ChunkingConfig = ChunkingConfig()) -> list[ChunkP
             prefix = "".join(units[bounds[max(0, i - cfg.num_prefix_chunks)]:bounds[i]])
         pairs.append(ChunkPair(i, prefix, suffix))
     return pairs
-
-
-def chunk_record(record: Mapping[str, Any], cfg: ChunkingConfig = ChunkingConfig()) -> list[ChunkPair]:
-    """chunk_text of a corpus record's `text` (or `content`)."""
-    from bolt_jax.data.formats import raw_text
-
-    return chunk_text(raw_text(record), cfg)

@@ -20,8 +20,9 @@ recombination does; an empty string "" is a real (empty) thought and is formatte
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +34,9 @@ SPECIAL_TOKENS = (SOL, EOL, PRIOR, POSTERIOR)  # the original's enum order: ids 
 
 TEXT, THOUGHT, SPECIAL = "text", "thought", "special"
 KINDS = (TEXT, THOUGHT, SPECIAL)
+# Each token's category id in a packed batch (`categories`), for the trainer's per-category loss split;
+# 0 = not a target (padding or masked).
+CATEGORY_IDS = {TEXT: 1, THOUGHT: 2, SPECIAL: 3}
 
 
 @dataclass(frozen=True)

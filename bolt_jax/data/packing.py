@@ -24,8 +24,8 @@ where it is (document, offset), which is what the Grain iterator checkpoints.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 

@@ -22,15 +22,22 @@ built: set_state refuses with a clear error).
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator
+from typing import Any
 
 import grain
 import ml_collections
 import numpy as np
 
 from bolt_jax.data.formats import FORMATS, format_document
-from bolt_jax.data.packing import (PACKING_MODES, ROW_KEYS, LossWeights, RowAssembler, document_pairs,
-                                   first_offset, stack_rows)
+from bolt_jax.data.packing import (
+    PACKING_MODES,
+    ROW_KEYS,
+    LossWeights,
+    RowAssembler,
+    document_pairs,
+    first_offset,
+    stack_rows,
+)
 from bolt_jax.data.readers import CorpusSource, open_corpus
 from bolt_jax.data.tokenizer import BoltTokenizer, cached_tokenizer
 
@@ -307,11 +314,6 @@ def to_global(batch: dict[str, np.ndarray], mesh) -> dict[str, Any]:
     from bolt_jax.parallel import shard_batch
 
     return shard_batch(batch, mesh)
-
-
-def iterate(it) -> Iterator[dict[str, np.ndarray]]:
-    """Plain iteration helper (for scripts)."""
-    yield from it
 
 
 assert set(ROW_KEYS) == {"inputs", "targets", "segment_ids", "positions", "categories", "loss_weights"}

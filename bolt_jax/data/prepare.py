@@ -30,7 +30,13 @@ import ml_collections
 import numpy as np
 
 from bolt_jax.data.formats import raw_text
-from bolt_jax.data.readers import CorpusSource, build_line_index, open_corpus, save_line_index, ReadReport
+from bolt_jax.data.readers import (
+    CorpusSource,
+    ReadReport,
+    build_line_index,
+    open_corpus,
+    save_line_index,
+)
 from bolt_jax.data.schema import write_jsonl
 from bolt_jax.runtime.atomic import atomic_write_text
 
@@ -56,7 +62,9 @@ def default_prepare_config() -> ml_collections.ConfigDict:
     return c
 
 
-def parse_slice(spec: str) -> tuple[int, int, int]:
+def parse_split_slice(spec: str) -> tuple[int, int, int]:
+    """Spec "start:end:step": record i belongs to the split when start <= i % step < end (the original's modular splits;
+    not the E-step's job slice "i:n", `bolt_jax.estep.run.parse_slice`)."""
     try:
         start, end, step = (int(x) for x in spec.split(":"))
     except ValueError:
@@ -64,11 +72,6 @@ def parse_slice(spec: str) -> tuple[int, int, int]:
     if not 0 <= start < end <= step:
         raise ValueError(f"bad split slice {spec!r}: need 0 <= start < end <= step")
     return start, end, step
-
-
-def in_slice(index: int, sl: tuple[int, int, int]) -> bool:
-    start, end, step = sl
-    return start <= index % step < end
 
 
 def _toy_source(spec: str, workdir: str) -> str:
@@ -79,9 +82,8 @@ def _toy_source(spec: str, workdir: str) -> str:
         num_docs, seed = int(parts[1]), int(parts[2]) if len(parts) > 2 else 0
     except (IndexError, ValueError):
         raise ValueError(f"bad toy source {spec!r}: use toy:NUM_DOCS[:SEED] or toy_thoughts:NUM_DOCS[:SEED]") from None
-    with_thoughts = parts[0] == "toy_thoughts"
     path = os.path.join(workdir, f"{parts[0]}_{num_docs}_{seed}.jsonl")
-    toy.write_corpus(path, toy.generate(num_docs, seed), with_thoughts=with_thoughts)
+    toy.write_toy_corpus(path, "thoughts" if parts[0] == "toy_thoughts" else "raw", num_docs, seed)
     return path
 
 
@@ -89,7 +91,7 @@ def split_assignment(num_records: int, seed: int, shuffle: bool, validation_slic
                      bootstrap_slice: str) -> dict[str, np.ndarray]:
     """Record indices of every split, in output order."""
     order = np.random.default_rng(seed).permutation(num_records) if shuffle else np.arange(num_records)
-    val_sl, warm_sl, boot_sl = map(parse_slice, (validation_slice, warmstart_slice, bootstrap_slice))
+    val_sl, warm_sl, boot_sl = map(parse_split_slice, (validation_slice, warmstart_slice, bootstrap_slice))
     j = np.arange(num_records)
     is_val = (j % val_sl[2] >= val_sl[0]) & (j % val_sl[2] < val_sl[1])
     train = order[~is_val]

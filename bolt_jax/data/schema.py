@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from bolt_jax.data.formats import EOL, SOL
 from bolt_jax.runtime.atomic import atomic_file
-
-CHUNK_KEYS = ("suffix", "latent")
 
 
 def combined_text_latent(chunks: Sequence[Mapping[str, Any]]) -> str:

@@ -5,7 +5,8 @@ keys ([rows, seq_len] each) and, like the pipeline, `get_state()` / `set_state()
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 

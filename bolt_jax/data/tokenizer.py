@@ -10,15 +10,13 @@ formatted pieces (bolt_jax.data.formats) onto tokens through the character offse
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from bolt_jax.data.formats import KINDS, SPECIAL, SPECIAL_TOKENS, Piece
-
-# Per-token loss categories (the trainer's bolt_jax.train.step.CATEGORIES): 0 = not a target / padding.
-CATEGORY_IDS = {"text": 1, "thought": 2, "special": 3}
+from bolt_jax.data.formats import CATEGORY_IDS, SPECIAL, SPECIAL_TOKENS, Piece
 
 
 class TokenizerError(ValueError):
@@ -122,5 +120,3 @@ def cached_tokenizer(path: str | os.PathLike) -> BoltTokenizer:
         _CACHE[key] = load_tokenizer(key)
     return _CACHE[key]
 
-
-assert set(CATEGORY_IDS) == set(KINDS)

@@ -37,15 +37,19 @@ Documents and thoughts are a pure function of (seed, index).
 
 from __future__ import annotations
 
+import json
 import os
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from bolt_jax.data.schema import augment_record, write_jsonl
+from bolt_jax.runtime.atomic import atomic_write_text
 
+TOY_WORLD_VERSION = 19  # bump when this module changes what it generates: prepared toy data is then rewritten
 MODULUS = 7
 # each operation is one word (one token): a thought copies it with one look-up, keyed by the clause's ordinal
 OPS: dict[str, Callable[[int], int]] = {
@@ -155,6 +159,43 @@ def generate(num_docs: int, seed: int = 0, **kw) -> list[ToyDocument]:
 def write_corpus(path: str | os.PathLike, docs: Sequence[ToyDocument], with_thoughts: bool = False) -> int:
     """JSONL in the standard schema (raw, or augmented with the true thoughts); atomic."""
     return write_jsonl(path, (d.augmented_record() if with_thoughts else d.raw_record() for d in docs))
+
+
+CORPUS_KINDS = ("raw", "thoughts", "pretraining")
+
+
+def write_toy_corpus(path: str | os.PathLike, kind: str, num_docs: int, seed: int) -> int:
+    """One toy corpus: raw documents, documents with their true thoughts, or the base model's pretraining text."""
+    if kind == "pretraining":
+        return write_jsonl(path, (pretraining_record(seed, i) for i in range(num_docs)))
+    if kind not in CORPUS_KINDS:
+        raise ValueError(f"toy corpus kind {kind!r}; choose one of {CORPUS_KINDS}")
+    return write_corpus(path, generate(num_docs, seed=seed), with_thoughts=kind == "thoughts")
+
+
+def write_toy_data(data_dir: str, corpora: dict[str, tuple[str, int, int]]) -> dict[str, str]:
+    """Toy corpora `{name: (kind, num_docs, seed)}` as `<data_dir>/<name>.jsonl`, plus the word-level tokenizer
+    (`paths["tokenizer"]`). Reused only when written by the same toy world with the same corpora (recorded in the
+    COMPLETE marker, written last); otherwise rewritten, and the reader is told."""
+    os.makedirs(data_dir, exist_ok=True)
+    paths = {name: os.path.join(data_dir, f"{name}.jsonl") for name in corpora}
+    paths["tokenizer"] = os.path.join(data_dir, "tokenizer")
+    settings = {"toy_world": TOY_WORLD_VERSION, "corpora": {k: list(v) for k, v in corpora.items()}}
+    done = os.path.join(data_dir, "COMPLETE")
+    if os.path.exists(done):
+        try:
+            with open(done) as f:
+                if json.load(f) == settings:
+                    return paths
+        except ValueError:
+            pass
+        print(f"toy data in {data_dir} was written with other settings: rewriting it")
+        os.remove(done)
+    build_tokenizer(paths["tokenizer"])
+    for name, (kind, num_docs, seed) in corpora.items():
+        write_toy_corpus(paths[name], kind, num_docs, seed)
+    atomic_write_text(done, json.dumps(settings))
+    return paths
 
 
 def pretraining_record(seed: int, index: int) -> dict[str, Any]:

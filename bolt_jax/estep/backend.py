@@ -4,8 +4,9 @@ Tests and the toy diagnostics drive the E-step through the same interface with s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import ml_collections
 import numpy as np
@@ -39,15 +40,15 @@ class JaxBackend:
         import os
 
         from bolt_jax import parallel
+        from bolt_jax.config import rules_of, runtime_overrides
         from bolt_jax.data.tokenizer import load_tokenizer
         from bolt_jax.model import artifact as model_ckpt
         e = config.estep
         if not e.checkpoint:
             raise ValueError("config.estep.checkpoint is empty: name the model checkpoint that writes the thoughts")
         mesh = parallel.make_mesh(dict(config.mesh))
-        rules = parallel.normalize_rules(dict(config.rules)) if "rules" in config else None
-        compute = config.model.compute_dtype if "model" in config else "bfloat16"
-        model, _, tok_dir = model_ckpt.load_model(e.checkpoint, mesh, rules=rules, compute_dtype=compute)
+        runtime = runtime_overrides(config) if "model" in config else {}
+        model, _, tok_dir = model_ckpt.load_model(e.checkpoint, mesh, rules=rules_of(config), **runtime)
         tok_path = e.tokenizer_path or tok_dir
         if not tok_path:
             raise ValueError(f"checkpoint {e.checkpoint} has no tokenizer; set config.estep.tokenizer_path")

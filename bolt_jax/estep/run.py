@@ -15,8 +15,9 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -148,7 +149,8 @@ def process_batch(chunks: Sequence[Chunk], backend: ModelBackend, tokenizer,
             chosen = int(weights.chunk_rng(e.seed, c.doc_index, c.index).integers(k))
         row = {
             "chunk_id": c.chunk_id, "doc_index": c.doc_index, "chunk_index": c.index, "suffix": c.suffix,
-            "latents": latents, "latent_tokens": [s.tokens for s in chunk_samples], "gen_logprob": gen_lp, "joint_logprob": joint_lp, "log_weight": log_w.tolist(),
+            "latents": latents, "latent_tokens": [s.tokens for s in chunk_samples], "gen_logprob": gen_lp,
+            "joint_logprob": joint_lp, "log_weight": log_w.tolist(),
             "done": [s.done for s in chunk_samples], "gen_len": [len(s.tokens) for s in chunk_samples],
             "chosen": chosen, "prompt_len": len(prompt.tokens), "prompt_truncated": prompt.truncated,
             "num_suffix_token_truncated": j.suffix_truncated, "joint_prefix_truncated": j.prefix_truncated,
@@ -201,7 +203,8 @@ def run_estep(config: ml_collections.ConfigDict, backend: ModelBackend | None = 
         if primary:
             store.write_batch(slice_index, num_slices, b, rows)
         sampled_tokens += sum(sum(r["gen_len"]) for r in rows)
-        bar.set_postfix(chunks_per_s=f"{sum(len(batches[x]) for x in todo[:todo.index(b) + 1]) / (time.perf_counter() - t0):.2f}")
+        bar.set_postfix(
+            chunks_per_s=f"{sum(len(batches[x]) for x in todo[:todo.index(b) + 1]) / (time.perf_counter() - t0):.2f}")
     elapsed = time.perf_counter() - t0
     done_chunks = sum(len(batches[b]) for b in todo)
     result = {"store": store.dir, "chunks": len(chunks), "chunks_this_run": done_chunks, "seconds": elapsed,
@@ -229,37 +232,50 @@ def all_slices_done(store: ResultStore, records, num_docs: int, e: ml_collection
     return True
 
 
-def merge_estep(store: ResultStore, records, num_docs: int, e: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The augmented dataset (spec 2.6 bootstrap records, same schema as the API path) and its statistics."""
-    by_doc: dict[int, dict[int, dict]] = {}
+def merge_estep(store: ResultStore, records: Sequence[dict[str, Any]], num_docs: int,
+                e: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The augmented dataset (spec 2.6 bootstrap records, same schema as the API path) and its statistics.
+
+    Called once every slice's shards are in the store (`all_slices_done`); the slices of one store directory share
+    its settings by construction (the directory is keyed by their hash), so the rows can be joined as they are.
+    """
+    stats = _new_merge_stats()
+    out_records = _augmented_records(records, num_docs, _rows_by_document(store), stats)
+    summary = _merge_summary(stats, store.settings)
+    stats_path = _write_merged(e.output_path, out_records, summary)
+    log.info("E-step merged %d documents, %d chunks -> %s", summary["documents"], summary["chunks"], e.output_path)
+    return {"output_path": e.output_path, "stats_path": stats_path, **{k: v for k, v in summary.items()
+                                                                       if k != "settings"}}
+
+
+def _rows_by_document(store: ResultStore) -> dict[int, dict[int, dict[str, Any]]]:
+    """Every stored chunk row as {doc index: {chunk index: row}}: the shards come in no particular order and a
+    document's chunks may be spread over batches (and slice boundaries), so they are regrouped before writing."""
+    by_doc: dict[int, dict[int, dict[str, Any]]] = {}
     for row in store.rows():
         by_doc.setdefault(row["doc_index"], {})[row["chunk_index"]] = row
+    return by_doc
+
+
+def _new_merge_stats() -> dict[str, Any]:
+    """Running counts and per-chunk lists, filled by `_count_chunk` and reduced by `_merge_summary`."""
+    return {"documents": 0, "chunks": 0, "samples": 0, "not_done": 0, "prompt_truncated": 0,
+            "suffix_tokens_truncated": 0, "ess": [], "max_weight": [], "log_weight_spread": [],
+            "thought_tokens": [], "elbo": {}}
+
+
+def _augmented_records(records: Sequence[dict[str, Any]], num_docs: int,
+                       by_doc: dict[int, dict[int, dict[str, Any]]], stats: dict[str, Any]) -> list[dict[str, Any]]:
+    """One augmented record per document with results, its chunks in order; a document whose text gave no chunk is
+    skipped. A record carries the document's ELBO sums and its count of truncated suffix tokens."""
     out_records = []
-    stats = {"documents": 0, "chunks": 0, "samples": 0, "not_done": 0, "prompt_truncated": 0,
-             "suffix_tokens_truncated": 0, "ess": [], "max_weight": [], "log_weight_spread": [],
-             "thought_tokens": [], "elbo": {}}
     for d in range(num_docs):
         rows = by_doc.get(d, {})
         chunk_list = []
         doc_elbo: dict[str, float] = {}
         for ci in sorted(rows):
-            r = rows[ci]
-            chunk = {"suffix": r["suffix"], "latent": r["latents"][r["chosen"]],
-                     "num_suffix_token_truncated": r["num_suffix_token_truncated"],
-                     "log_importance_weight": r["log_weight"][r["chosen"]], "ess": r["ess"]}
-            for key in r:
-                if key.startswith("elbo_"):
-                    chunk[key] = r[key]
-                    doc_elbo[key] = doc_elbo.get(key, 0.0) + r[key]
-            chunk_list.append(chunk)
-            stats["chunks"] += 1
-            stats["samples"] += len(r["latents"])
-            stats["not_done"] += sum(not x for x in r["done"])
-            stats["prompt_truncated"] += int(r["prompt_truncated"] > 0)
-            stats["suffix_tokens_truncated"] += r["num_suffix_token_truncated"]
-            for key in ("ess", "max_weight", "log_weight_spread"):
-                stats[key].append(r[key])
-            stats["thought_tokens"].extend(r["gen_len"])
+            chunk_list.append(_chosen_chunk(rows[ci], doc_elbo))
+            _count_chunk(stats, rows[ci])
         if not chunk_list:
             continue
         rec = augment_record(records[d], chunk_list)
@@ -267,7 +283,38 @@ def merge_estep(store: ResultStore, records, num_docs: int, e: ml_collections.Co
         rec["num_suffix_token_truncated"] = sum(c["num_suffix_token_truncated"] for c in chunk_list)
         out_records.append(rec)
         stats["documents"] += 1
-    summary = {
+    return out_records
+
+
+def _chosen_chunk(r: dict[str, Any], doc_elbo: dict[str, float]) -> dict[str, Any]:
+    """The dataset's view of one chunk row: only the resampled thought (with its log weight) goes into training;
+    the chunk's ELBO estimates are kept and added into the document's totals in `doc_elbo`."""
+    chunk = {"suffix": r["suffix"], "latent": r["latents"][r["chosen"]],
+             "num_suffix_token_truncated": r["num_suffix_token_truncated"],
+             "log_importance_weight": r["log_weight"][r["chosen"]], "ess": r["ess"]}
+    for key in r:
+        if key.startswith("elbo_"):
+            chunk[key] = r[key]
+            doc_elbo[key] = doc_elbo.get(key, 0.0) + r[key]
+    return chunk
+
+
+def _count_chunk(stats: dict[str, Any], r: dict[str, Any]) -> None:
+    """Adds one chunk row (all K samples, not only the chosen one) to the running statistics."""
+    stats["chunks"] += 1
+    stats["samples"] += len(r["latents"])
+    stats["not_done"] += sum(not x for x in r["done"])
+    stats["prompt_truncated"] += int(r["prompt_truncated"] > 0)
+    stats["suffix_tokens_truncated"] += r["num_suffix_token_truncated"]
+    for key in ("ess", "max_weight", "log_weight_spread"):
+        stats[key].append(r[key])
+    stats["thought_tokens"].extend(r["gen_len"])
+
+
+def _merge_summary(stats: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """The run's health at a glance (sampling that hit max_new_tokens, truncation, weight degeneracy, thought
+    length), with the settings that produced it; means are NaN when there are no chunks."""
+    return {
         "documents": stats["documents"], "chunks": stats["chunks"], "samples": stats["samples"],
         "share_not_done": stats["not_done"] / max(stats["samples"], 1),
         "prompts_truncated": stats["prompt_truncated"], "suffix_tokens_truncated": stats["suffix_tokens_truncated"],
@@ -275,14 +322,17 @@ def merge_estep(store: ResultStore, records, num_docs: int, e: ml_collections.Co
         "mean_max_weight": float(np.mean(stats["max_weight"])) if stats["max_weight"] else math.nan,
         "mean_log_weight_spread": float(np.mean(stats["log_weight_spread"])) if stats["ess"] else math.nan,
         "mean_thought_tokens": float(np.mean(stats["thought_tokens"])) if stats["thought_tokens"] else math.nan,
-        "settings": store.settings,
+        "settings": settings,
     }
-    write_jsonl(e.output_path, out_records)
-    stats_path = os.path.splitext(e.output_path)[0] + ".stats.json"
+
+
+def _write_merged(output_path: str, out_records: list[dict[str, Any]], summary: dict[str, Any]) -> str:
+    """Writes the dataset and `<name>.stats.json` next to it (atomically, so a reader never sees half a file);
+    returns the stats path."""
+    write_jsonl(output_path, out_records)
+    stats_path = os.path.splitext(output_path)[0] + ".stats.json"
     atomic_write_text(stats_path, json.dumps(summary, indent=2, default=str))
-    log.info("E-step merged %d documents, %d chunks -> %s", summary["documents"], summary["chunks"], e.output_path)
-    return {"output_path": e.output_path, "stats_path": stats_path, **{k: v for k, v in summary.items()
-                                                                       if k != "settings"}}
+    return stats_path
 
 
 def load_backend(config: ml_collections.ConfigDict):

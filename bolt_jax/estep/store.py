@@ -13,7 +13,8 @@ import glob
 import hashlib
 import json
 import os
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from bolt_jax.runtime.atomic import atomic_write_text
 
@@ -54,6 +55,3 @@ class ResultStore:
                 for line in f:
                     if line.strip():
                         yield json.loads(line)
-
-    def done_chunk_ids(self) -> set[str]:
-        return {r["chunk_id"] for r in self.rows()}

@@ -9,7 +9,7 @@ ELBO_n = logsumexp(log w[:n]) - log n is the IWAE bound on log p(X | prefix) wit
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -10,13 +10,14 @@ pass@k are reported too. Prompt shortening is counted in the results.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from bolt_jax.runtime.atomic import atomic_write_text
 from bolt_jax.eval import grading, prompts
+from bolt_jax.runtime.atomic import atomic_write_text
 
 
 @dataclass(frozen=True)

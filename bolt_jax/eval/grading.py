@@ -6,9 +6,10 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
-EOL = "<|END_OF_LATENT|>"
+from bolt_jax.data.formats import EOL
+
 STRICT_RE = re.compile(r"answer is (\-?[0-9\.\,]+)\.")  # lm-eval's "strict-match" for GSM8K CoT
 FLEXIBLE_RE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")  # its "flexible-extract": the last match
 

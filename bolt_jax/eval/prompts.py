@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
-SOL, EOL = "<|START_OF_LATENT|>", "<|END_OF_LATENT|>"
-PRIOR, POSTERIOR = "<|PRIOR_PREFIX|>", "<|POSTERIOR_PREFIX|>"
+from bolt_jax.data.formats import EOL, POSTERIOR, PRIOR, SOL
+
 SPECIAL = (SOL, EOL, PRIOR, POSTERIOR)
 EXEMPLAR_DIR = os.path.join(os.path.dirname(__file__), "exemplars")
 

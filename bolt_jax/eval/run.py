@@ -36,17 +36,18 @@ def default_eval_config() -> ml_collections.ConfigDict:
 
 
 def run_eval(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    from bolt_jax.model import artifact as model_ckpt
     from bolt_jax import parallel
+    from bolt_jax.config import rules_of, runtime_overrides
     from bolt_jax.data.tokenizer import load_tokenizer
     from bolt_jax.eval import fewshot, prompts, validation
+    from bolt_jax.model import artifact as model_ckpt
     e = config.eval
     if not e.checkpoint:
         raise ValueError("config.eval.checkpoint is empty: name a model checkpoint")
     out_dir = e.output_dir or os.path.join(config.run_dir, "eval")
     os.makedirs(out_dir, exist_ok=True)
     mesh = parallel.make_mesh(dict(config.mesh))
-    model, _, tok_dir = model_ckpt.load_model(e.checkpoint, mesh, compute_dtype=config.model.compute_dtype)
+    model, _, tok_dir = model_ckpt.load_model(e.checkpoint, mesh, rules=rules_of(config), **runtime_overrides(config))
     tok = load_tokenizer(tok_dir)
     gen = fewshot.sampler_generate_fn(model, tok, mesh, seed=e.seed)
     summary: dict[str, Any] = {"checkpoint": os.path.abspath(e.checkpoint)}

@@ -16,7 +16,8 @@ Accuracies carry a bootstrap standard error over problems (bolt_jax.eval.fewshot
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -35,26 +35,27 @@ def validation_nll(model, tokenizer, records, *, max_tokens: int = 2048, limit: 
 def validation_elbo(config, model_dir: str, corpus_path: str, *, k: int = 4, docs: int = 1000,
                     store_dir: str = "", name: str = "elbo") -> dict[str, Any]:
     """ELBO_n per token for n in {1, 2, 4, 8} up to k (spec 7.3), through bolt_jax.estep."""
-    import copy
     import json
     import os
 
+    from bolt_jax.config import derive
     from bolt_jax.estep.run import default_estep_config, run_estep
     from bolt_jax.estep.store import ResultStore
-    c = copy.deepcopy(config)
-    c.unlock()
-    if "estep" not in c:
-        c.estep = default_estep_config()
-    c.estep.update(checkpoint=model_dir, corpus_path=corpus_path, run_name=name, output_path="", num_samples=k,
-                   resample=False, random_chunking=False, include_all_prefix=True, slice="0:1", limit_docs=docs,
-                   elbo_samples=[n for n in (1, 2, 4, 8) if n <= k],
-                   store_dir=store_dir or os.path.join(config.run_dir, "elbo_store"))
     from bolt_jax.model.artifact import read_config
+    if "estep" not in config:  # an eval config: the E-step's defaults, with the changes below
+        config = derive(config, {})
+        config.unlock()
+        config.estep = default_estep_config()
+        config.lock()
     max_pos = read_config(model_dir).max_position_embeddings
-    c.estep.max_tokens = min(c.estep.max_tokens, max_pos)
-    c.estep.max_new_tokens = min(c.estep.max_new_tokens, max_pos // 2)
-    c.estep.max_prompt_len = min(c.estep.max_prompt_len, max_pos // 2)
-    c.lock()
+    e = config.estep
+    c = derive(config, {f"estep.{k}": v for k, v in {
+        "checkpoint": model_dir, "corpus_path": corpus_path, "run_name": name, "output_path": "", "num_samples": k,
+        "resample": False, "random_chunking": False, "include_all_prefix": True, "slice": "0:1", "limit_docs": docs,
+        "elbo_samples": [n for n in (1, 2, 4, 8) if n <= k],
+        "store_dir": store_dir or os.path.join(config.run_dir, "elbo_store"),
+        "max_tokens": min(e.max_tokens, max_pos), "max_new_tokens": min(e.max_new_tokens, max_pos // 2),
+        "max_prompt_len": min(e.max_prompt_len, max_pos // 2)}.items()})
     result = run_estep(c)
     rows = list(ResultStore(c.estep.store_dir, run=c.estep.run_name, iteration=c.estep.iteration,
                             settings=json.load(open(os.path.join(result["store"], "settings.json")))).rows())

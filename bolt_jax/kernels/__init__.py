@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -95,13 +95,6 @@ def _mosaic_causal_broken() -> bool:
     return ptxas_miscompiles_causal()
 
 
-def register(name: str, fn: Callable) -> None:
-    """Lets a kernel module plug itself into the dispatch."""
-    if name not in IMPLS:
-        raise ValueError(f"unknown attention impl {name!r}; known: {IMPLS}")
-    _REGISTRY[name] = fn
-
-
 def resolve_impl(impl: str, backend: str | None = None, documents: bool = False, arch: str | None = None) -> str:
     """Maps `auto` to a concrete implementation for the backend and for whether the rows hold packed documents
     (self-attention with segment ids); reports each choice once."""
@@ -171,7 +164,8 @@ def decode_attention(q_Bx1xHxD, k_cache_BxTxKxD, v_cache_BxTxKxD, *, kv_segment_
         impl = DECODE_AUTO.get(jax.default_backend(), "xla")
     if impl == "xla":
         return decode.xla_decode_attention(q_Bx1xHxD, k_cache_BxTxKxD, v_cache_BxTxKxD,
-                                           kv_segment_ids_BxT=kv_segment_ids_BxT, lengths_B=lengths_B, sm_scale=sm_scale)
+                                           kv_segment_ids_BxT=kv_segment_ids_BxT, lengths_B=lengths_B,
+                                           sm_scale=sm_scale)
 
     def kernel(q, k, v, seg, lengths):
         return decode.pallas_decode_attention(q, k, v, kv_segment_ids_BxT=seg, lengths_B=lengths, sm_scale=sm_scale)

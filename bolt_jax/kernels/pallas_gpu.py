@@ -103,7 +103,7 @@ def _specs(b_h_map_q, b_h_map_kv, block_q, seq_k, d):
     ]
 
 
-def _forward(q, k, v, q_seg, k_seg, spans, *, scale, causal, blocks: "Blocks", interpret, segments=True):
+def _forward(q, k, v, q_seg, k_seg, spans, *, scale, causal, blocks: Blocks, interpret, segments=True):
     if blocks.mosaic is not None:
         return _mosaic_forward(q, k, v, q_seg, k_seg, spans, scale=scale, causal=causal, blocks=blocks.mosaic,
                                interpret=interpret, segments=segments)
@@ -122,7 +122,8 @@ def _forward(q, k, v, q_seg, k_seg, spans, *, scale, causal, blocks: "Blocks", i
         out_specs=[pl.BlockSpec((None, block_q, None, d), lambda bi, hi, i: (bi, i, hi, 0)),
                    pl.BlockSpec((None, None, block_q), lambda bi, hi, i: (bi, hi, i))],
         out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, h, s), jnp.float32)],
-        interpret=interpret, compiler_params=_params(blocks, interpret), name="bolt_flash_fwd")(q, k, v, q_seg, k_seg, spans.q_lo, spans.q_hi)
+        interpret=interpret, compiler_params=_params(blocks, interpret), name="bolt_flash_fwd")(
+            q, k, v, q_seg, k_seg, spans.q_lo, spans.q_hi)
     return o, lse
 
 
@@ -184,7 +185,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qs_ref, ks_ref, 
     dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
 
 
-def _backward(q, k, v, q_seg, k_seg, spans, o, lse, do, *, scale, causal, blocks: "Blocks", interpret):
+def _backward(q, k, v, q_seg, k_seg, spans, o, lse, do, *, scale, causal, blocks: Blocks, interpret):
     block_q, block_k = blocks.bwd_q, blocks.bwd_k
     b, s, h, d = q.shape
     t, kvh = k.shape[1], k.shape[2]
@@ -204,8 +205,8 @@ def _backward(q, k, v, q_seg, k_seg, spans, o, lse, do, *, scale, causal, blocks
         + [pl.BlockSpec((None, block_k), lambda bi, hi, j: (bi, j))] * 2,
         out_specs=[pl.BlockSpec((None, block_k, None, d), lambda bi, hi, j: (bi, j, hi, 0))] * 2,
         out_shape=[jax.ShapeDtypeStruct((b, t, h, d), jnp.float32)] * 2,
-        interpret=interpret, compiler_params=_params(blocks, interpret), name="bolt_flash_bwd_dkdv")(q, k, v, do, lse, delta, q_seg, k_seg, spans.kv_lo,
-                                                                 spans.kv_hi)
+        interpret=interpret, compiler_params=_params(blocks, interpret), name="bolt_flash_bwd_dkdv")(
+            q, k, v, do, lse, delta, q_seg, k_seg, spans.kv_lo, spans.kv_hi)
     dq = pl.pallas_call(
         functools.partial(_dq_kernel, scale=scale, causal=causal, block_k=block_k, seq_k=t),
         grid=(b, h, s // block_q),
@@ -220,8 +221,8 @@ def _backward(q, k, v, q_seg, k_seg, spans, o, lse, do, *, scale, causal, blocks
         + [pl.BlockSpec((None, block_q), lambda bi, hi, i: (bi, i))] * 2,
         out_specs=pl.BlockSpec((None, block_q, None, d), lambda bi, hi, i: (bi, i, hi, 0)),
         out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-        interpret=interpret, compiler_params=_params(blocks, interpret), name="bolt_flash_bwd_dq")(q, k, v, do, lse, delta, q_seg, k_seg, spans.q_lo,
-                                                               spans.q_hi)
+        interpret=interpret, compiler_params=_params(blocks, interpret), name="bolt_flash_bwd_dq")(
+            q, k, v, do, lse, delta, q_seg, k_seg, spans.q_lo, spans.q_hi)
     # GQA: each KV head's gradient is the sum over its group of query heads
     dk = dk_h.reshape(b, t, kvh, group, d).sum(axis=3).astype(k.dtype)
     dv = dv_h.reshape(b, t, kvh, group, d).sum(axis=3).astype(v.dtype)
@@ -320,7 +321,7 @@ class Blocks:
     num_stages: int = 3
     mosaic: MosaicBlocks | None = None  # set: the forward is the Mosaic GPU (Hopper) kernel with these tiles
 
-    def clipped(self, s: int, t: int) -> "Blocks":
+    def clipped(self, s: int, t: int) -> Blocks:
         """Shrinks the tiles to short sequences (a 16-token test needs no 128-row tile)."""
         ps, pt = _pow2(s), _pow2(t)
         return dataclasses.replace(self, fwd_q=min(self.fwd_q, ps), fwd_k=min(self.fwd_k, pt),

@@ -39,7 +39,8 @@ class LlamaConfig:
     param_dtype: str = "float32"
     compute_dtype: str = "bfloat16"
     remat_policy: str = "none"
-    attention_impl: str = "auto"
+    attention_impl: str = "auto"  # training and prefill attention (bolt_jax.kernels.IMPLS)
+    decode_impl: str = "auto"  # the sampler's one-query decode attention (bolt_jax.kernels.DECODE_IMPLS)
     # Unrolled layers by default: on one H100 the TinyLlama step took 16% less time and 38% less memory than
     # lax.scan over stacked layers (the scan's per-step residual copies; BENCHMARKS.md). Scan compiles faster.
     scan_layers: bool = False
@@ -68,7 +69,7 @@ class LlamaConfig:
     def jnp_compute_dtype(self):
         return DTYPES[self.compute_dtype]
 
-    def replace(self, **changes: Any) -> "LlamaConfig":
+    def replace(self, **changes: Any) -> LlamaConfig:
         return dataclasses.replace(self, **changes)
 
     def validate(self) -> None:
@@ -91,6 +92,11 @@ class LlamaConfig:
                 raise ValueError(f"LlamaConfig.{name}={getattr(self, name)!r}; choose one of {sorted(DTYPES)}")
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"LlamaConfig.remat_policy={self.remat_policy!r}; choose one of {REMAT_POLICIES}")
+        from bolt_jax.kernels import DECODE_IMPLS, IMPLS
+        if self.attention_impl not in IMPLS:
+            raise ValueError(f"LlamaConfig.attention_impl={self.attention_impl!r}; choose one of {IMPLS}")
+        if self.decode_impl not in DECODE_IMPLS:
+            raise ValueError(f"LlamaConfig.decode_impl={self.decode_impl!r}; choose one of {DECODE_IMPLS}")
 
     # ------------------------------------------------------------------ counting
     def num_params(self, include_embeddings: bool = True) -> int:
@@ -109,8 +115,9 @@ class LlamaConfig:
 
     # ------------------------------------------------------------------ HF I/O
     @classmethod
-    def from_hf_dict(cls, hf: dict[str, Any], **runtime: Any) -> "LlamaConfig":
-        """Reads a HF Llama config dict; `rope_theta` may sit at top level (transformers < 5) or in `rope_parameters`."""
+    def from_hf_dict(cls, hf: dict[str, Any], **runtime: Any) -> LlamaConfig:
+        """Reads a HF Llama config dict; `rope_theta` may sit at top level (transformers < 5) or in
+        `rope_parameters`."""
         model_type = hf.get("model_type", "llama")
         if model_type not in ("llama", "mistral"):
             raise ValueError(f"config.json has model_type={model_type!r}; only Llama-family models are supported")
@@ -176,7 +183,7 @@ class LlamaConfig:
         }
 
     @classmethod
-    def from_hf_json(cls, path: str, **runtime: Any) -> "LlamaConfig":
+    def from_hf_json(cls, path: str, **runtime: Any) -> LlamaConfig:
         path = os.path.join(path, "config.json") if os.path.isdir(path) else path
         if not os.path.exists(path):
             raise FileNotFoundError(f"no Hugging Face config at {path}")
@@ -191,7 +198,7 @@ class LlamaConfig:
 
     def runtime_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("param_dtype", "compute_dtype", "remat_policy", "attention_impl",
-                                              "scan_layers")}
+                                              "decode_impl", "scan_layers")}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

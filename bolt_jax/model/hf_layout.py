@@ -6,7 +6,8 @@ So conversion is rename + transpose (+ stack/unstack over layers): nothing else,
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -96,12 +97,12 @@ def hf_from_params(cfg: LlamaConfig, params: Mapping[str, Any]) -> Iterator[tupl
 
 def load_params_into(model, params: Mapping[str, Any]) -> None:
     """Copies a nested dict of arrays (our layout) into an NNX model, checking shapes."""
-    from flax import nnx
     import jax.numpy as jnp
+    from flax import nnx
 
     state = nnx.state(model, nnx.Param)
     flat = dict(nnx.to_flat_state(state))
-    for path, names, _ in param_paths(model.config):
+    for path, _names, _ in param_paths(model.config):
         node: Any = params
         for key in path:
             node = node[key]

@@ -14,12 +14,12 @@ import functools
 from typing import Any
 
 import jax
-from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from bolt_jax import kernels
-from bolt_jax.model.config import LlamaConfig
+from bolt_jax.model.config import REMAT_POLICIES, LlamaConfig
 from bolt_jax.parallel import constrain
 
 
@@ -81,12 +81,14 @@ def _dense(x, kernel, dtype):
     return jnp.einsum("...i,io->...o", x, kernel.astype(dtype))
 
 
-REMAT_POLICIES = {
+# jax.checkpoint policy per LlamaConfig.remat_policy name (the names live in bolt_jax.model.config; "none": no remat)
+CHECKPOINT_POLICIES = {
     "full": None,
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     "save_attn_out": jax.checkpoint_policies.save_only_these_names("attn_out"),
 }
+assert set(CHECKPOINT_POLICIES) | {"none"} == set(REMAT_POLICIES)
 
 
 def attention_inputs(cfg: LlamaConfig, h_BxSxD, p: dict[str, Any], cos_BxSxD, sin_BxSxD):
@@ -225,7 +227,7 @@ class DecoderStack(nnx.Module):
             return h, None
 
         if cfg.remat_policy != "none":
-            body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
+            body = jax.checkpoint(body, policy=CHECKPOINT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
         if cfg.scan_layers:
             h_BxSxD, _ = jax.lax.scan(body, h_BxSxD, params)
         else:

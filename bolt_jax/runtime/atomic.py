@@ -13,7 +13,8 @@ import json
 import os
 import shutil
 import tempfile
-from typing import IO, Any, Iterator
+from collections.abc import Iterator
+from typing import IO, Any
 
 PARTIAL_SUFFIX = ".partial"
 

@@ -27,10 +27,11 @@ def default_generate_config() -> ml_collections.ConfigDict:
 
 
 def run_generate(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
-    from bolt_jax.model import artifact as model_ckpt
     from bolt_jax import parallel
+    from bolt_jax.config import rules_of, runtime_overrides
     from bolt_jax.data.schema import write_jsonl
     from bolt_jax.data.tokenizer import load_tokenizer
+    from bolt_jax.model import artifact as model_ckpt
     from bolt_jax.sampling import generate
     g = config.generate
     if not g.checkpoint:
@@ -44,7 +45,7 @@ def run_generate(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
     if not texts:
         raise ValueError("no prompts: set config.generate.prompts or config.generate.prompts_file")
     mesh = parallel.make_mesh(dict(config.mesh))
-    model, _, tok_dir = model_ckpt.load_model(g.checkpoint, mesh, compute_dtype=config.model.compute_dtype)
+    model, _, tok_dir = model_ckpt.load_model(g.checkpoint, mesh, rules=rules_of(config), **runtime_overrides(config))
     tok = load_tokenizer(tok_dir)
     ids = [[tok.bos_id] + tok.encode(t) for t in texts]
     kw = dict(n=g.n, max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,

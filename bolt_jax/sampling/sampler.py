@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,8 +25,17 @@ import numpy as np
 from flax import nnx
 
 from bolt_jax import kernels, parallel
-from bolt_jax.model.llama import (Llama, attention_inputs, attention_output_and_mlp, decoder_layer, fuse_projections,
-                                  pure_dict, rms_norm, rope_cos_sin, unstack_layers)
+from bolt_jax.model.llama import (
+    Llama,
+    attention_inputs,
+    attention_output_and_mlp,
+    decoder_layer,
+    fuse_projections,
+    pure_dict,
+    rms_norm,
+    rope_cos_sin,
+    unstack_layers,
+)
 from bolt_jax.parallel import constrain
 from bolt_jax.sampling.transforms import sample_tokens, transform_logits
 
@@ -82,17 +92,35 @@ def decode_step_layer(cfg, h_Bx1xD, p, cos, sin, k_cache_BxTxKxD, v_cache_BxTxKx
     return attention_output_and_mlp(cfg, h_Bx1xD, attn, p), (k_cache, v_cache)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "n", "max_new_tokens", "temperature", "top_k", "top_p",
-                                             "greedy", "stop_ids", "banned_ids"))
-def _generate_core(graphdef, params, prompt_BxP, pad_B, prompt_keys_Bx2, *, n: int, max_new_tokens: int, temperature: float,
-                   top_k: int, top_p: float, greedy: bool, stop_ids: tuple[int, ...], banned_ids: tuple[int, ...]):
-    model: Llama = nnx.merge(graphdef, params)
-    cfg = model.config
-    b, p_len = prompt_BxP.shape
-    dtype = cfg.jnp_compute_dtype
-    layer_params = model.layers.stacked_params()
+def decode_impl_of(cfg) -> str:
+    """The decode attention kernel (`kernels.DECODE_IMPLS`) the model config asks for (`LlamaConfig.decode_impl`;
+    `auto`: `kernels.DECODE_AUTO` per backend). The config is static under jit (in the graphdef), so this is read
+    at trace time and a different choice is a different compiled program."""
+    return cfg.decode_impl
 
-    # ---- prefill (the training attention kernel, segment 0 = left padding)
+
+# ---------------------------------------------------------------------------------------------- on the device
+class _DecodeState(NamedTuple):
+    """The `lax.while_loop` carry: step t samples token t (token 0 came from the prefill's last logits)."""
+    t: jax.Array
+    last_tok_B: jax.Array
+    k_cache: tuple[jax.Array, ...]  # one [B, T, K, D] buffer per layer
+    v_cache: tuple[jax.Array, ...]
+    kv_seg_BxT: jax.Array
+    out_tokens: jax.Array  # [B, max_new_tokens]
+    out_logq: jax.Array  # [B, max_new_tokens]
+    done_B: jax.Array
+    length_B: jax.Array
+
+
+def _prefill(model: Llama, layer_params, prompt_BxP, pad_B):
+    """Runs the left-padded prompts through the model with the training attention kernel (segment 0 = padding).
+
+    Returns the last position's logits [B, V], every layer's k and v [L, B, P, K, D] in the compute dtype, and the
+    prompt's segment ids [B, P]."""
+    cfg = model.config
+    p_len = prompt_BxP.shape[1]
+    dtype = cfg.jnp_compute_dtype
     idx = jnp.arange(p_len, dtype=jnp.int32)[None, :]
     positions = jnp.maximum(idx - pad_B[:, None], 0)
     seg_BxP = (idx >= pad_B[:, None]).astype(jnp.int32)
@@ -106,31 +134,40 @@ def _generate_core(graphdef, params, prompt_BxP, pad_B, prompt_keys_Bx2, *, n: i
     h, (k_LxBxPxKxD, v_LxBxPxKxD) = jax.lax.scan(prefill_layer, h, layer_params)
     last = rms_norm(h[:, -1:], model.norm.weight[...], cfg.rms_norm_eps)
     logits_BxV = model.logits_from_hidden(last)[:, 0]
+    return logits_BxV, k_LxBxPxKxD, v_LxBxPxKxD, seg_BxP
 
-    # ---- share the prefill among the n samples of each prompt
+
+def _share_prefill(cfg, k_LxBxPxKxD, v_LxBxPxKxD, seg_BxP, *, n: int, max_new_tokens: int):
+    """The prefill's cache repeated for the n samples of each prompt: one buffer per layer, sharded over the batch
+    and padded to whole decode-kernel blocks. Returns (k_cache, v_cache, kv_seg [B * n, T])."""
     rep = lambda x, axis: jnp.repeat(x, n, axis=axis)  # noqa: E731
-    bn = b * n
     # Decoding unrolls the layers, with one cache buffer per layer: each step then updates every buffer in place and
     # attention reads it where it lies. Scanning over stacked [L, ...] caches instead copied the whole cache every
     # step (the scan's stacked outputs): on an H100 that reached 7% of the memory-bandwidth bound, this 32%.
     n_layers = cfg.num_hidden_layers
-    layers = [fuse_projections(p) for p in unstack_layers(layer_params, n_layers)]
+    p_len = seg_BxP.shape[1]
     cache_axes = ("batch", "cache_time", "act_kv_heads", "act_head_dim")
     cache_pad = cache_time(p_len, max_new_tokens) - p_len
     pad_time = ((0, 0), (0, cache_pad), (0, 0), (0, 0))
     k_cache = tuple(constrain(jnp.pad(rep(k_LxBxPxKxD[i], 0), pad_time), cache_axes) for i in range(n_layers))
     v_cache = tuple(constrain(jnp.pad(rep(v_LxBxPxKxD[i], 0), pad_time), cache_axes) for i in range(n_layers))
-    del k_LxBxPxKxD, v_LxBxPxKxD
     kv_seg = jnp.pad(rep(seg_BxP, 0), ((0, 0), (0, cache_pad)))
-    logits_BxV = rep(logits_BxV, 0)
-    first_pos = rep(p_len - pad_B, 0)
-    # sample j of prompt i draws from fold_in(key_i, j), then fold_in(., step): nothing depends on batch layout
+    return k_cache, v_cache, kv_seg
+
+
+def _row_keys(prompt_keys_Bx2, n: int):
+    """Sample j of prompt i draws from fold_in(key_i, j), then fold_in(., step): nothing depends on batch layout."""
+    b = prompt_keys_Bx2.shape[0]
     sample_index = jnp.tile(jnp.arange(n, dtype=jnp.uint32), b)
-    row_keys = jax.vmap(lambda k, j: jax.random.fold_in(jax.random.wrap_key_data(k), j))(
-        rep(prompt_keys_Bx2, 0), sample_index)
+    return jax.vmap(lambda k, j: jax.random.fold_in(jax.random.wrap_key_data(k), j))(
+        jnp.repeat(prompt_keys_Bx2, n, axis=0), sample_index)
+
+
+def _make_pick(cfg, row_keys, *, temperature: float, top_k: int, top_p: float, greedy: bool,
+               banned_ids: tuple[int, ...]):
+    """pick(logits [B, V], step) -> (tokens [B], log q [B]): transform the logits, then draw with each row's key."""
     banned = jnp.zeros((cfg.vocab_size,), bool).at[jnp.asarray(banned_ids, jnp.int32)].set(True) \
         if banned_ids else None
-    stop = jnp.asarray(stop_ids if stop_ids else (-1,), jnp.int32)
 
     def pick(logits, t):
         keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(row_keys)
@@ -138,43 +175,166 @@ def _generate_core(graphdef, params, prompt_BxP, pad_B, prompt_keys_Bx2, *, n: i
                              top_p=1.0 if greedy else top_p, banned_mask_V=banned)
         return sample_tokens(keys, x, greedy)
 
+    return pick
+
+
+def _record_token(s: _DecodeState, tok, lq, stop, **updates) -> _DecodeState:
+    """Step t's token and log q written into the outputs (0 for rows already done), lengths and stop flags."""
+    tok = jnp.where(s.done_B, 0, tok)
+    lq = jnp.where(s.done_B, 0.0, lq)
+    out_tokens = jax.lax.dynamic_update_slice_in_dim(s.out_tokens, tok[:, None], s.t, 1)
+    out_logq = jax.lax.dynamic_update_slice_in_dim(s.out_logq, lq[:, None], s.t, 1)
+    length = s.length_B + (~s.done_B).astype(jnp.int32)
+    done = s.done_B | jnp.isin(tok, stop)
+    return s._replace(t=s.t + 1, last_tok_B=tok, out_tokens=out_tokens, out_logq=out_logq, done_B=done,
+                      length_B=length, **updates)
+
+
+def _decode_step(model: Llama, layers, pick, stop, first_pos_B, p_len: int, decode_impl: str,
+                 s: _DecodeState) -> _DecodeState:
+    """The loop body: one new token per row. Embed the last token, run every layer against its cache slot at
+    `p_len + t - 1`, then logits -> transforms -> sample -> log q and stop bookkeeping."""
+    cfg = model.config
+    bn = s.last_tok_B.shape[0]
+    write = p_len + s.t - 1
+    kv_seg = jax.lax.dynamic_update_slice_in_dim(s.kv_seg_BxT, jnp.ones((bn, 1), jnp.int32), write, 1)
+    pos = (first_pos_B + s.t - 1)[:, None]
+    cos, sin = rope_cos_sin(pos, cfg.head_size, cfg.rope_theta)
+    h = model.embed(s.last_tok_B[:, None])
+
+    new_k, new_v = [], []
+    for p, kc, vc in zip(layers, s.k_cache, s.v_cache, strict=True):
+        h, (kc, vc) = decode_step_layer(cfg, h, p, cos, sin, kc, vc, kv_seg, write, decode_impl=decode_impl)
+        new_k.append(kc)
+        new_v.append(vc)
+    h = rms_norm(h, model.norm.weight[...], cfg.rms_norm_eps)
+    tok, lq = pick(model.logits_from_hidden(h)[:, 0], s.t)
+    return _record_token(s, tok, lq, stop, k_cache=tuple(new_k), v_cache=tuple(new_v), kv_seg_BxT=kv_seg)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "n", "max_new_tokens", "temperature", "top_k", "top_p",
+                                             "greedy", "stop_ids", "banned_ids"))
+def _generate_core(graphdef, params, prompt_BxP, pad_B, prompt_keys_Bx2, *, n: int, max_new_tokens: int,
+                   temperature: float, top_k: int, top_p: float, greedy: bool, stop_ids: tuple[int, ...],
+                   banned_ids: tuple[int, ...]):
+    """Prefill, the first token, then the decode loop. Returns tokens, log q [B * n, max_new_tokens], done, length."""
+    model: Llama = nnx.merge(graphdef, params)
+    cfg = model.config
+    b, p_len = prompt_BxP.shape
+    layer_params = model.layers.stacked_params()
+    logits_BxV, k_LxBxPxKxD, v_LxBxPxKxD, seg_BxP = _prefill(model, layer_params, prompt_BxP, pad_B)
+
+    # ---- share the prefill among the n samples of each prompt
+    bn = b * n
+    layers = [fuse_projections(p) for p in unstack_layers(layer_params, cfg.num_hidden_layers)]
+    k_cache, v_cache, kv_seg = _share_prefill(cfg, k_LxBxPxKxD, v_LxBxPxKxD, seg_BxP, n=n,
+                                              max_new_tokens=max_new_tokens)
+    logits_BxV = jnp.repeat(logits_BxV, n, axis=0)
+    first_pos = jnp.repeat(p_len - pad_B, n, axis=0)
+    pick = _make_pick(cfg, _row_keys(prompt_keys_Bx2, n), temperature=temperature, top_k=top_k, top_p=top_p,
+                      greedy=greedy, banned_ids=banned_ids)
+    stop = jnp.asarray(stop_ids if stop_ids else (-1,), jnp.int32)
+
     tok0, lq0 = pick(logits_BxV, 0)
-    out_tokens = jnp.zeros((bn, max_new_tokens), jnp.int32).at[:, 0].set(tok0)
-    out_logq = jnp.zeros((bn, max_new_tokens), jnp.float32).at[:, 0].set(lq0)
-    done = jnp.isin(tok0, stop)
-    length = jnp.ones((bn,), jnp.int32)
+    state = _DecodeState(
+        t=jnp.int32(1), last_tok_B=tok0, k_cache=k_cache, v_cache=v_cache, kv_seg_BxT=kv_seg,
+        out_tokens=jnp.zeros((bn, max_new_tokens), jnp.int32).at[:, 0].set(tok0),
+        out_logq=jnp.zeros((bn, max_new_tokens), jnp.float32).at[:, 0].set(lq0),
+        done_B=jnp.isin(tok0, stop), length_B=jnp.ones((bn,), jnp.int32))
 
-    def cond(state):
-        t, _, _, _, _, _, _, done, _ = state
-        return (t < max_new_tokens) & ~jnp.all(done)
+    def cond(s: _DecodeState):
+        return (s.t < max_new_tokens) & ~jnp.all(s.done_B)
 
-    def body(state):
-        t, last_tok, k_cache, v_cache, kv_seg, out_tokens, out_logq, done, length = state
-        write = p_len + t - 1
-        kv_seg = jax.lax.dynamic_update_slice_in_dim(kv_seg, jnp.ones((bn, 1), jnp.int32), write, 1)
-        pos = (first_pos + t - 1)[:, None]
-        cos, sin = rope_cos_sin(pos, cfg.head_size, cfg.rope_theta)
-        h = model.embed(last_tok[:, None])
+    body = functools.partial(_decode_step, model, layers, pick, stop, first_pos, p_len, decode_impl_of(cfg))
+    s = jax.lax.while_loop(cond, body, state)
+    return s.out_tokens, s.out_logq, s.done_B, s.length_B
 
-        new_k, new_v = [], []
-        for p, kc, vc in zip(layers, k_cache, v_cache):
-            h, (kc, vc) = decode_step_layer(cfg, h, p, cos, sin, kc, vc, kv_seg, write)
-            new_k.append(kc)
-            new_v.append(vc)
-        k_cache, v_cache = tuple(new_k), tuple(new_v)
-        h = rms_norm(h, model.norm.weight[...], cfg.rms_norm_eps)
-        tok, lq = pick(model.logits_from_hidden(h)[:, 0], t)
-        tok = jnp.where(done, 0, tok)
-        lq = jnp.where(done, 0.0, lq)
-        out_tokens = jax.lax.dynamic_update_slice_in_dim(out_tokens, tok[:, None], t, 1)
-        out_logq = jax.lax.dynamic_update_slice_in_dim(out_logq, lq[:, None], t, 1)
-        length = length + (~done).astype(jnp.int32)
-        done = done | jnp.isin(tok, stop)
-        return (t + 1, tok, k_cache, v_cache, kv_seg, out_tokens, out_logq, done, length)
 
-    state = (jnp.int32(1), tok0, k_cache, v_cache, kv_seg, out_tokens, out_logq, done, length)
-    _, _, _, _, _, out_tokens, out_logq, done, length = jax.lax.while_loop(cond, body, state)
-    return out_tokens, out_logq, done, length
+# ---------------------------------------------------------------------------------------------- on the host
+def _check_args(n: int, max_new_tokens: int, stop_strings: Sequence[str], tokenizer) -> None:
+    if stop_strings and tokenizer is None:
+        raise ValueError("stop_strings need a tokenizer (to decode the generated text)")
+    if n < 1 or max_new_tokens < 1:
+        raise ValueError(f"n={n} and max_new_tokens={max_new_tokens} must be >= 1")
+
+
+def _truncate_prompts(cfg, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                      max_prompt_len: int | None) -> tuple[list[list[int]], int]:
+    """Prompts cut on the left to the room the positions leave (or `max_prompt_len`), and how many were cut."""
+    limit = max_prompt_len or (cfg.max_position_embeddings - max_new_tokens)
+    if limit < 1:
+        raise ValueError(f"no room for the prompt: max_prompt_len={max_prompt_len}, "
+                         f"max_position_embeddings={cfg.max_position_embeddings}, max_new_tokens={max_new_tokens}")
+    truncated = sum(len(p) > limit for p in prompts)
+    prompts = [list(p)[-limit:] for p in prompts]
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("empty prompt: every prompt needs at least one token (e.g. BOS)")
+    return prompts, truncated
+
+
+def _batch_rows(num_prompts: int, batch_bucket: int, mesh) -> int:
+    """Rows of the compiled batch: the prompts rounded up to whole buckets that the mesh's batch axes divide."""
+    divisor = parallel.batch_divisor(mesh) if mesh is not None else 1
+    step = math.lcm(batch_bucket, divisor)
+    return math.ceil(num_prompts / step) * step
+
+
+def _left_pad(prompts: list[list[int]], b: int, p_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """[b, p_len] tokens with every prompt at the right end (rows past the prompts repeat the first) and the pad
+    length of each row."""
+    prompt_np = np.zeros((b, p_len), np.int32)
+    pad_np = np.full((b,), p_len - 1, np.int32)
+    for i in range(b):
+        src = prompts[i] if i < len(prompts) else prompts[0]
+        prompt_np[i, p_len - len(src):] = src
+        pad_np[i] = p_len - len(src)
+    return prompt_np, pad_np
+
+
+def _prompt_keys(b: int, num_prompts: int, seed: int, prompt_seeds: Sequence[int] | None) -> np.ndarray:
+    """Raw key data [b, 2] uint32: PRNGKey(prompt_seeds[i]) when given, else fold_in(PRNGKey(seed), i)."""
+    if prompt_seeds is not None:
+        if len(prompt_seeds) != num_prompts:
+            raise ValueError(f"{len(prompt_seeds)} prompt_seeds for {num_prompts} prompts")
+        keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(list(prompt_seeds) + [0] * (b - num_prompts), jnp.uint32))
+    else:
+        keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(seed), i))(jnp.arange(b, dtype=jnp.uint32))
+    return np.asarray(jax.random.key_data(keys) if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key) else keys,
+                      np.uint32)
+
+
+def _finish_row(seq: list[int], lq: np.ndarray, finished: bool, stop_set: set[int], tokenizer,
+                stop_strings: Sequence[str]):
+    """One row's (tokens, log q, done, text): the stop token dropped from the tokens, the text cut at a stop string."""
+    if finished and seq and seq[-1] in stop_set:
+        seq = seq[:-1]  # the stop token is not part of the text; its log q stays in the sum
+    text = tokenizer.decode(seq) if tokenizer is not None else None
+    if stop_strings and text is not None:
+        cut = _cut_at_stop_string(seq, tokenizer, stop_strings)
+        if cut is not None:
+            seq, text, finished = seq[:cut[0]], cut[1], True
+            lq = lq[:cut[0] + 1]  # up to the token that completed the stop string
+    return seq, lq, finished, text
+
+
+def _assemble(out, prompts: list[list[int]], *, n: int, stop_token_ids: Sequence[int],
+              stop_strings: Sequence[str], tokenizer, truncated: int) -> GenerationResult:
+    """The device outputs brought to the host and cut into the result's per-sample lists (padding rows dropped)."""
+    tokens_np, logq_np, done_np, length_np = (_to_host(x) for x in out)
+    stop_set = set(int(i) for i in stop_token_ids)
+    tokens, token_logq, done, lengths, texts = [], [], [], [], []
+    for r in range(len(prompts) * n):
+        seq, lq, finished, text = _finish_row(tokens_np[r, :length_np[r]].tolist(), logq_np[r, :length_np[r]],
+                                              bool(done_np[r]), stop_set, tokenizer, stop_strings)
+        tokens.append(seq)
+        token_logq.append(np.asarray(lq, np.float64))
+        done.append(finished)
+        lengths.append(len(seq))
+        texts.append(text)
+    return GenerationResult(tokens=tokens, token_logq=token_logq, logq=np.array([x.sum() for x in token_logq]),
+                            done=np.array(done), lengths=np.array(lengths),
+                            texts=texts if tokenizer is not None else None, num_truncated_prompts=truncated,
+                            prompt_lengths=[len(p) for p in prompts])
 
 
 def generate(model: Llama, prompts: Sequence[Sequence[int]], *, n: int = 1, max_new_tokens: int = 256,
@@ -189,38 +349,14 @@ def generate(model: Llama, prompts: Sequence[Sequence[int]], *, n: int = 1, max_
     samples can be made independent of which batch, slice or process it lands in."""
     if not prompts:
         return GenerationResult([], [], np.zeros(0), np.zeros(0, bool), np.zeros(0, int), [] if tokenizer else None)
-    if stop_strings and tokenizer is None:
-        raise ValueError("stop_strings need a tokenizer (to decode the generated text)")
-    if n < 1 or max_new_tokens < 1:
-        raise ValueError(f"n={n} and max_new_tokens={max_new_tokens} must be >= 1")
+    _check_args(n, max_new_tokens, stop_strings, tokenizer)
     cfg = model.config
-    limit = max_prompt_len or (cfg.max_position_embeddings - max_new_tokens)
-    if limit < 1:
-        raise ValueError(f"no room for the prompt: max_prompt_len={max_prompt_len}, "
-                         f"max_position_embeddings={cfg.max_position_embeddings}, max_new_tokens={max_new_tokens}")
-    truncated = sum(len(p) > limit for p in prompts)
-    prompts = [list(p)[-limit:] for p in prompts]
-    if any(len(p) == 0 for p in prompts):
-        raise ValueError("empty prompt: every prompt needs at least one token (e.g. BOS)")
+    prompts, truncated = _truncate_prompts(cfg, prompts, max_new_tokens, max_prompt_len)
     p_len = _bucket(max(len(p) for p in prompts))
-    divisor = parallel.batch_divisor(mesh) if mesh is not None else 1
-    step = math.lcm(batch_bucket, divisor)
-    b = math.ceil(len(prompts) / step) * step
+    b = _batch_rows(len(prompts), batch_bucket, mesh)
     check_cache_fits(cfg, rows=b * n, time=cache_time(p_len, max_new_tokens), mesh=mesh, limit_bytes=max_cache_bytes)
-    prompt_np = np.zeros((b, p_len), np.int32)
-    pad_np = np.full((b,), p_len - 1, np.int32)
-    for i in range(b):
-        src = prompts[i] if i < len(prompts) else prompts[0]
-        prompt_np[i, p_len - len(src):] = src
-        pad_np[i] = p_len - len(src)
-    if prompt_seeds is not None:
-        if len(prompt_seeds) != len(prompts):
-            raise ValueError(f"{len(prompt_seeds)} prompt_seeds for {len(prompts)} prompts")
-        keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(list(prompt_seeds) + [0] * (b - len(prompts)), jnp.uint32))
-    else:
-        keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(seed), i))(jnp.arange(b, dtype=jnp.uint32))
-    keys_np = np.asarray(jax.random.key_data(keys) if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key) else keys,
-                         np.uint32)
+    prompt_np, pad_np = _left_pad(prompts, b, p_len)
+    keys_np = _prompt_keys(b, len(prompts), seed, prompt_seeds)
     graphdef, state = nnx.split(model)
     params = pure_dict(state)
     ctx = jax.set_mesh(mesh) if mesh is not None else _null()
@@ -230,31 +366,8 @@ def generate(model: Llama, prompts: Sequence[Sequence[int]], *, n: int = 1, max_
                              max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=int(top_k),
                              top_p=float(top_p), greedy=bool(greedy), stop_ids=tuple(int(i) for i in stop_token_ids),
                              banned_ids=tuple(sorted(int(i) for i in banned_token_ids)))
-    tokens_np, logq_np, done_np, length_np = (_to_host(x) for x in out)
-    rows = len(prompts) * n
-    stop_set = set(int(i) for i in stop_token_ids)
-    tokens, token_logq, done, lengths, texts = [], [], [], [], []
-    for r in range(rows):
-        seq = tokens_np[r, :length_np[r]].tolist()
-        lq = logq_np[r, :length_np[r]]
-        finished = bool(done_np[r])
-        if finished and seq and seq[-1] in stop_set:
-            seq = seq[:-1]  # the stop token is not part of the text; its log q stays in the sum
-        text = tokenizer.decode(seq) if tokenizer is not None else None
-        if stop_strings and text is not None:
-            cut = _cut_at_stop_string(seq, tokenizer, stop_strings)
-            if cut is not None:
-                seq, text, finished = seq[:cut[0]], cut[1], True
-                lq = lq[:cut[0] + 1]  # up to the token that completed the stop string
-        tokens.append(seq)
-        token_logq.append(np.asarray(lq, np.float64))
-        done.append(finished)
-        lengths.append(len(seq))
-        texts.append(text)
-    return GenerationResult(tokens=tokens, token_logq=token_logq, logq=np.array([x.sum() for x in token_logq]),
-                            done=np.array(done), lengths=np.array(lengths),
-                            texts=texts if tokenizer is not None else None, num_truncated_prompts=truncated,
-                            prompt_lengths=[len(p) for p in prompts])
+    return _assemble(out, prompts, n=n, stop_token_ids=stop_token_ids, stop_strings=stop_strings,
+                     tokenizer=tokenizer, truncated=truncated)
 
 
 def cache_bytes(cfg, rows: int, time: int) -> int:

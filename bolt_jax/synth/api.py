@@ -20,9 +20,10 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from bolt_jax.runtime.atomic import atomic_write_text
 
@@ -290,80 +291,146 @@ def _batch_files(requests: Sequence[Request], max_requests: int, max_bytes: int)
     return files
 
 
-def run_batch(requests: Sequence[Request], client, cache: RequestCache, budget: Budget, prices: Prices,
-              cfg: Mapping[str, Any], ledger: Ledger, sleep: Callable[[float], None] = time.sleep
-              ) -> dict[str, Result]:
-    by_id = {r.custom_id: r for r in requests}
-    results: dict[str, Result] = {}
-    for r in requests:
-        hit = cache.get(r)
-        if hit is not None and hit.ok:
-            results[r.custom_id] = hit
-    max_attempts = int(cfg.get("max_attempts", 3))
-    poll_base, poll_cap = float(cfg.get("poll_interval_s", 30.0)), float(cfg.get("poll_max_s", 600.0))
-    reservations: dict[str, float] = {}
+class BatchJob:
+    """One run of requests through the OpenAI Batch API, resumable from the ledger and the cache.
 
-    def submit(ids: list[str], payload: bytes, attempt: int) -> None:
-        est = sum(prices.cost(estimate_tokens(by_id[i].body["messages"]), _expected_output(by_id[i], cfg), True)
-                  for i in ids)
-        budget.reserve(est, f"a batch of {len(ids)} requests")
-        f = client.files.create(file=("requests.jsonl", io.BytesIO(payload)), purpose="batch")
-        b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h",
-                                  metadata={"description": f"bolt_jax synth attempt {attempt}"})
-        reservations[b.id] = est
-        ledger.add({"batch_id": b.id, "input_file_id": f.id, "custom_ids": ids, "attempt": attempt,
-                    "submitted_at": time.time(), "estimate_usd": est})
+    The Batch API bills half price, but it is asynchronous (results come hours later, in files) and a batch may fail
+    lines or expire with part of its work undone, so the job goes through these steps:
+
+    1. Cache: a request with a good cached result is never sent again (nothing is paid twice).
+    2. Resume: batches the ledger records as in flight were submitted (and will be billed) by an earlier, killed
+       run; they are polled and collected instead of being submitted again. Their estimate is reserved again so
+       the cap still holds.
+    3. Submit: the missing requests are written as JSONL files (within the API's per-file request and byte limits),
+       each uploaded with purpose "batch" and turned into a batch; each batch's estimate is reserved against the
+       budget *before* its upload (`BudgetExceeded` stops the run before that batch is paid for), and the batch
+       goes into the ledger at once so that a kill from here on resumes instead of paying again.
+    4. Poll: a batch is only usable once it is completed, failed, expired or cancelled; polling backs off
+       (x1.5 per poll, up to `poll_max_s`) so a 24 h window does not cost thousands of calls.
+    5. Collect: the output file holds the lines that succeeded, the error file the lines that failed; an expired or
+       failed batch may have no line at all for some requests. Good results are billed from their `usage` and
+       cached; everything else becomes an error result, and the batch's reservation is released.
+    6. Retry: failed, empty or missing lines are submitted again in a new round, each request at most
+       `max_attempts` times over the whole ledger (earlier runs included), so a persistent failure ends the run
+       with an error result instead of an endless loop.
+    """
+
+    TERMINAL = ("completed", "failed", "expired", "cancelled")
+
+    def __init__(self, requests: Sequence[Request], client: Any, cache: RequestCache, budget: Budget, prices: Prices,
+                 cfg: Mapping[str, Any], ledger: Ledger, sleep: Callable[[float], None] = time.sleep) -> None:
+        """`sleep` is injectable so tests can poll without waiting (or simulate a kill while polling)."""
+        self.requests, self.client, self.cache, self.budget = requests, client, cache, budget
+        self.prices, self.cfg, self.ledger, self.sleep = prices, cfg, ledger, sleep
+        self.by_id = {r.custom_id: r for r in requests}
+        self.results: dict[str, Result] = {}
+        self.reservations: dict[str, float] = {}  # batch id -> estimate reserved for it and not yet released
+        self.max_attempts = int(cfg.get("max_attempts", 3))
+        self.poll_base, self.poll_cap = float(cfg.get("poll_interval_s", 30.0)), float(cfg.get("poll_max_s", 600.0))
+
+    def run(self) -> dict[str, Result]:
+        """Every request's result (good, or an error once its attempts are used up), keyed by custom id."""
+        self.load_cached()
+        self.resume()
+        while todo := self.pending():
+            self.submit_round(todo)
+            for entry in self.ledger.in_flight():
+                self.collect(entry)
+        return self.results
+
+    def load_cached(self) -> None:
+        """Good results from the cache: a rerun of a finished job sends and pays for nothing."""
+        for r in self.requests:
+            hit = self.cache.get(r)
+            if hit is not None and hit.ok:
+                self.results[r.custom_id] = hit
+
+    def resume(self) -> None:
+        """Collects the batches an earlier run submitted but never collected, instead of paying for them again."""
+        for entry in self.ledger.in_flight():
+            estimate = entry.get("estimate_usd", 0.0)
+            self.budget.reserve(estimate, f"batch {entry['batch_id']} (in flight)")
+            self.reservations[entry["batch_id"]] = estimate
+            self.collect(entry)
+
+    def pending(self) -> list[Request]:
+        """Requests without a good result that still have attempts left (counted over the whole ledger)."""
+        return [r for r in self.requests if not (r.custom_id in self.results and self.results[r.custom_id].ok)
+                and self.ledger.attempts(r.custom_id) < self.max_attempts]
+
+    def submit_round(self, todo: Sequence[Request]) -> None:
+        """Submits `todo` as one attempt, split into as many batch files as the API's size limits need."""
+        attempt = 1 + max(self.ledger.attempts(r.custom_id) for r in todo)
+        for r in todo:
+            self.results.pop(r.custom_id, None)  # an error from an earlier attempt is not the answer any more
+        for ids, payload in _batch_files(todo, int(self.cfg.get("max_requests_per_batch", 50000)),
+                                         int(self.cfg.get("max_batch_bytes", 190 * 1024 * 1024))):
+            self.submit(ids, payload, attempt)
+
+    def submit(self, ids: list[str], payload: bytes, attempt: int) -> None:
+        """Reserves the estimate, uploads the JSONL file, creates the batch and records it in the ledger."""
+        est = sum(self.prices.cost(estimate_tokens(self.by_id[i].body["messages"]),
+                                   _expected_output(self.by_id[i], self.cfg), True) for i in ids)
+        self.budget.reserve(est, f"a batch of {len(ids)} requests")
+        f = self.client.files.create(file=("requests.jsonl", io.BytesIO(payload)), purpose="batch")
+        b = self.client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h",
+                                       metadata={"description": f"bolt_jax synth attempt {attempt}"})
+        self.reservations[b.id] = est
+        self.ledger.add({"batch_id": b.id, "input_file_id": f.id, "custom_ids": ids, "attempt": attempt,
+                         "submitted_at": time.time(), "estimate_usd": est})
         log.info("submitted batch %s (%d requests, ~$%.4f)", b.id, len(ids), est)
 
-    def collect(entry: dict[str, Any]) -> None:
-        wait, b = poll_base, client.batches.retrieve(entry["batch_id"])
-        while b.status not in ("completed", "failed", "expired", "cancelled"):
-            sleep(wait)
-            wait = min(poll_cap, wait * 1.5)
-            b = client.batches.retrieve(entry["batch_id"])
+    def poll(self, batch_id: str) -> Any:
+        """The batch once it has reached a terminal status, polling with a growing interval until then."""
+        wait, b = self.poll_base, self.client.batches.retrieve(batch_id)
+        while b.status not in self.TERMINAL:
+            self.sleep(wait)
+            wait = min(self.poll_cap, wait * 1.5)
+            b = self.client.batches.retrieve(batch_id)
+        return b
+
+    def collect(self, entry: dict[str, Any]) -> None:
+        """Waits for one ledger batch, records a result for each of its requests, releases its reservation and
+        marks it done (only then, so a kill while collecting resumes this batch)."""
+        b = self.poll(entry["batch_id"])
         seen: set[str] = set()
         for file_id in (b.output_file_id, b.error_file_id):
-            if not file_id:
-                continue
-            for line in client.files.content(file_id).text.splitlines():
-                if not line.strip():
-                    continue
-                item = json.loads(line)
-                cid = item["custom_id"]
-                seen.add(cid)
-                resp = item.get("response") or {}
-                if resp.get("status_code") == 200 and cid in by_id:
-                    res = _result_from_body(resp["body"], prices, batch=True)
-                    budget.settle(0.0, res.cost_usd)
-                    results[cid] = res
-                    if res.ok:
-                        cache.put(by_id[cid], res)
-                elif cid in by_id and cid not in results:
-                    err = (item.get("error") or {}).get("message") or f"HTTP {resp.get('status_code')}"
-                    results[cid] = Result(None, None, error=f"batch {b.status}: {err}")
+            if file_id:
+                seen.update(self.record_file(file_id, b.status))
         for cid in entry["custom_ids"]:
-            if cid not in seen and cid in by_id and cid not in results:
-                results[cid] = Result(None, None, error=f"batch {b.status}: no output")
-        budget.settle(reservations.pop(entry["batch_id"], entry.get("estimate_usd", 0.0)), 0.0)
-        ledger.mark_done(entry["batch_id"])
+            if cid not in seen and cid in self.by_id and cid not in self.results:
+                self.results[cid] = Result(None, None, error=f"batch {b.status}: no output")
+        self.budget.settle(self.reservations.pop(entry["batch_id"], entry.get("estimate_usd", 0.0)), 0.0)
+        self.ledger.mark_done(entry["batch_id"])
 
-    # 1. batches already in flight from an earlier run: collect them instead of paying again
-    for entry in ledger.in_flight():
-        budget.reserve(entry.get("estimate_usd", 0.0), f"batch {entry['batch_id']} (in flight)")
-        reservations[entry["batch_id"]] = entry.get("estimate_usd", 0.0)
-        collect(entry)
-    # 2. submit what is missing; collect; resubmit failures
-    while True:
-        todo = [r for r in requests if not (r.custom_id in results and results[r.custom_id].ok)
-                and ledger.attempts(r.custom_id) < max_attempts]
-        if not todo:
-            break
-        attempt = 1 + max(ledger.attempts(r.custom_id) for r in todo)
-        for r in todo:
-            results.pop(r.custom_id, None)
-        for ids, payload in _batch_files(todo, int(cfg.get("max_requests_per_batch", 50000)),
-                                         int(cfg.get("max_batch_bytes", 190 * 1024 * 1024))):
-            submit(ids, payload, attempt)
-        for entry in ledger.in_flight():
-            collect(entry)
-    return results
+    def record_file(self, file_id: str, status: str) -> set[str]:
+        """Records every line of a batch output or error file; returns the custom ids it had a line for."""
+        seen: set[str] = set()
+        for line in self.client.files.content(file_id).text.splitlines():
+            if line.strip():
+                item = json.loads(line)
+                seen.add(item["custom_id"])
+                self.record_line(item, status)
+        return seen
+
+    def record_line(self, item: Mapping[str, Any], status: str) -> None:
+        """A 200 line is billed from its usage and cached if good; a failed line becomes an error result unless the
+        request already has one (ids not in this job, e.g. from an old ledger, are ignored)."""
+        cid = item["custom_id"]
+        resp = item.get("response") or {}
+        if resp.get("status_code") == 200 and cid in self.by_id:
+            res = _result_from_body(resp["body"], self.prices, batch=True)
+            self.budget.settle(0.0, res.cost_usd)
+            self.results[cid] = res
+            if res.ok:
+                self.cache.put(self.by_id[cid], res)
+        elif cid in self.by_id and cid not in self.results:
+            err = (item.get("error") or {}).get("message") or f"HTTP {resp.get('status_code')}"
+            self.results[cid] = Result(None, None, error=f"batch {status}: {err}")
+
+
+def run_batch(requests: Sequence[Request], client: Any, cache: RequestCache, budget: Budget, prices: Prices,
+              cfg: Mapping[str, Any], ledger: Ledger, sleep: Callable[[float], None] = time.sleep
+              ) -> dict[str, Result]:
+    """Batch mode (half price): runs a `BatchJob` over `requests`; see it for the steps and how faults are handled."""
+    return BatchJob(requests, client, cache, budget, prices, cfg, ledger, sleep).run()

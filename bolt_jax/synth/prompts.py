@@ -16,7 +16,8 @@ LATENT_SYSTEM = (
     "You are an expert reader of technical and mathematical web documents. You understand every step of a text "
     "and can reconstruct the knowledge and reasoning an author relied on but did not write down.")
 
-LATENT_USER = """You will see the beginning of a web document (the prefix) and the passage that follows it (the suffix). \
+LATENT_USER = """You will see the beginning of a web document (the prefix) and the passage that follows it \
+(the suffix). \
 Write the latent thoughts that connect them: the background knowledge and the reasoning an expert would need in \
 order to write the suffix after the prefix. Derive every claim of the suffix step by step; spell out calculations \
 and logical steps in full.

@@ -20,8 +20,17 @@ from bolt_jax.data.formats import raw_text
 from bolt_jax.data.schema import augment_record, write_jsonl
 from bolt_jax.runtime.atomic import atomic_write_text
 from bolt_jax.synth import prompts
-from bolt_jax.synth.api import (Budget, Ledger, Prices, Request, RequestCache, estimate_tokens, make_client,
-                                run_batch, run_sync)
+from bolt_jax.synth.api import (
+    Budget,
+    Ledger,
+    Prices,
+    Request,
+    RequestCache,
+    estimate_tokens,
+    make_client,
+    run_batch,
+    run_sync,
+)
 
 
 def default_synth_config() -> ml_collections.ConfigDict:

@@ -47,7 +47,8 @@ class TrainCheckpointer:
             return None
         if _is_grain_iterator(iterator):
             import grain
-            return grain.checkpoint.CheckpointRestore(iterator) if restore else grain.checkpoint.CheckpointSave(iterator)
+            return (grain.checkpoint.CheckpointRestore(iterator) if restore
+                    else grain.checkpoint.CheckpointSave(iterator))
         if restore:
             return ocp.args.JsonRestore()
         return ocp.args.JsonSave(iterator.get_state())

@@ -21,7 +21,8 @@ import ml_collections
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from bolt_jax import parallel
 from bolt_jax.config import llama_config
@@ -239,6 +240,167 @@ def evaluate(setup: TrainSetup, params, config: ml_collections.ConfigDict) -> di
     return out
 
 
+TrainState = dict[str, Any]  # {"params", "opt_state", "step", "rng"}: the pytree the jitted step donates and returns
+
+
+class TrainProgress:
+    """The host-side record of a run: per-step losses, the logged metric history, the throughput timer and the bar.
+
+    It exists apart from the loop because a step's metrics are fetched one step late (see `defer`), so checking,
+    booking and logging them happen at a different time from the step that produced them.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, setup: TrainSetup, ckpt: TrainCheckpointer,
+                 writer: MetricsWriter, start: int):
+        t = config.train
+        self.total_steps: int = t.steps
+        self.log_every: int = t.log_every
+        self.start = start
+        self.tokens_per_step: int = t.global_batch_size * config.data.seq_len
+        self.flops_per_token: float = setup.model_cfg.flops_per_token(config.data.seq_len)
+        self.peak_flops = device_peak_flops()
+        self._ckpt = ckpt
+        self._writer = writer
+        self.losses: dict[int, float] = {}
+        self.history: list[dict[str, Any]] = []
+        self.pending: tuple[int, dict[str, jax.Array]] | None = None
+        self.bar = None
+        if t.progress_bar and jax.process_index() == 0:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+        # Throughput is measured from the end of the first step of this run (which includes compilation).
+        self._timed_since = time.perf_counter()
+        self._timed_since_step = start
+
+    def defer(self, step_done: int, metrics_on_device: dict[str, jax.Array]) -> None:
+        """Holds this step's metrics and books the previous step's: fetching step n-1's values while step n runs
+        keeps the host from stalling the device."""
+        if self.pending is not None:
+            self.record(*self.pending)
+        self.pending = (step_done, metrics_on_device)
+
+    def flush(self) -> None:
+        """Books the held step now; called before a checkpoint so that no unchecked state is ever saved."""
+        if self.pending is not None:
+            step_done, metrics_on_device = self.pending
+            self.pending = None
+            self.record(step_done, metrics_on_device)
+
+    def record(self, step_done: int, metrics_on_device: dict[str, jax.Array]) -> dict[str, float]:
+        """Checks one step's metrics for a non-finite loss, books the loss, advances the bar and logs every
+        `log_every` steps (and at the last step)."""
+        metrics = {k: float(v) for k, v in jax.device_get(metrics_on_device).items()}
+        if not metrics.pop("finite"):
+            raise NonFiniteLossError(
+                f"non-finite loss or gradient at step {step_done} (loss={metrics['loss']}, "
+                f"grad_norm={metrics['grad_norm']}); the update was not applied and no checkpoint was written "
+                f"after it. The last good checkpoint ({self._ckpt.latest_step()}) in {self._ckpt.directory} is "
+                f"intact. Lower config.optim.lr or check the data.")
+        self.losses[step_done] = metrics["loss"]
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
+        now = time.perf_counter()
+        if self._timed_since_step == self.start:  # the first step includes compilation: time from its end
+            self._timed_since, self._timed_since_step = now, step_done
+        if step_done % self.log_every == 0 or step_done == self.total_steps:
+            self._log(step_done, metrics, now)
+        return metrics
+
+    def _log(self, step_done: int, metrics: dict[str, float], now: float) -> None:
+        """Adds throughput since the last log (and MFU where the device's peak is known) and writes the record."""
+        steps_timed = step_done - self._timed_since_step
+        if steps_timed > 0:
+            step_time = (now - self._timed_since) / steps_timed
+            self._timed_since, self._timed_since_step = now, step_done
+            metrics["step_time_s"] = step_time
+            metrics["tokens_per_s"] = self.tokens_per_step / step_time
+            if self.peak_flops:
+                metrics["mfu"] = self.flops_per_token * metrics["tokens_per_s"] / (self.peak_flops * jax.device_count())
+        metrics["total_tokens"] = step_done * self.tokens_per_step
+        self._writer.write(step_done, metrics)
+        self.history.append(dict(metrics, step=step_done))
+
+    def record_validation(self, step_done: int, val: dict[str, float]) -> None:
+        self._writer.write(step_done, val, prefix="val_")
+        self.history.append({"step": step_done, **{f"val_{k}": v for k, v in val.items()}})
+
+    def close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class StepHooks:
+    """The periodic work between optimizer steps: checkpoint saves (plus the kill-after-save test hook) and
+    validation. Kept out of the loop so the loop reads as "step, then hooks", as in Levanter's trainer."""
+
+    def __init__(self, config: ml_collections.ConfigDict, setup: TrainSetup, ckpt: TrainCheckpointer,
+                 source: Any, progress: TrainProgress):
+        self.config = config
+        self.setup = setup
+        self.ckpt = ckpt
+        self.source = source  # the data iterator, whose position every checkpoint saves for exact resume
+        self.progress = progress
+        self.kill_after_step = int(os.environ.get(KILL_AFTER_SAVE_ENV, "0") or 0)
+
+    def after_step(self, step_done: int, state: TrainState, preempt: bool) -> None:
+        t = self.config.train
+        if step_done % t.save_every == 0 or step_done == t.steps or preempt:
+            self.save(step_done, state)
+        if t.eval_every and step_done % t.eval_every == 0:
+            self.progress.record_validation(step_done, evaluate(self.setup, state["params"], self.config))
+
+    def save(self, step_done: int, state: TrainState) -> None:
+        self.progress.flush()  # never checkpoint a state we have not checked
+        self.ckpt.save(step_done, state, self.source, meta={"config": json.loads(self.config.to_json_best_effort())},
+                       force=True)
+        if self.kill_after_step and step_done == self.kill_after_step:
+            # Test hook: die the hard way once this checkpoint is on disk, to prove resume needs nothing else.
+            self.ckpt.wait()
+            os.kill(os.getpid(), 9)
+
+
+def _prepare_run_dir(config: ml_collections.ConfigDict) -> str:
+    """Creates the run directory and records the config there, so a run dir alone says how it was produced."""
+    run_dir = os.path.abspath(config.run_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    if jax.process_index() == 0:
+        with open(os.path.join(run_dir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+    return run_dir
+
+
+def _restore_or_init(setup: TrainSetup, ckpt: TrainCheckpointer, source: Any) -> TrainState:
+    """The latest complete checkpoint (which also rewinds `source`), or a fresh state when there is none."""
+    latest = ckpt.latest_step()
+    with setup.mesh_context():
+        if latest is not None:
+            state, _meta = ckpt.restore(latest, setup.abstract_state, source)
+            _log.info("resumed from %s step %d", ckpt.directory, latest)
+            return state
+        return setup.init_state()
+
+
+def _run_steps(setup: TrainSetup, state: TrainState, source: Any, start: int, total_steps: int,
+               progress: TrainProgress, hooks: StepHooks) -> tuple[TrainState, str]:
+    """Steps from `start` to `total_steps`, or until a preemption signal; returns the final state and what stopped
+    the run early ("" when it ran to the end). The state is threaded through because the step donates it."""
+    stopped_by = ""
+    with setup.mesh_context(), PreemptionWatcher() as watcher:
+        for step in range(start, total_steps):
+            batch = parallel.shard_batch(next(source), setup.mesh)
+            state, metrics = setup.train_step(state, batch)
+            step_done = step + 1
+            progress.defer(step_done, metrics)
+            preempt = watcher.should_stop(step_done)
+            hooks.after_step(step_done, state, preempt)
+            if preempt:
+                stopped_by = watcher.signal_name or "preemption"
+                break
+        progress.flush()
+    return state, stopped_by
+
+
 def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Runs (or resumes) training; returns a summary with the per-step losses."""
     validate_train_config(config)
@@ -246,100 +408,23 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
         return dry_run(config)
     setup = TrainSetup(config)
     t = config.train
-    run_dir = os.path.abspath(config.run_dir)
-    os.makedirs(run_dir, exist_ok=True)
-    if jax.process_index() == 0:
-        with open(os.path.join(run_dir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+    run_dir = _prepare_run_dir(config)
     ckpt = TrainCheckpointer(os.path.join(run_dir, "checkpoints"), max_to_keep=t.keep_checkpoints,
                              async_save=t.async_checkpoint)
     source = batches_lib.make_train_batches(config, setup.model_cfg.vocab_size, split="train")
-    latest = ckpt.latest_step()
-    with setup.mesh_context():
-        if latest is not None:
-            state, meta = ckpt.restore(latest, setup.abstract_state, source)
-            _log.info("resumed from %s step %d", ckpt.directory, latest)
-        else:
-            state = setup.init_state()
+    state = _restore_or_init(setup, ckpt, source)
     start = int(jax.device_get(state["step"]))
     writer = MetricsWriter(run_dir)
-    tokens_per_step = t.global_batch_size * config.data.seq_len
-    flops_per_token = setup.model_cfg.flops_per_token(config.data.seq_len)
-    peak = device_peak_flops()
-    kill_after = int(os.environ.get(KILL_AFTER_SAVE_ENV, "0") or 0)
-    losses: dict[int, float] = {}
-    history: list[dict[str, Any]] = []
-    bar = None
-    if t.progress_bar and jax.process_index() == 0:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
-
-    timing = {"t": time.perf_counter(), "step": start}
-
-    def report(step_done: int, metrics_dev: dict[str, jax.Array], force_log: bool = False) -> dict[str, float]:
-        m = {k: float(v) for k, v in jax.device_get(metrics_dev).items()}
-        if not m.pop("finite"):
-            raise NonFiniteLossError(
-                f"non-finite loss or gradient at step {step_done} (loss={m['loss']}, grad_norm={m['grad_norm']}); "
-                f"the update was not applied and no checkpoint was written after it. The last good checkpoint "
-                f"({ckpt.latest_step()}) in {ckpt.directory} is intact. Lower config.optim.lr or check the data.")
-        losses[step_done] = m["loss"]
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['lr']:.2e}")
-        now = time.perf_counter()
-        if timing["step"] == start:  # the first step includes compilation: time from its end
-            timing.update(t=now, step=step_done)
-        if step_done % t.log_every == 0 or force_log or step_done == t.steps:
-            n = step_done - timing["step"]
-            if n > 0:
-                step_time = (now - timing["t"]) / n
-                timing.update(t=now, step=step_done)
-                m["step_time_s"] = step_time
-                m["tokens_per_s"] = tokens_per_step / step_time
-                if peak:
-                    m["mfu"] = flops_per_token * m["tokens_per_s"] / (peak * jax.device_count())
-            m["total_tokens"] = step_done * tokens_per_step
-            writer.write(step_done, m)
-            history.append(dict(m, step=step_done))
-        return m
-
-    pending: tuple[int, Any] | None = None
-    stopped_by = ""
+    progress = TrainProgress(config, setup, ckpt, writer, start)
+    hooks = StepHooks(config, setup, ckpt, source, progress)
     try:
-        with setup.mesh_context(), PreemptionWatcher() as watcher:
-            for step in range(start, t.steps):
-                batch = parallel.shard_batch(next(source), setup.mesh)
-                state, metrics = setup.train_step(state, batch)
-                if pending is not None:  # fetch step n-1's metrics while step n runs
-                    report(*pending)
-                pending = (step + 1, metrics)
-                done = step + 1
-                preempt = watcher.should_stop(done)
-                if done % t.save_every == 0 or done == t.steps or preempt:
-                    report(*pending)  # never checkpoint a state we have not checked
-                    pending = None
-                    ckpt.save(done, state, source, meta={"config": json.loads(config.to_json_best_effort())},
-                              force=True)
-                    if kill_after and done == kill_after:
-                        ckpt.wait()
-                        os.kill(os.getpid(), 9)
-                if t.eval_every and done % t.eval_every == 0:
-                    val = evaluate(setup, state["params"], config)
-                    writer.write(done, val, prefix="val_")
-                    history.append({"step": done, **{f"val_{k}": v for k, v in val.items()}})
-                if preempt:
-                    stopped_by = watcher.signal_name or "preemption"
-                    break
-            if pending is not None:
-                report(*pending)
+        state, stopped_by = _run_steps(setup, state, source, start, t.steps, progress, hooks)
     finally:
         ckpt.close()
         writer.close()
-        if bar is not None:
-            bar.close()
+        progress.close_bar()
 
-    summary = _finish(config, setup, losses, history, start, stopped_by, run_dir)
+    summary = _finish(config, setup, progress.losses, progress.history, start, stopped_by, run_dir)
     if t.get("export_model", True) and not stopped_by and summary["steps"] == t.steps:
         summary["model_dir"] = export_model(config, setup, state, run_dir)
     return summary
@@ -359,7 +444,10 @@ def export_model(config: ml_collections.ConfigDict, setup: TrainSetup, state, ru
     return out
 
 
-def _finish(config, setup, losses, history, start, stopped_by, run_dir) -> dict[str, Any]:
+def _finish(config: ml_collections.ConfigDict, setup: TrainSetup, losses: dict[int, float],
+            history: list[dict[str, Any]], start: int, stopped_by: str, run_dir: str) -> dict[str, Any]:
+    """The run's summary (returned, printed and written to summary.json), so a finished run is readable at a glance
+    without parsing metrics.jsonl."""
     t = config.train
     logged = [h for h in history if "tokens_per_s" in h]
     vals = [h for h in history if "val_loss" in h]

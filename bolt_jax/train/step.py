@@ -8,18 +8,19 @@ sequence chunks under remat, so the full fp32 logits of a batch never sit in mem
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from bolt_jax.data.formats import CATEGORY_IDS
 from bolt_jax.model.llama import head_logits
 from bolt_jax.parallel import constrain
 
-# Token categories of a target position, for the loss split (0 = not a target: padding or masked).
-CATEGORIES = {"text": 1, "thought": 2, "special": 3}
+CATEGORIES = CATEGORY_IDS  # a target position's category, for the loss split (0 = not a target)
 BATCH_KEYS = ("inputs", "targets", "positions", "segment_ids", "loss_weights", "categories")
 
 

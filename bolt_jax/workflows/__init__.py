@@ -11,8 +11,9 @@ parallel) -> runtime.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import ml_collections
 

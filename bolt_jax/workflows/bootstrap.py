@@ -13,17 +13,18 @@ stages and resumes the unfinished one where it stopped (trainer checkpoints, E-s
 
 from __future__ import annotations
 
-import copy
 import glob
 import json
 import logging
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import ml_collections
 import numpy as np
 
+from bolt_jax.config import derive
 from bolt_jax.runtime.atomic import atomic_write_text
 
 log = logging.getLogger("bolt_jax.workflows.bootstrap")
@@ -98,19 +99,12 @@ def run_stage(manifest: Manifest, name: str, fn: Callable[[], dict[str, Any]]) -
 
 # ------------------------------------------------------------------------------------------------ stages
 def _train_config(config, name: str, *, data_path: str, latent_type: str, steps: int, init: str):
-    c = copy.deepcopy(config)
-    c.unlock()
-    c.workflow = "train"
-    c.run_dir = os.path.join(config.run_dir, "runs", name)
-    c.train.steps = int(steps)
-    c.train.init_checkpoint = init
-    c.train.save_every = max(1, min(c.train.save_every, int(steps)))
-    c.data.train_path = data_path
-    c.data.latent_type = latent_type
+    changes = {"workflow": "train", "run_dir": os.path.join(config.run_dir, "runs", name), "train.steps": int(steps),
+               "train.init_checkpoint": init, "train.save_every": max(1, min(config.train.save_every, int(steps))),
+               "data.train_path": data_path, "data.latent_type": latent_type}
     if name == "warmstart" and config.bootstrap.get("warmstart_global_batch_size", 0):
-        c.train.global_batch_size = config.bootstrap.warmstart_global_batch_size
-    c.lock()
-    return c
+        changes["train.global_batch_size"] = config.bootstrap.warmstart_global_batch_size
+    return derive(config, changes)
 
 
 def train_stage(config, name: str, **kw) -> dict[str, Any]:
@@ -124,15 +118,10 @@ def train_stage(config, name: str, **kw) -> dict[str, Any]:
 
 def estep_stage(config, iteration: int, model_dir: str) -> dict[str, Any]:
     from bolt_jax.estep.run import run_estep
-    c = copy.deepcopy(config)
-    c.unlock()
-    c.estep.checkpoint = model_dir
-    c.estep.corpus_path = config.bootstrap.bootstrap_path
-    c.estep.iteration = iteration
-    c.estep.run_name = "bootstrap"
-    c.estep.store_dir = os.path.join(config.run_dir, "estep_store")
-    c.estep.output_path = os.path.join(config.run_dir, "data", f"iter_{iteration}.jsonl")
-    c.lock()
+    c = derive(config, {"estep.checkpoint": model_dir, "estep.corpus_path": config.bootstrap.bootstrap_path,
+                        "estep.iteration": iteration, "estep.run_name": "bootstrap",
+                        "estep.store_dir": os.path.join(config.run_dir, "estep_store"),
+                        "estep.output_path": os.path.join(config.run_dir, "data", f"iter_{iteration}.jsonl")})
     result = run_estep(c)
     if "output_path" not in result:
         raise RuntimeError(f"E-step {iteration} did not finish every slice (estep.slice={c.estep.slice}); run the "
@@ -171,17 +160,18 @@ def toy_fewshot_stage(config, model_dir: str, latent: bool) -> dict[str, Any]:
     format (latent prompt for models trained with thoughts). A toy document holds one problem, so the prompt is the
     question alone, as every training document begins: exemplars before it would be a layout no model trained on
     (with two problems per document, models copied the start number of the wrong question)."""
-    from bolt_jax.model import artifact as model_ckpt
     from bolt_jax import parallel
+    from bolt_jax.config import rules_of, runtime_overrides
     from bolt_jax.data.readers import open_corpus
     from bolt_jax.data.tokenizer import load_tokenizer
     from bolt_jax.eval import toy as toy_eval
+    from bolt_jax.model import artifact as model_ckpt
 
     val = open_corpus(config.data.validation_path)
     problems = toy_eval.heldout_problems([val[j] for j in range(len(val))], config.bootstrap.toy_eval_problems)
     shots: list = []
     mesh = parallel.make_mesh(dict(config.mesh))
-    model, _, tok_dir = model_ckpt.load_model(model_dir, mesh, compute_dtype=config.model.compute_dtype)
+    model, _, tok_dir = model_ckpt.load_model(model_dir, mesh, rules=rules_of(config), **runtime_overrides(config))
     tok = load_tokenizer(tok_dir or config.data.tokenizer_path)
     out = toy_eval.heldout_accuracy(model, tok, problems, shots, latent=latent, mesh=mesh,
                                     max_new_tokens=config.estep.max_new_tokens + 8)
@@ -285,12 +275,10 @@ def toy_posterior_stage(config, name: str, model_dir: str) -> dict[str, Any]:
     from bolt_jax.estep.backend import JaxBackend
     from bolt_jax.estep.run import chunking_config, document_chunks
     from bolt_jax.eval.toy import posterior_diagnostics
-    c = copy.deepcopy(config)
-    c.unlock()
     k = config.bootstrap.elbo_samples
-    c.estep.update(checkpoint=model_dir, num_samples=k, elbo_samples=[n for n in (1, 2, 4, 8) if n <= k],
-                   random_chunking=False, include_all_prefix=True, seed=config.seed + 7)
-    c.lock()
+    c = derive(config, {"estep.checkpoint": model_dir, "estep.num_samples": k,
+                        "estep.elbo_samples": [n for n in (1, 2, 4, 8) if n <= k], "estep.random_chunking": False,
+                        "estep.include_all_prefix": True, "estep.seed": config.seed + 7})
     backend, tokenizer, _ = JaxBackend.from_config(c)
     records = open_corpus(config.data.validation_path)
     docs = min(config.bootstrap.elbo_docs, len(records))
@@ -304,13 +292,14 @@ def toy_posterior_stage(config, name: str, model_dir: str) -> dict[str, Any]:
 
 def nll_stage(config, model_dir: str) -> dict[str, Any]:
     """NLL per token of a raw model on the validation documents the ELBO uses (bolt_jax.eval.validation)."""
-    from bolt_jax.model import artifact as model_ckpt
     from bolt_jax import parallel
+    from bolt_jax.config import rules_of, runtime_overrides
     from bolt_jax.data.readers import open_corpus
     from bolt_jax.data.tokenizer import load_tokenizer
     from bolt_jax.eval.validation import validation_nll
+    from bolt_jax.model import artifact as model_ckpt
     mesh = parallel.make_mesh(dict(config.mesh))
-    model, _, tok_dir = model_ckpt.load_model(model_dir, mesh, compute_dtype=config.model.compute_dtype)
+    model, _, tok_dir = model_ckpt.load_model(model_dir, mesh, rules=rules_of(config), **runtime_overrides(config))
     tok = load_tokenizer(tok_dir or config.data.tokenizer_path)
     records = open_corpus(config.data.validation_path)
     return validation_nll(model, tok, records, max_tokens=config.estep.max_tokens,
@@ -320,13 +309,14 @@ def nll_stage(config, model_dir: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ report
 def write_report(config, run_dir: str, manifest: Manifest, models, esteps, evaluations) -> dict[str, Any]:
     """report.json, report.md and bootstrap.png (bolt_jax.workflows.report), and a console summary."""
+    from bolt_jax.workflows import plots
     from bolt_jax.workflows import report as report_lib
     seconds = {name: stage["seconds"] for name, stage in manifest.stages.items() if "seconds" in stage}
     report = report_lib.build_report(models=models, esteps=esteps, evaluations=evaluations, stage_seconds=seconds,
                                      config=config.to_dict(), toy=bool(config.bootstrap.toy))
     atomic_write_text(os.path.join(run_dir, "report.json"), json.dumps(report, indent=2, default=str))
     plot = os.path.join(run_dir, "bootstrap.png")
-    report_lib.plot(report, plot)
+    plots.bootstrap_figure(report, plot)
     atomic_write_text(os.path.join(run_dir, "report.md"),
                       report_lib.render_markdown(report, run_dir=run_dir, plot_name=os.path.basename(plot)))
     print("\nBoLT bootstrap summary (nats/token: -ELBO for thought models, NLL for raw ones; lower is better)")

@@ -9,7 +9,6 @@ report shows validation loss, ELBO, and how often the E-step's chosen thought is
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import time
@@ -17,58 +16,27 @@ from typing import Any
 
 import ml_collections
 
+from bolt_jax.config import derive
 from bolt_jax.data import toy
-from bolt_jax.data.schema import write_jsonl
 from bolt_jax.runtime.atomic import atomic_write_text
+from bolt_jax.workflows import plots
 
-TOY_WORLD_VERSION = 19  # bump when bolt_jax.data.toy changes what it generates
 
-
-def prepare_toy_data(data_dir: str, *, num_train: int, num_validation: int, seed: int) -> dict:
-    """Writes the augmented training corpus, the raw validation corpus and a tokenizer; reuses them if present."""
-    os.makedirs(data_dir, exist_ok=True)
-    paths = {"train": os.path.join(data_dir, "train_with_thoughts.jsonl"),
-             "validation": os.path.join(data_dir, "validation_raw.jsonl"),
-             "tokenizer": os.path.join(data_dir, "tokenizer")}
-    if not os.path.exists(paths["train"]):
-        train_docs = toy.generate(num_train, seed=seed)
-        toy.write_corpus(paths["validation"], toy.generate(num_validation, seed=seed + 1000))
-        if not os.path.exists(os.path.join(paths["tokenizer"], "tokenizer.json")):
-            toy.build_tokenizer(paths["tokenizer"])
-        toy.write_corpus(paths["train"], train_docs, with_thoughts=True)  # last: its presence marks completion
-    return paths
+def prepare_toy_data(data_dir: str, *, num_train: int, num_validation: int, seed: int) -> dict[str, str]:
+    """The `compare` workflow's data: an augmented training corpus, a raw validation corpus, the tokenizer."""
+    return toy.write_toy_data(data_dir, {"train": ("thoughts", num_train, seed),
+                                         "validation": ("raw", num_validation, seed + 1000)})
 
 
 def prepare_toy_bootstrap_data(data_dir: str, *, seed: int, num_pretrain: int, num_warmstart: int,
                                num_bootstrap: int, num_validation: int) -> dict[str, str]:
     """Four toy corpora (the base model's pretraining text: questions read and restated, chains of the familiar
     operations worked out, never an answer; the warmstart set with true thoughts; the fixed raw bootstrap corpus,
-    4x larger; raw validation) and the toy world's word-level tokenizer. Reused only if written with the same
-    settings; otherwise rewritten (the settings are recorded in the COMPLETE marker)."""
-    os.makedirs(data_dir, exist_ok=True)
-    paths = {name: os.path.join(data_dir, f"{name}.jsonl") for name in
-             ("pretrain", "warmstart", "bootstrap", "validation")}
-    paths["tokenizer"] = os.path.join(data_dir, "tokenizer")
-    settings = {"toy_world": TOY_WORLD_VERSION, "seed": seed, "pretrain": num_pretrain, "warmstart": num_warmstart,
-                "bootstrap": num_bootstrap, "validation": num_validation}
-    done = os.path.join(data_dir, "COMPLETE")
-    if os.path.exists(done):
-        try:
-            if json.load(open(done)) == settings:
-                return paths
-        except ValueError:
-            pass
-        print(f"toy data in {data_dir} was written with other settings: rewriting it")
-        os.remove(done)
-    sets = {"warmstart": toy.generate(num_warmstart, seed=seed + 1),
-            "bootstrap": toy.generate(num_bootstrap, seed=seed + 2),
-            "validation": toy.generate(num_validation, seed=seed + 3)}
-    toy.build_tokenizer(paths["tokenizer"])
-    write_jsonl(paths["pretrain"], (toy.pretraining_record(seed, i) for i in range(num_pretrain)))
-    for name, docs in sets.items():
-        toy.write_corpus(paths[name], docs, with_thoughts=(name == "warmstart"))
-    atomic_write_text(done, json.dumps(settings))
-    return paths
+    4x larger; raw validation) and the toy world's word-level tokenizer."""
+    return toy.write_toy_data(data_dir, {"pretrain": ("pretraining", num_pretrain, seed),
+                                         "warmstart": ("thoughts", num_warmstart, seed + 1),
+                                         "bootstrap": ("raw", num_bootstrap, seed + 2),
+                                         "validation": ("raw", num_validation, seed + 3)})
 
 
 def run_demo(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -81,14 +49,10 @@ def run_demo(config: ml_collections.ConfigDict) -> dict[str, Any]:
                                        num_pretrain=demo.num_pretrain_docs,
                                        num_warmstart=demo.num_warmstart_docs, num_bootstrap=demo.num_bootstrap_docs,
                                        num_validation=demo.num_validation_docs)
-    c = copy.deepcopy(config)
-    c.unlock()
-    c.data.tokenizer_path = paths["tokenizer"]
-    c.data.validation_path = paths["validation"]
-    c.bootstrap.update(pretrain_path=paths["pretrain"], warmstart_path=paths["warmstart"],
-                       bootstrap_path=paths["bootstrap"], toy=True)
-    c.lock()
-    return run_bootstrap(c)
+    return run_bootstrap(derive(config, {
+        "data.tokenizer_path": paths["tokenizer"], "data.validation_path": paths["validation"],
+        "bootstrap.pretrain_path": paths["pretrain"], "bootstrap.warmstart_path": paths["warmstart"],
+        "bootstrap.bootstrap_path": paths["bootstrap"], "bootstrap.toy": True}))
 
 
 def run_k_sweep(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -99,16 +63,12 @@ def run_k_sweep(config: ml_collections.ConfigDict) -> dict[str, Any]:
     reports: dict[int, dict[str, Any]] = {}
     first = ""
     for k in config.demo.k_values:
-        c = copy.deepcopy(config)
-        c.unlock()
-        c.run_dir = os.path.join(run_dir, f"k_{k}")
-        c.estep.num_samples = int(k)
-        c.estep.elbo_samples = [n for n in (1, 2, 4, 8) if n <= k]
-        c.demo.data_dir = os.path.join(run_dir, "data")
-        if first:
-            c.bootstrap.shared_stages_from = first
-            c.bootstrap.baselines = ""  # they do not depend on K: trained once, in the first run
-        c.lock()
+        changes = {"run_dir": os.path.join(run_dir, f"k_{k}"), "estep.num_samples": int(k),
+                   "estep.elbo_samples": [n for n in (1, 2, 4, 8) if n <= k],
+                   "demo.data_dir": os.path.join(run_dir, "data")}
+        if first:  # the baselines do not depend on K: trained once, in the first run
+            changes.update({"bootstrap.shared_stages_from": first, "bootstrap.baselines": ""})
+        c = derive(config, changes)
         print(f"\n##### K sweep: K = {k} -> {c.run_dir}")
         reports[int(k)] = run_demo(c)["report"]
         first = first or c.run_dir
@@ -147,56 +107,9 @@ def write_k_sweep(run_dir: str, reports: dict[int, dict[str, Any]]) -> dict[str,
                      f"{_pm(row['neg_elbo_per_token'], row['neg_elbo_per_token_se'], 4)} | {row['seconds'] / 60:.1f} |")
     lines += ["", "![K sweep](k_sweep.png)", ""]
     atomic_write_text(os.path.join(run_dir, "k_sweep.md"), "\n".join(lines))
-    _plot_k_sweep(rows, os.path.join(run_dir, "k_sweep.png"))
+    plots.k_sweep_figure(rows, os.path.join(run_dir, "k_sweep.png"))
     print("\n" + "\n".join(lines))
     return summary
-
-
-def _plot_k_sweep(rows: dict[int, dict[str, Any]], path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    ks = sorted(rows)
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    ax.errorbar(ks, [rows[k]["heldout_accuracy"] for k in ks], yerr=[rows[k]["heldout_accuracy_se"] for k in ks],
-                marker="o", capsize=3, label="held-out accuracy, last EM model")
-    last_chosen = [rows[k]["iterations"][-1].get("chosen_correct") for k in ks]
-    last_se = [rows[k]["iterations"][-1].get("chosen_correct_se") for k in ks]
-    ax.errorbar(ks, last_chosen, yerr=last_se, marker="s", capsize=3, label="chosen thought correct, last E-step")
-    ax.set(xlabel="K (posterior samples per chunk)", ylabel="share correct", ylim=(0, 1),
-           title="BoLT toy demo: more samples, better thoughts?")
-    ax.set_xticks(ks)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _plot(results: dict[str, dict[str, Any]], path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from bolt_jax.train.metrics import read_metrics
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name, res in results.items():
-        rows = read_metrics(os.path.join(res["run_dir"], "metrics.jsonl"))
-        train = [(r["step"], r["loss"]) for r in rows if r.get("loss") is not None]
-        val = [(r["step"], r["val_loss"]) for r in rows if r.get("val_loss") is not None]
-        if train:
-            axes[0].plot(*zip(*train), label=name)
-        if val:
-            axes[1].plot(*zip(*val), marker="o", label=name)
-    axes[0].set(title="training loss (own format)", xlabel="step", ylabel="nats / token")
-    axes[1].set(title="validation loss on raw documents", xlabel="step", ylabel="nats / token")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def run_compare(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -209,22 +122,16 @@ def run_compare(config: ml_collections.ConfigDict) -> dict[str, Any]:
                              num_validation=demo.num_validation_docs, seed=config.seed)
     results: dict[str, dict[str, Any]] = {}
     for name, latent_type in (("raw", "raw"), ("thoughts", "random")):
-        c = copy.deepcopy(config)
-        c.unlock()
-        c.workflow = "train"
-        c.run_dir = os.path.join(run_dir, name)
-        c.data.train_path = paths["train"]
-        c.data.validation_path = paths["validation"]
-        c.data.tokenizer_path = paths["tokenizer"]
-        c.data.latent_type = latent_type
-        c.lock()
+        c = derive(config, {"workflow": "train", "run_dir": os.path.join(run_dir, name),
+                            "data.train_path": paths["train"], "data.validation_path": paths["validation"],
+                            "data.tokenizer_path": paths["tokenizer"], "data.latent_type": latent_type})
         print(f"\n=== training on {name} data ({latent_type} format) -> {c.run_dir}")
         t0 = time.perf_counter()
         summary = train(c)
         results[name] = dict(summary, run_dir=c.run_dir, wall_s=time.perf_counter() - t0)
 
     plot_path = os.path.join(run_dir, "loss_curves.png")
-    _plot(results, plot_path)
+    plots.loss_curves_figure(results, plot_path)
     header = f"{'run':10s} {'steps':>6s} {'train loss':>11s} {'val loss (raw)':>15s} {'tokens/s':>10s} {'time':>8s}"
     lines = [header, "-" * len(header)]
     for name, r in results.items():

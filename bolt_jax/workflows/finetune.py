@@ -1,14 +1,13 @@
 """Finetune-based evaluation (spec 7.4): supervised finetuning on completions only, then sampling, over seeds.
 
 Each example is `prompt <SoL><PRIOR> completion` (`bolt_jax.eval.sft`); the loss covers the completion (and EOS)
-only (`bolt_jax.data.sources.SFTBatches`). After training, every test prompt is sampled `num_samples` times (temperature 0.6, top-p
-0.9, top-k 50 in the original) and graded; accuracy is the mean over (prompt x sample), reported per seed and as mean
-and standard error over seeds.
+only (`bolt_jax.data.sources.SFTBatches`). After training, every test prompt is sampled `num_samples` times
+(temperature 0.6, top-p 0.9, top-k 50 in the original) and graded; accuracy is the mean over (prompt x sample),
+reported per seed and as mean and standard error over seeds.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from typing import Any
@@ -43,9 +42,10 @@ def default_finetune_config() -> ml_collections.ConfigDict:
 
 
 def run_finetune_eval(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    from bolt_jax.model import artifact as model_ckpt
     from bolt_jax import parallel
+    from bolt_jax.config import derive, rules_of, runtime_overrides
     from bolt_jax.data.tokenizer import load_tokenizer
+    from bolt_jax.model import artifact as model_ckpt
     from bolt_jax.sampling import generate
     from bolt_jax.train.loop import train
     f = config.finetune
@@ -57,21 +57,19 @@ def run_finetune_eval(config: ml_collections.ConfigDict) -> dict[str, Any]:
     steps = max(1, f.epochs * len(train_ex) // f.batch_size)
     per_seed = {}
     for seed in [int(s) for s in str(f.seeds).split(",") if s.strip()]:
-        c = copy.deepcopy(config)
-        c.unlock()
-        c.workflow, c.seed = "train", seed
-        c.run_dir = os.path.join(config.run_dir, f"seed_{seed}")
-        c.train.update(steps=steps, global_batch_size=f.batch_size, init_checkpoint=f.checkpoint, eval_every=0,
-                       save_every=steps)
-        c.optim.update(lr=f.lr, weight_decay=0.0, warmup_steps=max(1, round(0.05 * steps)))
-        c.data = ml_collections.ConfigDict({"source": "sft", "seq_len": f.max_len, "sft_path": f.train_path,
-                                            "sft_benchmark": f.benchmark,
-                                            "sft_raw_baseline": f.raw_baseline, "sft_limit": f.limit_train,
-                                            "tokenizer_path": model_ckpt.tokenizer_path(f.checkpoint)})
-        c.lock()
+        sft_data = ml_collections.ConfigDict({"source": "sft", "seq_len": f.max_len, "sft_path": f.train_path,
+                                              "sft_benchmark": f.benchmark, "sft_raw_baseline": f.raw_baseline,
+                                              "sft_limit": f.limit_train,
+                                              "tokenizer_path": model_ckpt.tokenizer_path(f.checkpoint)})
+        c = derive(config, {"workflow": "train", "seed": seed, "run_dir": os.path.join(config.run_dir, f"seed_{seed}"),
+                            "train.steps": steps, "train.global_batch_size": f.batch_size,
+                            "train.init_checkpoint": f.checkpoint, "train.eval_every": 0, "train.save_every": steps,
+                            "optim.lr": f.lr, "optim.weight_decay": 0.0,
+                            "optim.warmup_steps": max(1, round(0.05 * steps)), "data": sft_data})
         summary = train(c)
         mesh = parallel.make_mesh(dict(config.mesh))
-        model, _, _ = model_ckpt.load_model(summary["model_dir"], mesh, compute_dtype=config.model.compute_dtype)
+        model, _, _ = model_ckpt.load_model(summary["model_dir"], mesh, rules=rules_of(config),
+                                            **runtime_overrides(config))
         prompts = [[tok.bos_id] + tok.encode(ex["prompt"]) for ex in test_ex]
         r = generate(model, prompts, n=f.num_samples, max_new_tokens=f.max_new_tokens, temperature=f.temperature,
                      top_p=f.top_p, top_k=f.top_k, stop_token_ids=[tok.eos_id], seed=seed, mesh=mesh,

@@ -162,11 +162,11 @@ def render_markdown(report: dict, *, run_dir: str, plot_name: str = "bootstrap.p
                      f"{_pm(m['nll_per_token'], m['nll_per_token_se'], 4)} |")
     if its:
         lines += ["", "## EM iterations (E-steps on the bootstrap corpus)", "",
-                  "Iteration i's E-step: the previous model samples K thoughts per chunk from its posterior, and one is "
-                  "resampled by importance weight. Sample correct: share of the K samples that are the true chain of "
-                  "steps; chosen correct: the same for the resampled thought (the one M-step i trains on); ESS: "
-                  "effective sample size of the weights (K = all equal, 1 = one sample takes all). Over chunks that "
-                  "state an answer.", "",
+                  "Iteration i's E-step: the previous model samples K thoughts per chunk from its posterior, and one "
+                  "is resampled by importance weight. Sample correct: share of the K samples that are the true "
+                  "chain of steps; chosen correct: the same for the resampled thought (the one M-step i trains on); "
+                  "ESS: effective sample size of the weights (K = all equal, 1 = one sample takes all). Over chunks "
+                  "that state an answer.", "",
                   "| iteration | thoughts written by | sample correct | chosen correct | ESS | mean thought tokens |",
                   "|---|---|---|---|---|---|"]
         for r in its:
@@ -184,7 +184,8 @@ def render_markdown(report: dict, *, run_dir: str, plot_name: str = "bootstrap.p
                   "|---|---|---|---|---|---|"]
         for n, p in posterior.items():
             lines.append(f"| {n} | {_pm(p['sample_correct'], p['sample_correct_se'])} | "
-                         f"{_pm(p['chosen_correct'], p['chosen_correct_se'])} | {_pm(p['true_top'], p['true_top_se'])} | "
+                         f"{_pm(p['chosen_correct'], p['chosen_correct_se'])} | "
+                         f"{_pm(p['true_top'], p['true_top_se'])} | "
                          f"{_pm(p['ess'], p['ess_se'], 2)} | {_pm(p['log_q_true'], p['log_q_true_se'], 2)} |")
     parts = sorted({key for p in posterior.values() for key in p.get("thought_parts", {})})
     if parts:
@@ -240,69 +241,3 @@ def _conclusions(report: dict) -> list[str]:
     if out:
         out.append("")
     return ["\n\n".join(x for x in out if x), ""] if out else []
-
-
-# ------------------------------------------------------------------------------------------------ plot
-def plot(report: dict, path: str) -> None:
-    """Two panels: (a) what EM improves against iteration, raw baselines as horizontal bands; (b) nats per token
-    per model (-ELBO for thought models, NLL for raw ones), lower is better."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    models, its = report["models"], report["iterations"]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.4))
-    ax = axes[0]
-    n_it = len(its)
-    xs = list(range(0, n_it + 1))
-    acc = [models.get("warmstart" if x == 0 else f"iter_{x}", {}).get("heldout_accuracy") for x in xs]
-    acc_se = [models.get("warmstart" if x == 0 else f"iter_{x}", {}).get("heldout_accuracy_se") or 0 for x in xs]
-    if any(a is not None for a in acc):
-        ax.errorbar([x for x, a in zip(xs, acc) if a is not None], [a for a in acc if a is not None],
-                    yerr=[s for s, a in zip(acc_se, acc) if a is not None], marker="o", capsize=3, color="C0",
-                    label="held-out accuracy of the model (0 = warmstart)")
-    rows = [r for r in its if r.get("chosen_correct") is not None]
-    if rows:
-        ax.errorbar([r["iteration"] for r in rows], [r["chosen_correct"] for r in rows],
-                    yerr=[r["chosen_correct_se"] for r in rows], marker="s", capsize=3, color="C2",
-                    label="E-step: chosen thought correct")
-        ax.errorbar([r["iteration"] for r in rows], [r["sample_correct"] for r in rows],
-                    yerr=[r["sample_correct_se"] for r in rows], marker="^", capsize=3, color="C2", ls="--",
-                    alpha=0.7, label="E-step: mean sample correct")
-    for i, name in enumerate(("base", "raw_token_match", "raw_flops_match")):
-        m = models.get(name, {})
-        if m.get("heldout_accuracy") is not None:
-            a, se = m["heldout_accuracy"], m["heldout_accuracy_se"] or 0
-            ax.axhspan(a - se, a + se, color=f"C{3 + i}", alpha=0.25)
-            ax.axhline(a, color=f"C{3 + i}", lw=1, label=f"{name} accuracy (band: ±1 SE)")
-    ax.set(title="what EM improves", xlabel="EM iteration", ylabel="share correct", ylim=(0, 1.04))
-    ax.set_xticks(xs)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)  # below: never over the data
-    ax = axes[1]
-    names, vals, errs, colors = [], [], [], []
-    for name, m in models.items():
-        v, se, c = (m["neg_elbo_per_token"], m["neg_elbo_per_token_se"], "C0") if m.get("neg_elbo_per_token") \
-            is not None else (m.get("nll_per_token"), m.get("nll_per_token_se"), "C7")
-        if v is not None:
-            names.append(name), vals.append(v), errs.append(se or 0), colors.append(c)
-    if names:
-        # a bar far above the rest (the base model has never seen an answer) is cut at the top and labelled, so
-        # the models that matter keep a readable scale
-        others = sorted(vals)[:-1] or vals
-        cap = 1.6 * max(others) if max(vals) > 2.5 * max(others) else None
-        shown = [min(v, cap) if cap else v for v in vals]
-        ax.bar(names, shown, yerr=[0 if cap and v > cap else e for v, e in zip(vals, errs)], capsize=3,
-               color=colors)
-        for x, (v, s) in enumerate(zip(vals, shown)):
-            ax.text(x, s, f"{v:.3f}" + (" (cut)" if s < v else ""), ha="center", va="bottom", fontsize=8)
-        lo, hi = min(s - e for s, e in zip(shown, errs)), max(shown)
-        pad = max(0.05 * (hi - lo), 0.01)
-        ax.set_ylim(max(0.0, lo - 4 * pad), hi + 3 * pad)
-        ax.tick_params(axis="x", rotation=30)
-    k = report.get("elbo_samples") or "K"
-    ax.set(title=f"validation nats/token (blue: -ELBO_{k}, grey: NLL; lower is better)", ylabel="nats / token")
-    ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

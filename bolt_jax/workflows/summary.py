@@ -45,6 +45,8 @@ def model_summary(config: ml_collections.ConfigDict) -> dict:
     print(f"mesh: {parallel.mesh_summary(mesh)}")
     print(_format_table(rows, ("parameter", "shape", "dtype", "sharding", "count")))
     print(f"parameters: {n_params:,} (closed form {cfg.num_params():,}); created sharded in {init_s:.2f}s")
+    print(f"replicated beyond each device's share: {parallel.replicated_fraction(state, mesh, rules):.1%} of "
+          f"parameter bytes (parallel.check_sharding fails above a limit)")
 
     batch = config.summary.batch_size or parallel.batch_divisor(mesh)
     seq = min(config.summary.seq_len, cfg.max_position_embeddings)
