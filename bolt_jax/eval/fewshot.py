@@ -162,8 +162,9 @@ def _log_ks(n: int) -> list[int]:
     return ks
 
 
-def sampler_generate_fn(model, tokenizer, mesh=None, seed: int = 1234) -> GenerateFn:
-    """The JAX sampler as a generate_fn (greedy when temperature is 0)."""
+def sampler_generate_fn(model, tokenizer, mesh=None, seed: int = 1234, scheduler: str = "continuous",
+                        decode_slots: int | None = None) -> GenerateFn:
+    """The JAX sampler as a generate_fn (greedy when temperature is 0), with either scheduler."""
     from bolt_jax.sampling import generate
 
     def fn(prompt_ids, *, n, max_new_tokens, temperature, top_p, top_k, stop_strings, banned_token_strings):
@@ -172,7 +173,8 @@ def sampler_generate_fn(model, tokenizer, mesh=None, seed: int = 1234) -> Genera
         r = generate(model, prompt_ids, n=n, max_new_tokens=max_new_tokens, temperature=max(temperature, 1e-6),
                      top_p=top_p, top_k=top_k, greedy=temperature == 0.0, stop_token_ids=stop_ids,
                      stop_strings=list(stop_strings), banned_token_ids=banned, seed=seed, mesh=mesh,
-                     tokenizer=tokenizer.hf, max_prompt_len=max(len(p) for p in prompt_ids))
+                     tokenizer=tokenizer.hf, max_prompt_len=max(len(p) for p in prompt_ids), scheduler=scheduler,
+                     decode_slots=decode_slots)
         return [r.texts[i * n:(i + 1) * n] for i in range(len(prompt_ids))]
 
     return fn

@@ -32,6 +32,8 @@ def default_eval_config() -> ml_collections.ConfigDict:
         "elbo_samples": 0,  # > 0: also the validation ELBO_1..K per token (E-step code; K = 4 in the paper)
         "elbo_docs": 1000,
         "seed": 1234,
+        "scheduler": "continuous",  # the sampler's (bolt_jax.sampling.schedulers): "continuous" or "static"
+        "decode_slots": 0,  # continuous: rows decoded together (0 = every request at once, up to 256)
     })
 
 
@@ -49,7 +51,8 @@ def run_eval(config: ml_collections.ConfigDict) -> dict[str, Any]:
     mesh = parallel.make_mesh(dict(config.mesh))
     model, _, tok_dir = model_ckpt.load_model(e.checkpoint, mesh, rules=rules_of(config), **runtime_overrides(config))
     tok = load_tokenizer(tok_dir)
-    gen = fewshot.sampler_generate_fn(model, tok, mesh, seed=e.seed)
+    gen = fewshot.sampler_generate_fn(model, tok, mesh, seed=e.seed, scheduler=e.scheduler,
+                                      decode_slots=e.decode_slots or None)
     summary: dict[str, Any] = {"checkpoint": os.path.abspath(e.checkpoint)}
     sources = {"gsm8k": (e.gsm8k_path, fewshot.read_gsm8k), "math": (e.math_path, fewshot.read_math)}
     for name in [v.strip() for v in e.variants.split(",") if v.strip()]:

@@ -1,7 +1,8 @@
 """Jitted batched sampler (prefill + while_loop decode over a static KV cache) and teacher-forced scorer, on the
 training mesh with the training weights."""
 
-from bolt_jax.sampling.sampler import GenerationResult, generate
+from bolt_jax.sampling.sampler import GenerationResult
+from bolt_jax.sampling.schedulers import SCHEDULERS, generate
 from bolt_jax.sampling.scorer import score, span_sums
 
-__all__ = ["GenerationResult", "generate", "score", "span_sums"]
+__all__ = ["SCHEDULERS", "GenerationResult", "generate", "score", "span_sums"]

@@ -22,6 +22,8 @@ def default_generate_config() -> ml_collections.ConfigDict:
         "greedy": False,
         "stop_strings": "",  # "|"-separated
         "seed": 0,
+        "scheduler": "continuous",  # or "static" (bolt_jax.sampling.schedulers)
+        "decode_slots": 0,  # continuous: rows decoded together (0 = every request at once, up to 256)
         "output_path": "",  # JSONL of the samples ("" = print only)
     })
 
@@ -50,7 +52,7 @@ def run_generate(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
     ids = [[tok.bos_id] + tok.encode(t) for t in texts]
     kw = dict(n=g.n, max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
               greedy=g.greedy, stop_token_ids=[tok.eos_id], stop_strings=[s for s in g.stop_strings.split("|") if s],
-              seed=g.seed, mesh=mesh, tokenizer=tok.hf)
+              seed=g.seed, mesh=mesh, tokenizer=tok.hf, scheduler=g.scheduler, decode_slots=g.decode_slots or None)
     t0 = time.perf_counter()
     r = generate(model, ids, **kw)
     seconds = time.perf_counter() - t0

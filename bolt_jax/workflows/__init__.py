@@ -45,9 +45,23 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     if config.workflow not in WORKFLOWS:
         raise ValueError(f"config.workflow={config.workflow!r} is not a workflow; available: {sorted(WORKFLOWS)}")
     validate_common(config, num_devices)
+    _validate_schedulers(config)
     own = WORKFLOWS[config.workflow].validate
     if own is not None:
         own(config)
+
+
+def _validate_schedulers(config: ml_collections.ConfigDict) -> None:
+    """The sampler settings of every section that samples (E-step, eval, generate)."""
+    from bolt_jax.sampling.schedulers import SCHEDULERS
+    for section in ("estep", "eval", "generate"):
+        if section not in config or "scheduler" not in config[section]:
+            continue
+        sec = config[section]
+        if sec.scheduler not in SCHEDULERS:
+            raise ValueError(f"config.{section}.scheduler={sec.scheduler!r}; choose one of {SCHEDULERS}")
+        if sec.get("decode_slots", 0) < 0:
+            raise ValueError(f"config.{section}.decode_slots={sec.decode_slots} must be >= 0 (0 = automatic)")
 
 
 def run(config: ml_collections.ConfigDict) -> Any:

@@ -1,0 +1,49 @@
+"""`generate`: one interface over the two schedulers.
+
+- `"static"` (`bolt_jax.sampling.sampler`): all requests decode as one batch until the longest is done. One compiled
+  program, best when lengths are alike (greedy evaluation with short answers).
+- `"continuous"` (`bolt_jax.sampling.engine`): `decode_slots` rows stay busy; a finished row's slot takes the next
+  waiting sample between chunks of `steps_per_sync` steps. Best when lengths spread out (the E-step's thoughts at
+  temperature 1).
+
+Both give the same samples for the same requests (each request's randomness comes from its own seed), so the choice
+changes the speed, never the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from bolt_jax.model.llama import Llama
+from bolt_jax.sampling import engine, sampler
+from bolt_jax.sampling.sampler import GenerationResult
+
+SCHEDULERS = ("static", "continuous")
+
+
+def generate(model: Llama, prompts: Sequence[Sequence[int]], *, n: int = 1, max_new_tokens: int = 256,
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
+             stop_token_ids: Sequence[int] = (), stop_strings: Sequence[str] = (),
+             banned_token_ids: Sequence[int] = (), max_prompt_len: int | None = None, seed: int = 0,
+             prompt_seeds: Sequence[int] | None = None, mesh=None, tokenizer=None, batch_bucket: int = 8,
+             max_cache_bytes: int | None = None, scheduler: str = "static", decode_slots: int | None = None,
+             steps_per_sync: int = 16) -> GenerationResult:
+    """Samples `n` continuations per prompt; `result.stats` says how busy the rows were. `batch_bucket` is the
+    static path's, `decode_slots` and `steps_per_sync` the continuous engine's (see the module docstring)."""
+    common = dict(n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                  greedy=greedy, stop_token_ids=stop_token_ids, stop_strings=stop_strings,
+                  banned_token_ids=banned_token_ids, max_prompt_len=max_prompt_len, seed=seed,
+                  prompt_seeds=prompt_seeds, mesh=mesh, tokenizer=tokenizer, max_cache_bytes=max_cache_bytes)
+    if scheduler == "static":
+        return sampler.generate(model, prompts, batch_bucket=batch_bucket, **common)
+    if scheduler != "continuous":
+        raise ValueError(f"scheduler={scheduler!r}; choose one of {SCHEDULERS}")
+    if steps_per_sync < 1 or (decode_slots is not None and decode_slots < 1):
+        raise ValueError(f"steps_per_sync={steps_per_sync} and decode_slots={decode_slots} must be >= 1")
+    if not prompts:
+        return sampler.generate(model, prompts, **common)
+    sampler._check_args(n, max_new_tokens, stop_strings, tokenizer, temperature=temperature, top_k=top_k, top_p=top_p,
+                        greedy=greedy, stop_token_ids=stop_token_ids, banned_token_ids=banned_token_ids,
+                        vocab_size=model.config.vocab_size)
+    return engine.generate_continuous(model, prompts, decode_slots=decode_slots, steps_per_sync=steps_per_sync,
+                                      **common)

@@ -1,0 +1,103 @@
+"""The continuous-batching engine (`bolt_jax.sampling.engine`) against the static sampler, its oracle: the same
+requests give the same tokens, log q and done flags whatever the slots, the chunking or the mesh; a reused slot
+carries nothing of its earlier occupant; slots are kept busy."""
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from bolt_jax import parallel
+from bolt_jax.model import Llama, preset
+from bolt_jax.sampling import generate
+
+STOPS = list(range(3, 40))  # many stop ids, so lengths spread from 0 to max_new_tokens
+
+
+@pytest.fixture(scope="module")
+def model():
+    return Llama(preset("tiny", compute_dtype="float32"), nnx.Rngs(0))
+
+
+def _prompts(num: int, seed: int = 0, max_len: int = 30) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(40, 500, size=int(rng.integers(2, max_len))).tolist() for _ in range(num)]
+
+
+def _same(a, b):
+    assert a.tokens == b.tokens
+    np.testing.assert_allclose(a.logq, b.logq, atol=1e-4)
+    for x, y in zip(a.token_logq, b.token_logq, strict=True):
+        np.testing.assert_allclose(x, y, atol=1e-4)
+    np.testing.assert_array_equal(a.done, b.done)
+    np.testing.assert_array_equal(a.lengths, b.lengths)
+
+
+@pytest.mark.parametrize("slots,steps", [(4, 3), (7, 1), (64, 16)])
+def test_continuous_equals_static(model, slots, steps):
+    kw = dict(n=3, max_new_tokens=24, temperature=1.0, top_k=50, stop_token_ids=STOPS, seed=5)
+    prompts = _prompts(7)
+    static = generate(model, prompts, scheduler="static", **kw)
+    cont = generate(model, prompts, scheduler="continuous", decode_slots=slots, steps_per_sync=steps, **kw)
+    assert len(set(static.lengths.tolist())) > 4  # the lengths really vary
+    _same(static, cont)
+    assert cont.stats["scheduler"] == "continuous" and cont.stats["slots"] == slots
+
+
+def test_a_reused_slot_keeps_nothing_of_its_last_request(model):
+    """One slot: request B runs after A in it; B alone in a fresh engine gives the same tokens and log q."""
+    kw = dict(n=1, max_new_tokens=20, temperature=1.0, stop_token_ids=STOPS, scheduler="continuous",
+              decode_slots=1, steps_per_sync=2)
+    a, b = _prompts(2, seed=3, max_len=12)
+    for seed_a in range(30):  # an A that generates more than B, so B's cache row holds A's stale entries
+        both = generate(model, [a, b], prompt_seeds=[seed_a, 99], **kw)
+        if both.lengths[0] > both.lengths[1] + 2:
+            break
+    else:
+        pytest.fail("no seed made request A longer than B")
+    alone = generate(model, [b, b], prompt_seeds=[99, 99], **dict(kw, decode_slots=2))
+    assert both.tokens[1] == alone.tokens[0]
+    np.testing.assert_allclose(both.token_logq[1], alone.token_logq[0], atol=1e-5)
+
+
+def test_stop_strings_end_requests_early_with_the_static_result(model, tmp_path):
+    from bolt_jax.data.tokenizer import load_tokenizer
+    from tests.helpers import build_tokenizer
+    tok = load_tokenizer(build_tokenizer(tmp_path / "tok", vocab_size=512)).hf
+    prompts = _prompts(4, seed=7)
+    texts = generate(model, prompts, n=2, max_new_tokens=16, seed=1, tokenizer=tok).texts
+    stop = next(t[2:4] for t in texts if len(t) > 6)  # a string the samples really produce
+    kw = dict(n=2, max_new_tokens=16, seed=1, tokenizer=tok, stop_strings=[stop])
+    static = generate(model, prompts, scheduler="static", **kw)
+    cont = generate(model, prompts, scheduler="continuous", decode_slots=3, steps_per_sync=1, **kw)
+    assert static.texts == cont.texts and any(stop not in t and d for t, d in zip(static.texts, static.done))
+    _same(static, cont)
+
+
+def test_continuous_on_a_mesh_equals_static_on_one_device(model):
+    mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    kw = dict(n=2, max_new_tokens=12, temperature=1.0, stop_token_ids=STOPS, seed=2)
+    prompts = _prompts(5, seed=4)
+    _same(generate(model, prompts, scheduler="static", **kw),
+          generate(model, prompts, scheduler="continuous", decode_slots=8, steps_per_sync=4, mesh=mesh, **kw))
+
+
+def test_slots_stay_busy_on_spread_out_lengths(model):
+    """Useful slot occupancy (slot-steps that decoded a live request) is high when requests outnumber slots."""
+    kw = dict(n=4, max_new_tokens=32, temperature=1.0, stop_token_ids=STOPS, seed=0)
+    prompts = _prompts(16, seed=5)
+    static = generate(model, prompts, scheduler="static", **kw)
+    cont = generate(model, prompts, scheduler="continuous", decode_slots=8, steps_per_sync=1, **kw)
+    _same(static, cont)
+    assert cont.stats["slot_occupancy"] > 0.8 > static.stats["slot_occupancy"]
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({"scheduler": "dynamic"}, "scheduler='dynamic'"),
+    ({"scheduler": "continuous", "decode_slots": 3, "mesh": "mesh"}, "multiple of the mesh's batch devices"),
+    ({"scheduler": "continuous", "steps_per_sync": 0}, "steps_per_sync=0"),
+])
+def test_bad_scheduler_arguments_are_refused(model, kw, message):
+    if kw.get("mesh") == "mesh":
+        kw = dict(kw, mesh=parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}))
+    with pytest.raises(ValueError, match=message):
+        generate(model, [[1, 2, 3]], max_new_tokens=2, **kw)
