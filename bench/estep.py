@@ -1,29 +1,61 @@
-"""E-step throughput: chunks/s and sampled tokens/s with K samples, and where the time goes (sampling, scoring, host).
+"""E-step throughput at the bootstrap shape, static vs continuous scheduling side by side in one run.
 
-    python bench/estep.py                       # TinyLlama shapes (random weights), K=4, toy corpus, 256 new tokens
-    python bench/estep.py --smoke               # tiny model on CPU
+    python bench/estep.py                                  # TinyLlama shapes (random weights), vocab 32004, K=4
+    python bench/estep.py --smoke                          # a tiny model on CPU, the same long-tailed workload
+    python bench/estep.py --scheduler static,continuous --repeats 5 --decode_slots 64
 
-Random weights rarely emit <EoL>, so most thoughts run to max_new_tokens: a worst case for sampling time.
+The workload is the bootstrap's: K=4 posterior samples per chunk, prompts up to 1024 tokens, up to 1024 new tokens,
+the TinyLlama vocabulary with the four BoLT tokens (32004), joints scored up to 2048 tokens. Random weights do not
+write thoughts of realistic lengths, so the lengths are made long-tailed on purpose: the LM head is zeroed, which
+makes every next token equally likely (1 / 32004), and besides <EoL> and EOS, `--extra_stops` word ids also end a
+thought (the backend's stop list), so each step ends the thought with probability (2 + extra) / 32004: lengths are
+geometric with mean about `--mean_len` (300), capped at `--new` (1024). The transformer body keeps its random weights,
+so every step costs what a real model's does.
+
+Each scheduler runs the same E-step once to compile every shape, then `--repeats` times; printed and written to
+bench/results/estep-<date>-<device>.{json,md}: chunks/s, sampled tokens/s (min / median / max over the repeats),
+useful slot occupancy (slot-steps that decoded a live request), and the split of wall time into sampling, scoring
+and host work. The merged datasets of the two schedulers are compared byte for byte.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import os
+import statistics
 import tempfile
 import time
 
+import numpy as np
 from common import header
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VOCAB = 32004  # TinyLlama's 32000 + the four BoLT tokens
 
 
 class TimedBackend:
+    """Wraps the E-step's backend: seconds spent sampling and scoring, and the sampler's slot statistics."""
+
     def __init__(self, inner):
-        self.inner, self.sample_s, self.score_s = inner, 0.0, 0.0
+        self.inner = inner
+        self.reset()
+
+    def reset(self) -> None:
+        self.sample_s = self.score_s = 0.0
+        self.slot_steps = self.useful = 0.0
+        self.tokens = 0
 
     def sample(self, prompts, *, n, seeds):
         t0 = time.perf_counter()
         out = self.inner.sample(prompts, n=n, seeds=seeds)
         self.sample_s += time.perf_counter() - t0
+        self.tokens += sum(len(x.tokens) + x.done for row in out for x in row)  # the stop token was sampled too
+        stats = self.inner.last_stats
+        steps = stats["decode_steps"] * stats["slots"]
+        self.slot_steps += steps
+        self.useful += stats["slot_occupancy"] * steps
         return out
 
     def score(self, sequences):
@@ -33,63 +65,163 @@ class TimedBackend:
         return out
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="tinyllama_1.1b")
-    p.add_argument("--docs", type=int, default=64)
-    p.add_argument("--k", type=int, default=4)
-    p.add_argument("--new", type=int, default=256)
-    p.add_argument("--chunks_per_batch", type=int, default=64)
-    p.add_argument("--smoke", action="store_true")
-    a = p.parse_args()
-    if a.smoke:
-        a.preset, a.docs, a.new, a.chunks_per_batch = "tiny", 8, 16, 16
+def word_tokenizer(out_dir: str) -> str:
+    """A word-level tokenizer with exactly VOCAB ids: BOS/EOS/UNK, 31,997 words, and the four BoLT tokens last."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
 
+    from bolt_jax.data.formats import SPECIAL_TOKENS
+    words = ["<s>", "</s>", "<unk>"] + [f"w{i}" for i in range(VOCAB - 3 - len(SPECIAL_TOKENS))]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    fast.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
+    fast.save_pretrained(out_dir)
+    return out_dir
+
+
+def write_corpus(path: str, docs: int, seed: int) -> None:
+    """Documents of three paragraphs of 50-400 random words: posterior prompts (prefix + chunk) up to ~1000 tokens."""
+    rng = np.random.default_rng(seed)
+    with open(path, "w") as f:
+        for i in range(docs):
+            paras = [" ".join(f"w{w}" for w in rng.integers(10, 31000, rng.integers(50, 400))) for _ in range(3)]
+            f.write(json.dumps({"id": f"d{i}", "text": "\n\n".join(paras)}) + "\n")
+
+
+def build(a, work: str):
+    """The checkpoint (random body, zeroed LM head), the corpus and the E-step config."""
+    import jax
     from flax import nnx
 
     from bolt_jax import parallel
     from bolt_jax.config import base_config
-    from bolt_jax.data import toy
-    from bolt_jax.data.bpe import train_bpe_tokenizer
-    from bolt_jax.data.tokenizer import load_tokenizer
-    from bolt_jax.estep.backend import JaxBackend
-    from bolt_jax.estep.run import default_estep_config, run_estep
-    from bolt_jax.model import artifact as model_ckpt
-    from bolt_jax.model import create_model, preset
+    from bolt_jax.estep.run import default_estep_config
+    from bolt_jax.model import artifact, create_model, preset
     from bolt_jax.model.llama import pure_dict
-
-    work = tempfile.mkdtemp(prefix="bench_estep_")
-    docs = toy.generate(a.docs, seed=0)
-    toy.write_corpus(os.path.join(work, "corpus.jsonl"), docs)
-    tok_dir = train_bpe_tokenizer([d.text for d in toy.generate(500, seed=1)], os.path.join(work, "tok"), 1024)
-    tok = load_tokenizer(tok_dir)
-    cfg = preset(a.preset, vocab_size=tok.vocab_size, param_dtype="bfloat16", compute_dtype="bfloat16")
+    tok_dir = word_tokenizer(os.path.join(work, "tok"))
+    write_corpus(os.path.join(work, "corpus.jsonl"), a.docs, seed=0)
+    dtype = "float32" if a.smoke else "bfloat16"
+    cfg = preset(a.preset, vocab_size=VOCAB, param_dtype=dtype, compute_dtype=dtype,
+                 max_position_embeddings=max(2048, a.prompt_len + a.new))
     mesh = parallel.make_mesh()
-    model = create_model(cfg, mesh, seed=0)
-    model_ckpt.save_model(os.path.join(work, "ckpt"), pure_dict(nnx.state(model, nnx.Param)), cfg,
-                          tokenizer_dir=tok_dir)
+    params = pure_dict(nnx.state(create_model(cfg, mesh, seed=0), nnx.Param))
+    params["lm_head"]["kernel"] = jax.numpy.zeros_like(params["lm_head"]["kernel"])  # uniform next token
+    artifact.save_model(os.path.join(work, "ckpt"), params, cfg, tokenizer_dir=tok_dir)
     c = base_config()
     c.run_dir = work
-    c.model.compute_dtype = "bfloat16"
+    c.model.update(compute_dtype=dtype, max_position_embeddings=cfg.max_position_embeddings)
     c.estep = default_estep_config()
     c.estep.update(corpus_path=os.path.join(work, "corpus.jsonl"), checkpoint=os.path.join(work, "ckpt"),
-                   num_samples=a.k, max_new_tokens=a.new, chunks_per_batch=a.chunks_per_batch,
-                   split_mode="paragraph", random_chunking=False, units_per_chunk=1)
+                   num_samples=a.k, max_new_tokens=a.new, max_prompt_len=a.prompt_len, max_tokens=a.prompt_len + a.new,
+                   chunks_per_batch=a.chunks_per_batch, split_mode="paragraph", random_chunking=False,
+                   units_per_chunk=1, decode_slots=a.decode_slots)
+    return c
+
+
+def run_scheduler(a, c, scheduler: str, backend, tokenizer, model_id) -> dict:
+    from bolt_jax.estep.run import run_estep
+    rows = []
+    for r in range(a.repeats + 1):  # run 0 compiles every shape
+        cfg = c.copy_and_resolve_references()
+        cfg.estep.update(scheduler=scheduler, run_name=f"{scheduler}_{r}",
+                         output_path=os.path.join(c.run_dir, f"{scheduler}_{r}.jsonl"))
+        backend.inner.e = cfg.estep
+        backend.reset()
+        t0 = time.perf_counter()
+        result = run_estep(cfg, backend, tokenizer, model_id)
+        total = time.perf_counter() - t0
+        row = {"seconds": total, "chunks": result["chunks"], "chunks_per_s": result["chunks"] / total,
+               "sampled_tokens": backend.tokens, "sampled_tokens_per_s": backend.tokens / total,
+               "occupancy": backend.useful / backend.slot_steps if backend.slot_steps else 0.0,
+               "sampling": backend.sample_s / total, "scoring": backend.score_s / total,
+               "host": 1 - (backend.sample_s + backend.score_s) / total, "output": cfg.estep.output_path}
+        print(f"  {scheduler} run {r}{' (compile)' if r == 0 else ''}: {row['sampled_tokens_per_s']:,.0f} sampled "
+              f"tok/s, {row['chunks_per_s']:.2f} chunks/s, occupancy {row['occupancy']:.0%}", flush=True)
+        if r:
+            rows.append(row)
+    return summarise(rows)
+
+
+def summarise(rows: list[dict]) -> dict:
+    out: dict = {"runs": rows}
+    for key in ("chunks_per_s", "sampled_tokens_per_s", "occupancy", "sampling", "scoring", "host"):
+        values = [r[key] for r in rows]
+        out[key] = {"min": min(values), "median": statistics.median(values), "max": max(values)}
+    out["sampled_tokens"] = rows[0]["sampled_tokens"]
+    return out
+
+
+def markdown(a, results: dict, same: bool | None, ratio: dict | None) -> str:
+    lines = [f"# E-step throughput, {a.preset}, vocab {VOCAB}, K={a.k}, prompts <= {a.prompt_len}, new <= {a.new} "
+             f"(geometric lengths, mean ~{a.mean_len})", "", header(), "",
+             "min / median / max over the repeats (after one compiling run). Occupancy: share of slot-steps that "
+             "decoded a live request. Phases: share of E-step wall time.", "",
+             "| scheduler | sampled tokens/s | chunks/s | occupancy | sampling | scoring | host |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        def mmm(key, fmt):
+            return " / ".join(format(r[key][k], fmt) for k in ("min", "median", "max"))
+        lines.append(f"| {name} | {mmm('sampled_tokens_per_s', ',.0f')} | {mmm('chunks_per_s', '.2f')} | "
+                     f"{mmm('occupancy', '.0%')} | {r['sampling']['median']:.0%} | {r['scoring']['median']:.0%} | "
+                     f"{r['host']['median']:.0%} |")
+    if ratio:
+        lines += ["", f"continuous / static, sampled tokens/s (run i against run i): min {ratio['min']:.2f}x, "
+                      f"median {ratio['median']:.2f}x, max {ratio['max']:.2f}x"]
+    if same is not None:
+        lines += ["", f"merged datasets identical under both schedulers: {same}"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="tinyllama_1.1b")
+    p.add_argument("--docs", type=int, default=256)
+    p.add_argument("--k", type=int, default=4)
+    p.add_argument("--prompt_len", type=int, default=1024)
+    p.add_argument("--new", type=int, default=1024)
+    p.add_argument("--mean_len", type=int, default=300)
+    p.add_argument("--chunks_per_batch", type=int, default=384)  # 1536 thoughts per sampler call
+    p.add_argument("--decode_slots", type=int, default=192)  # each slot serves about 8 thoughts in turn
+    p.add_argument("--scheduler", default="static,continuous")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--smoke", action="store_true", help="tiny model on CPU: 12 documents (36 chunks), 16 slots")
+    p.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    a = p.parse_args()
+    if a.smoke:
+        a.preset, a.docs, a.chunks_per_batch, a.decode_slots = "tiny", 12, 36, 16
+
+    import jax
+
+    from bolt_jax.estep.backend import JaxBackend
+    work = tempfile.mkdtemp(prefix="bench_estep_")
+    c = build(a, work)
     backend, tokenizer, model_id = JaxBackend.from_config(c)
+    extra = max(0, round(VOCAB / a.mean_len) - 2)
+    backend.stop_ids = backend.stop_ids + list(range(1000, 1000 + extra))  # ids of words w997.. (see docstring)
     timed = TimedBackend(backend)
-    warm = c.copy_and_resolve_references()
-    warm.estep.run_name = "warmup"
-    run_estep(warm, timed, tokenizer, model_id)  # the same corpus once: every batch and prompt-length shape compiles
-    timed.sample_s = timed.score_s = 0.0
-    t0 = time.perf_counter()
-    result = run_estep(c, timed, tokenizer, model_id)
-    total = time.perf_counter() - t0
-    host = total - timed.sample_s - timed.score_s
-    print(f"\nE-step: {a.preset} bf16, K={a.k}, max_new {a.new}, {result['chunks']} chunks, "
-          f"{header()}; steady state (a first pass over the same corpus compiled every shape)")
-    print(f"{'chunks/s':>9} {'sampled tok/s':>14} {'sampling':>9} {'scoring':>8} {'host':>6}")
-    print(f"{result['chunks'] / total:9.2f} {result['sampled_tokens_per_s']:14,.0f} {timed.sample_s / total:9.0%} "
-          f"{timed.score_s / total:8.0%} {host / total:6.0%}")
+    results = {}
+    for scheduler in a.scheduler.split(","):
+        results[scheduler] = run_scheduler(a, c, scheduler, timed, tokenizer, model_id)
+    ratio = same = None
+    if {"static", "continuous"} <= set(results):
+        pairs = [x["sampled_tokens_per_s"] / y["sampled_tokens_per_s"]
+                 for x, y in zip(results["continuous"]["runs"], results["static"]["runs"])]
+        ratio = {"min": min(pairs), "median": statistics.median(pairs), "max": max(pairs)}
+        same = all(open(x["output"], "rb").read() == open(y["output"], "rb").read()
+                   for x, y in zip(results["continuous"]["runs"], results["static"]["runs"]))
+    text = markdown(a, results, same, ratio)
+    print("\n" + text)
+    device = jax.devices()[0].device_kind.replace(" ", "_").lower()
+    stem = os.path.join(a.out, f"estep-{datetime.date.today().isoformat()}-{device}{'-smoke' if a.smoke else ''}")
+    os.makedirs(a.out, exist_ok=True)
+    with open(stem + ".json", "w") as f:
+        json.dump({"args": vars(a), "header": header(), "results": results, "continuous_over_static": ratio,
+                   "identical_datasets": same}, f, indent=2)
+    with open(stem + ".md", "w") as f:
+        f.write(text)
+    print(f"wrote {stem}.json and .md")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
 """Command line: `python -m bolt_jax.main --config configs/X.py [--config.key=value ...]`.
 
-Loads the config file (ml_collections config_flags), applies overrides, validates, prints the resolved config and
-runs `config.workflow`. `--list_workflows` lists what exists; `--dry_run` stops after validation.
+Loads the config file (ml_collections config_flags), applies overrides, validates (the settings, and that every
+file the workflow reads exists), prints the resolved config and runs `config.workflow`. `--list_workflows` lists
+what exists; `--dry_run` stops after validation. A user's mistake (a bad value, a missing input, an existing
+output, the synth budget reached) prints `error: ...` (at most two lines: what, and the fix) and exits with status
+2, before anything is built where it can be known then; a bug keeps its traceback (BOLT_TRACEBACK=1: always).
 """
 
 from __future__ import annotations
@@ -29,6 +32,26 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+def _message(e: BaseException) -> str:
+    """An exception's message without KeyError's quotes (one argument) or with OSError's file (several)."""
+    return str(e.args[0]) if len(e.args) == 1 else str(e)
+
+
+# Raised while a workflow runs, these are the user's to fix (an input that went missing, an output that exists, the
+# synth budget reached): printed as `error: ...` without a traceback. Anything else is a bug and keeps its traceback
+# (BOLT_TRACEBACK=1 shows one for these too).
+USER_ERRORS = (FileNotFoundError, FileExistsError)
+
+
+def _is_user_error(e: BaseException) -> bool:
+    if os.environ.get("BOLT_TRACEBACK"):
+        return False
+    api = sys.modules.get("bolt_jax.synth.api")  # loaded by the synth workflow, the only one that raises it
+    manifest = sys.modules.get("bolt_jax.workflows.manifest")  # a rerun under changed settings (bootstrap, demo)
+    return (isinstance(e, USER_ERRORS) or (api is not None and isinstance(e, api.BudgetExceeded))
+            or (manifest is not None and isinstance(e, manifest.StaleStageError)))
+
+
 def _config_arg(argv: list[str]) -> str | None:
     for i, arg in enumerate(argv):
         if arg.startswith("--config="):
@@ -40,28 +63,31 @@ def _config_arg(argv: list[str]) -> str | None:
 
 def _load_config_file(spec: str):
     path, _, arg = spec.partition(":")
-    if not os.path.exists(path):
-        _fail(f"config file {path!r} does not exist")
+    if not os.path.isfile(path):
+        _fail(f"config file {path!r} does not exist; pass --config configs/NAME.py (see configs/ and the README)")
     module_spec = importlib.util.spec_from_file_location("_bolt_config", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         _fail(f"config file {path} defines no get_config()")
-    return module.get_config(arg) if arg else module.get_config()
+    try:
+        return module.get_config(arg) if arg else module.get_config()
+    except ValueError as e:  # a bad `path.py:arg`
+        _fail(f"config file {spec}: {_message(e)}")
 
 
 def precheck_overrides(argv: list[str]) -> None:
-    """Unknown `--config.x` keys fail here with the list of existing keys (config_flags would raise a bare
-    AttributeError deep in absl)."""
+    """Before absl loads the config: a missing config file, or a bad `path.py:arg`, fails in one line (config_flags
+    would print a double traceback), and unknown `--config.x` keys with the list of existing keys (config_flags
+    would raise a bare AttributeError deep in absl)."""
     from bolt_jax.config import check_override_keys
     spec = _config_arg(argv)
     if spec is None:
         return
+    config = _load_config_file(spec)
     keys = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
-    if not keys:
-        return
     try:
-        check_override_keys(_load_config_file(spec), keys)
+        check_override_keys(config, keys)
     except KeyError as e:
         _fail(e.args[0])
 
@@ -93,17 +119,29 @@ def main(argv: list[str]) -> None:
         _fail(str(e))
     _setup_logging()
     try:
-        workflows.validate(config)
+        workflows.validate(config, check_files=True)
         distributed.check_processes_agree(config)
-    except (ValueError, KeyError, RuntimeError) as e:
-        _fail(str(e.args[0] if e.args else e))
+    except (ValueError, KeyError, RuntimeError, *USER_ERRORS) as e:
+        _fail(_message(e))
     import jax
     if jax.process_index() == 0:
         print("# resolved config")
         print(config)
     if _DRY_RUN.value:
         return
-    workflows.run(config)
+    run_workflow(config)
+
+
+def run_workflow(config):
+    """Runs `config.workflow`; the user's mistakes that only show while it runs (USER_ERRORS, the synth budget)
+    become `error: ...` and exit status 2, anything else keeps its traceback."""
+    from bolt_jax import workflows
+    try:
+        return workflows.run(config)
+    except Exception as e:  # noqa: BLE001 - re-raised unless it is the user's to fix
+        if not _is_user_error(e):
+            raise
+        _fail(_message(e))
 
 
 def run() -> None:

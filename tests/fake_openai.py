@@ -1,5 +1,5 @@
-"""A loopback HTTP server that speaks the endpoints synth uses (chat completions, files, batches) to the real
-`openai` client, with faults injected on demand, and counts of what it billed."""
+"""A loopback HTTP server that speaks the endpoints synth uses (chat completions, files, batches: create, retrieve
+and the paged list) to the real `openai` client, with faults injected on demand, and counts of what it billed."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from collections import Counter
 from email.parser import BytesParser
 from email.policy import default as email_policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
 
 
 class FakeOpenAI:
@@ -19,7 +20,11 @@ class FakeOpenAI:
         self.faults: list[dict] = []  # consumed by chat calls in order: {"status": 429, "retry_after": "0.2"} ...
         self.billed: Counter = Counter()  # successful completions per prompt hash (sync and batch)
         self.files: dict[str, dict] = {}
-        self.batches: dict[str, dict] = {}
+        self.batches: dict[str, dict] = {}  # in creation order; listed newest first, as the real API does
+        self.batch_requests: Counter = Counter()  # custom id -> batches created with it (each one is billed)
+        self.create_faults: list[dict] = []  # consumed by batches.create in order: {} none, {"status": 500}
+        # refused and nothing made, {"sleep": s} made (and billed) but answered s seconds late
+        self.list_calls = 0
         self.polls_to_complete = 1
         self.batch_fail_ids: set[str] = set()  # custom ids that fail once in a batch
         self.expire_next_batch = False
@@ -59,11 +64,21 @@ class FakeOpenAI:
                     fid = server._add_file(data, parts["purpose"].get_payload(decode=True).decode())
                     return self._send(200, server.files[fid]["meta"])
                 if self.path == "/v1/batches":
-                    return self._send(200, server._create_batch(json.loads(raw)))
+                    fault = server.create_faults.pop(0) if server.create_faults else None
+                    if fault and "status" in fault:  # refused before anything was made
+                        return self._send(fault["status"], {"error": {"message": f"injected {fault['status']}",
+                                                                      "type": "server_error"}})
+                    batch = server._create_batch(json.loads(raw))
+                    if fault and "sleep" in fault:
+                        time.sleep(fault["sleep"])  # made (and billed) but answered after the client's timeout
+                    return self._send(200, batch)
                 self._send(404, {"error": {"message": "not found"}})
 
             def do_GET(self):
-                parts = self.path.strip("/").split("/")
+                url = urlsplit(self.path)
+                parts = url.path.strip("/").split("/")
+                if parts == ["v1", "batches"]:
+                    return self._send(200, server._list_batches(parse_qs(url.query)))
                 if parts[:2] == ["v1", "files"] and len(parts) == 4 and parts[3] == "content":
                     return self._send(200, raw=server.files[parts[2]]["data"])
                 if parts[:2] == ["v1", "batches"] and len(parts) == 3:
@@ -123,9 +138,23 @@ class FakeOpenAI:
                              "status": "in_progress", "output_file_id": None, "error_file_id": None,
                              "created_at": int(time.time()), "request_counts": {"total": 0, "completed": 0,
                                                                                  "failed": 0},
-                             "_polls": 0, "_expire": self.expire_next_batch}
+                             "metadata": req.get("metadata"), "_polls": 0, "_expire": self.expire_next_batch}
         self.expire_next_batch = False
+        for line in self.files[req["input_file_id"]]["data"].decode().splitlines():
+            if line.strip():
+                self.batch_requests[json.loads(line)["custom_id"]] += 1
         return self._public(bid)
+
+    def _list_batches(self, query: dict) -> dict:
+        """GET /v1/batches?limit=&after=: newest first, `limit` (1..100, default 20) after the batch `after`."""
+        self.list_calls += 1
+        limit = max(1, min(100, int(query.get("limit", ["20"])[0])))
+        ids = list(reversed(self.batches))
+        after = query.get("after", [None])[0]
+        start = ids.index(after) + 1 if after in ids else 0
+        page = [self._public(bid) for bid in ids[start:start + limit]]
+        return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None, "has_more": start + limit < len(ids)}
 
     def _public(self, bid: str) -> dict:
         return {k: v for k, v in self.batches[bid].items() if not k.startswith("_")}

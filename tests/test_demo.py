@@ -60,6 +60,20 @@ def test_bootstrap_demo_runs_end_to_end_and_resumes(tmp_path):
     # a rerun skips every finished stage
     again = run(tmp_path, *args)
     assert again.returncode == 0 and "=== bootstrap stage" not in again.stdout
+    # a changed setting is refused before anything runs, naming it; with on_change=rerun the changed stage and
+    # everything after it run again, the stages before it are reused
+    changed = [a for a in args if "iteration_steps" not in a] + ["--config.bootstrap.iteration_steps=4"]
+    refused = run(tmp_path, *changed)
+    assert refused.returncode != 0 and "stage mstep_1" in refused.stderr and "train.steps: 3 -> 4" in refused.stderr
+    assert "=== bootstrap stage" not in refused.stdout
+    redone = run(tmp_path, *changed, "--config.bootstrap.on_change=rerun")
+    assert redone.returncode == 0, redone.stderr[-3000:]
+    ran = [line.split(": ")[1] for line in redone.stdout.splitlines() if line.startswith("=== bootstrap stage: ")]
+    # (raw_token_match reruns only if its computed step count changed)
+    assert ran[:3] == ["mstep_1", "estep_2", "mstep_2"] and "raw_flops_match" in ran and "base" not in ran
+    assert "warmstart" not in ran and "estep_1" not in ran and "fewshot_base" not in ran
+    assert (tmp_path / "runs" / "iter_1.stale-1").is_dir()  # the old M-step's run, kept aside, not continued
+    assert json.loads((tmp_path / "manifest.json").read_text())["mstep_1"]["outputs"]["steps"] == 4
 
 
 def test_compare_workflow_plots(tmp_path):

@@ -76,6 +76,52 @@ def default_data_config() -> ml_collections.ConfigDict:
     return c
 
 
+DATA_SOURCES = ("corpus", "synthetic", "sft")  # config.data.source: bolt_jax.train.batches.make_train_batches
+
+
+def _choice(key: str, value: Any, choices, default: str) -> None:
+    if value not in choices:
+        raise ValueError(f"config.{key}={value!r} is not one of {sorted(choices)}; set e.g. --config.{key}={default}")
+
+
+def _at_least(key: str, value: Any, low: float, example: Any, note: str = "") -> None:
+    import math
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < low:
+        raise ValueError(f"config.{key}={value!r} must be a finite number >= {low:g}{note}; "
+                         f"set e.g. --config.{key}={example}")
+
+
+def validate_data_config(config: ml_collections.ConfigDict) -> None:
+    """The data section's enumerations and numbers (ValueError naming the key), before a model is built: a
+    misspelt `packing`, `latent_type` or `source` fails here, not inside the pipeline after compilation. Paths
+    are checked by `bolt_jax.workflows.inputs` (the workflows that derive them set them at run time)."""
+    if "data" not in config:
+        return
+    data, defaults = config.data, default_data_config()
+    get = lambda k: data.get(k, defaults[k])  # noqa: E731
+    _choice("data.source", get("source"), DATA_SOURCES, defaults.source)
+    _at_least("data.seq_len", get("seq_len"), 2, defaults.seq_len)
+    if get("source") == "synthetic":
+        _at_least("data.synthetic_docs_per_row", data.get("synthetic_docs_per_row", 1), 1, 1)
+    if get("source") != "corpus":
+        return
+    _choice("data.packing", get("packing"), PACKING_MODES, defaults.packing)
+    for key in ("latent_type", "validation_latent_type"):  # "" = raw
+        _choice(f"data.{key}", get(key) or "raw", FORMATS, defaults[key])
+    ratio = get("mix_in_raw_ratio")
+    if not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:  # nan fails both comparisons
+        raise ValueError(f"config.data.mix_in_raw_ratio={ratio!r} must be a probability in [0, 1]; "
+                         f"set e.g. --config.data.mix_in_raw_ratio=0")
+    for key in ("text_weight", "thought_weight", "special_weight"):
+        _at_least(f"data.{key}", get(key), 0.0, defaults[key])
+    _at_least("data.global_batch_size", get("global_batch_size"), 0, 0, " (0 = config.train.global_batch_size)")
+    _at_least("data.prefetch_threads", get("prefetch_threads"), 0, 0, " (0 = no prefetching)")
+    epochs = get("num_epochs")
+    if epochs == 0 or epochs < -1:
+        raise ValueError(f"config.data.num_epochs={epochs!r} must be a positive number of passes or -1 (infinite); "
+                         f"set e.g. --config.data.num_epochs=-1")
+
+
 def _resolve(config: ml_collections.ConfigDict, split: str) -> dict[str, Any]:
     data = config.data if "data" in config else config
     defaults = default_data_config()

@@ -62,6 +62,36 @@ def default_prepare_config() -> ml_collections.ConfigDict:
     return c
 
 
+def check_output_dir(output_dir: str) -> None:
+    """FileExistsError (two lines: what, and the fix) when `output_dir` already holds a prepared dataset."""
+    if os.path.exists(os.path.join(output_dir, "manifest.json")):
+        raise FileExistsError(f"config.prepare.output_dir={output_dir!r} already holds a prepared dataset "
+                              f"(manifest.json)\nrerun with --config.prepare.overwrite=True to replace it, or choose "
+                              f"another --config.prepare.output_dir")
+
+
+def validate_prepare_config(config: ml_collections.ConfigDict) -> None:
+    """config.prepare before anything is read or written (ValueError naming the key): source and output_dir set,
+    the split slices and a toy source well formed, and output_dir not already a prepared dataset unless
+    overwrite=True (FileExistsError). Whether the source exists is checked by `bolt_jax.workflows.inputs`."""
+    p = config.prepare
+    for key in ("source", "output_dir"):
+        if not p[key]:
+            raise ValueError(f"config.prepare.{key} is not set; set --config.prepare.{key}=PATH")
+    for key in ("validation_slice", "warmstart_slice", "bootstrap_slice"):
+        try:
+            parse_split_slice(p[key])
+        except ValueError as e:
+            raise ValueError(f"config.prepare.{key}: {e}") from None
+    if p.source.startswith(("toy:", "toy_thoughts:")):
+        parts = p.source.split(":")
+        if len(parts) not in (2, 3) or not all(x.isdigit() for x in parts[1:]):
+            raise ValueError(f"config.prepare.source={p.source!r} is not a toy source; use toy:NUM_DOCS[:SEED] or "
+                             "toy_thoughts:NUM_DOCS[:SEED]")
+    if not p.overwrite:
+        check_output_dir(p.output_dir)
+
+
 def parse_split_slice(spec: str) -> tuple[int, int, int]:
     """Spec "start:end:step": record i belongs to the split when start <= i % step < end (the original's modular splits;
     not the E-step's job slice "i:n", `bolt_jax.estep.run.parse_slice`)."""
@@ -131,11 +161,14 @@ def prepare(*, source: str, output_dir: str, tokenizer_path: str = "", seed: int
     """Write the splits; returns the top-level manifest."""
     if not source or not output_dir:
         raise ValueError("prepare needs a source and an output_dir")
-    if os.path.exists(os.path.join(output_dir, "manifest.json")) and not overwrite:
-        raise FileExistsError(f"{output_dir} already holds a prepared dataset (manifest.json); set overwrite=True")
+    if not overwrite:
+        check_output_dir(output_dir)
+    toy = source.startswith(("toy:", "toy_thoughts:"))
+    # a real source is opened before output_dir is created, so a missing one leaves nothing behind
+    corpus = None if toy else open_corpus(source, strict=strict, tfds_data_dir=tfds_data_dir or None)
     os.makedirs(output_dir, exist_ok=True)
-    source_path = _toy_source(source, output_dir) if source.startswith(("toy:", "toy_thoughts:")) else source
-    corpus = open_corpus(source_path, strict=strict, tfds_data_dir=tfds_data_dir or None)
+    if toy:
+        corpus = open_corpus(_toy_source(source, output_dir), strict=strict)
     tokenizer = None
     if tokenizer_path:
         from bolt_jax.data.tokenizer import load_tokenizer

@@ -18,12 +18,20 @@ from bolt_jax.data.formats import EOL
 class Sample:
     tokens: list[int]  # generated tokens, without the stop token
     logq: float  # sum of log q over the generated tokens, including the stop token when it was generated
-    done: bool  # stopped at <EoL> (False: hit max_new_tokens)
+    done: bool  # stopped at <EoL> or EOS (False: hit max_new_tokens)
 
 
 class ModelBackend(Protocol):
     def sample(self, prompts: Sequence[Sequence[int]], *, n: int, seeds: Sequence[int]) -> list[list[Sample]]:
         """n samples per prompt; prompt i's randomness comes from seeds[i] alone."""
+
+    def decode_slots(self, requests: int) -> int:
+        """`estep.decode_slots`, or by default a quarter of a call's requests (at least 8): each slot then serves
+        about four thoughts in turn, so the long tail of one leaves few rows idle. A multiple of the mesh's batch."""
+        from bolt_jax import parallel
+        divisor = parallel.batch_divisor(self.mesh) if self.mesh is not None else 1
+        slots = self.e.get("decode_slots", 0) or max(8, requests // 4)
+        return -(-slots // divisor) * divisor
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """Per-token log p(token_j | tokens_<j) for j >= 1 (entry 0 unused)."""
@@ -33,6 +41,9 @@ class JaxBackend:
     def __init__(self, model, tokenizer, estep: ml_collections.ConfigDict, mesh=None):
         self.model, self.tokenizer, self.e, self.mesh = model, tokenizer, estep, mesh
         self.eol_id = tokenizer.special_ids[EOL]
+        # spec 8.4: a thought ends at <EoL> or at EOS; either stop token is dropped from the text (so the joint
+        # closes the thought with <EoL> as always) and its log q stays in the sum
+        self.stop_ids = [self.eol_id, tokenizer.eos_id]
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict):
@@ -57,14 +68,25 @@ class JaxBackend:
 
     def sample(self, prompts: Sequence[Sequence[int]], *, n: int, seeds: Sequence[int]) -> list[list[Sample]]:
         from bolt_jax.sampling import generate
+        scheduler = self.e.get("scheduler", "static")
         r = generate(self.model, prompts, n=n, max_new_tokens=self.e.max_new_tokens, temperature=self.e.temperature,
-                     top_k=self.e.top_k, top_p=self.e.top_p, stop_token_ids=[self.eol_id],
-                     max_prompt_len=self.e.max_prompt_len, prompt_seeds=seeds, mesh=self.mesh)
+                     top_k=self.e.top_k, top_p=self.e.top_p, stop_token_ids=self.stop_ids,
+                     max_prompt_len=self.e.max_prompt_len, prompt_seeds=seeds, mesh=self.mesh, scheduler=scheduler,
+                     decode_slots=self.decode_slots(len(prompts) * n) if scheduler == "continuous" else None)
+        self.last_stats = r.stats  # slots, decode steps, slot occupancy (bench/estep.py reads them)
         out = []
         for i in range(len(prompts)):
             out.append([Sample(tokens=r.tokens[i * n + j], logq=float(r.logq[i * n + j]), done=bool(r.done[i * n + j]))
                         for j in range(n)])
         return out
+
+    def decode_slots(self, requests: int) -> int:
+        """`estep.decode_slots`, or by default a quarter of a call's requests (at least 8): each slot then serves
+        about four thoughts in turn, so the long tail of one leaves few rows idle. A multiple of the mesh's batch."""
+        from bolt_jax import parallel
+        divisor = parallel.batch_divisor(self.mesh) if self.mesh is not None else 1
+        slots = self.e.get("decode_slots", 0) or max(8, requests // 4)
+        return -(-slots // divisor) * divisor
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
         from bolt_jax.sampling import score

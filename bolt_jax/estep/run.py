@@ -54,6 +54,11 @@ def default_estep_config() -> ml_collections.ConfigDict:
         "accounting": "original",  # original: the joint sum skips the <SoL> after the prefix; corrected: includes it
         "seed": 42,
         "chunks_per_batch": 64,  # chunks per sampler call and per result shard
+        # the sampler's scheduler (bolt_jax.sampling.schedulers): "continuous" keeps decode_slots rows busy, a
+        # finished thought's row taking the next waiting sample; "static" decodes each call as one batch until its
+        # longest thought ends. Same samples either way (so not part of the store's settings).
+        "scheduler": "continuous",
+        "decode_slots": 0,  # continuous: rows decoded together (0 = chunks_per_batch * num_samples / 4, at least 8)
         "slice": "0:1",  # i:n -> this job does slice i of n
         "limit_docs": 0,  # >0: only the first N documents (debugging)
         # chunking (spec 2.5, E-step row): Poisson chunks of sentences, prefix = previous 3 chunks

@@ -51,6 +51,9 @@ class GenerationResult:
     texts: list[str] | None = None
     num_truncated_prompts: int = 0
     prompt_lengths: list[int] = field(default_factory=list)
+    # scheduler, slots (rows decoded together), decode_steps, slot_occupancy (share of slot-steps that decoded a
+    # live request), prefills
+    stats: dict = field(default_factory=dict)
 
 
 def _bucket(n: int, minimum: int = 16) -> int:
@@ -251,11 +254,36 @@ def _generate_core(graphdef, params, prompt_BxP, pad_B, prompt_keys_Bx2, *, n: i
 
 
 # ---------------------------------------------------------------------------------------------- on the host
-def _check_args(n: int, max_new_tokens: int, stop_strings: Sequence[str], tokenizer) -> None:
+def _check_args(n: int, max_new_tokens: int, stop_strings: Sequence[str], tokenizer, *, temperature: float = 1.0,
+                top_k: int = 0, top_p: float = 1.0, greedy: bool = False, stop_token_ids: Sequence[int] = (),
+                banned_token_ids: Sequence[int] = (), vocab_size: int | None = None) -> None:
+    """Refuses arguments that would sample from something other than what was asked (one-line ValueErrors).
+
+    temperature=0 without greedy is refused: HF transformers refuses it when sampling (do_sample=True) and vLLM
+    quietly turns it into greedy decoding; here greedy decoding is asked for by name (greedy=True)."""
     if stop_strings and tokenizer is None:
         raise ValueError("stop_strings need a tokenizer (to decode the generated text)")
-    if n < 1 or max_new_tokens < 1:
-        raise ValueError(f"n={n} and max_new_tokens={max_new_tokens} must be >= 1")
+    if not n >= 1:
+        raise ValueError(f"n={n!r} must be >= 1")
+    if not max_new_tokens >= 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens!r} must be >= 1")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature={temperature!r} must be a finite number >= 0 (0 only with greedy=True)")
+    if temperature == 0 and not greedy:
+        raise ValueError("temperature=0 needs greedy=True; sampling needs temperature > 0 (HF refuses temperature=0 "
+                         "when sampling, vLLM silently decodes greedily)")
+    if not top_k >= 0:
+        raise ValueError(f"top_k={top_k!r} must be >= 0 (0 = off; vLLM's -1 is 0 here)")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p={top_p!r} must be in (0, 1] (1 = off); top_p=0 would mask every token")
+    if vocab_size is not None:
+        for name, ids in (("stop_token_ids", stop_token_ids), ("banned_token_ids", banned_token_ids)):
+            bad = sorted({int(i) for i in ids if not 0 <= int(i) < vocab_size})
+            if bad:
+                raise ValueError(f"{name} {bad[:8]} must be in [0, vocab_size={vocab_size})")
+        if len({int(i) for i in banned_token_ids}) >= vocab_size:
+            raise ValueError(f"banned_token_ids ban all {vocab_size} tokens of the vocabulary: at least one token "
+                             f"must stay allowed")
 
 
 def _truncate_prompts(cfg, prompts: Sequence[Sequence[int]], max_new_tokens: int,
@@ -343,13 +371,16 @@ def generate(model: Llama, prompts: Sequence[Sequence[int]], *, n: int = 1, max_
              banned_token_ids: Sequence[int] = (), max_prompt_len: int | None = None, seed: int = 0,
              prompt_seeds: Sequence[int] | None = None, mesh=None, tokenizer=None,
              batch_bucket: int = 8, max_cache_bytes: int | None = None) -> GenerationResult:
-    """Samples `n` continuations per prompt (token id lists). See the module docstring.
+    """Samples `n` continuations per prompt (token id lists) as one static batch. See the module docstring;
+    `bolt_jax.sampling.generate` chooses between this and the continuous engine.
 
     Randomness: prompt i uses key fold_in(PRNGKey(seed), i), or PRNGKey(prompt_seeds[i]) when given, so a prompt's
     samples can be made independent of which batch, slice or process it lands in."""
     if not prompts:
         return GenerationResult([], [], np.zeros(0), np.zeros(0, bool), np.zeros(0, int), [] if tokenizer else None)
-    _check_args(n, max_new_tokens, stop_strings, tokenizer)
+    _check_args(n, max_new_tokens, stop_strings, tokenizer, temperature=temperature, top_k=top_k, top_p=top_p,
+                greedy=greedy, stop_token_ids=stop_token_ids, banned_token_ids=banned_token_ids,
+                vocab_size=model.config.vocab_size)
     cfg = model.config
     prompts, truncated = _truncate_prompts(cfg, prompts, max_new_tokens, max_prompt_len)
     p_len = _bucket(max(len(p) for p in prompts))
@@ -366,8 +397,13 @@ def generate(model: Llama, prompts: Sequence[Sequence[int]], *, n: int = 1, max_
                              max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=int(top_k),
                              top_p=float(top_p), greedy=bool(greedy), stop_ids=tuple(int(i) for i in stop_token_ids),
                              banned_ids=tuple(sorted(int(i) for i in banned_token_ids)))
-    return _assemble(out, prompts, n=n, stop_token_ids=stop_token_ids, stop_strings=stop_strings,
-                     tokenizer=tokenizer, truncated=truncated)
+    result = _assemble(out, prompts, n=n, stop_token_ids=stop_token_ids, stop_strings=stop_strings,
+                       tokenizer=tokenizer, truncated=truncated)
+    steps = int(_to_host(out[3]).max()) - 1  # decode steps after the prefill's token
+    useful = int(_to_host(out[3])[:len(prompts) * n].sum()) - len(prompts) * n
+    result.stats = {"scheduler": "static", "slots": b * n, "decode_steps": steps,
+                    "slot_occupancy": useful / (steps * b * n) if steps > 0 else 1.0, "prefills": 1}
+    return result
 
 
 def cache_bytes(cfg, rows: int, time: int) -> int:

@@ -8,6 +8,9 @@
   `max_usd`; spending is then accounted from the API's own `usage` fields.
 - Batch mode keeps a ledger of submitted batches: after a crash, a restart polls the batches already in flight
   instead of submitting their requests again; failed or expired requests are resubmitted, up to `max_attempts`.
+  The ledger records each batch's intent (its uploaded input file and request ids) *before* the batch is created,
+  and every batch carries that file id in its metadata, so a kill or a timeout between `batches.create` and the
+  ledger write is resolved by looking the batch up (`batches.list`) instead of paying for it twice.
 """
 
 from __future__ import annotations
@@ -247,7 +250,12 @@ def _expected_output(r: Request, cfg: Mapping[str, Any]) -> float:
 
 # ------------------------------------------------------------------------------------------------ batch mode
 class Ledger:
-    """Submitted batches (JSONL, rewritten atomically): {batch_id, input_file_id, custom_ids, attempt, done}."""
+    """Batches, one JSON line each (rewritten atomically), keyed by their uploaded input file:
+    {input_file_id, custom_ids, attempt, estimate_usd, run, recorded_at, batch_id, done}.
+
+    An entry is written as an *intent* (`batch_id` None) after the upload and before `batches.create`; the batch id
+    is filled in once the batch exists. An intent without a batch id may or may not have been created (a kill or a
+    timeout in between), so a restart looks it up before creating it (`BatchJob.create`)."""
 
     def __init__(self, path: str):
         self.path = path
@@ -259,16 +267,22 @@ class Ledger:
         self.entries.append(entry)
         self._write()
 
-    def mark_done(self, batch_id: str) -> None:
-        for e in self.entries:
-            if e["batch_id"] == batch_id:
-                e["done"] = True
+    def _entry(self, input_file_id: str) -> dict[str, Any]:
+        return next(e for e in self.entries if e["input_file_id"] == input_file_id)
+
+    def record_batch(self, input_file_id: str, batch_id: str) -> None:
+        self._entry(input_file_id)["batch_id"] = batch_id
+        self._write()
+
+    def mark_done(self, input_file_id: str) -> None:
+        self._entry(input_file_id)["done"] = True
         self._write()
 
     def _write(self) -> None:
         atomic_write_text(self.path, "".join(json.dumps(e) + "\n" for e in self.entries))
 
     def in_flight(self) -> list[dict[str, Any]]:
+        """Entries not collected yet: intents (maybe created, maybe not) and batches submitted."""
         return [e for e in self.entries if not e.get("done")]
 
     def attempts(self, custom_id: str) -> int:
@@ -300,11 +314,14 @@ class BatchJob:
     1. Cache: a request with a good cached result is never sent again (nothing is paid twice).
     2. Resume: batches the ledger records as in flight were submitted (and will be billed) by an earlier, killed
        run; they are polled and collected instead of being submitted again. Their estimate is reserved again so
-       the cap still holds.
+       the cap still holds; an intent without a batch id is looked up first and created only if it does not exist.
     3. Submit: the missing requests are written as JSONL files (within the API's per-file request and byte limits),
        each uploaded with purpose "batch" and turned into a batch; each batch's estimate is reserved against the
-       budget *before* its upload (`BudgetExceeded` stops the run before that batch is paid for), and the batch
-       goes into the ledger at once so that a kill from here on resumes instead of paying again.
+       budget *before* its upload (`BudgetExceeded` stops the run before that batch is paid for). The upload goes
+       into the ledger as an intent *before* `batches.create`, the batch carries the input file id in its metadata,
+       and its id goes into the ledger as soon as it exists. A kill between the two, or a `batches.create` that
+       times out after the server made the batch, is resolved by looking the batch up by its input file
+       (`batches.list`) before creating it, so a batch is created (and billed) at most once per intent.
     4. Poll: a batch is only usable once it is completed, failed, expired or cancelled; polling backs off
        (x1.5 per poll, up to `poll_max_s`) so a 24 h window does not cost thousands of calls.
     5. Collect: the output file holds the lines that succeeded, the error file the lines that failed; an expired or
@@ -324,9 +341,10 @@ class BatchJob:
         self.prices, self.cfg, self.ledger, self.sleep = prices, cfg, ledger, sleep
         self.by_id = {r.custom_id: r for r in requests}
         self.results: dict[str, Result] = {}
-        self.reservations: dict[str, float] = {}  # batch id -> estimate reserved for it and not yet released
+        self.reservations: dict[str, float] = {}  # input file id -> estimate reserved, not yet released
         self.max_attempts = int(cfg.get("max_attempts", 3))
         self.poll_base, self.poll_cap = float(cfg.get("poll_interval_s", 30.0)), float(cfg.get("poll_max_s", 600.0))
+        self.run_key = hashlib.sha256("".join(sorted(r.key for r in requests)).encode()).hexdigest()[:16]
 
     def run(self) -> dict[str, Result]:
         """Every request's result (good, or an error once its attempts are used up), keyed by custom id."""
@@ -346,11 +364,17 @@ class BatchJob:
                 self.results[r.custom_id] = hit
 
     def resume(self) -> None:
-        """Collects the batches an earlier run submitted but never collected, instead of paying for them again."""
-        for entry in self.ledger.in_flight():
+        """Collects the batches an earlier run submitted but never collected, instead of paying for them again; an
+        intent it recorded without a batch id is looked up and created only if the server has no batch for it."""
+        entries = self.ledger.in_flight()
+        for entry in entries:
             estimate = entry.get("estimate_usd", 0.0)
-            self.budget.reserve(estimate, f"batch {entry['batch_id']} (in flight)")
-            self.reservations[entry["batch_id"]] = estimate
+            self.budget.reserve(estimate, f"batch {entry.get('batch_id') or entry['input_file_id']} (in flight)")
+            self.reservations[entry["input_file_id"]] = estimate
+        for entry in entries:
+            if not entry.get("batch_id"):
+                self.create(entry, look_first=True)
+        for entry in entries:
             self.collect(entry)
 
     def pending(self) -> list[Request]:
@@ -368,17 +392,58 @@ class BatchJob:
             self.submit(ids, payload, attempt)
 
     def submit(self, ids: list[str], payload: bytes, attempt: int) -> None:
-        """Reserves the estimate, uploads the JSONL file, creates the batch and records it in the ledger."""
+        """Reserves the estimate, uploads the JSONL file, records the intent in the ledger, then creates the batch."""
         est = sum(self.prices.cost(estimate_tokens(self.by_id[i].body["messages"]),
                                    _expected_output(self.by_id[i], self.cfg), True) for i in ids)
         self.budget.reserve(est, f"a batch of {len(ids)} requests")
         f = self.client.files.create(file=("requests.jsonl", io.BytesIO(payload)), purpose="batch")
-        b = self.client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h",
-                                       metadata={"description": f"bolt_jax synth attempt {attempt}"})
-        self.reservations[b.id] = est
-        self.ledger.add({"batch_id": b.id, "input_file_id": f.id, "custom_ids": ids, "attempt": attempt,
-                         "submitted_at": time.time(), "estimate_usd": est})
-        log.info("submitted batch %s (%d requests, ~$%.4f)", b.id, len(ids), est)
+        entry = {"batch_id": None, "input_file_id": f.id, "custom_ids": ids, "attempt": attempt, "run": self.run_key,
+                 "recorded_at": time.time(), "estimate_usd": est}
+        self.reservations[f.id] = est
+        self.ledger.add(entry)  # the intent: from here on a restart looks the batch up before creating it
+        self.create(entry, look_first=False)
+
+    def create(self, entry: dict[str, Any], look_first: bool) -> None:
+        """Creates the batch of a ledger intent at most once and records its id. Before every try but a fresh
+        intent's first, the batch is looked up by its input file: a killed run or a timed-out `batches.create` may
+        have made it already. 429, 5xx, timeouts and connection errors are retried with backoff, like requests."""
+        import openai
+        retryable = (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError)
+        tries = int(self.cfg.get("max_retries", 6))
+        base, cap = float(self.cfg.get("backoff_base_s", 1.0)), float(self.cfg.get("backoff_max_s", 60.0))
+        fid = entry["input_file_id"]
+        for attempt in range(tries + 1):
+            try:
+                b = self.find_batch(fid) if (look_first or attempt) else None
+                if b is not None:
+                    log.info("found batch %s already created for input file %s", b.id, fid)
+                else:
+                    b = self.client.batches.create(input_file_id=fid, endpoint="/v1/chat/completions",
+                                                   completion_window="24h", metadata=self.metadata(entry))
+                    log.info("submitted batch %s (%d requests, ~$%.4f)", b.id, len(entry["custom_ids"]),
+                             entry.get("estimate_usd", 0.0))
+                break
+            except retryable as e:
+                if attempt == tries:
+                    raise
+                wait = min(cap, base * 2 ** attempt) * (0.5 + random.random())
+                log.warning("batch for input file %s: %s; looking it up, then retry %d/%d in %.1fs", fid,
+                            type(e).__name__, attempt + 1, tries, wait)
+                self.sleep(wait)
+        self.ledger.record_batch(fid, b.id)
+
+    def metadata(self, entry: Mapping[str, Any]) -> dict[str, str]:
+        """The batch's tags: the run (a hash of this job's request keys) and the input file it was created for."""
+        return {"description": f"bolt_jax synth attempt {entry['attempt']}", "bolt_run": str(entry.get("run", "")),
+                "bolt_input_file": entry["input_file_id"]}
+
+    def find_batch(self, input_file_id: str) -> Any | None:
+        """A batch already created for this input file (in flight or finished), from every page of `batches.list`;
+        None if there is none. Matched by the batch's own `input_file_id` or by the `bolt_input_file` tag."""
+        for b in self.client.batches.list(limit=100):  # the client follows the `after` cursor page by page
+            if b.input_file_id == input_file_id or (b.metadata or {}).get("bolt_input_file") == input_file_id:
+                return b
+        return None
 
     def poll(self, batch_id: str) -> Any:
         """The batch once it has reached a terminal status, polling with a growing interval until then."""
@@ -400,8 +465,8 @@ class BatchJob:
         for cid in entry["custom_ids"]:
             if cid not in seen and cid in self.by_id and cid not in self.results:
                 self.results[cid] = Result(None, None, error=f"batch {b.status}: no output")
-        self.budget.settle(self.reservations.pop(entry["batch_id"], entry.get("estimate_usd", 0.0)), 0.0)
-        self.ledger.mark_done(entry["batch_id"])
+        self.budget.settle(self.reservations.pop(entry["input_file_id"], entry.get("estimate_usd", 0.0)), 0.0)
+        self.ledger.mark_done(entry["input_file_id"])
 
     def record_file(self, file_id: str, status: str) -> set[str]:
         """Records every line of a batch output or error file; returns the custom ids it had a line for."""

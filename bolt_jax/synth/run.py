@@ -22,6 +22,7 @@ from bolt_jax.runtime.atomic import atomic_write_text
 from bolt_jax.synth import prompts
 from bolt_jax.synth.api import (
     Budget,
+    BudgetExceeded,
     Ledger,
     Prices,
     Request,
@@ -75,6 +76,38 @@ def default_synth_config() -> ml_collections.ConfigDict:
 
 
 DEFAULT_MAX_TOKENS = {"latent_thoughts": 6000, "wrap_baseline": 5000, "wrap_cot": 8000}
+MODES = ("batch", "sync")
+
+# config.synth numbers: key -> (lowest allowed value, whether the lowest itself is allowed, a sensible value)
+_NUMBERS = {"max_usd": (0.0, True, 1.0), "temperature": (0.0, True, 0.7), "max_tokens": (0, True, 0),
+            "repeats": (1, True, 1), "timeout_s": (0.0, False, 600.0), "expected_output_tokens": (0, False, 800),
+            "price_input_per_m": (0.0, True, 0.0), "price_output_per_m": (0.0, True, 0.0), "limit_docs": (0, True, 0),
+            "concurrency": (1, True, 8), "max_retries": (0, True, 6), "backoff_base_s": (0.0, True, 1.0),
+            "backoff_max_s": (0.0, True, 60.0), "max_requests_per_batch": (1, True, 50000),
+            "max_batch_bytes": (1, True, 190 * 1024 * 1024), "max_attempts": (1, True, 3),
+            "poll_interval_s": (0.0, False, 30.0), "poll_max_s": (0.0, False, 600.0), "units_per_chunk": (2, True, 8),
+            "num_prefix_chunks": (0, True, 1)}
+
+
+def validate_synth_config(config: ml_collections.ConfigDict) -> None:
+    """config.synth's enumerations and numbers (ValueError naming the key, the value and the fix), before anything
+    is read or sent: a misspelt `mode` or `method`, a nan or negative `max_usd`, ... corpus_path and output_path
+    (set, and the corpus there) are checked by `bolt_jax.workflows.inputs`."""
+    import math
+    s = config.synth
+    if s.method not in prompts.METHODS:
+        raise ValueError(f"config.synth.method={s.method!r} is not one of {list(prompts.METHODS)}; "
+                         f"set e.g. --config.synth.method=latent_thoughts")
+    if s.mode not in MODES:
+        raise ValueError(f"config.synth.mode={s.mode!r} is not one of {list(MODES)}; set --config.synth.mode=batch "
+                         f"(half price, 24 h window) or --config.synth.mode=sync")
+    for key, (low, inclusive, example) in _NUMBERS.items():
+        value = s[key]
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not (ok and (value >= low if inclusive else value > low)):
+            raise ValueError(f"config.synth.{key}={value!r} must be a finite number {'>=' if inclusive else '>'} "
+                             f"{low}; set e.g. --config.synth.{key}={example}")
+    Prices(s.model, s)  # an unknown model without prices fails here (SynthError), not after reading the corpus
 
 
 def build_requests(records, s: ml_collections.ConfigDict) -> tuple[list[Request], dict[str, Any]]:
@@ -136,14 +169,47 @@ def run_synth(config: ml_collections.ConfigDict, client=None, sleep=None) -> dic
     budget.spent = sum(hit.cost_usd for r in requests if (hit := cache.get(r)) is not None and hit.ok)
     client = client if client is not None else make_client(s)
     sleep = sleep or time.sleep
-    if s.mode == "sync":
-        results = run_sync(requests, client, cache, budget, prices, s, sleep)
-    elif s.mode == "batch":
-        results = run_batch(requests, client, cache, budget, prices, s, Ledger(os.path.join(work, "ledger.jsonl")),
-                            sleep)
-    else:
-        raise ValueError(f"config.synth.mode={s.mode!r}; choose batch or sync")
+    try:
+        if s.mode == "sync":
+            results = run_sync(requests, client, cache, budget, prices, s, sleep)
+        elif s.mode == "batch":
+            results = run_batch(requests, client, cache, budget, prices, s,
+                                Ledger(os.path.join(work, "ledger.jsonl")), sleep)
+        else:
+            raise ValueError(f"config.synth.mode={s.mode!r}; choose batch or sync")
+    except BudgetExceeded as e:
+        raise budget_stop(requests, cache, budget, s, work, str(e), est["usd"]) from None
     return assemble(records, requests, where, results, s, budget)
+
+
+def partial_stats(requests, cache: RequestCache, budget: Budget) -> dict[str, Any]:
+    """What a run stopped by the budget has: the requests with a good cached result (a rerun reuses them), their
+    tokens and cost, and the budget's spent and in-flight dollars."""
+    stats = {"requests": len(requests), "done": 0, "tokens_in": 0, "tokens_out": 0, "cost_usd": 0.0,
+             "spent_usd": budget.spent, "in_flight_usd": budget.reserved, "max_usd": budget.max_usd}
+    for r in requests:
+        hit = cache.get(r)
+        if hit is not None and hit.ok:
+            stats["done"] += 1
+            stats["tokens_in"] += hit.prompt_tokens
+            stats["tokens_out"] += hit.completion_tokens
+            stats["cost_usd"] += hit.cost_usd
+    return stats
+
+
+def budget_stop(requests, cache: RequestCache, budget: Budget, s, work: str, reason: str,
+                estimate_usd: float) -> BudgetExceeded:
+    """Prints the partial statistics of a run stopped at `synth.max_usd` (stdout; nothing is written to
+    `output_path`) and returns the two-line error to raise: what happened, and how to continue."""
+    st = partial_stats(requests, cache, budget)
+    print(f"synth stopped at the budget: {st['done']:,} of {st['requests']:,} requests done "
+          f"(${st['cost_usd']:.4f}, {st['tokens_in']:,} tokens in, {st['tokens_out']:,} out); ${st['spent_usd']:.4f} "
+          f"spent, ${st['in_flight_usd']:.4f} in flight; finished results are cached in {work}; nothing written to "
+          f"{s.output_path}")
+    cap = max(estimate_usd * 1.2, st["spent_usd"] + st["in_flight_usd"] + 0.01)
+    return BudgetExceeded(f"config.synth.max_usd={budget.max_usd:g} stopped the run: {reason}\n"
+                          f"raise it (the whole run is estimated at ${estimate_usd:.4f}; e.g. "
+                          f"--config.synth.max_usd={cap:.2f}) and rerun: finished requests come from the cache, unpaid")
 
 
 def assemble(records, requests, where, results, s, budget: Budget) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import threading
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 _log = logging.getLogger(__name__)
@@ -80,6 +81,43 @@ class TrainCheckpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def finished_steps(directory: str) -> list[int]:
+    """The complete checkpoints in `directory` (none if it does not exist), read without opening a manager."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(ocp.utils.checkpoint_steps(directory))
+
+
+# What a run writes next to its checkpoints and that describes them: moved aside with them on a restart.
+RUN_OUTPUTS = ("config.json", "metrics.jsonl", "summary.json", "model", "tensorboard")
+
+
+def move_aside(run_dir: str, outputs: tuple[str, ...] = RUN_OUTPUTS) -> str:
+    """Renames `run_dir/checkpoints` to the first free `run_dir/checkpoints.stale-<n>` (n = 1, 2, ...) and moves the
+    run outputs that belong to those checkpoints (`outputs`, where present: the config they were written under, their
+    metrics, summary and exported model) into it, so that a fresh run starts clean. Nothing is deleted; the moved
+    directory still opens as a checkpoint directory. Returns its path. Process 0 moves; every process waits for it."""
+    run_dir = os.path.abspath(run_dir)
+
+    def stale(n: int) -> str:
+        return os.path.join(run_dir, f"checkpoints.stale-{n}")
+
+    n = 1
+    while os.path.exists(stale(n)):
+        n += 1
+    if jax.process_count() > 1:  # process 0's choice, for every process
+        from jax.experimental import multihost_utils
+        n = int(multihost_utils.broadcast_one_to_all(np.int32(n)))
+    if jax.process_index() == 0:
+        os.rename(os.path.join(run_dir, "checkpoints"), stale(n))
+        for name in outputs:
+            if os.path.exists(os.path.join(run_dir, name)):
+                os.rename(os.path.join(run_dir, name), os.path.join(stale(n), name))
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("bolt_jax.train.checkpointing.move_aside")
+    return stale(n)
 
 
 class PreemptionWatcher:

@@ -2,7 +2,9 @@
 
 Resume is automatic: if `run_dir/checkpoints` holds a complete checkpoint, the run continues from it (params,
 optimizer state, step, RNG and the data iterator's position), and the losses that follow equal those of an
-uninterrupted run.
+uninterrupted run. It continues only under the settings the checkpoints were written with (`resume_settings`;
+`train.on_change` says what to do otherwise), and only from finite values: a step whose loss, gradient or update is
+not finite stops the run before it is checkpointed, and a non-finite checkpoint is never resumed.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -25,21 +28,29 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from bolt_jax import parallel
-from bolt_jax.config import llama_config
+from bolt_jax.config import RUNTIME_OVERRIDES, llama_config
 from bolt_jax.model import Llama, LlamaConfig
 from bolt_jax.model.llama import pure_dict
 from bolt_jax.train import batches as batches_lib
-from bolt_jax.train.checkpointing import PreemptionWatcher, TrainCheckpointer
+from bolt_jax.train.checkpointing import PreemptionWatcher, TrainCheckpointer, finished_steps, move_aside
 from bolt_jax.train.metrics import MetricsWriter, device_peak_flops
 from bolt_jax.train.optim import lr_schedule, make_optimizer
-from bolt_jax.train.step import BATCH_KEYS, CATEGORIES, make_eval_step, make_train_step
+from bolt_jax.train.step import BATCH_KEYS, CATEGORIES, all_finite, make_eval_step, make_train_step
 
 _log = logging.getLogger("bolt_jax.train")
 KILL_AFTER_SAVE_ENV = "BOLT_TEST_SIGKILL_AFTER_STEP"  # test hook: SIGKILL self once this step's checkpoint is on disk
 
 
 class NonFiniteLossError(RuntimeError):
-    pass
+    """A step's loss, gradient or update was not finite: the run stops before that state is checkpointed."""
+
+
+class NonFiniteCheckpointError(NonFiniteLossError):
+    """The checkpoint a run would resume from holds non-finite values (written before updates were checked)."""
+
+
+class ChangedSettingsError(ValueError):
+    """The run_dir's checkpoints were written under other settings than this run's (see `resume_settings`)."""
 
 
 def default_train_config() -> ml_collections.ConfigDict:
@@ -59,6 +70,10 @@ def default_train_config() -> ml_collections.ConfigDict:
         # At the end, write the final params as a model checkpoint (run_dir/model: what the sampler, E-step,
         # evaluation and `convert orbax-to-hf` load).
         "export_model": True,
+        # A rerun into a run_dir whose checkpoints were written under other settings (see `resume_settings`):
+        # "refuse" (stop before compiling, naming the changed keys) or "restart" (move the old checkpoints and
+        # outputs aside to run_dir/checkpoints.stale-<n>, never deleting them, and start fresh).
+        "on_change": "refuse",
     })
 
 
@@ -83,6 +98,103 @@ def validate_train_config(config: ml_collections.ConfigDict) -> None:
                          f"devices; change config.train.global_batch_size/micro_batch_size or config.mesh")
     if t.steps <= 0 or t.save_every <= 0 or t.log_every <= 0:
         raise ValueError("config.train.steps, save_every and log_every must be positive")
+    on_change = t.get("on_change", "refuse")
+    if on_change not in ON_CHANGE:
+        raise ValueError(f"config.train.on_change={on_change!r}; choose one of {ON_CHANGE}")
+    if on_change == "refuse" and not config.get("dry_run", False):
+        reconcile_run_dir(config)  # raises ChangedSettingsError when resuming under other settings
+
+
+# --------------------------------------------------------------------------------------------------- resume
+ON_CHANGE = ("refuse", "restart")
+_RESUME_TRAIN_KEYS = ("global_batch_size", "init_checkpoint")
+_RESUME_IGNORED_DATA = ("prefetch_threads",)
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def resume_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The flat settings (`"model.hidden_size": 64`, ...) of a plain config dict (config.json) that determine what a
+    run computes, so a run may only resume checkpoints written under the same ones. They are:
+
+    - `model.*`, the architecture and parameter dtype (what the checkpoint's arrays are), except the runtime settings
+      of `bolt_jax.config.RUNTIME_OVERRIDES` (kernels, compute precision, remat, layer scan: how to compute, not what);
+    - `optim.*`, all of it (learning rate and schedule, betas, eps, weight decay, clipping): the update rule;
+    - `data.*`, the source, paths, format, sequence length, packing, loss weights, data seed and batch: which tokens
+      each step sees (except `prefetch_threads`, a speed setting that yields the same batches);
+    - `train.global_batch_size` and `train.init_checkpoint`: what one step averages over, where the run began;
+    - `seed`: the initialization and the synthetic data.
+
+    Left out, because they do not change what the remaining steps compute or may change between legs of one run:
+    `train.steps` (raising it continues a run; note that it also stretches the cosine schedule's tail), the cadence
+    and output keys (log/eval/save intervals, eval_batches, keep/async checkpoints, progress bar, export_model,
+    on_change), `train.micro_batch_size` and `loss_chunk_size` (accumulation and chunking give the same gradient up
+    to float rounding), the mesh and rules (layout only), `run_dir` and the other workflows' sections.
+    """
+    model = {k: v for k, v in _flatten(config.get("model", {}), "model.").items()
+             if k.split(".", 1)[1] not in RUNTIME_OVERRIDES}
+    data = {k: v for k, v in _flatten(config.get("data", {}), "data.").items()
+            if k.split(".", 1)[1] not in _RESUME_IGNORED_DATA}
+    train = config.get("train", {})
+    out = {**model, **_flatten(config.get("optim", {}), "optim."), **data}
+    out.update({f"train.{k}": train[k] for k in _RESUME_TRAIN_KEYS if k in train})
+    if "seed" in config:
+        out["seed"] = config["seed"]
+    return out
+
+
+def changed_settings(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """`"key: old -> new"` for each key whose value differs (NaN equals NaN; a key one side lacks is <unset>)."""
+    def same(a, b):
+        return a == b or json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    unset = "<unset>"
+    return [f"{k}: {old.get(k, unset)} -> {new.get(k, unset)}" for k in sorted(set(old) | set(new))
+            if not same(old.get(k, unset), new.get(k, unset))]
+
+
+def settings_changes(config: ml_collections.ConfigDict) -> list[str]:
+    """The resume settings that differ between `config` and the run_dir's config.json, when run_dir holds a
+    checkpoint to resume from; [] when it holds none (or no config.json to compare with: warned)."""
+    run_dir = os.path.abspath(config.run_dir)
+    if not finished_steps(os.path.join(run_dir, "checkpoints")):
+        return []
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(path):
+        _log.warning("%s holds checkpoints but no config.json: cannot check they were written under this run's "
+                     "settings", run_dir)
+        return []
+    with open(path) as f:
+        old = json.load(f)
+    return changed_settings(resume_settings(old), resume_settings(json.loads(config.to_json_best_effort())))
+
+
+def reconcile_run_dir(config: ml_collections.ConfigDict) -> str | None:
+    """Before anything is built: when run_dir's checkpoints were written under other resume settings, refuse with a
+    one-line ChangedSettingsError naming them (`train.on_change="refuse"`) or move the checkpoints and their outputs
+    aside (`"restart"`) and return where they went. None when there is nothing to do."""
+    changes = settings_changes(config)
+    if not changes:
+        return None
+    run_dir = os.path.abspath(config.run_dir)
+    latest = max(finished_steps(os.path.join(run_dir, "checkpoints")))
+    if config.train.get("on_change", "refuse") != "restart":
+        raise ChangedSettingsError(
+            f"{run_dir} holds checkpoints (up to step {latest}) written under other settings: {'; '.join(changes)}. "
+            f"Rerun with --config.train.on_change=restart to move them aside to {run_dir}/checkpoints.stale-<n> and "
+            f"start fresh, use another config.run_dir, or go back to the old settings (train.steps may change)")
+    dest = move_aside(run_dir)
+    if jax.process_index() == 0:
+        print(f"settings changed ({'; '.join(changes)}): moved the checkpoints (up to step {latest}) and outputs of "
+              f"the old run to {dest}; starting fresh")
+    return dest
 
 
 # --------------------------------------------------------------------------------------------------- state
@@ -264,6 +376,10 @@ class TrainProgress:
         self.losses: dict[int, float] = {}
         self.history: list[dict[str, Any]] = []
         self.pending: tuple[int, dict[str, jax.Array]] | None = None
+        self.checked_step = start  # the last step whose metrics passed the finite check
+        # the newest checkpoint known to hold finite values: the one resumed from (checked on restore), then each
+        # one saved after its step passed the check (StepHooks.save)
+        self.last_finite_checkpoint: int | None = ckpt.latest_step()
         self.bar = None
         if t.progress_bar and jax.process_index() == 0:
             from tqdm.auto import tqdm
@@ -287,15 +403,13 @@ class TrainProgress:
             self.record(step_done, metrics_on_device)
 
     def record(self, step_done: int, metrics_on_device: dict[str, jax.Array]) -> dict[str, float]:
-        """Checks one step's metrics for a non-finite loss, books the loss, advances the bar and logs every
-        `log_every` steps (and at the last step)."""
+        """Checks one step's metrics for a non-finite loss, gradient or update, books the loss, advances the bar and
+        logs every `log_every` steps (and at the last step)."""
         metrics = {k: float(v) for k, v in jax.device_get(metrics_on_device).items()}
+        update_finite = metrics.pop("update_finite", 1.0)
         if not metrics.pop("finite"):
-            raise NonFiniteLossError(
-                f"non-finite loss or gradient at step {step_done} (loss={metrics['loss']}, "
-                f"grad_norm={metrics['grad_norm']}); the update was not applied and no checkpoint was written "
-                f"after it. The last good checkpoint ({self._ckpt.latest_step()}) in {self._ckpt.directory} is "
-                f"intact. Lower config.optim.lr or check the data.")
+            raise NonFiniteLossError(self._nonfinite_message(step_done, metrics, bool(update_finite)))
+        self.checked_step = step_done
         self.losses[step_done] = metrics["loss"]
         if self.bar is not None:
             self.bar.update(1)
@@ -306,6 +420,21 @@ class TrainProgress:
         if step_done % self.log_every == 0 or step_done == self.total_steps:
             self._log(step_done, metrics, now)
         return metrics
+
+    def _nonfinite_message(self, step_done: int, metrics: dict[str, float], update_finite: bool) -> str:
+        """What was not finite at `step_done`, and which checkpoint really is the last finite one (if any)."""
+        loss, grad_norm = metrics["loss"], metrics["grad_norm"]
+        if math.isfinite(loss) and math.isfinite(grad_norm) and not update_finite:
+            what = (f"non-finite parameters or optimizer state after the update at step {step_done} (from a finite "
+                    f"loss={loss}, grad_norm={grad_norm})")
+            hint = "Check config.optim (lr, eps, schedule)."
+        else:
+            what = f"non-finite loss or gradient at step {step_done} (loss={loss}, grad_norm={grad_norm})"
+            hint = "Lower config.optim.lr or check the data."
+        last = self.last_finite_checkpoint
+        where = (f"The last finite checkpoint is step {last} in {self._ckpt.directory}" if last is not None else
+                 f"No checkpoint was written to {self._ckpt.directory}: a rerun starts from scratch")
+        return f"{what}; the update was not applied and no checkpoint was written after it. {where}. {hint}"
 
     def _log(self, step_done: int, metrics: dict[str, float], now: float) -> None:
         """Adds throughput since the last log (and MFU where the device's peak is known) and writes the record."""
@@ -351,9 +480,12 @@ class StepHooks:
             self.progress.record_validation(step_done, evaluate(self.setup, state["params"], self.config))
 
     def save(self, step_done: int, state: TrainState) -> None:
-        self.progress.flush()  # never checkpoint a state we have not checked
+        self.progress.flush()  # never checkpoint a state we have not checked: raises on a non-finite step
+        if self.progress.checked_step != step_done:
+            raise RuntimeError(f"internal: saving step {step_done} whose metrics were not checked")
         self.ckpt.save(step_done, state, self.source, meta={"config": json.loads(self.config.to_json_best_effort())},
                        force=True)
+        self.progress.last_finite_checkpoint = step_done
         if self.kill_after_step and step_done == self.kill_after_step:
             # Test hook: die the hard way once this checkpoint is on disk, to prove resume needs nothing else.
             self.ckpt.wait()
@@ -371,14 +503,21 @@ def _prepare_run_dir(config: ml_collections.ConfigDict) -> str:
 
 
 def _restore_or_init(setup: TrainSetup, ckpt: TrainCheckpointer, source: Any) -> TrainState:
-    """The latest complete checkpoint (which also rewinds `source`), or a fresh state when there is none."""
+    """The latest complete checkpoint (which also rewinds `source`), or a fresh state when there is none. A checkpoint
+    with non-finite values (only a version that did not check updates wrote them) is refused, not resumed."""
     latest = ckpt.latest_step()
     with setup.mesh_context():
-        if latest is not None:
-            state, _meta = ckpt.restore(latest, setup.abstract_state, source)
-            _log.info("resumed from %s step %d", ckpt.directory, latest)
-            return state
-        return setup.init_state()
+        if latest is None:
+            return setup.init_state()
+        state, _meta = ckpt.restore(latest, setup.abstract_state, source)
+        if not bool(jax.jit(all_finite)(state)):
+            earlier = [s for s in ckpt.all_steps() if s < latest]
+            raise NonFiniteCheckpointError(
+                f"checkpoint {latest} in {ckpt.directory} holds non-finite parameters or optimizer state, so it is "
+                f"not resumed; move its directory out of {ckpt.directory} to resume from "
+                f"{f'step {max(earlier)}' if earlier else 'scratch'}")
+        _log.info("resumed from %s step %d", ckpt.directory, latest)
+        return state
 
 
 def _run_steps(setup: TrainSetup, state: TrainState, source: Any, start: int, total_steps: int,
@@ -403,16 +542,21 @@ def _run_steps(setup: TrainSetup, state: TrainState, source: Any, start: int, to
 
 def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Runs (or resumes) training; returns a summary with the per-step losses."""
-    validate_train_config(config)
+    validate_train_config(config)  # refuses to resume under other settings (train.on_change="refuse")
     if config.get("dry_run", False):
         return dry_run(config)
+    reconcile_run_dir(config)  # train.on_change="restart": moves the old run aside
     setup = TrainSetup(config)
     t = config.train
     run_dir = _prepare_run_dir(config)
     ckpt = TrainCheckpointer(os.path.join(run_dir, "checkpoints"), max_to_keep=t.keep_checkpoints,
                              async_save=t.async_checkpoint)
     source = batches_lib.make_train_batches(config, setup.model_cfg.vocab_size, split="train")
-    state = _restore_or_init(setup, ckpt, source)
+    try:
+        state = _restore_or_init(setup, ckpt, source)
+    except BaseException:
+        ckpt.close()
+        raise
     start = int(jax.device_get(state["step"]))
     writer = MetricsWriter(run_dir)
     progress = TrainProgress(config, setup, ckpt, writer, start)
@@ -431,15 +575,19 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def export_model(config: ml_collections.ConfigDict, setup: TrainSetup, state, run_dir: str) -> str:
-    """The trained params as a model checkpoint (bolt_jax.model.artifact), with the run's tokenizer."""
+    """The trained params as a model checkpoint (bolt_jax.model.artifact), with the run's tokenizer. One exported at
+    an earlier step (a run continued with a larger train.steps) is replaced."""
     from bolt_jax.model import artifact as model_ckpt
     out = os.path.join(run_dir, "model")
-    if model_ckpt.is_complete(out):
-        return out
+    exists = model_ckpt.is_complete(out)
+    if exists:
+        with open(os.path.join(out, model_ckpt.MARKER)) as f:
+            if json.load(f).get("provenance", {}).get("step") == config.train.steps:
+                return out
     tokenizer_dir = config.data.get("tokenizer_path", "") or None
     if tokenizer_dir is None and config.train.init_checkpoint:
         tokenizer_dir = model_ckpt.tokenizer_path(config.train.init_checkpoint)
-    model_ckpt.save_model(out, state["params"], setup.model_cfg, tokenizer_dir=tokenizer_dir,
+    model_ckpt.save_model(out, state["params"], setup.model_cfg, tokenizer_dir=tokenizer_dir, overwrite=exists,
                           provenance={"run_dir": run_dir, "step": config.train.steps})
     return out
 

@@ -64,3 +64,41 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Gr
     parts.append(optax.adamw(lr_schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                              weight_decay=cfg.weight_decay, mask=mask))
     return optax.chain(*parts)
+
+
+def check_number(key: str, value: Any, *, low: float, high: float = math.inf, low_open: bool = False,
+                  high_open: bool = False, fix: str = "") -> None:
+    """ValueError naming `config.<key>`, its value and the fix unless `value` is a finite number in the range."""
+    lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        where = f"a finite number in {lo}{low:g}, {high:g}{hi}" if math.isfinite(high) else \
+            f"a finite number {'>' if low_open else '>='} {low:g}"
+        raise ValueError(f"config.{key}={value!r} must be {where}; set e.g. --config.{key}={fix}")
+
+
+def validate_optim_config(config: ml_collections.ConfigDict) -> None:
+    """The optimizer's numbers (config.optim), before anything is built: a nan, infinite or negative learning rate
+    (a negative one would train uphill without an error), betas outside [0, 1), eps <= 0, ... raise ValueError."""
+    if "optim" not in config:
+        return
+    o, d = config.optim, default_optim_config()
+    get = lambda k: o.get(k, d[k])  # noqa: E731
+    check_number("optim.lr", get("lr"), low=0.0, low_open=True, fix=f"{d.lr:g}")
+    warmup = get("warmup_steps")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"config.optim.warmup_steps={warmup!r} must be a whole number >= 0 (0 = no warmup); "
+                         f"set e.g. --config.optim.warmup_steps={d.warmup_steps}")
+    check_number("optim.lr_min_ratio", get("lr_min_ratio"), low=0.0, high=1.0, fix=f"{d.lr_min_ratio:g}")
+    check_number("optim.b1", get("b1"), low=0.0, high=1.0, high_open=True, fix=f"{d.b1:g}")
+    check_number("optim.b2", get("b2"), low=0.0, high=1.0, high_open=True, fix=f"{d.b2:g}")
+    check_number("optim.eps", get("eps"), low=0.0, low_open=True, fix=f"{d.eps:g}")
+    check_number("optim.weight_decay", get("weight_decay"), low=0.0, fix=f"{d.weight_decay:g}")
+    clip = get("clip_grad_norm")
+    if not (isinstance(clip, (int, float)) and math.isfinite(clip)):
+        raise ValueError(f"config.optim.clip_grad_norm={clip!r} must be a finite number (<= 0 disables clipping); "
+                         f"set e.g. --config.optim.clip_grad_norm={d.clip_grad_norm:g}")
+    if not isinstance(get("decay_norms_and_embeddings"), bool):
+        raise ValueError(f"config.optim.decay_norms_and_embeddings={get('decay_norms_and_embeddings')!r} must be "
+                         "True or False")

@@ -4,6 +4,11 @@ The loss is the token-weighted mean of the next-token NLL over the whole global 
 micro-batches gives exactly the gradient of one batch A times larger (the original divides each micro-batch's mean
 by A, which differs when micro-batches hold different numbers of target tokens). The head and log-softmax run in
 sequence chunks under remat, so the full fp32 logits of a batch never sit in memory at once.
+
+A step is applied only when it is finite throughout: the loss and gradient norm (computed from the parameters before
+the update) and the updated parameters and optimizer state themselves (a finite gradient can still give a
+non-finite update, e.g. optim.eps=0 with a zero gradient, or a NaN learning rate). Otherwise the state is left as it
+was, and the loop stops on the step's `finite` flag before any checkpoint of it is written.
 """
 
 from __future__ import annotations
@@ -78,9 +83,18 @@ def split_micro_batches(batch: dict[str, jax.Array], accum_steps: int) -> dict[s
     return {k: split(v) for k, v in batch.items()}
 
 
+def all_finite(tree: Any) -> jax.Array:
+    """One on-device flag: every floating-point leaf of `tree` is finite (integer leaves, e.g. Adam's count, are
+    skipped). A reduction per leaf and one over the leaves: cheap next to the update itself."""
+    flags = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.stack(flags).all() if flags else jnp.array(True)
+
+
 def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: Callable, *, accum_steps: int,
                     loss_chunk_size: int, document_mask: bool = True):
-    """Returns step(state, batch) -> (state, metrics); state = {params, opt_state, step, rng}."""
+    """Returns step(state, batch) -> (state, metrics); state = {params, opt_state, step, rng}. metrics["finite"]:
+    the step was applied (loss, gradient norm, updated params and optimizer state all finite); "update_finite": the
+    updated params and optimizer state alone."""
 
     def loss_fn(params, micro):
         model = nnx.merge(graphdef, params)
@@ -111,7 +125,9 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: Callab
         grad_norm = optax.tree.norm(grads)
         updates, new_opt_state = tx.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        # The update is checked as well as its inputs: a finite loss and gradient can still give NaN parameters.
+        update_finite = all_finite((new_params, new_opt_state))
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & update_finite
         # A non-finite step changes nothing: the loop stops on it and the last good state stays intact.
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
         new_state = {
@@ -121,7 +137,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: Callab
             "rng": jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])),
         }
         metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state["step"]), "finite": finite,
-                   "target_tokens": sums["weight"]}
+                   "update_finite": update_finite, "target_tokens": sums["weight"]}
         for c in CATEGORIES:
             count = sums[f"count_{c}"]
             metrics[f"loss_{c}"] = jnp.where(count > 0, sums[f"nll_{c}"] / jnp.maximum(count, 1.0), jnp.nan)

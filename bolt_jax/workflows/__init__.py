@@ -39,8 +39,10 @@ def register(name: str, validate: Callable[[ml_collections.ConfigDict], None] | 
     return decorate
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
-    """The workflow name, the sections every workflow uses, then the workflow's own settings (ValueError)."""
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, *, check_files: bool = False) -> None:
+    """The workflow name, the sections every workflow uses, then the workflow's own settings (ValueError); with
+    `check_files` (the command line, `--dry_run` included) also that every file and directory the workflow reads
+    exists (`bolt_jax.workflows.inputs.check_inputs`: FileNotFoundError naming the key)."""
     from bolt_jax.config import validate_common
     if config.workflow not in WORKFLOWS:
         raise ValueError(f"config.workflow={config.workflow!r} is not a workflow; available: {sorted(WORKFLOWS)}")
@@ -49,6 +51,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     own = WORKFLOWS[config.workflow].validate
     if own is not None:
         own(config)
+    if check_files:
+        from bolt_jax.workflows.inputs import check_inputs
+        check_inputs(config)
 
 
 def _validate_schedulers(config: ml_collections.ConfigDict) -> None:
@@ -71,8 +76,53 @@ def run(config: ml_collections.ConfigDict) -> Any:
 
 
 def _validate_train(config: ml_collections.ConfigDict) -> None:
+    """The trainer's settings, the optimizer's numbers and the data section's enumerations (every workflow that
+    trains: train, the demos, compare, bootstrap, finetune_eval)."""
+    from bolt_jax.data.pipeline import validate_data_config
     from bolt_jax.train.loop import validate_train_config
+    from bolt_jax.train.optim import validate_optim_config
     validate_train_config(config)
+    validate_optim_config(config)
+    validate_data_config(config)
+
+
+def _validate_finetune(config: ml_collections.ConfigDict) -> None:
+    """_validate_train, and the finetune settings the trainer is derived from (its learning rate above all)."""
+    from bolt_jax.train.optim import check_number
+    from bolt_jax.workflows.finetune import default_finetune_config
+    _validate_train(config)
+    f, d = config.finetune, default_finetune_config()
+    if f.benchmark not in ("gsm8k", "math"):
+        raise ValueError(f"config.finetune.benchmark={f.benchmark!r} is not one of ['gsm8k', 'math']; "
+                         "set --config.finetune.benchmark=gsm8k")
+    check_number("finetune.lr", f.lr, low=0.0, low_open=True, fix=f"{d.lr:g}")
+    for key in ("epochs", "batch_size", "max_len", "num_samples", "max_new_tokens"):
+        check_number(f"finetune.{key}", f[key], low=1, fix=str(d[key]))
+    try:
+        seeds = [int(x) for x in str(f.seeds).split(",") if x.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds:
+        raise ValueError(f"config.finetune.seeds={f.seeds!r} must be comma-separated integers; "
+                         f"set e.g. --config.finetune.seeds={d.seeds}")
+
+
+def _validate_synth(config: ml_collections.ConfigDict) -> None:
+    from bolt_jax.synth.run import validate_synth_config
+    validate_synth_config(config)
+
+
+def _validate_prepare(config: ml_collections.ConfigDict) -> None:
+    from bolt_jax.data.prepare import validate_prepare_config
+    validate_prepare_config(config)
+
+
+def _validate_eval(config: ml_collections.ConfigDict) -> None:
+    """The variant names (a misspelt one would fail after the model is loaded)."""
+    from bolt_jax.eval.prompts import VARIANTS
+    for name in (v.strip() for v in config.eval.variants.split(",") if v.strip()):
+        if name not in VARIANTS:
+            raise ValueError(f"config.eval.variants: unknown {name!r}; choose from {sorted(VARIANTS)}")
 
 
 @register("model_summary")
@@ -126,28 +176,28 @@ def bootstrap(config: ml_collections.ConfigDict):
     return run_bootstrap(config)
 
 
-@register("synth")
+@register("synth", _validate_synth)
 def synth(config: ml_collections.ConfigDict):
     """Thoughts (or WRAP paraphrases) from an API model: estimate, budget cap, cache, sync or Batch API."""
     from bolt_jax.synth.run import run_synth
     return run_synth(config)
 
 
-@register("eval")
+@register("eval", _validate_eval)
 def evaluate(config: ml_collections.ConfigDict):
     """Few-shot GSM8K/MATH (plain and latent variants) and validation NLL of config.eval.checkpoint."""
     from bolt_jax.eval.run import run_eval
     return run_eval(config)
 
 
-@register("prepare")
+@register("prepare", _validate_prepare)
 def prepare(config: ml_collections.ConfigDict):
     """Write the validation / warmstart / bootstrap splits of a corpus with manifests (config.prepare)."""
     from bolt_jax.data.prepare import run_prepare
     return run_prepare(config)
 
 
-@register("finetune_eval", _validate_train)
+@register("finetune_eval", _validate_finetune)
 def finetune_eval(config: ml_collections.ConfigDict):
     """Finetune-based evaluation: SFT on completions from a checkpoint, then sampled accuracy over seeds."""
     from bolt_jax.workflows.finetune import run_finetune_eval

@@ -17,8 +17,6 @@ import glob
 import json
 import logging
 import os
-import time
-from collections.abc import Callable
 from typing import Any
 
 import ml_collections
@@ -26,6 +24,7 @@ import numpy as np
 
 from bolt_jax.config import derive
 from bolt_jax.runtime.atomic import atomic_write_text
+from bolt_jax.workflows.manifest import Manifest, run_stage, stage_settings
 
 log = logging.getLogger("bolt_jax.workflows.bootstrap")
 
@@ -51,31 +50,18 @@ def default_bootstrap_config() -> ml_collections.ConfigDict:
         # a finished bootstrap run whose base and warmstart stages (and their evaluations) this run reuses instead
         # of training them again (the K sweep: one warmstart, EM with several K); "" = none
         "shared_stages_from": "",
+        # a finished stage whose settings differ from this run's: "refuse" (stop before doing anything, naming the
+        # changed keys) or "rerun" (redo it and every stage after it); see bolt_jax.workflows.manifest
+        "on_change": "refuse",
     })
 
 
 SHARED_STAGES = ("base", "warmstart", "fewshot_base", "fewshot_warmstart", "elbo_warmstart", "nll_base")
 
 
-# ------------------------------------------------------------------------------------------------ manifest
-class Manifest:
-    def __init__(self, run_dir: str):
-        self.path = os.path.join(run_dir, "manifest.json")
-        self.stages: dict[str, Any] = json.load(open(self.path)) if os.path.exists(self.path) else {}
-
-    def done(self, name: str) -> bool:
-        return self.stages.get(name, {}).get("status") == "done"
-
-    def record(self, name: str, outputs: dict[str, Any], seconds: float) -> None:
-        self.stages[name] = {"status": "done", "outputs": outputs, "seconds": seconds, "finished": time.time()}
-        atomic_write_text(self.path, json.dumps(self.stages, indent=2, default=str))
-
-    def outputs(self, name: str) -> dict[str, Any]:
-        return self.stages[name]["outputs"]
-
-
 def reuse_shared_stages(manifest: Manifest, source_dir: str) -> None:
-    """Copy the finished base and warmstart stages of another run into this manifest (they are then skipped)."""
+    """Copy the finished base and warmstart stages of another run into this manifest (they are then skipped when
+    their settings match this run's, as any finished stage)."""
     source = Manifest(os.path.abspath(source_dir))
     missing = [n for n in ("base", "warmstart") if not source.done(n)]
     if missing:
@@ -83,17 +69,24 @@ def reuse_shared_stages(manifest: Manifest, source_dir: str) -> None:
     for name in SHARED_STAGES:
         if source.done(name) and not manifest.done(name):
             manifest.stages[name] = dict(source.stages[name], shared_from=os.path.abspath(source_dir))
-    atomic_write_text(manifest.path, json.dumps(manifest.stages, indent=2, default=str))
+    manifest.save()
 
 
-def run_stage(manifest: Manifest, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    if manifest.done(name):
-        log.info("stage %s: done before, skipped", name)
-        return manifest.outputs(name)
-    print(f"\n=== bootstrap stage: {name}")
-    t0 = time.perf_counter()
-    out = fn()
-    manifest.record(name, out, time.perf_counter() - t0)
+TRAIN_SECTIONS = ("model", "optim", "data", "train", "seed")
+ESTEP_SECTIONS = ("model", "estep", "seed")
+
+
+def eval_settings(config, upstream: dict[str, str]) -> dict[str, Any]:
+    """What an evaluation of one model depends on: the model (its stage key), the validation text, the sampling
+    and chunking settings (not num_samples: the ELBO uses bootstrap.elbo_samples), the evaluation sizes."""
+    out = {k: v for k, v in stage_settings(config, ("estep", "seed"), upstream).items()
+           if k not in ("estep.num_samples", "estep.elbo_samples", "estep.checkpoint", "estep.corpus_path")}
+    b = config.bootstrap
+    out.update({"bootstrap.toy": b.toy, "bootstrap.toy_eval_problems": b.get("toy_eval_problems", 0),
+                "bootstrap.elbo_samples": b.elbo_samples, "bootstrap.elbo_docs": b.elbo_docs,
+                "data.validation_path": config.data.validation_path})
+    if os.path.isfile(config.data.validation_path):
+        out["data.validation_path:size"] = os.path.getsize(config.data.validation_path)
     return out
 
 
@@ -107,21 +100,25 @@ def _train_config(config, name: str, *, data_path: str, latent_type: str, steps:
     return derive(config, changes)
 
 
-def train_stage(config, name: str, **kw) -> dict[str, Any]:
+def train_stage(c) -> dict[str, Any]:
+    """Trains one model with the stage's config (`_train_config`)."""
     from bolt_jax.train.loop import train
-    c = _train_config(config, name, **kw)
     summary = train(c)
     return {"model_dir": summary["model_dir"], "run_dir": c.run_dir, "final_loss": summary["final_loss"],
-            "val_loss": summary["val_loss"], "tokens": kw["steps"] * c.train.global_batch_size * c.data.seq_len,
-            "steps": kw["steps"], "tokens_per_s": summary["tokens_per_s"]}
+            "val_loss": summary["val_loss"], "tokens": c.train.steps * c.train.global_batch_size * c.data.seq_len,
+            "steps": c.train.steps, "tokens_per_s": summary["tokens_per_s"]}
 
 
-def estep_stage(config, iteration: int, model_dir: str) -> dict[str, Any]:
+def _estep_config(config, iteration: int, model_dir: str):
+    return derive(config, {"estep.checkpoint": model_dir, "estep.corpus_path": config.bootstrap.bootstrap_path,
+                           "estep.iteration": iteration, "estep.run_name": "bootstrap",
+                           "estep.store_dir": os.path.join(config.run_dir, "estep_store"),
+                           "estep.output_path": os.path.join(config.run_dir, "data", f"iter_{iteration}.jsonl")})
+
+
+def estep_stage(config, c, iteration: int) -> dict[str, Any]:
+    """E-step `iteration` with the stage's config (`_estep_config`); toy corpus: the thoughts' correctness too."""
     from bolt_jax.estep.run import run_estep
-    c = derive(config, {"estep.checkpoint": model_dir, "estep.corpus_path": config.bootstrap.bootstrap_path,
-                        "estep.iteration": iteration, "estep.run_name": "bootstrap",
-                        "estep.store_dir": os.path.join(config.run_dir, "estep_store"),
-                        "estep.output_path": os.path.join(config.run_dir, "data", f"iter_{iteration}.jsonl")})
     result = run_estep(c)
     if "output_path" not in result:
         raise RuntimeError(f"E-step {iteration} did not finish every slice (estep.slice={c.estep.slice}); run the "
@@ -195,35 +192,55 @@ def count_tokens(path: str, tokenizer_path: str, latent_type: str, limit: int = 
 
 # ------------------------------------------------------------------------------------------------ driver
 def run_bootstrap(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Base (or a given checkpoint), warmstart, the EM iterations, the raw baselines, evaluations, the report.
+    Every stage is keyed by its settings (`bolt_jax.workflows.manifest`): a rerun skips what is current, and a
+    change is refused or redone with everything after it (`bootstrap.on_change`)."""
     b = config.bootstrap
     run_dir = os.path.abspath(config.run_dir)
     os.makedirs(run_dir, exist_ok=True)
-    manifest = Manifest(run_dir)
+    manifest = Manifest(run_dir, b.get("on_change", "refuse"))
     if b.get("shared_stages_from"):
         reuse_shared_stages(manifest, b.shared_stages_from)
     models: dict[str, dict[str, Any]] = {}
+    keys: dict[str, str] = {}
+
+    def train(name: str, stage: str, upstream: dict[str, str], **kw) -> dict[str, Any]:
+        c = _train_config(config, name, **kw)
+        models[name], keys[name] = run_stage(manifest, stage, stage_settings(c, TRAIN_SECTIONS, upstream),
+                                             lambda: train_stage(c), work_dirs=[c.run_dir])
+        return models[name]
 
     base = b.base_checkpoint
     if not base:
         if not b.pretrain_path or b.pretrain_steps <= 0:
             raise ValueError("config.bootstrap.base_checkpoint is empty: give a converted model "
                              "(python -m convert hf-to-orbax) or pretrain_path + pretrain_steps for a toy base")
-        models["base"] = run_stage(manifest, "base", lambda: train_stage(
-            config, "base", data_path=b.pretrain_path, latent_type="raw", steps=b.pretrain_steps, init=""))
-        base = models["base"]["model_dir"]
-
-    models["warmstart"] = run_stage(manifest, "warmstart", lambda: train_stage(
-        config, "warmstart", data_path=b.warmstart_path, latent_type="random", steps=b.warmstart_steps, init=base))
+        base = train("base", "base", {}, data_path=b.pretrain_path, latent_type="raw", steps=b.pretrain_steps,
+                     init="")["model_dir"]
+    from_base = {"base": keys["base"]} if "base" in keys else {}
+    previous = train("warmstart", "warmstart", from_base, data_path=b.warmstart_path, latent_type="random",
+                     steps=b.warmstart_steps, init=base)
+    last = "warmstart"
     esteps: dict[int, dict[str, Any]] = {}
-    previous = models["warmstart"]["model_dir"]
     for i in range(1, b.iterations + 1):
-        prev = previous
-        esteps[i] = run_stage(manifest, f"estep_{i}", lambda: estep_stage(config, i, prev))
-        data = esteps[i]["output_path"]
-        models[f"iter_{i}"] = run_stage(manifest, f"mstep_{i}", lambda: train_stage(
-            config, f"iter_{i}", data_path=data, latent_type="random", steps=b.iteration_steps, init=base))
-        previous = models[f"iter_{i}"]["model_dir"]
+        c = _estep_config(config, i, previous["model_dir"])
+        esteps[i], keys[f"estep_{i}"] = run_stage(manifest, f"estep_{i}",
+                                                  stage_settings(c, ESTEP_SECTIONS, {last: keys[last]}),
+                                                  lambda c=c, i=i: estep_stage(config, c, i),
+                                                  work_dirs=[os.path.join(c.estep.store_dir, "bootstrap", f"iter_{i}")])
+        previous = train(f"iter_{i}", f"mstep_{i}", {**from_base, f"estep_{i}": keys[f"estep_{i}"]},
+                         data_path=esteps[i]["output_path"], latent_type="random", steps=b.iteration_steps,
+                         init=base)
+        last = f"iter_{i}"
+    _train_baselines(config, esteps, base, from_base, train)
+    evaluations = evaluate_models(config, manifest, models, keys)
+    return write_report(config, run_dir, manifest, models, esteps, evaluations)
 
+
+def _train_baselines(config, esteps, base: str, from_base: dict[str, str], train) -> None:
+    """Raw token-match (as many passes over the raw corpus as the last M-step made over its data) and raw
+    FLOP-match (the M-step's steps), both from the base model."""
+    b = config.bootstrap
     baselines = [x.strip() for x in b.baselines.split(",") if x.strip()]
     if "raw_token_match" in baselines:
         steps = b.raw_token_match_steps
@@ -232,15 +249,11 @@ def run_bootstrap(config: ml_collections.ConfigDict) -> dict[str, Any]:
                 if b.iterations else count_tokens(b.warmstart_path, config.data.tokenizer_path, "random")
             raw = count_tokens(b.bootstrap_path, config.data.tokenizer_path, "raw")
             steps = max(1, round(b.iteration_steps * raw / aug))
-        models["raw_token_match"] = run_stage(manifest, "raw_token_match", lambda: train_stage(
-            config, "raw_token_match", data_path=b.bootstrap_path, latent_type="raw", steps=steps, init=base))
+        train("raw_token_match", "raw_token_match", from_base, data_path=b.bootstrap_path, latent_type="raw",
+              steps=steps, init=base)
     if "raw_flops_match" in baselines:
-        steps = b.raw_flops_match_steps or b.iteration_steps
-        models["raw_flops_match"] = run_stage(manifest, "raw_flops_match", lambda: train_stage(
-            config, "raw_flops_match", data_path=b.bootstrap_path, latent_type="raw", steps=steps, init=base))
-
-    evaluations = evaluate_models(config, manifest, models)
-    return write_report(config, run_dir, manifest, models, esteps, evaluations)
+        train("raw_flops_match", "raw_flops_match", from_base, data_path=b.bootstrap_path, latent_type="raw",
+              steps=b.raw_flops_match_steps or b.iteration_steps, init=base)
 
 
 def is_thought_model(name: str) -> bool:
@@ -248,7 +261,8 @@ def is_thought_model(name: str) -> bool:
     return name == "warmstart" or name.startswith("iter_")
 
 
-def evaluate_models(config, manifest: Manifest, models: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def evaluate_models(config, manifest: Manifest, models: dict[str, dict[str, Any]],
+                    keys: dict[str, str]) -> dict[str, dict[str, Any]]:
     """Per model, on the validation documents: -ELBO_K per token (thought models; toy: with the posterior
     diagnostics) or NLL per token (raw models), over the same text tokens; toy: held-out
     accuracy (zero-shot, in the training format)."""
@@ -257,14 +271,19 @@ def evaluate_models(config, manifest: Manifest, models: dict[str, dict[str, Any]
     if not config.data.validation_path:
         return out
     for name, m in models.items():
+        settings = eval_settings(config, {name: keys[name]})
+        thought = is_thought_model(name)
         if b.toy and b.get("toy_eval_problems", 0) > 0:
-            out[name]["fewshot"] = run_stage(manifest, f"fewshot_{name}", lambda: toy_fewshot_stage(
-                config, m["model_dir"], latent=is_thought_model(name)))
-        if is_thought_model(name) and b.elbo_samples > 0:
+            out[name]["fewshot"], _ = run_stage(manifest, f"fewshot_{name}", settings, lambda m=m, t=thought:
+                                                toy_fewshot_stage(config, m["model_dir"], latent=t))
+        if thought and b.elbo_samples > 0:
             fn = toy_posterior_stage if b.toy else elbo_stage
-            out[name]["elbo"] = run_stage(manifest, f"elbo_{name}", lambda: fn(config, name, m["model_dir"]))
-        elif not is_thought_model(name) and b.elbo_samples > 0:
-            out[name]["nll"] = run_stage(manifest, f"nll_{name}", lambda: nll_stage(config, m["model_dir"]))
+            out[name]["elbo"], _ = run_stage(manifest, f"elbo_{name}", settings,
+                                             lambda fn=fn, n=name, m=m: fn(config, n, m["model_dir"]),
+                                             work_dirs=[os.path.join(config.run_dir, "elbo_store", f"elbo_{name}")])
+        elif not thought and b.elbo_samples > 0:
+            out[name]["nll"], _ = run_stage(manifest, f"nll_{name}", settings,
+                                            lambda m=m: nll_stage(config, m["model_dir"]))
     return out
 
 
