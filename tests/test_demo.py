@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import repo_root
 
 TINY = ["--config.train.progress_bar=False", "--config.train.log_every=2", "--config.train.eval_every=2",
@@ -18,13 +20,16 @@ def run(tmp_path, *args):
                           cwd=repo_root(), env=env, capture_output=True, text=True, timeout=900)
 
 
+SMALL = ["--config.bootstrap.pretrain_steps=4", "--config.bootstrap.warmstart_steps=4",
+         "--config.bootstrap.iteration_steps=3", "--config.bootstrap.iterations=2",
+         "--config.bootstrap.elbo_docs=2", "--config.estep.num_samples=2", "--config.estep.max_new_tokens=6",
+         "--config.demo.num_pretrain_docs=60", "--config.demo.num_warmstart_docs=30",
+         "--config.demo.num_bootstrap_docs=6", "--config.demo.num_validation_docs=8",
+         "--config.bootstrap.toy_eval_problems=4"]
+
+
 def test_bootstrap_demo_runs_end_to_end_and_resumes(tmp_path):
-    args = ["--config.bootstrap.pretrain_steps=4", "--config.bootstrap.warmstart_steps=4",
-            "--config.bootstrap.iteration_steps=3", "--config.bootstrap.iterations=2",
-            "--config.bootstrap.elbo_docs=2", "--config.estep.num_samples=2", "--config.estep.max_new_tokens=6",
-            "--config.demo.num_pretrain_docs=60", "--config.demo.num_warmstart_docs=30",
-            "--config.demo.num_bootstrap_docs=6", "--config.demo.num_validation_docs=8",
-            "--config.bootstrap.toy_eval_problems=4"]
+    args = SMALL
     r = run(tmp_path, *args)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "BoLT bootstrap summary" in r.stdout and "E-step 2: sample correct" in r.stdout
@@ -60,8 +65,22 @@ def test_bootstrap_demo_runs_end_to_end_and_resumes(tmp_path):
     # a rerun skips every finished stage
     again = run(tmp_path, *args)
     assert again.returncode == 0 and "=== bootstrap stage" not in again.stdout
-    # a changed setting is refused before anything runs, naming it; with on_change=rerun the changed stage and
-    # everything after it run again, the stages before it are reused
+
+
+def test_compare_workflow_plots(tmp_path):
+    r = run(tmp_path, "--config.workflow=compare", "--config.train.steps=4", "--config.demo.num_train_docs=100",
+            "--config.demo.num_validation_docs=10")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "val loss (raw)" in r.stdout
+    assert (tmp_path / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_a_changed_setting_is_refused_or_redone_downstream(tmp_path):
+    """A finished demo rerun with another iteration_steps: refused before anything runs, naming the key; with
+    on_change=rerun the changed stage and everything after it run again, the stages before it are reused."""
+    args = SMALL
+    assert run(tmp_path, *args).returncode == 0
     changed = [a for a in args if "iteration_steps" not in a] + ["--config.bootstrap.iteration_steps=4"]
     refused = run(tmp_path, *changed)
     assert refused.returncode != 0 and "stage mstep_1" in refused.stderr and "train.steps: 3 -> 4" in refused.stderr
@@ -76,9 +95,3 @@ def test_bootstrap_demo_runs_end_to_end_and_resumes(tmp_path):
     assert json.loads((tmp_path / "manifest.json").read_text())["mstep_1"]["outputs"]["steps"] == 4
 
 
-def test_compare_workflow_plots(tmp_path):
-    r = run(tmp_path, "--config.workflow=compare", "--config.train.steps=4", "--config.demo.num_train_docs=100",
-            "--config.demo.num_validation_docs=10")
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "val loss (raw)" in r.stdout
-    assert (tmp_path / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"

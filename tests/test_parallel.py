@@ -131,7 +131,10 @@ def test_custom_call_kernels_run_per_shard_on_a_mesh(impl):
     assert "shard_map" in jaxpr
     ref = lambda q, k, v: xla_attention(q, k, v, q_segment_ids_BxS=seg, kv_segment_ids_BxT=seg)  # noqa: E731
     want = jax.value_and_grad(loss(ref), argnums=(0, 1, 2))(q, k, v)
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    # the loss is a float32 sum over every output element (about 222 here): compare it relatively; jax 0.12.1's CPU
+    # reductions round it 8e-7 apart from the reference
+    np.testing.assert_allclose(np.asarray(got[0]), np.asarray(want[0]), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(got[1]), jax.tree.leaves(want[1])):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=5e-5)
 
 

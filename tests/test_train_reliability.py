@@ -57,7 +57,9 @@ def _nonfinite_leaves(state) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ non-finite updates
-@pytest.mark.parametrize("case", ["huge_lr_after_one_step", "huge_lr_at_once", "eps0_zero_grad"])
+@pytest.mark.parametrize("case", ["huge_lr_after_one_step",  # the other two: make test-slow (suite time)
+                                  pytest.param("huge_lr_at_once", marks=pytest.mark.slow),
+                                  pytest.param("eps0_zero_grad", marks=pytest.mark.slow)])
 def test_nonfinite_update_after_finite_loss_is_never_checkpointed(tmp_path, case):
     c = _tiny(tmp_path, steps=6, save_every=1)
     if case.startswith("huge_lr"):
