@@ -50,7 +50,10 @@ def get_config():
     c.estep = default_estep_config()
     # a toy document is a question paragraph and an answer paragraph: one chunk per paragraph
     c.estep.update(num_samples=4, max_new_tokens=32, max_prompt_len=256, max_tokens=512, split_mode="paragraph",
-                   random_chunking=False, units_per_chunk=1, chunks_per_batch=128)
+                   random_chunking=False, units_per_chunk=1, chunks_per_batch=128,
+                   # toy thoughts are at most 32 tokens and nearly equally long: one static batch per call wastes
+                   # little, and the demo's 10-minute budget was measured with it (the E-step default is continuous)
+                   scheduler="static")
     c.demo = ml_collections.ConfigDict({"num_train_docs": 4000, "num_validation_docs": 200,  # compare
                                         "num_pretrain_docs": 3000, "num_warmstart_docs": 200,
                                         "num_bootstrap_docs": 800, "data_dir": ""})
