@@ -25,14 +25,6 @@ class ModelBackend(Protocol):
     def sample(self, prompts: Sequence[Sequence[int]], *, n: int, seeds: Sequence[int]) -> list[list[Sample]]:
         """n samples per prompt; prompt i's randomness comes from seeds[i] alone."""
 
-    def decode_slots(self, requests: int) -> int:
-        """`estep.decode_slots`, or by default a quarter of a call's requests (at least 8): each slot then serves
-        about four thoughts in turn, so the long tail of one leaves few rows idle. A multiple of the mesh's batch."""
-        from bolt_jax import parallel
-        divisor = parallel.batch_divisor(self.mesh) if self.mesh is not None else 1
-        slots = self.e.get("decode_slots", 0) or max(8, requests // 4)
-        return -(-slots // divisor) * divisor
-
     def score(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """Per-token log p(token_j | tokens_<j) for j >= 1 (entry 0 unused)."""
 
@@ -83,10 +75,8 @@ class JaxBackend:
     def decode_slots(self, requests: int) -> int:
         """`estep.decode_slots`, or by default a quarter of a call's requests (at least 8): each slot then serves
         about four thoughts in turn, so the long tail of one leaves few rows idle. A multiple of the mesh's batch."""
-        from bolt_jax import parallel
-        divisor = parallel.batch_divisor(self.mesh) if self.mesh is not None else 1
-        slots = self.e.get("decode_slots", 0) or max(8, requests // 4)
-        return -(-slots // divisor) * divisor
+        from bolt_jax.sampling.engine import round_to_batch
+        return round_to_batch(self.e.get("decode_slots", 0) or max(8, requests // 4), self.mesh)
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
         from bolt_jax.sampling import score

@@ -327,8 +327,8 @@ class ContinuousEngine:
         """Finished slots hand their request's tokens to `results` and become free; stop strings end requests."""
         live = _to_host(state.live_S)
         busy = [i for i, o in enumerate(owner) if o is not None]
-        if not busy:
-            return state
+        if not busy or (stop_check is None and all(live[i] for i in busy)):
+            return state  # nothing to hand back: the [slots, max_new_tokens] buffers stay on the device
         t = _to_host(state.t_S)
         tokens, logq = _to_host(state.out_tokens_SxN), _to_host(state.out_logq_SxN)
         stop_set = set(self.s.stop_ids)
@@ -347,11 +347,15 @@ class ContinuousEngine:
         return state
 
 
+def round_to_batch(rows: int, mesh) -> int:
+    """`rows` rounded up to a multiple of the devices the mesh splits the batch over."""
+    divisor = parallel.batch_divisor(mesh) if mesh is not None else 1
+    return -(-rows // divisor) * divisor
+
+
 def default_slots(num_requests: int, mesh) -> int:
     """Decode slots when none are given: every request at once up to 256, a multiple of the mesh's batch axes."""
-    divisor = parallel.batch_divisor(mesh) if mesh is not None else 1
-    want = min(max(num_requests, 1), 256)
-    return -(-want // divisor) * divisor
+    return round_to_batch(min(max(num_requests, 1), 256), mesh)
 
 
 def generate_continuous(model: Llama, prompts: Sequence[Sequence[int]], *, n: int, max_new_tokens: int,
@@ -367,7 +371,7 @@ def generate_continuous(model: Llama, prompts: Sequence[Sequence[int]], *, n: in
     divisor = parallel.batch_divisor(mesh) if mesh is not None else 1
     if slots < 1 or slots % divisor:
         raise ValueError(f"decode_slots={slots} must be a positive multiple of the mesh's batch devices ({divisor})")
-    group = -(-max(1, min(len(prompts), slots // n)) // divisor) * divisor
+    group = round_to_batch(max(1, min(len(prompts), slots // n)), mesh)
     settings = Settings(slots=slots, prompt_len=_bucket(max(len(p) for p in prompts)), max_new_tokens=max_new_tokens,
                         temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), greedy=bool(greedy),
                         stop_ids=tuple(int(i) for i in stop_token_ids),

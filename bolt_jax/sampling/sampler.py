@@ -399,8 +399,9 @@ def generate(model: Llama, prompts: Sequence[Sequence[int]], *, n: int = 1, max_
                              banned_ids=tuple(sorted(int(i) for i in banned_token_ids)))
     result = _assemble(out, prompts, n=n, stop_token_ids=stop_token_ids, stop_strings=stop_strings,
                        tokenizer=tokenizer, truncated=truncated)
-    steps = int(_to_host(out[3]).max()) - 1  # decode steps after the prefill's token
-    useful = int(_to_host(out[3])[:len(prompts) * n].sum()) - len(prompts) * n
+    lengths = _to_host(out[3])
+    steps = int(lengths.max()) - 1  # decode steps after the prefill's token
+    useful = int(lengths[:len(prompts) * n].sum()) - len(prompts) * n
     result.stats = {"scheduler": "static", "slots": b * n, "decode_steps": steps,
                     "slot_occupancy": useful / (steps * b * n) if steps > 0 else 1.0, "prefills": 1}
     return result
