@@ -2,7 +2,7 @@
 
     python bench/estep.py                                  # TinyLlama shapes (random weights), vocab 32004, K=4
     python bench/estep.py --smoke                          # a tiny model on CPU, the same long-tailed workload
-    python bench/estep.py --scheduler static,continuous --repeats 5 --decode_slots 64
+    python bench/estep.py --scheduler static,continuous --overlap off,on --repeats 5 --decode_slots 64
 
 The workload is the bootstrap's: K=4 posterior samples per chunk, prompts up to 1024 tokens, up to 1024 new tokens,
 the TinyLlama vocabulary with the four BoLT tokens (32004), joints scored up to 2048 tokens. Random weights do not
@@ -12,10 +12,13 @@ thought (the backend's stop list), so each step ends the thought with probabilit
 geometric with mean about `--mean_len` (300), capped at `--new` (1024). The transformer body keeps its random weights,
 so every step costs what a real model's does.
 
-Each scheduler runs the same E-step once to compile every shape, then `--repeats` times; printed and written to
-bench/results/estep-<date>-<device>.{json,md}: chunks/s, sampled tokens/s (min / median / max over the repeats),
-useful slot occupancy (slot-steps that decoded a live request), and the split of wall time into sampling, scoring
-and host work. The merged datasets of the two schedulers are compared byte for byte.
+Each scheduler, with the E-step's scoring overlapped with sampling or not (`estep.overlap`: batch b scored and
+written in a worker thread while batch b+1 is sampled), runs the same E-step once to compile every shape, then
+`--repeats` times; printed and written to bench/results/estep-<date>-<device>.{json,md}: chunks/s, sampled tokens/s
+(min / median / max over the repeats), useful slot occupancy (slot-steps that decoded a live request), and the
+seconds of each phase (sampling, building joints, scoring, weighing, writing) as shares of the wall time: with
+overlap they add up to more than 100%, the excess being the overlapped time. The merged datasets of all variants
+are compared byte for byte.
 """
 
 from __future__ import annotations
@@ -35,22 +38,23 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = 32004  # TinyLlama's 32000 + the four BoLT tokens
 
 
-class TimedBackend:
-    """Wraps the E-step's backend: seconds spent sampling and scoring, and the sampler's slot statistics."""
+PHASES = ("sample", "joints", "score", "weigh", "write")  # bolt_jax.estep.run's phase clock
+
+
+class CountingBackend:
+    """Wraps the E-step's backend: sampled tokens and the sampler's slot statistics (the E-step's own phase clock
+    times the phases)."""
 
     def __init__(self, inner):
         self.inner = inner
         self.reset()
 
     def reset(self) -> None:
-        self.sample_s = self.score_s = 0.0
         self.slot_steps = self.useful = 0.0
         self.tokens = 0
 
     def sample(self, prompts, *, n, seeds):
-        t0 = time.perf_counter()
         out = self.inner.sample(prompts, n=n, seeds=seeds)
-        self.sample_s += time.perf_counter() - t0
         self.tokens += sum(len(x.tokens) + x.done for row in out for x in row)  # the stop token was sampled too
         stats = self.inner.last_stats
         steps = stats["decode_steps"] * stats["slots"]
@@ -59,10 +63,7 @@ class TimedBackend:
         return out
 
     def score(self, sequences):
-        t0 = time.perf_counter()
-        out = self.inner.score(sequences)
-        self.score_s += time.perf_counter() - t0
-        return out
+        return self.inner.score(sequences)
 
 
 def word_tokenizer(out_dir: str) -> str:
@@ -120,13 +121,14 @@ def build(a, work: str):
     return c
 
 
-def run_scheduler(a, c, scheduler: str, backend, tokenizer, model_id) -> dict:
+def run_variant(a, c, scheduler: str, overlap: str, backend, tokenizer, model_id) -> dict:
     from bolt_jax.estep.run import run_estep
     rows = []
     for r in range(a.repeats + 1):  # run 0 compiles every shape
         cfg = c.copy_and_resolve_references()
-        cfg.estep.update(scheduler=scheduler, run_name=f"{scheduler}_{r}",
-                         output_path=os.path.join(c.run_dir, f"{scheduler}_{r}.jsonl"))
+        name = f"{scheduler}_{overlap}_{r}"
+        cfg.estep.update(scheduler=scheduler, overlap=overlap, run_name=name,
+                         output_path=os.path.join(c.run_dir, f"{name}.jsonl"))
         backend.inner.e = cfg.estep
         backend.reset()
         t0 = time.perf_counter()
@@ -135,9 +137,10 @@ def run_scheduler(a, c, scheduler: str, backend, tokenizer, model_id) -> dict:
         row = {"seconds": total, "chunks": result["chunks"], "chunks_per_s": result["chunks"] / total,
                "sampled_tokens": backend.tokens, "sampled_tokens_per_s": backend.tokens / total,
                "occupancy": backend.useful / backend.slot_steps if backend.slot_steps else 0.0,
-               "sampling": backend.sample_s / total, "scoring": backend.score_s / total,
-               "host": 1 - (backend.sample_s + backend.score_s) / total, "output": cfg.estep.output_path}
-        print(f"  {scheduler} run {r}{' (compile)' if r == 0 else ''}: {row['sampled_tokens_per_s']:,.0f} sampled "
+               **{phase: sec / total for phase, sec in result["phase_seconds"].items()},
+               "output": cfg.estep.output_path}
+        print(f"  {scheduler}, overlap {overlap}, run {r}{' (compile)' if r == 0 else ''}: "
+              f"{row['sampled_tokens_per_s']:,.0f} sampled "
               f"tok/s, {row['chunks_per_s']:.2f} chunks/s, occupancy {row['occupancy']:.0%}", flush=True)
         if r:
             rows.append(row)
@@ -146,31 +149,48 @@ def run_scheduler(a, c, scheduler: str, backend, tokenizer, model_id) -> dict:
 
 def summarise(rows: list[dict]) -> dict:
     out: dict = {"runs": rows}
-    for key in ("chunks_per_s", "sampled_tokens_per_s", "occupancy", "sampling", "scoring", "host"):
+    for key in ("chunks_per_s", "sampled_tokens_per_s", "occupancy", *PHASES):
         values = [r[key] for r in rows]
         out[key] = {"min": min(values), "median": statistics.median(values), "max": max(values)}
     out["sampled_tokens"] = rows[0]["sampled_tokens"]
     return out
 
 
-def markdown(a, results: dict, same: bool | None, ratio: dict | None) -> str:
+def ratios(results: dict) -> dict:
+    """Side-by-side ratios of sampled tokens/s, run i against run i: continuous over static (same overlap setting),
+    overlap on over off (same scheduler), and the best variant over the static, unoverlapped baseline."""
+    def ratio(x: str, y: str) -> dict | None:
+        if x not in results or y not in results:
+            return None
+        pairs = [p["sampled_tokens_per_s"] / q["sampled_tokens_per_s"]
+                 for p, q in zip(results[x]["runs"], results[y]["runs"])]
+        return {"min": min(pairs), "median": statistics.median(pairs), "max": max(pairs)}
+    out = {f"continuous / static, overlap {o}": ratio(f"continuous, {o}", f"static, {o}") for o in ("off", "on")}
+    out.update({f"overlap on / off, {s}": ratio(f"{s}, on", f"{s}, off") for s in ("static", "continuous")})
+    out["continuous + overlap / static without"] = ratio("continuous, on", "static, off")
+    return {k: v for k, v in out.items() if v}
+
+
+def markdown(a, results: dict, same: bool | None, ratio: dict) -> str:
     lines = [f"# E-step throughput, {a.preset}, vocab {VOCAB}, K={a.k}, prompts <= {a.prompt_len}, new <= {a.new} "
              f"(geometric lengths, mean ~{a.mean_len})", "", header(), "",
              "min / median / max over the repeats (after one compiling run). Occupancy: share of slot-steps that "
-             "decoded a live request. Phases: share of E-step wall time.", "",
-             "| scheduler | sampled tokens/s | chunks/s | occupancy | sampling | scoring | host |",
-             "|---|---|---|---|---|---|---|"]
+             "decoded a live request. Phases: seconds per phase as a share of E-step wall time (median); with overlap "
+             "they sum to more than 100%.", "",
+             "| scheduler, overlap | sampled tokens/s | chunks/s | occupancy | " + " | ".join(PHASES) + " | sum |",
+             "|---" * (5 + len(PHASES)) + "|"]
     for name, r in results.items():
         def mmm(key, fmt):
             return " / ".join(format(r[key][k], fmt) for k in ("min", "median", "max"))
         lines.append(f"| {name} | {mmm('sampled_tokens_per_s', ',.0f')} | {mmm('chunks_per_s', '.2f')} | "
-                     f"{mmm('occupancy', '.0%')} | {r['sampling']['median']:.0%} | {r['scoring']['median']:.0%} | "
-                     f"{r['host']['median']:.0%} |")
-    if ratio:
-        lines += ["", f"continuous / static, sampled tokens/s (run i against run i): min {ratio['min']:.2f}x, "
-                      f"median {ratio['median']:.2f}x, max {ratio['max']:.2f}x"]
+                     f"{mmm('occupancy', '.0%')} | "
+                     + " | ".join(f"{r[p]['median']:.0%}" for p in PHASES)
+                     + f" | {sum(r[p]['median'] for p in PHASES):.0%} |")
+    for label, q in ratio.items():
+        lines += ["", f"{label}, sampled tokens/s (run i against run i): min {q['min']:.2f}x, "
+                      f"median {q['median']:.2f}x, max {q['max']:.2f}x"]
     if same is not None:
-        lines += ["", f"merged datasets identical under both schedulers: {same}"]
+        lines += ["", f"merged datasets identical under every variant: {same}"]
     return "\n".join(lines) + "\n"
 
 
@@ -185,6 +205,7 @@ def main() -> None:
     p.add_argument("--chunks_per_batch", type=int, default=384)  # 1536 thoughts per sampler call
     p.add_argument("--decode_slots", type=int, default=192)  # each slot serves about 8 thoughts in turn
     p.add_argument("--scheduler", default="static,continuous")
+    p.add_argument("--overlap", default="off,on", help="estep.overlap values to run (each with every scheduler)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--smoke", action="store_true", help="tiny model on CPU: 12 documents (36 chunks), 16 slots")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
@@ -200,24 +221,21 @@ def main() -> None:
     backend, tokenizer, model_id = JaxBackend.from_config(c)
     extra = max(0, round(VOCAB / a.mean_len) - 2)
     backend.stop_ids = backend.stop_ids + list(range(1000, 1000 + extra))  # ids of words w997.. (see docstring)
-    timed = TimedBackend(backend)
+    counting = CountingBackend(backend)
     results = {}
     for scheduler in a.scheduler.split(","):
-        results[scheduler] = run_scheduler(a, c, scheduler, timed, tokenizer, model_id)
-    ratio = same = None
-    if {"static", "continuous"} <= set(results):
-        pairs = [x["sampled_tokens_per_s"] / y["sampled_tokens_per_s"]
-                 for x, y in zip(results["continuous"]["runs"], results["static"]["runs"])]
-        ratio = {"min": min(pairs), "median": statistics.median(pairs), "max": max(pairs)}
-        same = all(open(x["output"], "rb").read() == open(y["output"], "rb").read()
-                   for x, y in zip(results["continuous"]["runs"], results["static"]["runs"]))
+        for overlap in a.overlap.split(","):
+            results[f"{scheduler}, {overlap}"] = run_variant(a, c, scheduler, overlap, counting, tokenizer, model_id)
+    ratio = ratios(results)
+    outputs = [open(run["output"], "rb").read() for r in results.values() for run in r["runs"]]
+    same = all(o == outputs[0] for o in outputs) if len(results) > 1 else None
     text = markdown(a, results, same, ratio)
     print("\n" + text)
     device = jax.devices()[0].device_kind.replace(" ", "_").lower()
     stem = os.path.join(a.out, f"estep-{datetime.date.today().isoformat()}-{device}{'-smoke' if a.smoke else ''}")
     os.makedirs(a.out, exist_ok=True)
     with open(stem + ".json", "w") as f:
-        json.dump({"args": vars(a), "header": header(), "results": results, "continuous_over_static": ratio,
+        json.dump({"args": vars(a), "header": header(), "results": results, "ratios": ratio,
                    "identical_datasets": same}, f, indent=2)
     with open(stem + ".md", "w") as f:
         f.write(text)

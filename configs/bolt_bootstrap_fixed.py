@@ -2,6 +2,11 @@
 
     python -m bolt_jax.main --config configs/bolt_bootstrap_fixed.py              # trial 0; `:1`, `:2` for the others
 
+As in the paper (spec 5.6), trials 1 and 2 retrain only the M-steps and the raw baselines, with their own seed, on
+trial 0's E-step data (and its warmstart): they adopt trial 0's stages (`bootstrap.reuse_estep_from`) and stop
+with a clear message at an E-step trial 0 has not finished yet; rerun them later and they go on. For independent
+trials (their own warmstart and E-steps, 3x the E-step compute) pass `--config.bootstrap.reuse_estep_from=`.
+
 Stages: warmstart (GPT thoughts, 4,069 steps at batch 96) -> E-step with K=4 on the fixed 2B-token corpus -> M-step
 from the base model (33,060 steps at batch 192, 13e9 tokens) -> ... for 3 iterations -> raw token-matched
 (9,765 steps) and FLOP-matched (33,060 steps) baselines -> report. Hardware: 8 GPUs (H100/H200). Estimated at the
@@ -43,4 +48,6 @@ def get_config(trial: str = "0"):
         raw_token_match_steps=9765, raw_flops_match_steps=33_060, elbo_samples=4, elbo_docs=1000)
     c.estep = default_estep_config()  # K=4, T=1.0, 1024 new tokens, prompts cut to 1024, joints to 2048, P=3
     c.estep.chunks_per_batch = 256
+    if trial != "0":
+        c.bootstrap.reuse_estep_from = "runs/bootstrap_fixed/trial_0"
     return c

@@ -140,6 +140,13 @@ def test_wrap_style_seeding_and_records(tmp_path, corpus, server):
     records = [json.loads(l) for l in open(out["output_path"])]
     assert len(records) == 8 and all(r["latent"] and r["latent_length"] == len(r["latent"]) for r in records)
     assert out["requests"] == 8
+    # the original's order: repeat 0 of every document in order, then repeat 1 in a shuffled order
+    # (np.random.default_rng(42).permutation over the block), so one document's paraphrases lie apart
+    ids = [r["id"] for r in records]
+    first = ids[:4]
+    assert [r["repeat"] for r in records] == [0] * 4 + [1] * 4
+    assert first == sorted(first, key=lambda i: [json.loads(l)["id"] for l in open(corpus)].index(i))
+    assert ids[4:] == [first[i] for i in np.random.default_rng(42).permutation(4)]
 
 
 def test_missing_key_is_a_clear_error(tmp_path, corpus, server, monkeypatch):

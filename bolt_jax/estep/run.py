@@ -10,12 +10,15 @@ contiguous ranges) for job arrays; `merge_estep` joins the slices into the datas
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +62,10 @@ def default_estep_config() -> ml_collections.ConfigDict:
         # longest thought ends. Same samples either way (so not part of the store's settings).
         "scheduler": "continuous",
         "decode_slots": 0,  # continuous: rows decoded together (0 = chunks_per_batch * num_samples / 4, at least 8)
+        # "auto"/"on": batch b is scored and written in a worker thread while batch b+1 is sampled, so the device
+        # is not idle during host work; "auto" turns it off with several processes ("on" is refused there). Same
+        # results either way (not part of the store's settings).
+        "overlap": "auto",
         "slice": "0:1",  # i:n -> this job does slice i of n
         "limit_docs": 0,  # >0: only the first N documents (debugging)
         # chunking (spec 2.5, E-step row): Poisson chunks of sentences, prefix = previous 3 chunks
@@ -128,65 +135,104 @@ def chunk_sampling_seed(e: ml_collections.ConfigDict, c: Chunk) -> int:
     return int(np.random.default_rng([e.seed, e.iteration, c.doc_index, c.index]).integers(2**31))
 
 
+@dataclass
+class SampledBatch:
+    """A batch's posterior prompts and its K samples per chunk: what sampling hands to scoring."""
+    chunks: Sequence[Chunk]
+    prompts: list[Any]
+    samples: list[list[Any]]
+
+
+def sample_batch(chunks: Sequence[Chunk], backend: ModelBackend, tokenizer,
+                 e: ml_collections.ConfigDict) -> SampledBatch:
+    """K posterior samples per chunk (the sampler's device work and its host loop)."""
+    prompts = [sequences.posterior_prompt_tokens(tokenizer, c.prefix, c.suffix, e.max_prompt_len) for c in chunks]
+    samples = backend.sample([p.tokens for p in prompts], n=e.num_samples,
+                             seeds=[chunk_sampling_seed(e, c) for c in chunks])
+    return SampledBatch(chunks, prompts, samples)
+
+
+def score_batch(batch: SampledBatch, backend: ModelBackend, tokenizer, e: ml_collections.ConfigDict,
+                phases: PhaseClock | None = None) -> list[dict[str, Any]]:
+    """Joints built on the host, scored on the device, then weighed and one chosen per chunk: one row per chunk."""
+    phases = phases or PhaseClock()
+    with phases("joints"):
+        joints, all_seqs = [], []
+        for c, chunk_samples in zip(batch.chunks, batch.samples):
+            latents = [tokenizer.decode(s.tokens) for s in chunk_samples]
+            j = sequences.joint_sequences(tokenizer, c.prefix, latents, c.suffix, e.max_tokens, e.accounting)
+            joints.append((latents, j))
+            all_seqs.extend(j.sequences)
+    with phases("score"):
+        scores = backend.score(all_seqs)
+    with phases("weigh"):
+        return [_result_row(i, c, chunk_samples, prompt, latents, j, scores, tokenizer, e)
+                for i, (c, chunk_samples, prompt, (latents, j))
+                in enumerate(zip(batch.chunks, batch.samples, batch.prompts, joints))]
+
+
+def _result_row(i: int, c: Chunk, chunk_samples, prompt, latents, j, scores, tokenizer,
+                e: ml_collections.ConfigDict) -> dict[str, Any]:
+    k = e.num_samples
+    joint_lp = [sequences.span_sum(scores[i * k + s], j.score_from) for s in range(k)]
+    gen_lp = [s.logq for s in chunk_samples]
+    log_w = weights.log_weights(joint_lp, gen_lp)
+    if k == 1:
+        chosen = 0
+    elif e.resample:
+        chosen = weights.resample(log_w, weights.chunk_rng(e.seed, c.doc_index, c.index))
+    else:
+        chosen = int(weights.chunk_rng(e.seed, c.doc_index, c.index).integers(k))
+    row = {
+        "chunk_id": c.chunk_id, "doc_index": c.doc_index, "chunk_index": c.index, "suffix": c.suffix,
+        "latents": latents, "latent_tokens": [s.tokens for s in chunk_samples], "gen_logprob": gen_lp,
+        "joint_logprob": joint_lp, "log_weight": log_w.tolist(),
+        "done": [s.done for s in chunk_samples], "gen_len": [len(s.tokens) for s in chunk_samples],
+        "chosen": chosen, "prompt_len": len(prompt.tokens), "prompt_truncated": prompt.truncated,
+        "num_suffix_token_truncated": j.suffix_truncated, "joint_prefix_truncated": j.prefix_truncated,
+        "suffix_tokens": len(tokenizer.encode(c.suffix)),
+        **weights.chunk_diagnostics(log_w),
+    }
+    for n in e.elbo_samples:
+        if n <= k:
+            row[f"elbo_{n}"] = weights.elbo(log_w, n)
+    return row
+
+
 def process_batch(chunks: Sequence[Chunk], backend: ModelBackend, tokenizer,
                   e: ml_collections.ConfigDict) -> list[dict[str, Any]]:
-    """Sample, score, weigh and choose for a batch of chunks; returns one result row per chunk."""
-    k = e.num_samples
-    prompts = [sequences.posterior_prompt_tokens(tokenizer, c.prefix, c.suffix, e.max_prompt_len) for c in chunks]
-    samples = backend.sample([p.tokens for p in prompts], n=k, seeds=[chunk_sampling_seed(e, c) for c in chunks])
-    joints, all_seqs = [], []
-    for c, chunk_samples in zip(chunks, samples):
-        latents = [tokenizer.decode(s.tokens) for s in chunk_samples]
-        j = sequences.joint_sequences(tokenizer, c.prefix, latents, c.suffix, e.max_tokens, e.accounting)
-        joints.append((latents, j))
-        all_seqs.extend(j.sequences)
-    scores = backend.score(all_seqs)
-    rows = []
-    for i, (c, chunk_samples, prompt, (latents, j)) in enumerate(zip(chunks, samples, prompts, joints)):
-        joint_lp = [sequences.span_sum(scores[i * k + s], j.score_from) for s in range(k)]
-        gen_lp = [s.logq for s in chunk_samples]
-        log_w = weights.log_weights(joint_lp, gen_lp)
-        if k == 1:
-            chosen = 0
-        elif e.resample:
-            chosen = weights.resample(log_w, weights.chunk_rng(e.seed, c.doc_index, c.index))
-        else:
-            chosen = int(weights.chunk_rng(e.seed, c.doc_index, c.index).integers(k))
-        row = {
-            "chunk_id": c.chunk_id, "doc_index": c.doc_index, "chunk_index": c.index, "suffix": c.suffix,
-            "latents": latents, "latent_tokens": [s.tokens for s in chunk_samples], "gen_logprob": gen_lp,
-            "joint_logprob": joint_lp, "log_weight": log_w.tolist(),
-            "done": [s.done for s in chunk_samples], "gen_len": [len(s.tokens) for s in chunk_samples],
-            "chosen": chosen, "prompt_len": len(prompt.tokens), "prompt_truncated": prompt.truncated,
-            "num_suffix_token_truncated": j.suffix_truncated, "joint_prefix_truncated": j.prefix_truncated,
-            "suffix_tokens": len(tokenizer.encode(c.suffix)),
-            **weights.chunk_diagnostics(log_w),
-        }
-        for n in e.elbo_samples:
-            if n <= k:
-                row[f"elbo_{n}"] = weights.elbo(log_w, n)
-        rows.append(row)
-    return rows
+    """Sample, score, weigh and choose for a batch of chunks, in turn; returns one result row per chunk."""
+    return score_batch(sample_batch(chunks, backend, tokenizer, e), backend, tokenizer, e)
+
+
+class PhaseClock:
+    """Seconds per phase of the E-step (`with clock("score"): ...`), summed over batches. Phases that run in
+    different threads add up to more than the wall time when they overlap: the excess is the overlap."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t0
 
 
 # ------------------------------------------------------------------------------------------------ driver
 def run_estep(config: ml_collections.ConfigDict, backend: ModelBackend | None = None, tokenizer=None,
               model_id: str | None = None) -> dict[str, Any]:
     """Runs this job's slice (skipping finished batches), then merges if every slice is done."""
-    from tqdm.auto import tqdm
-
     from bolt_jax.data.readers import open_corpus
     e = config.estep
     slice_index, num_slices = parse_slice(e.slice)
     if backend is None:
         backend, tokenizer, model_id = load_backend(config)
-    model = getattr(backend, "model", None)
-    if model is not None:
-        max_pos = model.config.max_position_embeddings
-        if e.max_tokens > max_pos or e.max_new_tokens >= max_pos:
-            raise ValueError(f"config.estep.max_tokens={e.max_tokens} (joint length) or max_new_tokens="
-                             f"{e.max_new_tokens} does not fit the model's max_position_embeddings={max_pos}; "
-                             f"lower them")
+    _check_lengths(backend, e)
     records = open_corpus(e.corpus_path)
     num_docs = len(records) if not e.limit_docs else min(e.limit_docs, len(records))
     store = ResultStore(e.store_dir or os.path.join(config.run_dir, "estep_store"), run=e.run_name,
@@ -194,36 +240,103 @@ def run_estep(config: ml_collections.ConfigDict, backend: ModelBackend | None = 
     chunks = document_chunks(records, slice_documents(num_docs, slice_index, num_slices), chunking_config(e))
     batches = [chunks[i:i + e.chunks_per_batch] for i in range(0, len(chunks), e.chunks_per_batch)]
     todo = [b for b in range(len(batches)) if not store.has_batch(slice_index, num_slices, b)]
-    log.info("E-step slice %d/%d: %d documents, %d chunks, %d batches (%d already done) -> %s", slice_index,
-             num_slices, num_docs, len(chunks), len(batches), len(batches) - len(todo), store.dir)
+    overlap = overlap_enabled(e)
+    log.info("E-step slice %d/%d: %d documents, %d chunks, %d batches (%d already done) -> %s; scoring %s sampling",
+             slice_index, num_slices, num_docs, len(chunks), len(batches), len(batches) - len(todo), store.dir,
+             "overlaps" if overlap else "follows")
+    clock = PhaseClock()
     t0 = time.perf_counter()
-    sampled_tokens = 0
-    import jax
-    primary = jax.process_index() == 0
-    bar = tqdm(todo, desc=f"E-step slice {slice_index}", unit="batch", disable=not todo or not primary)
-    for b in bar:
-        # every process runs the same batches (each holds its share of the global batch on the mesh);
-        # process 0 writes the shard
-        rows = process_batch(batches[b], backend, tokenizer, e)
-        if primary:
-            store.write_batch(slice_index, num_slices, b, rows)
-        sampled_tokens += sum(sum(r["gen_len"]) for r in rows)
-        bar.set_postfix(
-            chunks_per_s=f"{sum(len(batches[x]) for x in todo[:todo.index(b) + 1]) / (time.perf_counter() - t0):.2f}")
+    sampled_tokens = _run_batches([(b, batches[b]) for b in todo], backend, tokenizer, e, clock, overlap,
+                                  write=lambda b, rows: store.write_batch(slice_index, num_slices, b, rows),
+                                  desc=f"E-step slice {slice_index}")
     elapsed = time.perf_counter() - t0
     done_chunks = sum(len(batches[b]) for b in todo)
     result = {"store": store.dir, "chunks": len(chunks), "chunks_this_run": done_chunks, "seconds": elapsed,
               "chunks_per_s": done_chunks / elapsed if elapsed and done_chunks else 0.0,
-              "sampled_tokens_per_s": sampled_tokens / elapsed if elapsed and done_chunks else 0.0}
+              "sampled_tokens_per_s": sampled_tokens / elapsed if elapsed and done_chunks else 0.0,
+              "overlap": overlap, "phase_seconds": dict(clock.seconds)}
+    import jax
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices("estep_slice_done")
     if e.output_path and all_slices_done(store, records, num_docs, e):
-        if primary:
+        if jax.process_index() == 0:
             result.update(merge_estep(store, records, num_docs, e))
         else:
             result["output_path"] = e.output_path
     return result
+
+
+OVERLAP_MODES = ("auto", "on", "off")
+
+
+def overlap_enabled(e: ml_collections.ConfigDict) -> bool:
+    """Whether batch b+1 is sampled while batch b is scored and written (`estep.overlap`). "auto" overlaps with one
+    process; with several, every process must issue its device programs in the same order (their collectives
+    pair up), which two threads do not guarantee, so "auto" runs the phases in turn and "on" is refused."""
+    import jax
+    mode = e.get("overlap", "auto")
+    if mode not in OVERLAP_MODES:
+        raise ValueError(f"config.estep.overlap={mode!r}; choose one of {OVERLAP_MODES}")
+    if jax.process_count() > 1:
+        if mode == "on":
+            raise ValueError(f"config.estep.overlap='on' needs one process ({jax.process_count()} here: two threads "
+                             "would issue collectives in different orders); use 'auto' or 'off'")
+        return False
+    return mode != "off"
+
+
+def _run_batches(work: list[tuple[int, Sequence[Chunk]]], backend: ModelBackend, tokenizer,
+                 e: ml_collections.ConfigDict, clock: PhaseClock, overlap: bool, *, write, desc: str) -> int:
+    """Samples, scores and writes every (index, chunks) batch; returns the number of sampled tokens. With `overlap`,
+    one worker thread scores and writes batch b while this thread samples batch b+1 (at most one batch in flight,
+    so a kill loses at most two batches of work and never a written shard). Every process runs every batch (each
+    holds its share of the global batch on the mesh); process 0 writes the shards."""
+    import jax
+    from tqdm.auto import tqdm
+    primary = jax.process_index() == 0
+    bar = tqdm(total=sum(len(c) for _, c in work), desc=desc, unit="chunk", disable=not work or not primary)
+    sampled_tokens = 0
+
+    def finish(b: int, sampled: SampledBatch) -> list[dict[str, Any]]:
+        rows = score_batch(sampled, backend, tokenizer, e, clock)
+        if primary:
+            with clock("write"):
+                write(b, rows)
+        return rows
+
+    def done(rows: list[dict[str, Any]]) -> None:
+        nonlocal sampled_tokens
+        sampled_tokens += sum(sum(r["gen_len"]) for r in rows)
+        bar.update(len(rows))
+
+    pending = None
+    with (ThreadPoolExecutor(max_workers=1, thread_name_prefix="estep-score") if overlap
+          else contextlib.nullcontext()) as pool:
+        for b, chunks in work:
+            with clock("sample"):
+                sampled = sample_batch(chunks, backend, tokenizer, e)
+            if pending is not None:
+                done(pending.result())  # batch b-1, scored while batch b was sampled
+                pending = None
+            if pool is not None:
+                pending = pool.submit(finish, b, sampled)
+            else:
+                done(finish(b, sampled))
+        if pending is not None:
+            done(pending.result())
+    bar.close()
+    return sampled_tokens
+
+
+def _check_lengths(backend: ModelBackend, e: ml_collections.ConfigDict) -> None:
+    model = getattr(backend, "model", None)
+    if model is None:
+        return
+    max_pos = model.config.max_position_embeddings
+    if e.max_tokens > max_pos or e.max_new_tokens >= max_pos:
+        raise ValueError(f"config.estep.max_tokens={e.max_tokens} (joint length) or max_new_tokens="
+                         f"{e.max_new_tokens} does not fit the model's max_position_embeddings={max_pos}; lower them")
 
 
 def all_slices_done(store: ResultStore, records, num_docs: int, e: ml_collections.ConfigDict) -> bool:

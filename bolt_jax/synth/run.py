@@ -14,6 +14,7 @@ import os
 from typing import Any
 
 import ml_collections
+import numpy as np
 
 from bolt_jax.data.chunking import ChunkingConfig, chunk_text
 from bolt_jax.data.formats import raw_text
@@ -45,6 +46,10 @@ def default_synth_config() -> ml_collections.ConfigDict:
         "max_tokens": 0,  # 0 = the original's per method: 6000 / 5000 / 8000
         "repeats": 1,  # paraphrases per document (the original: 5 for wrap_baseline, 4 for wrap_cot)
         "seed": 42,  # WRAP style choice: default_rng(seed + document index)
+        # WRAP output order: repeat blocks, each block after the first in a shuffled document order (the original's
+        # reshuffle_repeats with shuffle_seed 42), so one document's paraphrases are far apart in the stream
+        "reshuffle_repeats": True,
+        "shuffle_seed": 42,
         "template_file": "",  # your own prompt template (see bolt_jax.synth.prompts)
         "mode": "batch",  # batch (half price, 24 h window) | sync
         "base_url": "",  # any OpenAI-compatible server; "" = api.openai.com
@@ -212,6 +217,28 @@ def budget_stop(requests, cache: RequestCache, budget: Budget, s, work: str, rea
                           f"--config.synth.max_usd={cap:.2f}) and rerun: finished requests come from the cache, unpaid")
 
 
+def wrap_records(records, kept: dict[int, list], s: ml_collections.ConfigDict) -> list[dict[str, Any]]:
+    """WRAP paraphrases in the original's order (spec 3.4 merge): repeat block by repeat block (every document's
+    paraphrase 0, then every document's paraphrase 1, ...), the documents of every block after the first in a
+    shuffled order (`default_rng(shuffle_seed)`, one permutation per block; the original shuffles its workloads, a
+    few thousand documents each, the same way), so the paraphrases of one document lie far apart in the stream
+    instead of landing in one batch."""
+    rng = np.random.default_rng(s.get("shuffle_seed", 42))
+    out = []
+    for rep in range(s.repeats):
+        docs = [d for d in sorted(kept) if any(r == rep for r, *_ in kept[d])]
+        if rep and s.get("reshuffle_repeats", True):
+            docs = [docs[i] for i in rng.permutation(len(docs))]
+        for d in docs:
+            for r, text, para, t in kept[d]:
+                if r == rep:
+                    rec = dict(records[d])
+                    rec.update(latent=para, repeat=rep, text_length=len(text), latent_length=len(para),
+                               **({"truncated": True} if t else {}))
+                    out.append(rec)
+    return out
+
+
 def assemble(records, requests, where, results, s, budget: Budget) -> dict[str, Any]:
     stats = {"requests": len(requests), "failed": 0, "truncated": 0, "tokens_in": 0, "tokens_out": 0,
              "cost_usd": 0.0, "cached": 0, "documents_excluded": 0}
@@ -231,21 +258,13 @@ def assemble(records, requests, where, results, s, budget: Budget) -> dict[str, 
         truncated = res.finish_reason == "length"
         stats["truncated"] += int(truncated)
         per_doc.setdefault(d, []).append((idx, src, res.content, truncated))
-    out = []
-    for d in sorted(per_doc):
-        if d in failed_docs:
-            continue  # a document with a missing thought is excluded, never written with an empty one
-        items = sorted(per_doc[d])
-        if s.method == "latent_thoughts":
-            chunks = [{"suffix": suffix, "latent": latent, **({"truncated": True} if t else {})}
-                      for _, suffix, latent, t in items]
-            out.append(augment_record(records[d], chunks))
-        else:
-            for rep, text, para, t in items:
-                rec = dict(records[d])
-                rec.update(latent=para, repeat=rep, text_length=len(text), latent_length=len(para),
-                           **({"truncated": True} if t else {}))
-                out.append(rec)
+    kept = {d: sorted(items) for d, items in per_doc.items() if d not in failed_docs}
+    # a document with a missing thought is excluded, never written with an empty one
+    if s.method == "latent_thoughts":
+        out = [augment_record(records[d], [{"suffix": suffix, "latent": latent, **({"truncated": True} if t else {})}
+                                           for _, suffix, latent, t in kept[d]]) for d in sorted(kept)]
+    else:
+        out = wrap_records(records, kept, s)
     stats["documents_excluded"] = len(failed_docs)
     stats["documents_written"] = len({d for d in per_doc if d not in failed_docs})
     stats["compression_ratio"] = stats["tokens_out"] / stats["tokens_in"] if stats["tokens_in"] else 0.0

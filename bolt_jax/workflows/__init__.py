@@ -67,6 +67,9 @@ def _validate_schedulers(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config.{section}.scheduler={sec.scheduler!r}; choose one of {SCHEDULERS}")
         if sec.get("decode_slots", 0) < 0:
             raise ValueError(f"config.{section}.decode_slots={sec.decode_slots} must be >= 0 (0 = automatic)")
+    if "estep" in config and "overlap" in config.estep:
+        from bolt_jax.estep.run import overlap_enabled
+        overlap_enabled(config.estep)  # the mode's name, and "on" with several processes
 
 
 def run(config: ml_collections.ConfigDict) -> Any:

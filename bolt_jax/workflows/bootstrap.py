@@ -24,7 +24,7 @@ import numpy as np
 
 from bolt_jax.config import derive
 from bolt_jax.runtime.atomic import atomic_write_text
-from bolt_jax.workflows.manifest import Manifest, run_stage, stage_settings
+from bolt_jax.workflows.manifest import Manifest, adopt, run_stage, stage_settings
 
 log = logging.getLogger("bolt_jax.workflows.bootstrap")
 
@@ -50,6 +50,10 @@ def default_bootstrap_config() -> ml_collections.ConfigDict:
         # a finished bootstrap run whose base and warmstart stages (and their evaluations) this run reuses instead
         # of training them again (the K sweep: one warmstart, EM with several K); "" = none
         "shared_stages_from": "",
+        # the paper's trials: a run (trial 0's run_dir) whose base, warmstart and E-step stages this run takes
+        # instead of computing them, so only the M-steps and baselines are retrained with this run's seed, on the
+        # same E-step data (spec 5.6: every iteration's thoughts come from trial 0); "" = compute everything here
+        "reuse_estep_from": "",
         # a finished stage whose settings differ from this run's: "refuse" (stop before doing anything, naming the
         # changed keys) or "rerun" (redo it and every stage after it); see bolt_jax.workflows.manifest
         "on_change": "refuse",
@@ -60,20 +64,48 @@ SHARED_STAGES = ("base", "warmstart", "fewshot_base", "fewshot_warmstart", "elbo
 
 
 def reuse_shared_stages(manifest: Manifest, source_dir: str) -> None:
-    """Copy the finished base and warmstart stages of another run into this manifest (they are then skipped when
-    their settings match this run's, as any finished stage)."""
+    """Take the finished base and warmstart stages of another run (and their evaluations) into this manifest: they
+    are then skipped when their settings match this run's, as any finished stage."""
     source = Manifest(os.path.abspath(source_dir))
     missing = [n for n in ("base", "warmstart") if not source.done(n)]
     if missing:
         raise ValueError(f"bootstrap.shared_stages_from={source_dir}: stages {missing} are not finished there")
     for name in SHARED_STAGES:
-        if source.done(name) and not manifest.done(name):
-            manifest.stages[name] = dict(source.stages[name], shared_from=os.path.abspath(source_dir))
-    manifest.save()
+        adopt(manifest, source, name, ignored=())
 
 
 TRAIN_SECTIONS = ("model", "optim", "data", "train", "seed")
 ESTEP_SECTIONS = ("model", "estep", "seed")
+
+
+# what a stage taken from another trial may differ in: the seed, the checkpoint that sampled, the stages upstream
+ADOPTED_ACROSS = ("seed", "estep.checkpoint", "upstream.")
+
+
+class TrialSource:
+    """The run whose stages a trial adopts (`bootstrap.reuse_estep_from`); None-like when unset."""
+
+    def __init__(self, config, manifest: Manifest):
+        self.dir = config.bootstrap.get("reuse_estep_from", "")
+        self.manifest = manifest
+        if not self.dir:
+            self.source = None
+            return
+        if os.path.abspath(self.dir) == os.path.abspath(config.run_dir):
+            raise ValueError("config.bootstrap.reuse_estep_from names this run's own run_dir; name trial 0's")
+        if not os.path.isfile(os.path.join(self.dir, "manifest.json")):
+            raise FileNotFoundError(f"config.bootstrap.reuse_estep_from={self.dir}: no bootstrap run there "
+                                    f"(manifest.json missing); run that trial first")
+        self.source = Manifest(os.path.abspath(self.dir))
+
+    def take(self, name: str, required: bool = True) -> None:
+        """Adopt stage `name` from the source run; a required stage the source has not finished stops this run
+        (what is done here is kept: rerun once the source has it)."""
+        if self.source is None:
+            return
+        if not adopt(self.manifest, self.source, name, ADOPTED_ACROSS) and required:
+            raise ValueError(f"config.bootstrap.reuse_estep_from={self.dir}: stage {name} is not finished there "
+                             f"yet; let that run reach it, then rerun this command (finished stages are kept)")
 
 
 def eval_settings(config, upstream: dict[str, str]) -> dict[str, Any]:
@@ -201,10 +233,13 @@ def run_bootstrap(config: ml_collections.ConfigDict) -> dict[str, Any]:
     manifest = Manifest(run_dir, b.get("on_change", "refuse"))
     if b.get("shared_stages_from"):
         reuse_shared_stages(manifest, b.shared_stages_from)
+    trial = TrialSource(config, manifest)
     models: dict[str, dict[str, Any]] = {}
     keys: dict[str, str] = {}
 
     def train(name: str, stage: str, upstream: dict[str, str], **kw) -> dict[str, Any]:
+        if stage in ("base", "warmstart"):
+            trial.take(stage)
         c = _train_config(config, name, **kw)
         models[name], keys[name] = run_stage(manifest, stage, stage_settings(c, TRAIN_SECTIONS, upstream),
                                              lambda: train_stage(c), work_dirs=[c.run_dir])
@@ -224,6 +259,7 @@ def run_bootstrap(config: ml_collections.ConfigDict) -> dict[str, Any]:
     esteps: dict[int, dict[str, Any]] = {}
     for i in range(1, b.iterations + 1):
         c = _estep_config(config, i, previous["model_dir"])
+        trial.take(f"estep_{i}")
         esteps[i], keys[f"estep_{i}"] = run_stage(manifest, f"estep_{i}",
                                                   stage_settings(c, ESTEP_SECTIONS, {last: keys[last]}),
                                                   lambda c=c, i=i: estep_stage(config, c, i),
@@ -233,6 +269,8 @@ def run_bootstrap(config: ml_collections.ConfigDict) -> dict[str, Any]:
                          init=base)
         last = f"iter_{i}"
     _train_baselines(config, esteps, base, from_base, train)
+    for name in SHARED_STAGES[2:]:  # the shared models' evaluations, where the source has them
+        trial.take(name, required=False)
     evaluations = evaluate_models(config, manifest, models, keys)
     return write_report(config, run_dir, manifest, models, esteps, evaluations)
 

@@ -5,8 +5,9 @@ of every input file it reads, and the keys of the stages it builds on (so a chan
 A rerun skips a finished stage only when its key is unchanged. When a setting changed, the run stops before doing
 anything, naming the changed keys (`bootstrap.on_change=refuse`, the default), or redoes the changed stage and every
 stage after it (`on_change=rerun`). What does not change a result is left out of the key: where output goes
-(`run_dir`), logging and checkpoint cadence, the progress bar, the sampler's scheduler and slots (same samples), the
-mesh (same model, up to float rounding), and the bootstrap's list of stages (adding an iteration reuses the others).
+(`run_dir`), logging and checkpoint cadence, the progress bar, the sampler's scheduler and slots and the E-step's
+overlap (same samples), the mesh (same model, up to float rounding), and the bootstrap's list of stages (adding an
+iteration reuses the others).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ ON_CHANGE = ("refuse", "rerun")
 # settings that never change what a stage computes
 IGNORED = {"run_dir", "workflow", "train.progress_bar", "train.log_every", "train.save_every",
            "train.keep_checkpoints", "train.eval_every", "train.eval_batches", "estep.scheduler",
-           "estep.decode_slots", "estep.slice", "estep.store_dir", "estep.output_path", "estep.run_name",
-           "train.on_change", "bootstrap.on_change"}
+           "estep.decode_slots", "estep.overlap", "estep.slice", "estep.store_dir", "estep.output_path",
+           "estep.run_name", "train.on_change", "bootstrap.on_change"}
 # path settings whose file is an input: its size is part of the key (content changes that keep the size are not seen)
 INPUT_FILES = ("data.train_path", "data.validation_path", "estep.corpus_path", "bootstrap.pretrain_path",
                "bootstrap.warmstart_path", "bootstrap.bootstrap_path")
@@ -104,11 +105,15 @@ class Manifest:
 
     def is_current(self, name: str, settings: Mapping[str, Any]) -> bool:
         """Done under these settings. Done under others: refuse (StaleStageError) or, with on_change=rerun, say so
-        and return False so the stage runs again."""
+        and return False so the stage runs again. An adopted stage (`adopt`) is compared without the settings it
+        was adopted across."""
         if not self.done(name):
             return False
         stage = self.stages[name]
         if stage.get("key") == settings_key(settings):
+            return True
+        ignored = stage.get("adopted_across")
+        if ignored is not None and _without(stage.get("settings", {}), ignored) == _without(settings, ignored):
             return True
         old = stage.get("settings")
         what = describe_changes(old, settings) if old is not None else "it was recorded without its settings"
@@ -118,6 +123,30 @@ class Manifest:
                 f"with --config.bootstrap.on_change=rerun to redo it and every later stage, or use another run_dir")
         print(f"stage {name}: settings changed ({what}); redoing it and every later stage")
         return False
+
+
+def _without(settings: Mapping[str, Any], ignored: Iterable[str]) -> dict[str, Any]:
+    """`settings` without the keys in `ignored` (an entry ending in "." drops every key it starts)."""
+    ignored = tuple(ignored)
+    return {k: v for k, v in settings.items()
+            if k not in ignored and not any(i.endswith(".") and k.startswith(i) for i in ignored)}
+
+
+def adopt(manifest: Manifest, source: Manifest, name: str, ignored: Iterable[str]) -> bool:
+    """Takes the finished stage `name` of another run (`source`) as this run's, to be compared with this run's
+    settings without `ignored` (the paper's trials: trial 1 trains its M-steps on trial 0's E-step data, so the
+    seed and the model that sampled differ). False when the source has not finished it. A stage this run computed
+    itself is never replaced: StaleStageError."""
+    if not source.done(name):
+        return False
+    source_dir = os.path.dirname(source.path)
+    mine = manifest.stages.get(name, {})
+    if mine.get("status") == "done" and mine.get("adopted_from") != source_dir:
+        raise StaleStageError(f"stage {name} was computed in {os.path.dirname(manifest.path)} itself; it cannot be "
+                              f"taken from {source_dir} as well: use another run_dir")
+    manifest.stages[name] = dict(source.stages[name], adopted_from=source_dir, adopted_across=sorted(ignored))
+    manifest.save()
+    return True
 
 
 def move_aside(path: str) -> str | None:
