@@ -196,12 +196,13 @@ def test_finetune_eval_workflow_runs(tmp_path):
     from tests.helpers import build_hf_model, repo_root
     convert_hf_to_orbax(build_hf_model(tmp_path / "hf"), str(tmp_path / "ckpt"))
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    ckpt = tmp_path / "ckpt"
     r = subprocess.run([sys.executable, "-m", "bolt_jax.main", "--config", "configs/finetune_eval_gsm8k.py",
-                        f"--config.run_dir={tmp_path / 'ft'}", f"--config.finetune.checkpoint={tmp_path / 'ckpt'}",
+                        f"--config.run_dir={tmp_path / 'ft'}", f"--config.finetune.checkpoint={ckpt},{ckpt}",
                         "--config.finetune.train_path=/work/shared/data/gsm8k/train.jsonl",
                         "--config.finetune.test_path=/work/shared/data/gsm8k/test.jsonl",
                         "--config.finetune.limit_train=8", "--config.finetune.limit_test=2",
-                        "--config.finetune.batch_size=8", "--config.finetune.epochs=1", "--config.finetune.seeds=1,2",
+                        "--config.finetune.batch_size=8", "--config.finetune.epochs=1", "--config.finetune.seeds=1",
                         "--config.finetune.num_samples=2", "--config.finetune.max_new_tokens=6",
                         "--config.finetune.max_len=256", "--config.train.global_batch_size=8",
                         "--config.train.progress_bar=False", "--config.model.compute_dtype=float32",
@@ -209,7 +210,27 @@ def test_finetune_eval_workflow_runs(tmp_path):
                        cwd=repo_root(), env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads((tmp_path / "ft" / "finetune_eval.json").read_text())
-    assert set(result["per_seed"]) == {"1", "2"} and result["test_examples"] == 2
+    # two upstream checkpoints (trials) x one seed: two runs, one mean and SE over them
+    assert set(result["per_run"]) == {"trial_0_seed_1", "trial_1_seed_1"}
+    assert result["test_examples"] == 2 and result["samples_per_prompt"] == 2
+    assert result["accuracy_mean"] == pytest.approx(sum(result["per_run"].values()) / 2)
+    assert {"train_examples_truncated", "test_prompts_over_context"} <= set(result)
+
+
+def test_finetune_lengths_are_counted_not_cut_silently():
+    from ml_collections import ConfigDict
+
+    from bolt_jax.workflows.finetune import length_report
+
+    class Words:  # one token per word
+        def encode(self, text):
+            return text.split()
+
+    train = [{"prompt": "a b", "completion": "c d e"},  # BOS + 5 + EOS = 7 tokens: 6 rows of 6 targets fit
+             {"prompt": "a b c", "completion": "d e f"}]  # 8 tokens: cut
+    test = [{"prompt": "a"}, {"prompt": "a b c"}]  # BOS + 1 + 4 new = 6 fit; BOS + 3 + 4 = 8 do not
+    f = ConfigDict({"max_len": 6, "max_new_tokens": 4})
+    assert length_report(train, test, Words(), f) == {"train_examples_truncated": 1, "test_prompts_over_context": 1}
 
 
 def test_benchmark_readers_jsonl_parquet_tfds(tmp_path):

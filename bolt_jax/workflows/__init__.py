@@ -99,8 +99,9 @@ def _validate_finetune(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.finetune.benchmark={f.benchmark!r} is not one of ['gsm8k', 'math']; "
                          "set --config.finetune.benchmark=gsm8k")
     check_number("finetune.lr", f.lr, low=0.0, low_open=True, fix=f"{d.lr:g}")
-    for key in ("epochs", "batch_size", "max_len", "num_samples", "max_new_tokens"):
+    for key in ("epochs", "batch_size", "max_len", "max_new_tokens"):
         check_number(f"finetune.{key}", f[key], low=1, fix=str(d[key]))
+    check_number("finetune.num_samples", f.num_samples, low=0, fix="0")
     try:
         seeds = [int(x) for x in str(f.seeds).split(",") if x.strip()]
     except ValueError:

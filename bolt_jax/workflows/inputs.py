@@ -31,6 +31,9 @@ _FIX = {
 }
 
 
+LIST_KEYS = {"finetune.checkpoint"}  # comma-separated: every entry is checked
+
+
 class MissingInputError(FileNotFoundError):
     """An input a workflow reads is not set or does not exist (the message names the key, value and fix)."""
 
@@ -173,7 +176,9 @@ def check_inputs(config: ml_collections.ConfigDict) -> None:
             if required:
                 problems.append((key, f"config.{key} is not set; point --config.{key} at {_FIX[kind]}"))
             continue
-        why = problem(kind, str(value))
+        parts = str(value).split(",") if key in LIST_KEYS else [str(value)]
+        why = next((f"({part.strip()!r}) {w}" if len(parts) > 1 else w
+                    for part in parts if (w := problem(kind, part.strip()))), None)
         if why:
             problems.append((key, f"config.{key}={value!r} {why}; point --config.{key} at {_FIX[kind]}"))
     if problems:
