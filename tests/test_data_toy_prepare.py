@@ -163,9 +163,13 @@ def _prepare(tmp_path, name, **kw):
     return run_prepare(c)
 
 
-def test_prepare_writes_disjoint_deterministic_splits_with_manifests(tmp_path):
+def test_prepare_writes_disjoint_deterministic_splits_with_manifests(tmp_path, capsys):
     tok = build_tokenizer(tmp_path / "tok")
     m1 = _prepare(tmp_path, "a", tokenizer_path=tok)
+    # the console says why the splits hold 310 of the 400 records
+    out = capsys.readouterr().out
+    assert ("400 records;" in out and "validation = records 0:1:10 (40)" in out and "(90)" in out
+            and "(180)" in out and "the other 90 are train records in no written split" in out)
     m2 = _prepare(tmp_path, "b", tokenizer_path=tok)
     assert {k: v["sha256"] for k, v in m1["splits"].items()} == {k: v["sha256"] for k, v in m2["splits"].items()}
     counts = {k: v["num_samples"] for k, v in m1["splits"].items()}

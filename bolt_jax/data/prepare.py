@@ -197,12 +197,30 @@ def prepare(*, source: str, output_dir: str, tokenizer_path: str = "", seed: int
     return top
 
 
+def split_summary(manifest: dict[str, Any], settings: dict[str, Any]) -> str:
+    """Why the splits hold the records they do: the rule of each, and how many records are in none of the written
+    splits (e.g. 200 toy records -> validation 1, warmstart 10, bootstrap 40; the other 149 are train only)."""
+    n = manifest["num_source_records"]
+    counts = {k: v["num_samples"] for k, v in manifest["splits"].items()}
+    val = counts.get("validation", 0)
+    written = sum(v for k, v in counts.items() if k != "train")
+    rules = [f"validation = records {settings['validation_slice']} ({val})",
+             f"warmstart = train records {settings['warmstart_slice']} ({counts.get('warmstart', 0)})",
+             f"bootstrap = train records {settings['bootstrap_slice']} ({counts.get('bootstrap', 0)})"]
+    rest = n - written
+    tail = (f"the train split ({n - val}) is written too" if "train" in counts else
+            f"the other {rest} are train records in no written split (write_train=True writes the whole train split)")
+    return (f"{n} records; a slice start:end:step takes record i when start <= i % step < end: " + "; ".join(rules)
+            + f"; {tail}")
+
+
 def run_prepare(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Workflow entry: `config.prepare` (default_prepare_config() fields) or a prepare section itself."""
     section = config.prepare if "prepare" in config else config
     defaults = default_prepare_config()
     kw = {k: section.get(k, defaults[k]) for k in defaults}
     manifest = prepare(**kw)
+    print(split_summary(manifest, kw))
     for split, info in manifest["splits"].items():
         print(f"{split:<11} {info['num_samples']:>9} records  {info['dir']}")
     if manifest["read_report"]["num_malformed"]:

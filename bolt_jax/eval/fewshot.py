@@ -3,6 +3,8 @@
     generate_fn = sampler_generate_fn(model, tokenizer, mesh)     # the JAX sampler, or any fn with this signature
     out = evaluate_fewshot(examples, "gsm8k_cot", generate_fn, tokenizer=tok, num_samples=1)
 
+The variant (bolt_jax.eval.prompts.VARIANTS) decides the exemplars, their order, the delimiters, the stop and banned
+strings and, unless the caller overrides them, the generation and prompt lengths; nothing here is per variant.
 Every accuracy carries a bootstrap standard error over examples; with several samples per prompt, maj@k and
 pass@k are reported too. Prompt shortening is counted in the results.
 """
@@ -67,15 +69,29 @@ def read_math(path: str, limit: int = 0) -> list[Example]:
 
 # ------------------------------------------------------------------------------------------------ grading
 def grade(variant: prompts.Variant, text: str, ex: Example) -> dict[str, Any]:
+    """One output graded as the variant's task did, after cutting it at the variant's stop strings (a no-op when the
+    engine honoured them). GSM8K: strict-match and flexible-extract (plus the latent-* filters for the paper's latent
+    variants); MATH: math-verify against the reference solution, on the whole output (compact latent variants: on
+    what follows <EoL>)."""
+    text = grading.cut_at_stop(text, variant.stop_strings)
     if variant.benchmark == "gsm8k":
-        strict = grading.gsm8k_strict(text, latent=variant.latent)
-        flexible = grading.gsm8k_flexible(text, latent=variant.latent)
-        gold = grading.normalize_number(ex.answer)
-        return {"strict": strict, "flexible": flexible, "strict_correct": strict == gold,
-                "flexible_correct": flexible == gold, "answer": flexible}
-    body = grading.after_latent(text) if variant.latent else text
+        return _grade_gsm8k(variant, text, ex)
+    body = grading.after_latent(text) if variant.grade_after_latent else text
     correct = grading.math_equivalent(body, ex.solution or f"${ex.answer}$")
     return {"answer": grading.math_final_answer(body), "correct": correct}
+
+
+def _grade_gsm8k(variant: prompts.Variant, text: str, ex: Example) -> dict[str, Any]:
+    after = variant.grade_after_latent
+    strict, flexible = grading.gsm8k_strict(text, latent=after), grading.gsm8k_flexible(text, latent=after)
+    gold = grading.normalize_number(ex.answer)
+    out = {"strict": strict, "flexible": flexible, "strict_correct": strict == gold,
+           "flexible_correct": flexible == gold, "answer": flexible}
+    if variant.latent and not after:
+        latent_strict, latent_flexible = grading.gsm8k_latent_strict(text), grading.gsm8k_latent_flexible(text)
+        out.update(latent_strict=latent_strict, latent_flexible=latent_flexible,
+                   latent_strict_correct=latent_strict == gold, latent_flexible_correct=latent_flexible == gold)
+    return out
 
 
 def bootstrap_se(values: Sequence[float], iters: int = 1000, seed: int = 1234) -> float:
@@ -108,48 +124,78 @@ GenerateFn = Callable[..., list[list[str]]]
 
 
 def evaluate_fewshot(examples: Sequence[Example], variant_name: str, generate_fn: GenerateFn, *, tokenizer,
-                     exemplars: Sequence[dict] | None = None, num_samples: int = 1, max_new_tokens: int = 256,
-                     temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, max_prompt_tokens: int = 1024,
-                     truncation: str = "drop_exemplars", output_path: str = "") -> dict[str, Any]:
+                     exemplars: Sequence[dict] | None = None, num_samples: int = 1, max_new_tokens: int | None = None,
+                     temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
+                     max_prompt_tokens: int | None = None, truncation: str | None = None,
+                     output_path: str = "") -> dict[str, Any]:
+    """Prompts (the variant's exemplars, order and delimiters), one generation call with the variant's stops and
+    bans, grading, metrics. max_new_tokens, max_prompt_tokens and truncation left at None (or 0 / "") are the
+    variant's (the paper's variants: 1024 new tokens, 1024 prompt tokens, left-truncated)."""
     variant = prompts.VARIANTS[variant_name]
-    shots = list(exemplars) if exemplars is not None else prompts.load_exemplars(variant.benchmark)
+    max_new_tokens = max_new_tokens or variant.max_new_tokens
+    max_prompt_tokens = max_prompt_tokens or variant.max_prompt_tokens
+    truncation = truncation or variant.truncation
+    shots = list(exemplars) if exemplars is not None else prompts.variant_exemplars(variant)
     prompt_ids, shortened = prompts.fit_prompts(variant, [e.question for e in examples], shots, tokenizer,
                                                 max_prompt_tokens, truncation)
     outputs = generate_fn(prompt_ids, n=num_samples, max_new_tokens=max_new_tokens, temperature=temperature,
                           top_p=top_p, top_k=top_k, stop_strings=variant.stop_strings,
                           banned_token_strings=variant.banned)
-    records, main_scores = [], []
-    key = "flexible_correct" if variant.benchmark == "gsm8k" else "correct"
-    for ex, outs in zip(examples, outputs):
-        graded = [grade(variant, o, ex) for o in outs]
-        rec = {"id": ex.id, "gold": ex.answer, "outputs": outs, "graded": graded,
-               "correct": float(np.mean([g[key] for g in graded]))}
-        if variant.benchmark == "gsm8k":
-            rec["strict_correct"] = float(np.mean([g["strict_correct"] for g in graded]))
-        if num_samples > 1:
-            maj = grading.majority([g["answer"] for g in graded])
-            rec["maj_correct"] = float(any(g["answer"] == maj and g[key] for g in graded)) if maj else 0.0
-            c = sum(bool(g[key]) for g in graded)
-            rec["pass_at"] = {k: grading.pass_at_k(num_samples, c, k) for k in _log_ks(num_samples)}
-        records.append(rec)
-        main_scores.append(rec["correct"])
+    records = [_record(variant, ex, outs, num_samples) for ex, outs in zip(examples, outputs)]
     metrics = {"variant": variant_name, "examples": len(examples), "samples_per_example": num_samples,
-               "accuracy": float(np.mean(main_scores)) if main_scores else float("nan"),
-               "accuracy_se": bootstrap_se(main_scores), "prompts_shortened": shortened,
-               "max_prompt_tokens": max_prompt_tokens, "truncation": truncation}
-    if variant.benchmark == "gsm8k":
-        strict = [r["strict_correct"] for r in records]
-        metrics.update(strict_accuracy=float(np.mean(strict)) if strict else float("nan"),
-                       strict_accuracy_se=bootstrap_se(strict))
-    if num_samples > 1:
-        maj = [r["maj_correct"] for r in records]
-        metrics.update({f"maj@{num_samples}": float(np.mean(maj)), f"maj@{num_samples}_se": bootstrap_se(maj)})
-        for k in _log_ks(num_samples):
-            metrics[f"pass@{k}"] = float(np.mean([r["pass_at"][k] for r in records]))
+               **_accuracies(variant, records, num_samples), "prompts_shortened": shortened,
+               "max_prompt_tokens": max_prompt_tokens, "truncation": truncation, "max_new_tokens": max_new_tokens,
+               "exemplar_order": variant.order, "fewshot_seed": variant.fewshot_seed,
+               "stop_strings": list(variant.stop_strings), "banned": list(variant.banned)}
     result = {"metrics": metrics, "records": records}
     if output_path:
         atomic_write_text(output_path, json.dumps(result, indent=1, default=str))
     return result
+
+
+# the per-output correctness keys averaged into each reported accuracy (the first is `accuracy`, the one the
+# original's plots read: flexible-extract for GSM8K, math-verify exact_match for MATH)
+_GSM8K_KEYS = {"accuracy": "flexible_correct", "strict_accuracy": "strict_correct"}
+_GSM8K_LATENT_KEYS = {"latent_strict_accuracy": "latent_strict_correct",
+                      "latent_flexible_accuracy": "latent_flexible_correct"}
+
+
+def _keys(variant: prompts.Variant) -> dict[str, str]:
+    if variant.benchmark != "gsm8k":
+        return {"accuracy": "correct"}
+    return {**_GSM8K_KEYS, **(_GSM8K_LATENT_KEYS if variant.latent and not variant.grade_after_latent else {})}
+
+
+def _record(variant: prompts.Variant, ex: Example, outs: Sequence[str], num_samples: int) -> dict[str, Any]:
+    """One example's outputs, their grades, the mean correctness under each metric and, with several samples,
+    maj@k and pass@k."""
+    graded = [grade(variant, o, ex) for o in outs]
+    keys = _keys(variant)
+    rec = {"id": ex.id, "gold": ex.answer, "outputs": list(outs), "graded": graded}
+    for metric, key in keys.items():
+        rec[metric.replace("accuracy", "correct")] = float(np.mean([g[key] for g in graded]))
+    if num_samples > 1:
+        key = keys["accuracy"]
+        maj = grading.majority([g["answer"] for g in graded])
+        rec["maj_correct"] = float(any(g["answer"] == maj and g[key] for g in graded)) if maj else 0.0
+        c = sum(bool(g[key]) for g in graded)
+        rec["pass_at"] = {k: grading.pass_at_k(num_samples, c, k) for k in _log_ks(num_samples)}
+    return rec
+
+
+def _accuracies(variant: prompts.Variant, records: Sequence[dict], num_samples: int) -> dict[str, float]:
+    """Every accuracy with its bootstrap SE over examples, and maj@k / pass@k with several samples."""
+    out: dict[str, float] = {}
+    for metric in _keys(variant):
+        scores = [r[metric.replace("accuracy", "correct")] for r in records]
+        out[metric] = float(np.mean(scores)) if scores else float("nan")
+        out[f"{metric}_se"] = bootstrap_se(scores)
+    if num_samples > 1:
+        maj = [r["maj_correct"] for r in records]
+        out.update({f"maj@{num_samples}": float(np.mean(maj)), f"maj@{num_samples}_se": bootstrap_se(maj)})
+        for k in _log_ks(num_samples):
+            out[f"pass@{k}"] = float(np.mean([r["pass_at"][k] for r in records]))
+    return out
 
 
 def _log_ks(n: int) -> list[int]:

@@ -1,5 +1,10 @@
 """Answer extraction and grading (spec 7.2): GSM8K strict/flexible (and their latent variants), MATH equivalence,
-the toy corpus, and maj@k / pass@k over several samples per prompt."""
+the toy corpus, and maj@k / pass@k over several samples per prompt.
+
+GSM8K filters are the original task YAML's regexes, quirks included: strict-match's last "." is any character (so
+"The answer is 72" at the very end of a text reads "7"), it takes the first match; flexible-extract takes the last
+number. Latent variants add latent-strict-match (the last "is N" inside the thought, i.e. before the first <EoL>) and
+latent-flexible-extract (the last number inside the thought)."""
 
 from __future__ import annotations
 
@@ -10,8 +15,9 @@ from collections.abc import Sequence
 
 from bolt_jax.data.formats import EOL
 
-STRICT_RE = re.compile(r"answer is (\-?[0-9\.\,]+)\.")  # lm-eval's "strict-match" for GSM8K CoT
+STRICT_RE = re.compile(r"answer is (\-?[0-9\.\,]+).")  # the original's "strict-match" (first match; "." any char)
 FLEXIBLE_RE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")  # its "flexible-extract": the last match
+LATENT_STRICT_RE = re.compile(r"is (\-?[0-9\.\,]+).")  # "latent-strict-match": the last match inside the thought
 
 
 def normalize_number(text: str | None) -> str | None:
@@ -42,6 +48,32 @@ def gsm8k_flexible(text: str, latent: bool = False) -> str | None:
         return None
     a, b = matches[-1]
     return normalize_number(a or b)
+
+
+def latent_part(text: str) -> str | None:
+    """The thought of a latent variant's output: the text before the first <EoL> (None without one), as the
+    original's `([\\s\\S]*?)<\\|END_OF_LATENT\\|>` filter."""
+    return text.split(EOL, 1)[0].strip() if EOL in text else None
+
+
+def gsm8k_latent_strict(text: str) -> str | None:
+    """latent-strict-match: the last "is N" inside the thought."""
+    thought = latent_part(text)
+    matches = LATENT_STRICT_RE.findall(thought) if thought is not None else []
+    return normalize_number(matches[-1]) if matches else None
+
+
+def gsm8k_latent_flexible(text: str) -> str | None:
+    """latent-flexible-extract: the last number inside the thought."""
+    thought = latent_part(text)
+    return gsm8k_flexible(thought) if thought is not None else None
+
+
+def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
+    """The text before the earliest stop string: what the engine returns when it honours the stops (the original
+    then also removed every stop string from the text, a no-op after the cut)."""
+    hits = [i for i in (text.find(s) for s in stop_strings if s) if i >= 0]
+    return text[:min(hits)] if hits else text
 
 
 def gsm8k_gold(answer: str) -> str:
