@@ -96,6 +96,74 @@ def test_checkpoint_moves_between_process_counts(tmp_path, reference):
     np.testing.assert_allclose([got[s] for s in (4, 5, 6)], [reference[s] for s in (4, 5, 6)], rtol=2e-5)
 
 
+CORPUS_CONFIG = """# A tiny model trained on a tiny thought-augmented corpus through the real data pipeline.
+
+from bolt_jax.config import base_config, model_config_dict
+from bolt_jax.data.pipeline import default_data_config
+from bolt_jax.train.loop import default_train_config
+from bolt_jax.train.optim import default_optim_config
+
+
+def get_config():
+    c = base_config()
+    c.workflow = "train"
+    c.model = model_config_dict("tiny")
+    c.train = default_train_config()
+    c.optim = default_optim_config()
+    c.optim.lr = 1e-3
+    c.optim.warmup_steps = 2
+    c.data = default_data_config()
+    c.data.update(train_path={corpus!r}, tokenizer_path={tokenizer!r}, seq_len=32, shuffle_documents=True)
+    return c
+"""
+
+
+@pytest.fixture(scope="module")
+def corpus_args(tmp_path_factory):
+    """Trainer arguments for a corpus run: JSONL documents with thoughts, a BPE tokenizer of the tiny model's vocab."""
+    from bolt_jax.data import toy
+    from tests.helpers import build_tokenizer
+
+    root = tmp_path_factory.mktemp("corpus")
+    toy.write_corpus(root / "corpus.jsonl", toy.generate(16, seed=5), with_thoughts=True)
+    config = root / "train_corpus.py"
+    config.write_text(CORPUS_CONFIG.format(corpus=str(root / "corpus.jsonl"), tokenizer=build_tokenizer(root / "tok")))
+    return ["--config", str(config), "--config.train.log_every=1", "--config.train.progress_bar=False",
+            "--config.model.compute_dtype=float32", "--config.train.save_every=3"]
+
+
+@pytest.mark.slow
+def test_corpus_pipeline_resumes_on_another_process_count(tmp_path, corpus_args):
+    """The corpus pipeline's iterator state (one file per process) moves with the model: saved by two processes at
+    step 3 and resumed by one, and the other way round, the losses are those of one uninterrupted process."""
+    ref = tmp_path / "one"
+    rc, out, err = run_one_process(corpus_args + [f"--config.run_dir={ref}", "--config.train.steps=6"])
+    assert rc == 0, err[-3000:]
+    reference = losses(ref)
+
+    a = tmp_path / "two_then_one"
+    args = corpus_args + [f"--config.run_dir={a}", "--config.train.steps=3", "--config.mesh.data=2"]
+    for rc, _out, err in run_two_processes([args, args]):
+        assert rc == 0, err[-3000:]
+    saved = sorted(f for f in os.listdir(a / "checkpoints" / "3" / "data") if f.endswith(".json"))
+    assert saved == ["process_0-of-2.json", "process_1-of-2.json"]  # one iterator state per process (Grain)
+    rc, out, err = run_one_process(corpus_args + [f"--config.run_dir={a}", "--config.train.steps=6"])
+    assert rc == 0 and "resumed from 3" in out, err[-3000:]
+    got = losses(a)
+    np.testing.assert_allclose([got[s] for s in range(1, 7)], [reference[s] for s in range(1, 7)], rtol=2e-5)
+
+    b = tmp_path / "one_then_two"
+    rc, out, err = run_one_process(corpus_args + [f"--config.run_dir={b}", "--config.train.steps=3"])
+    assert rc == 0, err[-3000:]
+    args = corpus_args + [f"--config.run_dir={b}", "--config.train.steps=6", "--config.mesh.data=2"]
+    results = run_two_processes([args, args])
+    for rc, _out, err in results:
+        assert rc == 0, err[-3000:]
+    assert "resumed from 3" in results[0][1]
+    got = losses(b)
+    np.testing.assert_allclose([got[s] for s in (4, 5, 6)], [reference[s] for s in (4, 5, 6)], rtol=2e-5)
+
+
 def test_processes_with_different_configs_fail_clearly(tmp_path):
     base = COMMON + [f"--config.run_dir={tmp_path}", "--config.train.steps=2", "--dry_run"]
     results = run_two_processes([base + ["--config.seed=1"], base + ["--config.seed=2"]])

@@ -14,13 +14,27 @@ shuffle_documents=False, as the original), formatted with its own RNG default_rn
 raw-mix draws). Row slot j of the R rows of a global batch packs stream positions j, j+R, j+2R, ... into
 consecutive rows, one row per batch, so row j of global batch i is a function of (seed, R, i, j) alone. Process k of
 n owns the contiguous slots [k R/n, (k+1) R/n) and reads only their records; the global batch is the processes'
-batches in process order. Batch i is therefore the same for any process count that divides R. A saved iterator
-state holds one state per slot; restoring it on another process count would need the slots redistributed (not
-built: set_state refuses with a clear error).
+batches in process order. Batch i is therefore the same for any process count that divides R.
+
+State. An iterator's state is {"slots": one state per slot, "done": one flag per slot}, whatever serves it (the
+slots in this process, worker processes, a prefetch thread), so a run resumes with or without workers, and on
+another number of processes: `move_slot_states` concatenates the saved processes' slots in process order and
+gives each new process its share (bolt_jax.train.checkpointing reads the files). A different global batch is a
+different data order and is refused.
+
+Shuffle buffer (`shuffle_buffer_batches` = K > 0, the original's prefetch shuffle): each slot serves its packed
+rows in blocks of K, each block permuted by default_rng([seed + 1, slot, R, block]). A process's slots hold the
+same K x rows rows as the original's buffer of prefetch_size x batch_size sequences; here a row stays in its slot,
+so batch i still does not depend on the process count and a buffered state moves between process counts. The
+state keeps where the block started, so a resume re-reads (at most K rows per slot) and re-permutes it.
+
+Workers (`worker_count` = W > 0): Grain's `mp_prefetch` runs the slots in W spawned processes, worker w packing
+a contiguous group of the slots; the main process joins the W parts of each batch. Same batches as W = 0.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any
 
@@ -73,6 +87,8 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.thought_weight = 1.0
     c.special_weight = 1.0
     c.prefetch_threads = 0  # >0: a background thread prefetches this many batches (state stays exact)
+    c.worker_count = 0  # >0: Grain mp_prefetch packs the row slots in this many processes (same batches)
+    c.shuffle_buffer_batches = 0  # >0: the original's prefetch shuffle (it used 1024; 512 when bootstrapping)
     return c
 
 
@@ -89,6 +105,11 @@ def _at_least(key: str, value: Any, low: float, example: Any, note: str = "") ->
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < low:
         raise ValueError(f"config.{key}={value!r} must be a finite number >= {low:g}{note}; "
                          f"set e.g. --config.{key}={example}")
+
+
+def _count(key: str, value: Any, note: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"config.{key}={value!r} must be a whole number >= 0 {note}; set e.g. --config.{key}=0")
 
 
 def validate_data_config(config: ml_collections.ConfigDict) -> None:
@@ -116,6 +137,8 @@ def validate_data_config(config: ml_collections.ConfigDict) -> None:
         _at_least(f"data.{key}", get(key), 0.0, defaults[key])
     _at_least("data.global_batch_size", get("global_batch_size"), 0, 0, " (0 = config.train.global_batch_size)")
     _at_least("data.prefetch_threads", get("prefetch_threads"), 0, 0, " (0 = no prefetching)")
+    _count("data.worker_count", get("worker_count"), "(0 = no worker processes)")
+    _count("data.shuffle_buffer_batches", get("shuffle_buffer_batches"), "(0 = no shuffle buffer)")
     epochs = get("num_epochs")
     if epochs == 0 or epochs < -1:
         raise ValueError(f"config.data.num_epochs={epochs!r} must be a positive number of passes or -1 (infinite); "
@@ -153,7 +176,8 @@ def _resolve(config: ml_collections.ConfigDict, split: str) -> dict[str, Any]:
                 fall_back_to_raw=get("fall_back_to_raw"), seq_len=get("seq_len"), global_batch_size=batch,
                 seed=int(seed) + (0 if is_train else 1), shuffle=get("shuffle_documents") if is_train else False,
                 num_epochs=(None if get("num_epochs") < 0 else get("num_epochs")) if is_train else 1,
-                packing=get("packing"), prefetch_threads=get("prefetch_threads"),
+                packing=get("packing"), prefetch_threads=get("prefetch_threads"), worker_count=get("worker_count"),
+                shuffle_buffer=get("shuffle_buffer_batches") if is_train else 0,
                 weights=LossWeights(get("text_weight"), get("thought_weight"), get("special_weight")))
 
 
@@ -165,6 +189,13 @@ class FormatAndTokenize:
         self.corpus, self.tokenizer_path = corpus, tokenizer_path
         self.latent_type, self.seed = latent_type, seed
         self.mix_in_raw_ratio, self.fall_back_to_raw = mix_in_raw_ratio, fall_back_to_raw
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickled in a worker process: load the tokenizer now, in one thread. Grain's reader threads would each
+        load it at their first document, and concurrent first imports of transformers fail ("cannot import name
+        'AutoTokenizer'")."""
+        self.__dict__.update(state)
+        cached_tokenizer(self.tokenizer_path)
 
     def __call__(self, item: tuple[int, int]) -> dict[str, np.ndarray]:
         position, doc_index = item
@@ -245,6 +276,8 @@ class _PackIterator(grain.DatasetIterator):
         return {"document": self._doc_state, "offset": self._asm.offset, "exhausted": self._exhausted}
 
     def set_state(self, state: dict[str, Any]) -> None:
+        if "document" not in state:
+            raise ValueError(_buffer_mismatch(state, 0))
         self._parent.set_state(state["document"])
         self._doc_state = state["document"]
         self._pending_offset = int(state["offset"])
@@ -263,13 +296,96 @@ class PackedBatches(grain.IterDataset):
         return _PackIterator(self._parent.__iter__(), **self._kw)
 
 
-class _RowSlotsIterator(grain.DatasetIterator):
-    def __init__(self, slots: list[grain.DatasetIterator]):
-        super().__init__(slots)
-        self._slots = slots
-        self._done = [False] * len(slots)
+def _buffer_size_of(state: dict[str, Any]) -> int:
+    """The shuffle buffer a slot state was saved with (0: none; a shuffled slot's state has a "block")."""
+    return int(state.get("size", 0)) if "block" in state else 0
+
+
+def _buffer_mismatch(state: dict[str, Any], size: int) -> str:
+    return (f"the data state was saved with data.shuffle_buffer_batches={_buffer_size_of(state)} and this run has "
+            f"{size}: that is another data order; resume with --config.data.shuffle_buffer_batches="
+            f"{_buffer_size_of(state)} or start a new run")
+
+
+class _ShuffleIterator(grain.DatasetIterator):
+    """One slot's rows served in blocks of `size`, each block permuted by default_rng([*key, block]) (the original's
+    prefetch shuffle, per slot). The state is where the block started (the packer's state), the block's number and
+    the rows served from it, so a restore re-reads and re-permutes the block instead of the checkpoint holding up to
+    `size` rows of tokens per slot."""
+
+    def __init__(self, parent: grain.DatasetIterator, size: int, key: tuple[int, ...]):
+        super().__init__(parent)
+        self._size, self._key = size, key
+        self._start, self._block, self._index = parent.get_state(), 0, 0
+        self._rows: list[dict[str, np.ndarray]] | None = None  # the block, permuted; None until read
+
+    def _read_block(self) -> list[dict[str, np.ndarray]]:
+        rows = []
+        for _ in range(self._size):
+            try:
+                rows.append(next(self._parent))
+            except StopIteration:  # a finite stream: its last block is short
+                break
+        order = np.random.default_rng([*self._key, self._block]).permutation(len(rows))
+        return [rows[i] for i in order]
+
+    def _used_up(self) -> bool:
+        return self._rows is not None and self._index >= len(self._rows) == self._size
 
     def __next__(self) -> dict[str, np.ndarray]:
+        if self._rows is None:  # start, or after set_state: (re)read the block
+            self._rows = self._read_block()
+        if self._used_up():
+            self._start, self._block, self._index = self._parent.get_state(), self._block + 1, 0
+            self._rows = self._read_block()
+        if self._index >= len(self._rows):
+            raise StopIteration
+        self._index += 1
+        return self._rows[self._index - 1]
+
+    def get_state(self) -> dict[str, Any]:
+        if self._used_up():  # the next block starts where the packer is: nothing to re-read on restore
+            return {"start": self._parent.get_state(), "block": self._block + 1, "index": 0, "size": self._size}
+        return {"start": self._start, "block": self._block, "index": self._index, "size": self._size}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if _buffer_size_of(state) != self._size:
+            raise ValueError(_buffer_mismatch(state, self._size))
+        self._parent.set_state(state["start"])
+        self._start, self._block, self._index = state["start"], int(state["block"]), int(state["index"])
+        self._rows = None
+
+
+class ShuffledRows(grain.IterDataset):
+    """Grain IterDataset: a slot's rows permuted in blocks of `size` (see _ShuffleIterator)."""
+
+    def __init__(self, parent: grain.IterDataset, *, size: int, key: tuple[int, ...]):
+        super().__init__(parent)
+        self._size, self._key = size, tuple(int(k) for k in key)
+
+    def __iter__(self) -> _ShuffleIterator:
+        return _ShuffleIterator(self._parent.__iter__(), self._size, self._key)
+
+
+def _join(parts: list[dict[str, np.ndarray] | None], sizes: list[int]) -> dict[str, np.ndarray]:
+    """Concatenates batch parts in order; a missing part (its slots ended: a finite stream ends at different batches
+    in different slots) becomes `size` empty rows (weight 0). At least one part must be present."""
+    template = next(p for p in parts if p is not None)
+    def rows(part, size, key):
+        return part[key] if part is not None else np.zeros((size, *template[key].shape[1:]), template[key].dtype)
+    return {k: np.concatenate([rows(p, n, k) for p, n in zip(parts, sizes)]) for k in template}
+
+
+class _RowSlotsIterator(grain.DatasetIterator):
+    """This process's slots, one row each per batch. With `parts` (in a worker) it yields {"batch", "state"} and never
+    ends: an empty batch ({}) once its slots are done, so every worker gives one part per batch."""
+
+    def __init__(self, slots: list[grain.DatasetIterator], parts: bool = False):
+        super().__init__(slots)
+        self._slots, self._parts = slots, parts
+        self._done = [False] * len(slots)
+
+    def _next_rows(self) -> list[dict[str, np.ndarray] | None]:
         rows: list[dict[str, np.ndarray] | None] = []
         for i, it in enumerate(self._slots):
             row = None
@@ -279,62 +395,196 @@ class _RowSlotsIterator(grain.DatasetIterator):
                 except StopIteration:
                     self._done[i] = True
             rows.append(row)
-        template = next((r for r in rows if r is not None), None)
-        if template is None:
+        return rows
+
+    def __next__(self) -> dict[str, Any]:
+        rows = self._next_rows()
+        live = any(r is not None for r in rows)
+        batch = _join(rows, [1] * len(rows)) if live else {}
+        if self._parts:
+            return {"batch": batch, "state": self.get_state()}
+        if not live:
             raise StopIteration
-        # a finite stream ends at different batches in different slots: the ended ones give empty rows (weight 0)
-        full = [r if r is not None else {k: np.zeros_like(v) for k, v in template.items()} for r in rows]
-        return {k: np.concatenate([r[k] for r in full]) for k in template}
+        return batch
 
     def get_state(self) -> dict[str, Any]:
         return {"slots": [it.get_state() for it in self._slots], "done": list(self._done)}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        if len(state["slots"]) != len(self._slots):
-            raise ValueError(f"the data state has {len(state['slots'])} row slots, this process {len(self._slots)}: "
-                             "restore with the same global batch size and process count (moving slot states "
-                             "between processes is not supported)")
+        _check_slot_count(state, len(self._slots))
         for it, slot_state in zip(self._slots, state["slots"]):
             it.set_state(slot_state)
         self._done = [bool(d) for d in state["done"]]
 
 
-class RowSlotBatches(grain.IterDataset):
-    """Grain IterDataset: one single-row packer per row slot, zipped into this process's batch."""
+def _check_slot_count(state: dict[str, Any], slots: int) -> None:
+    if len(state["slots"]) != slots or len(state["done"]) != slots:
+        raise ValueError(f"the data state has {len(state['slots'])} row slots and this iterator {slots}: restore with "
+                         "the same global batch size (another process count goes through move_slot_states)")
 
-    def __init__(self, slots: list[grain.IterDataset]):
+
+def worker_groups(rows: int, workers: int) -> list[range]:
+    """The contiguous groups of a process's `rows` slots that `workers` worker processes pack (sizes differ by at
+    most one; every group is non-empty when workers <= rows)."""
+    base, extra = divmod(rows, workers)
+    starts = [w * base + min(w, extra) for w in range(workers + 1)]
+    return [range(starts[w], starts[w + 1]) for w in range(workers)]
+
+
+class RowSlotBatches(grain.IterDataset):
+    """Grain IterDataset: one single-row packer per row slot, zipped into this process's batch. With `parts` it is
+    the dataset Grain's mp_prefetch runs in the workers: Grain calls `set_slice(slice(w, None, W))` in worker w, which
+    keeps only worker w's group of slots (not every W-th document: that would change the packing), and the
+    iterator yields parts (see _RowSlotsIterator). `initial_state` (all slots) is where the iterators start."""
+
+    def __init__(self, slots: list[grain.IterDataset], *, parts: bool = False,
+                 initial_state: dict[str, Any] | None = None):
         super().__init__(slots)
-        self._slot_datasets = slots
+        self._slot_datasets, self._parts, self._initial = slots, parts, initial_state
+        self._group: range = range(len(slots))
+
+    def set_slice(self, sl: slice, sequential_slice: bool = False) -> None:
+        """Grain's in-place slicing hook (prefetch.SupportsInPlaceSlicing), called in mp_prefetch worker sl.start."""
+        if not isinstance(sl.start, int) or not isinstance(sl.step, int) or sl.stop is not None:
+            raise ValueError(f"RowSlotBatches only takes a worker's slice(w, None, W), not {sl}")
+        self._group = worker_groups(len(self._slot_datasets), sl.step)[sl.start]
+
+    def starting_at(self, state: dict[str, Any]) -> RowSlotBatches:
+        out = copy.copy(self)
+        out._initial = state
+        return out
 
     def __iter__(self) -> _RowSlotsIterator:
-        return _RowSlotsIterator([d.__iter__() for d in self._slot_datasets])
+        it = _RowSlotsIterator([self._slot_datasets[i].__iter__() for i in self._group], parts=self._parts)
+        if self._initial is not None:
+            _check_slot_count(self._initial, len(self._slot_datasets))
+            it.set_state({k: [self._initial[k][i] for i in self._group] for k in ("slots", "done")})
+        return it
+
+
+class _WorkerBatchesIterator(grain.DatasetIterator):
+    """The batches of W worker processes (Grain's mp_prefetch over RowSlotBatches parts, which it interleaves round
+    robin): each batch joins one part of every worker, in order. The parts carry their group's slot states, so this
+    iterator's state is the slots' state, as without workers; set_state starts fresh workers at it. No Grain
+    worker-state format is relied on, and a state moves between worker counts and process counts."""
+
+    def __init__(self, parts: RowSlotBatches, workers: int, state: dict[str, Any]):
+        super().__init__()
+        self._parts_ds, self._workers, self._state = parts, workers, state
+        self._sizes = [len(g) for g in worker_groups(len(state["slots"]), workers)]
+        self._it: grain.DatasetIterator | None = None
+        self._finished = False
+
+    def start_prefetch(self) -> None:
+        """Starts the workers (Grain's checkpoint restore calls this, to overlap their start with the model's)."""
+        if self._it is None and not self._finished:
+            options = grain.MultiprocessingOptions(num_workers=self._workers)
+            self._it = iter(self._parts_ds.starting_at(self._state).mp_prefetch(options))
+            self._it.start_prefetch()
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._finished:
+            raise StopIteration
+        self.start_prefetch()
+        parts = [next(self._it) for _ in range(self._workers)]
+        self._state = {k: [v for p in parts for v in p["state"][k]] for k in ("slots", "done")}
+        batches = [p["batch"] or None for p in parts]
+        if all(b is None for b in batches):
+            self._finished = True
+            self._stop()
+            raise StopIteration
+        return _join(batches, self._sizes)
+
+    def get_state(self) -> dict[str, Any]:
+        return copy.deepcopy(self._state)
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._parts_ds.starting_at(state).__iter__()  # checks the state here, not later in a worker
+        self._stop()
+        self._state, self._finished = copy.deepcopy(state), False
+
+    def _stop(self) -> None:
+        if self._it is not None:
+            self._it.close()
+            self._it = None
+
+    def close(self) -> None:
+        self._stop()
+        super().close()
+
+
+class WorkerBatches(grain.IterDataset):
+    """Grain IterDataset: RowSlotBatches (in parts mode) packed by `workers` processes (see _WorkerBatchesIterator)."""
+
+    def __init__(self, parts: RowSlotBatches, workers: int):
+        super().__init__(parts)
+        self._workers = workers
+
+    def __iter__(self) -> _WorkerBatchesIterator:
+        return _WorkerBatchesIterator(self._parent, self._workers, self._parent.__iter__().get_state())
+
+
+def move_slot_states(saved: list[dict[str, Any]], current: dict[str, Any], process_index: int,
+                     process_count: int) -> dict[str, Any]:
+    """This process's data state from the states the processes of an earlier run saved (in process order; any
+    number of them): their slots concatenated are the global batch's row slots, and this process owns the
+    contiguous share that `current` (its iterator's state now) has the size of. ValueError (one line) when the
+    global batch differs: another global batch is another data order."""
+    if not all(isinstance(s, dict) and "slots" in s and "done" in s for s in [*saved, current]):
+        raise ValueError("the data state is not the corpus pipeline's row-slot state, so it cannot move to another "
+                         "number of processes; resume with the process count that saved it")
+    slots = [x for s in saved for x in s["slots"]]
+    done = [bool(x) for s in saved for x in s["done"]]
+    rows = len(current["slots"])
+    if len(slots) != rows * process_count:
+        raise ValueError(f"the data state was saved for a global batch of {len(slots)} rows ({len(saved)} processes)"
+                         f" and this run has {rows * process_count} ({process_count} processes): another global batch"
+                         " is another data order; resume with the saved global batch size or start a new run")
+    lo = process_index * rows
+    return {"slots": slots[lo:lo + rows], "done": done[lo:lo + rows]}
 
 
 def build_dataset(*, corpus: CorpusSource, tokenizer: BoltTokenizer, latent_type: str, seq_len: int, rows: int,
                   seed: int, packing: str = "concat", shuffle: bool = False, num_epochs: int | None = None,
                   mix_in_raw_ratio: float = 0.0, fall_back_to_raw: bool = False,
                   weights: LossWeights = LossWeights(), process_index: int = 0, process_count: int = 1,
-                  prefetch_threads: int = 0) -> grain.IterDataset:
-    """The pipeline as a Grain IterDataset of host-local batches ([rows, seq_len] per key); `rows` per process."""
+                  prefetch_threads: int = 0, worker_count: int = 0, shuffle_buffer: int = 0) -> grain.IterDataset:
+    """The pipeline as a Grain IterDataset of host-local batches ([rows, seq_len] per key); `rows` per process.
+    `worker_count` processes (at most one per row) pack the slots; `shuffle_buffer` > 0 permutes each slot's rows
+    in blocks of that many."""
     total_rows = rows * process_count
     fmt = FormatAndTokenize(corpus, tokenizer.path, latent_type, seed, mix_in_raw_ratio, fall_back_to_raw)
     slots = []
     for slot in range(process_index * rows, (process_index + 1) * rows):
         stream = document_stream(len(corpus), seed=seed, shuffle=shuffle, num_epochs=num_epochs,
                                  process_index=slot, process_count=total_rows)
-        slots.append(PackedBatches(stream.map(fmt).to_iter_dataset(), seq_len=seq_len, mode=packing,
-                                   eos_id=tokenizer.eos_id, weights=weights, rows=1))
-    ds: grain.IterDataset = RowSlotBatches(slots)
+        packed: grain.IterDataset = PackedBatches(stream.map(fmt).to_iter_dataset(), seq_len=seq_len, mode=packing,
+                                                  eos_id=tokenizer.eos_id, weights=weights, rows=1)
+        if shuffle_buffer > 0:
+            packed = ShuffledRows(packed, size=shuffle_buffer, key=(seed + 1, slot, total_rows))
+        slots.append(packed)
+    workers = min(worker_count, rows)
+    ds: grain.IterDataset = RowSlotBatches(slots, parts=workers > 0)
+    if workers > 0:
+        ds = WorkerBatches(ds, workers)
     if prefetch_threads > 0:
         ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch_threads)
     return ds
+
+
+def _parse_absl_flags() -> None:
+    """Grain's worker processes read absl flags; a program that did not parse them (absl.app does) would fail there."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
 
 
 def make_batches(config: ml_collections.ConfigDict, split: str = "train", *, process_index: int | None = None,
                  process_count: int | None = None):
     """A checkpointable iterator (get_state/set_state) of this process's batches for `split` ("train" or
     "validation"). `config` is the full run config (uses config.data, config.seed, config.train.global_batch_size)
-    or a data section alone."""
+    or a data section alone. With data.worker_count > 0, close() it when done to stop the workers early."""
     import jax
 
     opts = _resolve(config, split)
@@ -346,12 +596,15 @@ def make_batches(config: ml_collections.ConfigDict, split: str = "train", *, pro
     corpus = open_corpus(opts["path"], strict=opts["strict"], tfds_data_dir=opts["tfds_data_dir"])
     if corpus.report.num_malformed:
         log.warning("data %s: %s", split, corpus.report.summary())
+    if opts["worker_count"] > 0:
+        _parse_absl_flags()
     ds = build_dataset(corpus=corpus, tokenizer=tokenizer, latent_type=opts["latent_type"], seq_len=opts["seq_len"],
                        rows=opts["global_batch_size"] // pc, seed=opts["seed"], packing=opts["packing"],
                        shuffle=opts["shuffle"], num_epochs=opts["num_epochs"],
                        mix_in_raw_ratio=opts["mix_in_raw_ratio"], fall_back_to_raw=opts["fall_back_to_raw"],
                        weights=opts["weights"], process_index=pi, process_count=pc,
-                       prefetch_threads=opts["prefetch_threads"])
+                       prefetch_threads=opts["prefetch_threads"], worker_count=opts["worker_count"],
+                       shuffle_buffer=opts["shuffle_buffer"])
     return iter(ds)
 
 

@@ -6,8 +6,10 @@ complete checkpoints: a crash mid-save leaves the previous one as the latest.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import signal
 import threading
 from typing import Any
@@ -25,6 +27,46 @@ def _is_grain_iterator(it: Any) -> bool:
     except ImportError:  # pragma: no cover - grain is a core dependency
         return False
     return isinstance(it, getattr(grain, "DatasetIterator", ())) or type(it).__module__.startswith("grain")
+
+
+def _process_index_and_count() -> tuple[int, int]:
+    """The process index and count that Grain's checkpoint handler names its files with (jax's)."""
+    try:
+        from grain._src.core import sharding
+    except ImportError:  # pragma: no cover - the function moved: it is jax's process index and count
+        return jax.process_index(), jax.process_count()
+    return sharding.get_process_index_and_count()
+
+
+_PROCESS_FILE = re.compile(r"process_(\d+)-of-(\d+)\.json")
+
+
+def saved_process_count(data_dir: str) -> int | None:
+    """How many processes wrote the Grain iterator states in `data_dir` (one `process_<i>-of-<n>.json` each, as
+    grain.checkpoint.CheckpointHandler names them); None when it holds none."""
+    if not os.path.isdir(data_dir):
+        return None
+    counts = {int(m.group(2)) for m in map(_PROCESS_FILE.fullmatch, os.listdir(data_dir)) if m}
+    if len(counts) > 1:
+        raise ValueError(f"{data_dir} holds data states of {sorted(counts)} processes; expected one process count")
+    return counts.pop() if counts else None
+
+
+def moved_data_state(data_dir: str, saved_count: int, iterator, process_index: int, process_count: int) -> dict:
+    """This process's data iterator state from the states that `saved_count` processes (another number) saved in
+    `data_dir`: every process reads all their files and keeps its share of the row slots
+    (bolt_jax.data.pipeline.move_slot_states; it refuses another global batch)."""
+    from bolt_jax.data.pipeline import move_slot_states
+
+    states = []
+    for i in range(saved_count):
+        path = os.path.join(data_dir, f"process_{i}-of-{saved_count}.json")
+        if not os.path.exists(path):
+            raise ValueError(f"{path} is missing: the data state of all {saved_count} processes that saved the "
+                             "checkpoint is needed to resume on another number of processes")
+        with open(path) as f:
+            states.append(json.loads(f.read()))
+    return move_slot_states(states, iterator.get_state(), process_index, process_count)
 
 
 class TrainCheckpointer:
@@ -64,14 +106,33 @@ class TrainCheckpointer:
             _log.info("checkpoint %d dispatched to %s", step, self.directory)
         return saved
 
+    def _moved_data_state(self, step: int, iterator) -> dict | None:
+        """The iterator's state when another number of processes saved it (None: the same number, restored by
+        Grain's handler as always)."""
+        if iterator is None or not _is_grain_iterator(iterator):
+            return None
+        data_dir = os.path.join(str(ocp.step.find_step_path(self.directory, ocp.step.standard_name_format(),
+                                                             step=step)), "data")
+        saved = saved_process_count(data_dir)
+        index, count = _process_index_and_count()
+        if saved is None or saved == count:
+            return None
+        _log.info("data state of step %d: saved by %d processes, moved to %d", step, saved, count)
+        return moved_data_state(data_dir, saved, iterator, index, count)
+
     def restore(self, step: int, abstract_state: Any, iterator=None) -> tuple[Any, dict]:
-        """Restores into `abstract_state`'s shardings (ShapeDtypeStructs with .sharding); sets the iterator's state."""
+        """Restores into `abstract_state`'s shardings (ShapeDtypeStructs with .sharding); sets the iterator's state,
+        also when another number of processes saved it (the corpus pipeline's row slots are redistributed)."""
         items = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
-        data = self._data_args(iterator, restore=True)
+        moved = self._moved_data_state(step, iterator)
+        data = None if moved is not None else self._data_args(iterator, restore=True)
         if data is not None:
             items["data"] = data
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-        if iterator is not None and not _is_grain_iterator(iterator):
+        if moved is not None:
+            iterator.set_state(moved)
+            iterator.start_prefetch()
+        elif iterator is not None and not _is_grain_iterator(iterator):
             iterator.set_state(restored["data"])
         return restored["state"], dict(restored["meta"])
 
