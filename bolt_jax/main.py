@@ -1,30 +1,46 @@
 """Command line: `python -m bolt_jax.main --config configs/X.py [--config.key=value ...]`.
 
 Loads the config file (ml_collections config_flags), applies overrides, validates (the settings, and that every
-file the workflow reads exists), prints the resolved config and runs `config.workflow`. `--list_workflows` lists
-what exists; `--dry_run` stops after validation. A user's mistake (a bad value, a missing input, an existing
-output, the synth budget reached) prints `error: ...` (at most two lines: what, and the fix) and exits with status
-2, before anything is built where it can be known then; a bug keeps its traceback (BOLT_TRACEBACK=1: always).
+file the workflow reads exists), prints one line saying what will run (`--print_config`: the whole resolved config)
+and runs `config.workflow`. `--list_workflows` lists what exists; `--dry_run` stops after validation; `--describe`
+lists every key of the resolved config with its value, default and documentation, and exits. `--verbose` (or
+BOLT_VERBOSE=1) lets other libraries' INFO lines through (bolt_jax.runtime.console). A user's mistake (a bad value,
+a missing input, an existing output, the synth budget reached) prints `error: ...` (at most two lines: what, and the
+fix) and exits with status 2, before anything is built where it can be known then; a bug keeps its traceback
+(BOLT_TRACEBACK=1: always).
 """
 
 from __future__ import annotations
 
+import ast
+import collections
+import importlib
 import importlib.util
-import logging
+import inspect
+import io
 import os
+import re
 import sys
+import textwrap
+import tokenize
+from typing import Any
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from bolt_jax.runtime import xla_flags
+from bolt_jax.runtime import console, xla_flags
 
 xla_flags.apply_defaults()  # before anything starts the jax backend
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (a .py with get_config()); `path.py:arg` passes arg to get_config.", lock_config=True)
 _LIST = flags.DEFINE_bool("list_workflows", False, "List the workflows a config can name and exit.")
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Validate and print the resolved config, then exit.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Validate the config (and the files it names), then exit.")
+_PRINT_CONFIG = flags.DEFINE_bool("print_config", False, "Print the whole resolved config before running.")
+_DESCRIBE = flags.DEFINE_bool("describe", False, "List every config key with its value, default and documentation, "
+                              "then exit without running anything.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, f"INFO lines from every library (absl, orbax, grain, transformers); "
+                             f"also {console.VERBOSE_ENV}=1.")
 
 
 def _fail(message: str) -> None:
@@ -92,15 +108,8 @@ def precheck_overrides(argv: list[str]) -> None:
         _fail(e.args[0])
 
 
-def _setup_logging() -> None:
-    import jax
-    level = logging.INFO if jax.process_index() == 0 else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
-    from absl import logging as absl_logging
-    absl_logging.set_verbosity(absl_logging.WARNING)
-
-
 def main(argv: list[str]) -> None:
+    console.quiet_third_party(_VERBOSE.value or console.verbose_from_env())  # before a workflow imports them
     from bolt_jax import workflows
 
     if len(argv) > 1:
@@ -112,24 +121,224 @@ def main(argv: list[str]) -> None:
     config = _CONFIG.value
     if config is None:
         _fail("--config is required, e.g. --config configs/demo.py (see README)")
+    if _DESCRIBE.value:
+        print(describe(config, config_file=(_config_arg(sys.argv[1:]) or "").partition(":")[0]))
+        return
     from bolt_jax.runtime import distributed
     try:
         distributed.initialize(config.get("distributed"))
     except (ValueError, RuntimeError) as e:
         _fail(str(e))
-    _setup_logging()
+    import jax
+    console.setup(verbose=_VERBOSE.value, primary=jax.process_index() == 0)
     try:
         workflows.validate(config, check_files=True)
         distributed.check_processes_agree(config)
     except (ValueError, KeyError, RuntimeError, *USER_ERRORS) as e:
         _fail(_message(e))
-    import jax
     if jax.process_index() == 0:
-        print("# resolved config")
-        print(config)
+        print(run_line(config))
+        if _PRINT_CONFIG.value:
+            print("# resolved config")
+            print(config)
     if _DRY_RUN.value:
         return
     run_workflow(config)
+
+
+# --------------------------------------------------------------------------------------------------- run line
+# workflow -> the section naming the checkpoint its model comes from (config.model only sets how it computes)
+_CHECKPOINT_SECTIONS = {"eval": "eval", "generate": "generate", "estep": "estep", "finetune_eval": "finetune"}
+_NO_MODEL = ("prepare", "synth")  # workflows that build no model
+
+
+def run_line(config) -> str:
+    """What will run, in one line (workflow, model size, mesh, steps, run_dir): the full config is in
+    run_dir/config.json for training runs, and on the console with --print_config."""
+    import jax
+
+    from bolt_jax.config import llama_config, validate_mesh
+    parts = [f"workflow {config.workflow}"]
+    section = _CHECKPOINT_SECTIONS.get(config.workflow)
+    if section and section in config and config[section].get("checkpoint"):
+        parts.append(f"checkpoint {config[section].checkpoint}")
+    elif "model" in config and config.workflow not in _NO_MODEL:
+        name = config.model.get("hf_config") or config.model.get("preset", "")
+        parts.append(f"model {name} ({llama_config(config.model).num_params() / 1e6:,.1f}M params)")
+    shape = dict(zip(("data", "fsdp", "tensor"), validate_mesh(config)))
+    parts.append("mesh " + " x ".join(f"{k}={v}" for k, v in shape.items())
+                 + f" ({jax.device_count()} {jax.default_backend()} devices)")
+    if config.workflow == "train" and "train" in config:
+        parts.append(f"steps {config.train.steps}")
+    parts.append(f"run_dir {os.path.abspath(config.run_dir)}")
+    return " | ".join(parts) + "   (--print_config: the whole config)"
+
+
+# --------------------------------------------------------------------------------------------------- describe
+# Where each section's keys are defined, and documented: the comment beside a key (or the comment lines just above
+# it) in these functions and classes is its documentation, read from their source, so each key's doc has one home.
+# Besides these two, a section `x` is defined by the `def default_x_config()` found under bolt_jax (section_sources).
+ROOT_SOURCES: dict[str, list[str]] = {
+    "": ["bolt_jax.config:base_config"],
+    "model": ["bolt_jax.config:model_config_dict", "bolt_jax.model.config:LlamaConfig"],
+}
+_DEFAULT_FN = re.compile(r"default_(\w+)_config")
+
+
+def section_sources() -> dict[str, list[str]]:
+    """Section -> the "module:function" refs that define its keys: ROOT_SOURCES, and every top-level
+    `def default_<section>_config()` in bolt_jax's source (found by parsing, so nothing is imported here)."""
+    out = {k: list(v) for k, v in ROOT_SOURCES.items()}
+    package = os.path.dirname(os.path.abspath(__file__))
+    for dirpath, _, files in sorted(os.walk(package)):
+        for name in sorted(files):
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(dirpath, name)
+            parts = os.path.relpath(path[:-3], os.path.dirname(package)).split(os.sep)
+            module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            with open(path) as f:
+                body = ast.parse(f.read(), path).body
+            for node in body:
+                match = isinstance(node, ast.FunctionDef) and _DEFAULT_FN.fullmatch(node.name)
+                if match:
+                    out.setdefault(match.group(1), []).append(f"{module}:{node.name}")
+    return out
+
+
+def _resolve(ref: str) -> Any:
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _comments(source: str) -> tuple[dict[int, str], dict[int, str]]:
+    """Line -> comment text, for comments after code (`trailing`) and for comment-only lines (`own_line`)."""
+    trailing: dict[int, str] = {}
+    own_line: dict[int, str] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            text = tok.string.lstrip("#").strip()
+            (own_line if tok.line.strip().startswith("#") else trailing)[tok.start[0]] = text
+    return trailing, own_line
+
+
+def _target_name(target: ast.expr, in_class: bool) -> str | None:
+    """`c.train.steps` -> "train.steps", `c["x"]` -> "x", a class field `x: int` -> "x"; None for a local."""
+    parts: list[str] = []
+    while True:
+        if isinstance(target, ast.Attribute):
+            parts.insert(0, target.attr)
+            target = target.value
+        elif isinstance(target, ast.Subscript) and isinstance(target.slice, ast.Constant):
+            parts.insert(0, str(target.slice.value))
+            target = target.value
+        elif isinstance(target, ast.Name):
+            return ".".join(parts) if parts else (target.id if in_class else None)
+        else:
+            return None
+
+
+def _key_lines(tree: ast.AST) -> dict[str, int]:
+    """Each key a function or class defines (dict literals, `ConfigDict({...})`, attribute assignments, dataclass
+    fields), dotted relative to what it builds, with the line that names it."""
+    out: dict[str, int] = {}
+
+    def visit(value: ast.expr | None, prefix: str) -> None:
+        if isinstance(value, ast.Call) and value.args:
+            value = value.args[0]
+        if isinstance(value, ast.Dict):
+            for k, v in zip(value.keys, value.values):
+                if isinstance(k, ast.Constant) and isinstance(k.value, str):
+                    out.setdefault(prefix + k.value, k.lineno)
+                    visit(v, f"{prefix}{k.value}.")
+
+    classes = {id(n) for c in ast.walk(tree) if isinstance(c, ast.ClassDef) for n in c.body}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Return):
+            visit(node.value, "")
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+            node, ast.AnnAssign) else []
+        for target in targets:
+            name = _target_name(target, id(node) in classes)
+            if name:
+                out.setdefault(name, node.lineno)
+                visit(node.value, name + ".")
+    return out
+
+
+def key_docs(source: str, prefix: str = "") -> dict[str, str]:
+    """`prefix + key` -> its documentation in `source`: the comment on the key's line, else the comment lines
+    directly above it (joined into one line); "" when there is none. Where one line names several keys (a one-line
+    dict), a comment documents only the keys it mentions by name."""
+    source = textwrap.dedent(source)
+    trailing, own_line = _comments(source)
+    lines = _key_lines(ast.parse(source))
+    per_line = collections.Counter(lines.values())
+    docs: dict[str, str] = {}
+    for key, line in lines.items():
+        above, at = [], line - 1
+        while at in own_line:
+            above.insert(0, own_line[at])
+            at -= 1
+        doc = trailing.get(line) or " ".join(above)
+        leaf = key.rsplit(".", 1)[-1]
+        shared = per_line[line] > 1 and not re.search(rf"\b{re.escape(leaf)}\b", doc)
+        docs[prefix + key] = "" if shared else doc
+    return docs
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if hasattr(tree, "to_dict"):
+        tree = tree.to_dict()
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _defaults_and_docs(config, config_file: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """Every key's default (the section's default function; the model's: its preset) and documentation (the
+    defining source first, then the config file's own comments)."""
+    from bolt_jax.config import base_config
+    defaults, docs = _flat(base_config()), {}
+    for section, refs in section_sources().items():
+        if section and section not in config:
+            continue
+        prefix = f"{section}." if section else ""
+        for ref in refs:
+            obj = _resolve(ref)
+            for key, doc in key_docs(inspect.getsource(obj), prefix).items():
+                docs[key] = docs.get(key) or doc
+        if section:
+            factory = _resolve(refs[0])
+            made = factory(config.model.get("preset")) if section == "model" else factory()
+            defaults.update(_flat(made, prefix))
+    if config_file and os.path.isfile(config_file):
+        with open(config_file) as f:
+            for key, doc in key_docs(f.read()).items():
+                docs[key] = docs.get(key) or doc
+    return defaults, docs
+
+
+def describe(config, config_file: str = "") -> str:
+    """Every key of the resolved config: value, default and one line of documentation; then "N keys, M
+    undocumented" (a key without a comment where it is defined is listed with an empty doc and counted)."""
+    defaults, docs = _defaults_and_docs(config, config_file)
+    values = _flat(config)
+    unset = object()
+    rows = [(key, repr(value), repr(defaults[key]) if defaults.get(key, unset) is not unset else "-",
+             docs.get(key, "")) for key, value in sorted(values.items())]
+    w_key = max(len(r[0]) for r in rows)
+    w_val = min(max(len(r[1]) for r in rows), 28)
+    w_def = min(max(len(r[2]) for r in rows), 28)
+    lines = [f"{'key'.ljust(w_key)}  {'value'.ljust(w_val)}  {'default'.ljust(w_def)}  doc"]
+    lines += [f"{k.ljust(w_key)}  {v.ljust(w_val)}  {d.ljust(w_def)}  {doc}".rstrip() for k, v, d, doc in rows]
+    undocumented = sum(1 for r in rows if not r[3])
+    lines.append(f"{len(rows)} keys, {undocumented} undocumented")
+    return "\n".join(lines)
 
 
 def run_workflow(config):

@@ -1,4 +1,4 @@
-"""The command line: `python -m bolt_jax.main --config ...` validates, prints, runs, and fails clearly."""
+"""The command line: `python -m bolt_jax.main --config ...` validates, says what runs, runs, and fails clearly."""
 
 import os
 import subprocess
@@ -24,7 +24,8 @@ def test_model_summary_runs_on_a_2x2x2_mesh():
     assert "mesh: data=2 x fsdp=2 x tensor=2" in r.stdout
     assert "layers/self_attn/q_proj/kernel" in r.stdout and "P(None, 'fsdp', 'tensor')" in r.stdout
     assert "parameters: 158,016 (closed form 158,016)" in r.stdout
-    assert "workflow: model_summary" in r.stdout  # the resolved config is printed
+    assert "workflow model_summary | model tiny" in r.stdout  # one line says what runs (--print_config: the dump)
+    assert "# resolved config" not in r.stdout
 
 
 @pytest.mark.parametrize("args, message", [

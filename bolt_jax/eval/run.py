@@ -1,14 +1,16 @@
 """The `eval` workflow: few-shot GSM8K / MATH (plain and latent variants) and validation NLL of a model checkpoint;
-one results JSON per benchmark and a metrics.json summary in `config.eval.output_dir`."""
+one results JSON per benchmark, a metrics.json summary and the resolved config.json in `config.eval.output_dir`."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import ml_collections
 
+from bolt_jax.runtime import console
 from bolt_jax.runtime.atomic import atomic_write_text
 
 
@@ -38,47 +40,83 @@ def default_eval_config() -> ml_collections.ConfigDict:
 
 
 def run_eval(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Loads the checkpoint, runs each benchmark variant (a progress display over their prompts) and the validation
+    NLL/ELBO, and writes `<output_dir>/<variant>.json`, `metrics.json` and `config.json` (the resolved config);
+    the last line printed says where."""
+    import jax
+
     from bolt_jax import parallel
     from bolt_jax.config import rules_of, runtime_overrides
     from bolt_jax.data.tokenizer import load_tokenizer
-    from bolt_jax.eval import fewshot, prompts, validation
+    from bolt_jax.eval import fewshot
     from bolt_jax.model import artifact as model_ckpt
     e = config.eval
     if not e.checkpoint:
         raise ValueError("config.eval.checkpoint is empty: name a model checkpoint")
     out_dir = e.output_dir or os.path.join(config.run_dir, "eval")
     os.makedirs(out_dir, exist_ok=True)
+    primary = jax.process_index() == 0
+    if primary:
+        atomic_write_text(os.path.join(out_dir, "config.json"), config.to_json_best_effort(indent=2))
+    jobs = _fewshot_jobs(e)  # read before the model loads: a bad benchmark file fails fast
     mesh = parallel.make_mesh(dict(config.mesh))
     model, _, tok_dir = model_ckpt.load_model(e.checkpoint, mesh, rules=rules_of(config), **runtime_overrides(config))
     tok = load_tokenizer(tok_dir)
     gen = fewshot.sampler_generate_fn(model, tok, mesh, seed=e.seed, scheduler=e.scheduler,
                                       decode_slots=e.decode_slots or None)
     summary: dict[str, Any] = {"checkpoint": os.path.abspath(e.checkpoint)}
+    echo = console.echo if primary else _quiet  # one copy of each line, not one per process
+    bar = console.progress(total=sum(len(examples) for _, examples in jobs), desc="eval", unit="prompt",
+                           enabled=primary and bool(jobs))
+    with bar:
+        for name, examples in jobs:
+            bar.set_postfix_str(name)
+            result = fewshot.evaluate_fewshot(
+                examples, name, gen, tokenizer=tok, num_samples=e.num_samples, max_new_tokens=e.max_new_tokens,
+                temperature=e.temperature, top_p=e.top_p, top_k=e.top_k, max_prompt_tokens=e.max_prompt_tokens,
+                truncation=e.truncation, output_path=os.path.join(out_dir, f"{name}.json"))
+            summary[name] = m = result["metrics"]
+            bar.update(len(examples))
+            echo(f"{name:20s} accuracy {m['accuracy']:.4f} +- {m['accuracy_se']:.4f} on {m['examples']} "
+                 f"examples ({m['prompts_shortened']} prompts shortened)")
+    if e.validation_path:
+        summary.update(_validation(config, model, tok, mesh, out_dir, echo))
+    atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(summary, indent=2))
+    written = ", ".join(["metrics.json", *(f"{name}.json" for name, _ in jobs), "config.json"])
+    echo(f"eval results written to {os.path.abspath(out_dir)} ({written})")
+    return summary
+
+
+def _quiet(_line: str) -> None:
+    """`echo` on the processes other than the primary."""
+
+
+def _fewshot_jobs(e: ml_collections.ConfigDict) -> list[tuple[str, list[Any]]]:
+    """(variant, examples) for each configured variant whose benchmark file is set, in `variants` order."""
+    from bolt_jax.eval import fewshot, prompts
     sources = {"gsm8k": (e.gsm8k_path, fewshot.read_gsm8k), "math": (e.math_path, fewshot.read_math)}
+    jobs = []
     for name in [v.strip() for v in e.variants.split(",") if v.strip()]:
         if name not in prompts.VARIANTS:
             raise ValueError(f"config.eval.variants: unknown {name!r}; known: {sorted(prompts.VARIANTS)}")
-        variant = prompts.VARIANTS[name]
-        path, reader = sources.get(variant.benchmark, ("", None))
-        if not path:
-            continue
-        result = fewshot.evaluate_fewshot(
-            reader(path, e.limit), name, gen, tokenizer=tok, num_samples=e.num_samples, max_new_tokens=e.max_new_tokens,
-            temperature=e.temperature, top_p=e.top_p, top_k=e.top_k, max_prompt_tokens=e.max_prompt_tokens,
-            truncation=e.truncation, output_path=os.path.join(out_dir, f"{name}.json"))
-        summary[name] = result["metrics"]
-        m = result["metrics"]
-        print(f"{name:20s} accuracy {m['accuracy']:.4f} +- {m['accuracy_se']:.4f} on {m['examples']} examples "
-              f"({m['prompts_shortened']} prompts shortened)")
-    if e.validation_path:
-        from bolt_jax.data.readers import open_corpus
-        summary["validation"] = validation.validation_nll(model, tok, open_corpus(e.validation_path),
-                                                          limit=e.validation_docs, mesh=mesh)
-        print(f"validation NLL {summary['validation']['nll_per_token']:.4f} / token")
-        if e.elbo_samples > 0:
-            summary["validation_elbo"] = validation.validation_elbo(
-                config, e.checkpoint, e.validation_path, k=e.elbo_samples, docs=e.elbo_docs,
-                store_dir=os.path.join(out_dir, "elbo_store"))
-            print(f"validation ELBO: {summary['validation_elbo']}")
-    atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(summary, indent=2))
-    return summary
+        path, reader = sources.get(prompts.VARIANTS[name].benchmark, ("", None))
+        if path:
+            jobs.append((name, reader(path, e.limit)))
+    return jobs
+
+
+def _validation(config: ml_collections.ConfigDict, model, tok, mesh, out_dir: str,
+                echo: Callable[[str], None]) -> dict[str, Any]:
+    """Validation NLL per token (and, with `elbo_samples`, the ELBO) on `validation_path`'s raw documents."""
+    from bolt_jax.data.readers import open_corpus
+    from bolt_jax.eval import validation
+    e = config.eval
+    out = {"validation": validation.validation_nll(model, tok, open_corpus(e.validation_path),
+                                                   limit=e.validation_docs, mesh=mesh)}
+    echo(f"validation NLL {out['validation']['nll_per_token']:.4f} / token")
+    if e.elbo_samples > 0:
+        out["validation_elbo"] = validation.validation_elbo(
+            config, e.checkpoint, e.validation_path, k=e.elbo_samples, docs=e.elbo_docs,
+            store_dir=os.path.join(out_dir, "elbo_store"))
+        echo(f"validation ELBO: {out['validation_elbo']}")
+    return out

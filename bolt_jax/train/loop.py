@@ -31,9 +31,10 @@ from bolt_jax import parallel
 from bolt_jax.config import RUNTIME_OVERRIDES, llama_config
 from bolt_jax.model import Llama, LlamaConfig
 from bolt_jax.model.llama import pure_dict
+from bolt_jax.runtime import console
 from bolt_jax.train import batches as batches_lib
 from bolt_jax.train.checkpointing import PreemptionWatcher, TrainCheckpointer, finished_steps, move_aside
-from bolt_jax.train.metrics import MetricsWriter, device_peak_flops
+from bolt_jax.train.metrics import MetricsWriter, device_peak_flops, validate_tracker
 from bolt_jax.train.optim import lr_schedule, make_optimizer
 from bolt_jax.train.step import BATCH_KEYS, CATEGORIES, all_finite, make_eval_step, make_train_step
 
@@ -59,14 +60,18 @@ def default_train_config() -> ml_collections.ConfigDict:
         "global_batch_size": 8,  # sequences per optimizer step, over all processes
         "micro_batch_size": 0,  # sequences per accumulation micro-step; 0 = no accumulation
         "init_checkpoint": "",  # a model checkpoint (python -m convert hf-to-orbax); "" = random init
-        "log_every": 10,
+        "log_every": 10,  # steps between metric records and console lines (step / loss / tokens/s / MFU / ETA)
         "eval_every": 0,  # validation loss interval in steps; 0 = off
         "eval_batches": 4,
         "save_every": 500,
         "keep_checkpoints": 2,
         "async_checkpoint": True,
         "loss_chunk_size": 512,  # positions per head/log-softmax chunk (memory); 0 = whole sequence
-        "progress_bar": True,
+        "progress_bar": True,  # a tqdm bar when stderr is a terminal (never in a log file); False: lines only
+        # Where metrics go besides run_dir/metrics.jsonl: "tensorboard" (run_dir/tensorboard, needs tensorboardX),
+        # "wandb" (Weights & Biases, pip install 'bolt_jax[wandb]'; WANDB_MODE=offline writes run_dir/wandb),
+        # "tensorboard,wandb", or "none".
+        "tracker": "tensorboard",
         # At the end, write the final params as a model checkpoint (run_dir/model: what the sampler, E-step,
         # evaluation and `convert orbax-to-hf` load).
         "export_model": True,
@@ -98,6 +103,7 @@ def validate_train_config(config: ml_collections.ConfigDict) -> None:
                          f"devices; change config.train.global_batch_size/micro_batch_size or config.mesh")
     if t.steps <= 0 or t.save_every <= 0 or t.log_every <= 0:
         raise ValueError("config.train.steps, save_every and log_every must be positive")
+    validate_tracker(t.get("tracker", "tensorboard"))
     on_change = t.get("on_change", "refuse")
     if on_change not in ON_CHANGE:
         raise ValueError(f"config.train.on_change={on_change!r}; choose one of {ON_CHANGE}")
@@ -380,10 +386,11 @@ class TrainProgress:
         # the newest checkpoint known to hold finite values: the one resumed from (checked on restore), then each
         # one saved after its step passed the check (StepHooks.save)
         self.last_finite_checkpoint: int | None = ckpt.latest_step()
+        # A bar only on a terminal; in a file (SLURM) it would write a line per step, so there the step lines of
+        # `_log` are the progress. Log lines go above the bar (bolt_jax.runtime.console).
         self.bar = None
-        if t.progress_bar and jax.process_index() == 0:
-            from tqdm.auto import tqdm
-            self.bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+        if t.progress_bar and jax.process_index() == 0 and console.use_bar():
+            self.bar = console.progress(total=t.steps, initial=start, desc="train", unit="step")
         # Throughput is measured from the end of the first step of this run (which includes compilation).
         self._timed_since = time.perf_counter()
         self._timed_since_step = start
@@ -437,7 +444,8 @@ class TrainProgress:
         return f"{what}; the update was not applied and no checkpoint was written after it. {where}. {hint}"
 
     def _log(self, step_done: int, metrics: dict[str, float], now: float) -> None:
-        """Adds throughput since the last log (and MFU where the device's peak is known) and writes the record."""
+        """Adds throughput since the last log (and MFU where the device's peak is known), writes the record and logs
+        the step line."""
         steps_timed = step_done - self._timed_since_step
         if steps_timed > 0:
             step_time = (now - self._timed_since) / steps_timed
@@ -449,10 +457,29 @@ class TrainProgress:
         metrics["total_tokens"] = step_done * self.tokens_per_step
         self._writer.write(step_done, metrics)
         self.history.append(dict(metrics, step=step_done))
+        _log.info("%s", self.step_line(step_done, metrics))
+
+    def step_line(self, step_done: int, metrics: dict[str, float]) -> str:
+        """`step 10/40 | loss 6.2478 | lr 9.68e-04 | tokens/s 22,485 | MFU 31.2% | ETA 0:00:07`: what a log file
+        shows of the run (throughput, MFU and ETA once a step has been timed; MFU where the peak is known)."""
+        parts = [f"step {step_done}/{self.total_steps}", f"loss {metrics['loss']:.4f}", f"lr {metrics['lr']:.2e}"]
+        if "tokens_per_s" in metrics:
+            parts.append(f"tokens/s {metrics['tokens_per_s']:,.0f}")
+        if "mfu" in metrics:
+            parts.append(f"MFU {metrics['mfu']:.1%}")
+        if "step_time_s" in metrics:
+            parts.append(f"ETA {console.format_eta((self.total_steps - step_done) * metrics['step_time_s'])}")
+        return " | ".join(parts)
 
     def record_validation(self, step_done: int, val: dict[str, float]) -> None:
         self._writer.write(step_done, val, prefix="val_")
         self.history.append({"step": step_done, **{f"val_{k}": v for k, v in val.items()}})
+        if val:
+            _log.info("step %d/%d | validation loss %.4f on %d tokens", step_done, self.total_steps, val["loss"],
+                      val["tokens"])
+        else:
+            _log.warning("step %d: no validation batches (is the validation split empty?); validation loss not "
+                         "computed", step_done)
 
     def close_bar(self) -> None:
         if self.bar is not None:
@@ -558,7 +585,8 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
         ckpt.close()
         raise
     start = int(jax.device_get(state["step"]))
-    writer = MetricsWriter(run_dir)
+    writer = MetricsWriter(run_dir, tracker=t.get("tracker", "tensorboard"), resume=start > 0,
+                           config=json.loads(config.to_json_best_effort()))
     progress = TrainProgress(config, setup, ckpt, writer, start)
     hooks = StepHooks(config, setup, ckpt, source, progress)
     try:
@@ -592,6 +620,18 @@ def export_model(config: ml_collections.ConfigDict, setup: TrainSetup, state, ru
     return out
 
 
+def validation_note(eval_every: int, start: int, end: int, total_steps: int) -> str:
+    """Why a run has no validation loss (rather than a bare `nan` in its summary)."""
+    if not eval_every:
+        return "off (train.eval_every=0)"
+    if total_steps < eval_every:
+        return (f"never ran: train.steps={total_steps} < train.eval_every={eval_every} (validation runs every "
+                f"eval_every steps; lower it to see one)")
+    if end // eval_every == start // eval_every:
+        return f"not run in this leg (steps {start + 1}..{end} hold no multiple of train.eval_every={eval_every})"
+    return "no validation batches (the validation split is empty; see the warning above)"
+
+
 def _finish(config: ml_collections.ConfigDict, setup: TrainSetup, losses: dict[int, float],
             history: list[dict[str, Any]], start: int, stopped_by: str, run_dir: str) -> dict[str, Any]:
     """The run's summary (returned, printed and written to summary.json), so a finished run is readable at a glance
@@ -608,11 +648,13 @@ def _finish(config: ml_collections.ConfigDict, setup: TrainSetup, losses: dict[i
         "tokens_per_s": float(np.median([h["tokens_per_s"] for h in logged[1:] or logged])) if logged else math.nan,
         "val_loss": vals[-1]["val_loss"] if vals else math.nan,
     }
+    if not vals:
+        summary["val_note"] = validation_note(t.eval_every, start, summary["steps"], t.steps)
     if jax.process_index() == 0:
         rows = [("run dir", run_dir), ("mesh", parallel.mesh_summary(setup.mesh)),
                 ("steps", f"{summary['steps']} / {t.steps} ({steps_run} this run, resumed from {start})"),
                 ("loss first -> last", f"{summary['first_loss']:.4f} -> {summary['final_loss']:.4f}"),
-                ("validation loss", f"{summary['val_loss']:.4f}"),
+                ("validation loss", f"{summary['val_loss']:.4f}" if vals else summary["val_note"]),
                 ("tokens/s (median)", f"{summary['tokens_per_s']:,.0f}")]
         if logged and "mfu" in logged[-1]:
             rows.append(("MFU", f"{logged[-1]['mfu']:.1%}"))
