@@ -2,14 +2,17 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# torch is only the Hugging Face oracle in tests (never a core dependency). Pinned so pip takes a known build.
+# torch is only the Hugging Face oracle in tests (never a core dependency). Pinned so pip takes a known build
+# (constraints/cpu.txt pins the same version: change both, through tools/make_constraints.py).
 TORCH_SPEC ?= torch==2.13.0
+# Every install takes the tested versions from this file (README "Install"; `make constraints` rewrites it).
+CONSTRAINTS ?= constraints/cpu.txt
 # 8 simulated CPU devices, so every test can build 2x2x2 meshes.
 TEST_ENV := JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: test test-slow lint demo venv clean-venv
+.PHONY: test test-slow lint demo venv clean-venv constraints
 
 $(VENV)/.created:
 	@PYBIN="$$(.ci/find_python.sh)" || exit 1; \
@@ -18,14 +21,14 @@ $(VENV)/.created:
 	@touch $@
 
 # Test environment: the package with test extras, plus torch installed first (so nothing pulls another build).
-$(VENV)/.installed-test: $(VENV)/.created pyproject.toml
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test]"
+$(VENV)/.installed-test: $(VENV)/.created pyproject.toml $(CONSTRAINTS)
+	$(PY) -m pip install -q -c $(CONSTRAINTS) "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e ".[test]"
 	@touch $@
 
 # Demo environment: the package only; no torch.
-$(VENV)/.installed-demo: $(VENV)/.created pyproject.toml
-	$(PY) -m pip install -q -e .
+$(VENV)/.installed-demo: $(VENV)/.created pyproject.toml $(CONSTRAINTS)
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e .
 	@touch $@
 
 venv: $(VENV)/.installed-test
@@ -45,3 +48,9 @@ demo: $(VENV)/.installed-demo
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Rewrites constraints/{cpu,gpu,tpu}.txt, keeping this venv's versions where each target's tested pins allow;
+# `make constraints SEED_ENV=` resolves the newest versions instead (then `make clean-venv test` to try them).
+SEED_ENV ?= $(VENV)
+constraints: $(VENV)/.installed-test
+	$(PY) tools/make_constraints.py --seed_env "$(SEED_ENV)"

@@ -3,7 +3,8 @@
     python bench/data.py                                  # toy corpus with true thoughts, BPE tokenizer trained here
     python bench/data.py --corpus /path/aug.jsonl --tokenizer /path/hf_tokenizer_dir --latent_type random
 
-Prints packed tokens per second (rows x seq_len, every row full). The loader must stay above ~150k tokens/s per
+Prints the device, versions and commit (bench/common.py, as every bench), then packed tokens per second (rows x
+seq_len, every row full). The loader must stay above ~150k tokens/s per
 core so it never starves a GPU training at ~70k tokens/s.
 """
 
@@ -56,6 +57,10 @@ def main() -> None:
     if not args.all_cores and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
 
+    import grain
+    import tokenizers
+    from common import header
+
     from bolt_jax.data import pipeline, toy
     from bolt_jax.data.formats import raw_text
     from bolt_jax.data.readers import iter_corpus, open_corpus
@@ -82,6 +87,8 @@ def main() -> None:
         batches += 1
     elapsed = time.perf_counter() - start
     cores = "1 core" if not args.all_cores else f"{len(os.sched_getaffinity(0))} cores"
+    print(f"data pipeline: {header()}, grain {grain.__version__}, tokenizers {tokenizers.__version__}, "
+          f"{os.cpu_count()} CPUs on the host")
     print(f"corpus {corpus_path} ({len(corpus)} records), latent_type={args.latent_type}, packing={args.packing}, "
           f"vocab {tokenizer.vocab_size}, seq_len {args.seq_len}, rows {args.rows}")
     print(f"{batches} batches, {tokens} tokens in {elapsed:.2f} s on {cores}: {tokens / elapsed:,.0f} tokens/s")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import resource
 import sys
 import time
@@ -77,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every step of a save at INFO
+    from bolt_jax.runtime import console
+    console.setup()  # before transformers is imported: no advisories; Orbax's per-step INFO lines kept off
     from bolt_jax import parallel
 
     mesh = parallel.make_mesh(args.mesh) if args.mesh else None

@@ -71,3 +71,33 @@ def test_a_redone_stage_starts_clean_and_keeps_its_old_work(tmp_path):
     run_stage(m, "a", {"x": 2}, lambda: calls.append("a") or {}, work_dirs=[str(work)])
     assert calls == ["a", "a"] and not work.exists()
     assert (tmp_path / "runs" / "a.stale-1" / "checkpoint").read_text() == "old"
+
+
+def test_a_setting_added_later_counts_as_its_default(tmp_path):
+    """A stage recorded before a key existed: the key at its default is no change, at another value it is."""
+    calls: list[str] = []
+    old = {"data.seq_len": 64}
+    m = Manifest(str(tmp_path), defaults={"data.worker_count": 0, "data.shuffle_buffer_batches": 0})
+    _run(m, "a", old, calls)
+    m = Manifest(str(tmp_path), defaults={"data.worker_count": 0, "data.shuffle_buffer_batches": 0})
+    _run(m, "a", {**old, "data.shuffle_buffer_batches": 0}, calls)
+    assert calls == ["a"]
+    with pytest.raises(StaleStageError, match=r"data.shuffle_buffer_batches: 0 -> 8"):
+        _run(m, "a", {**old, "data.shuffle_buffer_batches": 8}, calls)
+
+
+def test_a_trainer_run_from_before_a_new_data_key_still_resumes(tmp_path, monkeypatch):
+    import json
+
+    import bolt_jax.train.loop as loop
+    from bolt_jax.data.pipeline import default_data_config
+    c = _config(tmp_path)
+    c.data = default_data_config()
+    old = json.loads(c.to_json_best_effort())
+    del old["data"]["shuffle_buffer_batches"]  # written by a version without the key
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps(old))
+    monkeypatch.setattr(loop, "finished_steps", lambda directory: [10])
+    assert loop.settings_changes(c) == []
+    c.data.shuffle_buffer_batches = 4
+    assert loop.settings_changes(c) == ["data.shuffle_buffer_batches: 0 -> 4"]

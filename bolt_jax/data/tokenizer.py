@@ -10,6 +10,7 @@ formatted pieces (bolt_jax.data.formats) onto tokens through the character offse
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,12 +112,14 @@ def load_tokenizer(path: str | os.PathLike) -> BoltTokenizer:
 
 
 _CACHE: dict[str, BoltTokenizer] = {}
+_CACHE_LOCK = threading.Lock()  # Grain's reader threads ask at once; transformers' first import is not thread-safe
 
 
 def cached_tokenizer(path: str | os.PathLike) -> BoltTokenizer:
     """load_tokenizer, once per process and path (worker processes and repeated pipeline builds reuse it)."""
     key = os.path.abspath(str(path))
-    if key not in _CACHE:
-        _CACHE[key] = load_tokenizer(key)
-    return _CACHE[key]
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = load_tokenizer(key)
+        return _CACHE[key]
 

@@ -293,9 +293,11 @@ def _run_batches(work: list[tuple[int, Sequence[Chunk]]], backend: ModelBackend,
     so a kill loses at most two batches of work and never a written shard). Every process runs every batch (each
     holds its share of the global batch on the mesh); process 0 writes the shards."""
     import jax
-    from tqdm.auto import tqdm
+
+    from bolt_jax.runtime import console
     primary = jax.process_index() == 0
-    bar = tqdm(total=sum(len(c) for _, c in work), desc=desc, unit="chunk", disable=not work or not primary)
+    bar = console.progress(total=sum(len(c) for _, c in work), desc=desc, unit="chunk",
+                           enabled=bool(work) and primary)
     sampled_tokens = 0
 
     def finish(b: int, sampled: SampledBatch) -> list[dict[str, Any]]:

@@ -235,9 +235,10 @@ def run_sync(requests: Sequence[Request], client, cache: RequestCache, budget: B
             cache.put(r, result)
         return r.custom_id, result
 
-    from tqdm.auto import tqdm
+    from bolt_jax.runtime import console
     with ThreadPoolExecutor(max_workers=int(cfg.get("concurrency", 8))) as pool:
-        for cid, res in tqdm(pool.map(one, todo), total=len(todo), desc="synth (sync)", disable=not todo):
+        for cid, res in console.progress(pool.map(one, todo), total=len(todo), desc="synth (sync)", unit="request",
+                                         enabled=bool(todo)):
             results[cid] = res
     return results
 

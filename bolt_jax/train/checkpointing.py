@@ -72,11 +72,13 @@ def moved_data_state(data_dir: str, saved_count: int, iterator, process_index: i
 class TrainCheckpointer:
     """Async saves at an interval, a keep policy, automatic restore of the latest complete step."""
 
-    def __init__(self, directory: str, *, max_to_keep: int = 2, async_save: bool = True):
+    def __init__(self, directory: str, *, max_to_keep: int = 2, async_save: bool = True,
+                 keep_period: int | None = None):
+        """`keep_period`: also keep every checkpoint whose step is a multiple of it (the evaluated ones)."""
         self.directory = os.path.abspath(directory)
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, keep_period=keep_period,
                                                  enable_async_checkpointing=async_save))
 
     def latest_step(self) -> int | None:
@@ -152,7 +154,7 @@ def finished_steps(directory: str) -> list[int]:
 
 
 # What a run writes next to its checkpoints and that describes them: moved aside with them on a restart.
-RUN_OUTPUTS = ("config.json", "metrics.jsonl", "summary.json", "model", "tensorboard")
+RUN_OUTPUTS = ("config.json", "metrics.jsonl", "summary.json", "model", "tensorboard", "wandb")
 
 
 def move_aside(run_dir: str, outputs: tuple[str, ...] = RUN_OUTPUTS) -> str:

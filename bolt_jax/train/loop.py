@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -35,7 +35,7 @@ from bolt_jax.runtime import console
 from bolt_jax.train import batches as batches_lib
 from bolt_jax.train.checkpointing import PreemptionWatcher, TrainCheckpointer, finished_steps, move_aside
 from bolt_jax.train.metrics import MetricsWriter, device_peak_flops, validate_tracker
-from bolt_jax.train.optim import lr_schedule, make_optimizer
+from bolt_jax.train.optim import default_optim_config, lr_schedule, make_optimizer
 from bolt_jax.train.step import BATCH_KEYS, CATEGORIES, all_finite, make_eval_step, make_train_step
 
 _log = logging.getLogger("bolt_jax.train")
@@ -114,7 +114,7 @@ def validate_train_config(config: ml_collections.ConfigDict) -> None:
 # --------------------------------------------------------------------------------------------------- resume
 ON_CHANGE = ("refuse", "restart")
 _RESUME_TRAIN_KEYS = ("global_batch_size", "init_checkpoint")
-_RESUME_IGNORED_DATA = ("prefetch_threads",)
+_RESUME_IGNORED_DATA = ("prefetch_threads", "worker_count")  # speed settings: the same batches
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str) -> dict[str, Any]:
@@ -135,15 +135,15 @@ def resume_settings(config: Mapping[str, Any]) -> dict[str, Any]:
       of `bolt_jax.config.RUNTIME_OVERRIDES` (kernels, compute precision, remat, layer scan: how to compute, not what);
     - `optim.*`, all of it (learning rate and schedule, betas, eps, weight decay, clipping): the update rule;
     - `data.*`, the source, paths, format, sequence length, packing, loss weights, data seed and batch: which tokens
-      each step sees (except `prefetch_threads`, a speed setting that yields the same batches);
+      each step sees (except `prefetch_threads` and `worker_count`, speed settings that yield the same batches);
     - `train.global_batch_size` and `train.init_checkpoint`: what one step averages over, where the run began;
     - `seed`: the initialization and the synthetic data.
 
     Left out, because they do not change what the remaining steps compute or may change between legs of one run:
     `train.steps` (raising it continues a run; note that it also stretches the cosine schedule's tail), the cadence
-    and output keys (log/eval/save intervals, eval_batches, keep/async checkpoints, progress bar, export_model,
-    on_change), `train.micro_batch_size` and `loss_chunk_size` (accumulation and chunking give the same gradient up
-    to float rounding), the mesh and rules (layout only), `run_dir` and the other workflows' sections.
+    and output keys (log/eval/save intervals, eval_batches, keep/async checkpoints, progress bar, tracker,
+    export_model, on_change), `train.micro_batch_size` and `loss_chunk_size` (accumulation and chunking give the same
+    gradient up to float rounding), the mesh and rules (layout only), `run_dir` and the other workflows' sections.
     """
     model = {k: v for k, v in _flatten(config.get("model", {}), "model.").items()
              if k.split(".", 1)[1] not in RUNTIME_OVERRIDES}
@@ -178,8 +178,17 @@ def settings_changes(config: ml_collections.ConfigDict) -> list[str]:
                      "settings", run_dir)
         return []
     with open(path) as f:
-        old = json.load(f)
-    return changed_settings(resume_settings(old), resume_settings(json.loads(config.to_json_best_effort())))
+        old = resume_settings(json.load(f))
+    new = resume_settings(json.loads(config.to_json_best_effort()))
+    defaults = resume_defaults()  # a key added since the run began counts as its default
+    return changed_settings({**{k: defaults[k] for k in new if k not in old and k in defaults}, **old}, new)
+
+
+def resume_defaults() -> dict[str, Any]:
+    """The resume settings of the default data, optimizer and trainer sections."""
+    from bolt_jax.data.pipeline import default_data_config
+    return resume_settings({"data": default_data_config().to_dict(), "optim": default_optim_config().to_dict(),
+                            "train": default_train_config().to_dict()})
 
 
 def reconcile_run_dir(config: ml_collections.ConfigDict) -> str | None:
@@ -341,14 +350,17 @@ def evaluate(setup: TrainSetup, params, config: ml_collections.ConfigDict) -> di
     """Validation loss on held-out raw documents: token-weighted mean over `eval_batches` batches."""
     source = batches_lib.make_train_batches(config, setup.model_cfg.vocab_size, split="validation")
     totals: dict[str, float] = {}
-    for _ in range(config.train.eval_batches):
-        try:
-            batch = next(source)
-        except StopIteration:
-            break
-        sums = jax.device_get(setup.eval_step(params, parallel.shard_batch(batch, setup.mesh)))
-        for k, v in sums.items():
-            totals[k] = totals.get(k, 0.0) + float(v)
+    try:
+        for _ in range(config.train.eval_batches):
+            try:
+                batch = next(source)
+            except StopIteration:
+                break
+            sums = jax.device_get(setup.eval_step(params, parallel.shard_batch(batch, setup.mesh)))
+            for k, v in sums.items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+    finally:
+        getattr(source, "close", lambda: None)()  # a fresh source per evaluation: its worker processes end here
     if not totals or totals["weight"] == 0:
         return {}
     out = {"loss": totals["loss"] / totals["weight"], "tokens": totals["weight"]}
@@ -471,6 +483,15 @@ class TrainProgress:
             parts.append(f"ETA {console.format_eta((self.total_steps - step_done) * metrics['step_time_s'])}")
         return " | ".join(parts)
 
+    def record_evaluation(self, step_done: int, metrics: dict[str, float]) -> None:
+        """Metrics of an evaluation during training (few-shot accuracy, NLL, ELBO): metrics.jsonl and the trackers,
+        with the training tokens seen (step x global batch x sequence length, packed tokens)."""
+        tokens = step_done * self.tokens_per_step
+        self._writer.write(step_done, {**metrics, "train_tokens": tokens}, prefix="eval/")
+        self.history.append({"step": step_done, "train_tokens": tokens, **{f"eval/{k}": v for k, v in metrics.items()}})
+        _log.info("step %d/%d | evaluation: %s", step_done, self.total_steps,
+                  ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if not k.endswith("_se"))[:400])
+
     def record_validation(self, step_done: int, val: dict[str, float]) -> None:
         self._writer.write(step_done, val, prefix="val_")
         self.history.append({"step": step_done, **{f"val_{k}": v for k, v in val.items()}})
@@ -491,7 +512,8 @@ class StepHooks:
     validation. Kept out of the loop so the loop reads as "step, then hooks", as in Levanter's trainer."""
 
     def __init__(self, config: ml_collections.ConfigDict, setup: TrainSetup, ckpt: TrainCheckpointer,
-                 source: Any, progress: TrainProgress):
+                 source: Any, progress: TrainProgress, evaluators: Sequence[Evaluator] = ()):
+        self.evaluators = list(evaluators)
         self.config = config
         self.setup = setup
         self.ckpt = ckpt
@@ -501,10 +523,30 @@ class StepHooks:
 
     def after_step(self, step_done: int, state: TrainState, preempt: bool) -> None:
         t = self.config.train
-        if step_done % t.save_every == 0 or step_done == t.steps or preempt:
+        # evaluations first: a kill during one leaves this step's checkpoint unwritten, so the resumed run redoes
+        # the step and its evaluation (an evaluated step is never skipped)
+        evaluated = self.evaluate(step_done, state)
+        if step_done % t.save_every == 0 or step_done == t.steps or preempt or (evaluated and self.keep_evaluated):
             self.save(step_done, state)
         if t.eval_every and step_done % t.eval_every == 0:
             self.progress.record_validation(step_done, evaluate(self.setup, state["params"], self.config))
+
+    @property
+    def keep_evaluated(self) -> bool:
+        return bool(self.config.get("train_eval", {}).get("keep_eval_checkpoints", False))
+
+    def evaluate(self, step_done: int, state: TrainState) -> bool:
+        """Runs the evaluators due at `step_done` on the model of the current parameters; True if any ran."""
+        if not self.evaluators:
+            return False
+        self.progress.flush()  # a non-finite step stops the run before anything evaluates it
+        model = nnx.merge(self.setup.graphdef, state["params"])
+        metrics: dict[str, float] = {}
+        for evaluate_fn in self.evaluators:
+            metrics.update(evaluate_fn(step_done, self.config.train.steps, model, self.setup.mesh))
+        if metrics:
+            self.progress.record_evaluation(step_done, metrics)
+        return bool(metrics)
 
     def save(self, step_done: int, state: TrainState) -> None:
         self.progress.flush()  # never checkpoint a state we have not checked: raises on a non-finite step
@@ -567,8 +609,13 @@ def _run_steps(setup: TrainSetup, state: TrainState, source: Any, start: int, to
     return state, stopped_by
 
 
-def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """Runs (or resumes) training; returns a summary with the per-step losses."""
+# an evaluation during training: (step, total steps, model, mesh) -> flat metrics ({} when none is due)
+Evaluator = Callable[[int, int, Any, Any], dict[str, float]]
+
+
+def train(config: ml_collections.ConfigDict, evaluators: Sequence[Evaluator] = ()) -> dict[str, Any]:
+    """Runs (or resumes) training; returns a summary with the per-step losses. `evaluators` run after steps on the
+    current model (bolt_jax.eval.periodic.TrainEval, built by the workflows from config.train_eval)."""
     validate_train_config(config)  # refuses to resume under other settings (train.on_change="refuse")
     if config.get("dry_run", False):
         return dry_run(config)
@@ -576,8 +623,10 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
     setup = TrainSetup(config)
     t = config.train
     run_dir = _prepare_run_dir(config)
+    keep_period = config.get("train_eval", {}).get("every", 0) if config.get("train_eval", {}).get(
+        "keep_eval_checkpoints", False) else 0
     ckpt = TrainCheckpointer(os.path.join(run_dir, "checkpoints"), max_to_keep=t.keep_checkpoints,
-                             async_save=t.async_checkpoint)
+                             async_save=t.async_checkpoint, keep_period=keep_period or None)
     source = batches_lib.make_train_batches(config, setup.model_cfg.vocab_size, split="train")
     try:
         state = _restore_or_init(setup, ckpt, source)
@@ -588,7 +637,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
     writer = MetricsWriter(run_dir, tracker=t.get("tracker", "tensorboard"), resume=start > 0,
                            config=json.loads(config.to_json_best_effort()))
     progress = TrainProgress(config, setup, ckpt, writer, start)
-    hooks = StepHooks(config, setup, ckpt, source, progress)
+    hooks = StepHooks(config, setup, ckpt, source, progress, evaluators)
     try:
         state, stopped_by = _run_steps(setup, state, source, start, t.steps, progress, hooks)
     finally:

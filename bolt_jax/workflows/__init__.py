@@ -87,6 +87,9 @@ def _validate_train(config: ml_collections.ConfigDict) -> None:
     validate_train_config(config)
     validate_optim_config(config)
     validate_data_config(config)
+    if "train_eval" in config:
+        from bolt_jax.eval.periodic import validate_train_eval_config
+        validate_train_eval_config(config)
 
 
 def _validate_finetune(config: ml_collections.ConfigDict) -> None:
@@ -139,8 +142,9 @@ def model_summary(config: ml_collections.ConfigDict) -> dict:
 @register("train", _validate_train)
 def train(config: ml_collections.ConfigDict):
     """M-step: train (or resume) on the configured data; checkpoints, metrics, validation."""
+    from bolt_jax.eval.periodic import evaluators_for
     from bolt_jax.train.loop import train as run_train
-    return run_train(config)
+    return run_train(config, evaluators_for(config))
 
 
 @register("demo", _validate_train)

@@ -63,6 +63,18 @@ def default_bootstrap_config() -> ml_collections.ConfigDict:
 SHARED_STAGES = ("base", "warmstart", "fewshot_base", "fewshot_warmstart", "elbo_warmstart", "nll_base")
 
 
+def section_defaults() -> dict[str, Any]:
+    """Flat defaults of the sections a stage's settings come from (`Manifest(defaults=...)`)."""
+    from bolt_jax.data.pipeline import default_data_config
+    from bolt_jax.estep.run import default_estep_config
+    from bolt_jax.train.loop import default_train_config
+    from bolt_jax.train.optim import default_optim_config
+    from bolt_jax.workflows.manifest import flatten
+    return flatten({"data": default_data_config().to_dict(), "estep": default_estep_config().to_dict(),
+                    "train": default_train_config().to_dict(), "optim": default_optim_config().to_dict(),
+                    "bootstrap": default_bootstrap_config().to_dict()})
+
+
 def reuse_shared_stages(manifest: Manifest, source_dir: str) -> None:
     """Take the finished base and warmstart stages of another run (and their evaluations) into this manifest: they
     are then skipped when their settings match this run's, as any finished stage."""
@@ -134,8 +146,9 @@ def _train_config(config, name: str, *, data_path: str, latent_type: str, steps:
 
 def train_stage(c) -> dict[str, Any]:
     """Trains one model with the stage's config (`_train_config`)."""
+    from bolt_jax.eval.periodic import evaluators_for
     from bolt_jax.train.loop import train
-    summary = train(c)
+    summary = train(c, evaluators_for(c))
     return {"model_dir": summary["model_dir"], "run_dir": c.run_dir, "final_loss": summary["final_loss"],
             "val_loss": summary["val_loss"], "tokens": c.train.steps * c.train.global_batch_size * c.data.seq_len,
             "steps": c.train.steps, "tokens_per_s": summary["tokens_per_s"]}
@@ -230,7 +243,7 @@ def run_bootstrap(config: ml_collections.ConfigDict) -> dict[str, Any]:
     b = config.bootstrap
     run_dir = os.path.abspath(config.run_dir)
     os.makedirs(run_dir, exist_ok=True)
-    manifest = Manifest(run_dir, b.get("on_change", "refuse"))
+    manifest = Manifest(run_dir, b.get("on_change", "refuse"), defaults=section_defaults())
     if b.get("shared_stages_from"):
         reuse_shared_stages(manifest, b.shared_stages_from)
     trial = TrialSource(config, manifest)

@@ -114,6 +114,7 @@ def write_k_sweep(run_dir: str, reports: dict[int, dict[str, Any]]) -> dict[str,
 
 def run_compare(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Raw vs thought-augmented training for the same steps, both evaluated on raw text; table + PNG."""
+    from bolt_jax.eval.periodic import evaluators_for
     from bolt_jax.train.loop import train
 
     demo = config.demo
@@ -127,7 +128,7 @@ def run_compare(config: ml_collections.ConfigDict) -> dict[str, Any]:
                             "data.tokenizer_path": paths["tokenizer"], "data.latent_type": latent_type})
         print(f"\n=== training on {name} data ({latent_type} format) -> {c.run_dir}")
         t0 = time.perf_counter()
-        summary = train(c)
+        summary = train(c, evaluators_for(c))
         results[name] = dict(summary, run_dir=c.run_dir, wall_s=time.perf_counter() - t0)
 
     plot_path = os.path.join(run_dir, "loss_curves.png")

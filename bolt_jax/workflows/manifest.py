@@ -28,7 +28,8 @@ ON_CHANGE = ("refuse", "rerun")
 IGNORED = {"run_dir", "workflow", "train.progress_bar", "train.log_every", "train.save_every",
            "train.keep_checkpoints", "train.eval_every", "train.eval_batches", "estep.scheduler",
            "estep.decode_slots", "estep.overlap", "estep.slice", "estep.store_dir", "estep.output_path",
-           "estep.run_name", "train.on_change", "bootstrap.on_change"}
+           "estep.run_name", "train.on_change", "bootstrap.on_change", "train.tracker", "data.worker_count",
+           "data.prefetch_threads"}
 # path settings whose file is an input: its size is part of the key (content changes that keep the size are not seen)
 INPUT_FILES = ("data.train_path", "data.validation_path", "estep.corpus_path", "bootstrap.pretrain_path",
                "bootstrap.warmstart_path", "bootstrap.bootstrap_path")
@@ -76,11 +77,16 @@ def describe_changes(old: Mapping[str, Any], new: Mapping[str, Any], limit: int 
 
 
 class Manifest:
-    def __init__(self, run_dir: str, on_change: str = "refuse"):
+    """`defaults` (flat, "data.seq_len": ...): the default of every key a later version may add to a section; a
+    stage recorded before the key existed counts as computed under its default (so a new setting left at its
+    default does not make every finished stage stale)."""
+
+    def __init__(self, run_dir: str, on_change: str = "refuse", defaults: Mapping[str, Any] | None = None):
         if on_change not in ON_CHANGE:
             raise ValueError(f"bootstrap.on_change={on_change!r}; choose one of {ON_CHANGE}")
         self.path = os.path.join(run_dir, "manifest.json")
         self.on_change = on_change
+        self.defaults = dict(defaults or {})
         self.stages: dict[str, Any] = {}
         if os.path.exists(self.path):
             with open(self.path) as f:
@@ -112,10 +118,14 @@ class Manifest:
         stage = self.stages[name]
         if stage.get("key") == settings_key(settings):
             return True
-        ignored = stage.get("adopted_across")
-        if ignored is not None and _without(stage.get("settings", {}), ignored) == _without(settings, ignored):
-            return True
         old = stage.get("settings")
+        if old is not None:  # keys added since the stage was recorded: their defaults
+            old = {**{k: self.defaults[k] for k in settings if k not in old and k in self.defaults}, **old}
+            if settings_key(old) == settings_key(settings):
+                return True
+        ignored = stage.get("adopted_across")
+        if ignored is not None and _without(old or {}, ignored) == _without(settings, ignored):
+            return True
         what = describe_changes(old, settings) if old is not None else "it was recorded without its settings"
         if self.on_change == "refuse":
             raise StaleStageError(
