@@ -18,6 +18,7 @@ Rerunning the same command resumes at the stage and step where a run stopped.
 from bolt_jax.config import base_config, model_config_dict
 from bolt_jax.data.pipeline import default_data_config
 from bolt_jax.estep.run import default_estep_config
+from bolt_jax.eval.periodic import default_train_eval_config
 from bolt_jax.train.loop import default_train_config
 from bolt_jax.train.optim import default_optim_config
 from bolt_jax.workflows.bootstrap import default_bootstrap_config
@@ -38,6 +39,11 @@ def get_config(trial: str = "0"):
     c.train.eval_every = 2500
     c.train.eval_batches = 16
     c.train.save_every = 2500
+    # evaluation during training (spec 7.1-7.3): few-shot GSM8K/MATH (the synthetic variants the plots read) and
+    # validation NLL every 2500 steps, the ELBO (thought-trained models) every 5000, both at the end
+    c.train_eval = default_train_eval_config()
+    c.train_eval.update(every=2500, elbo_every=5000, gsm8k_path="data/gsm8k/test.jsonl",
+                        math_path="data/math/test.jsonl")
     c.optim = default_optim_config()
     c.bootstrap = default_bootstrap_config()
     c.bootstrap.update(

@@ -12,6 +12,7 @@ Inputs: the converted base model (`python -m convert hf-to-orbax --hf-dir TinyLl
 
 from bolt_jax.config import base_config, model_config_dict
 from bolt_jax.data.pipeline import default_data_config
+from bolt_jax.eval.periodic import default_train_eval_config
 from bolt_jax.train.loop import default_train_config
 from bolt_jax.train.optim import default_optim_config
 
@@ -45,5 +46,11 @@ def get_config(data_type: str = "latent_thoughts", trial: str = "0"):
     c.train.eval_batches = 16
     c.train.save_every = 2500
     c.train.log_every = 10
+    # evaluation during training (spec 7.1-7.3): few-shot GSM8K/MATH (the synthetic variants the plots read) and
+    # validation NLL every 2500 steps, the ELBO (thought-trained models) every 5000, both at the end
+    c.train_eval = default_train_eval_config()
+    c.train_eval.update(every=2500, elbo_every=5000, gsm8k_path="data/gsm8k/test.jsonl",
+                        math_path="data/math/test.jsonl")
+    c.train_eval.also_at = "500,1250"  # the original's must_eval_steps
     c.optim = default_optim_config()  # lr 1e-4, warmup 1000, cosine to 1e-6, AdamW (0.9, 0.95), wd 0.01, clip 1.0
     return c

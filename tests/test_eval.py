@@ -162,7 +162,9 @@ def test_eval_workflow_on_a_checkpoint(tmp_path):
                        cwd=repo_root(), env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert metrics["gsm8k_cot"]["examples"] == 2 and "latent_gsm8k_cot" in metrics
+    # the default variants: the paper's synthetic ones (no MATH file given: MATH skipped)
+    assert metrics["gsm8k_cot_synthetic_alt"]["examples"] == 2 and "latent_gsm8k_cot_synthetic_alt" in metrics
+    assert "hendrycks_math_cot_synthetic" not in metrics
     assert metrics["validation"]["nll_per_token"] > 0
     assert metrics["validation_elbo"]["elbo_2_per_token"] < 0 and metrics["validation_elbo"]["chunks"] >= 1
 

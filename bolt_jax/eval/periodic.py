@@ -20,6 +20,7 @@ import ml_collections
 def default_train_eval_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({
         "every": 0,  # few-shot accuracy and validation NLL every N training steps, and at the end (0 = off)
+        "also_at": "",  # more steps to evaluate at, comma-separated (the original's must_eval_steps, e.g. "500,1250")
         # the paper's plots read the synthetic variants (bolt_jax.eval.prompts.VARIANTS); a variant whose
         # benchmark file is not set is skipped
         "variants": "gsm8k_cot_synthetic_alt,latent_gsm8k_cot_synthetic_alt,hendrycks_math_cot_synthetic,"
@@ -50,6 +51,11 @@ def validate_train_eval_config(config: ml_collections.ConfigDict) -> None:
     for name in _names(t.variants):
         if name not in prompts.VARIANTS:
             raise ValueError(f"config.train_eval.variants: unknown {name!r}; known: {sorted(prompts.VARIANTS)}")
+    try:
+        [int(x) for x in str(t.also_at).split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"config.train_eval.also_at={t.also_at!r} must be comma-separated steps, e.g. '500,1250'"
+                         ) from None
     if t.elbo_every and t.elbo_samples < 1:
         raise ValueError("config.train_eval.elbo_samples must be >= 1 when elbo_every > 0")
 
@@ -76,13 +82,14 @@ class TrainEval:
             path, reader = readers[prompts.VARIANTS[name].benchmark]
             if path:
                 self.jobs.append((name, reader(path, self.t.limit)))
+        self.also_at = {int(x) for x in str(self.t.also_at).split(",") if x.strip()}
         self.thought_model = config.data.get("latent_type", "raw") != "raw"
         self.validation_path = config.data.get("validation_path", "")
 
     def due(self, step: int, total_steps: int) -> dict[str, bool]:
         """Which evaluations run after `step`: few-shot + NLL every `every` steps, the ELBO every `elbo_every`
-        steps (thought models only), both at the last step."""
-        last = step == total_steps
+        steps (thought models only), both at the last step and at the `also_at` steps."""
+        last = step == total_steps or step in self.also_at
         return {"fewshot": bool(self.t.every) and (step % self.t.every == 0 or last),
                 "elbo": bool(self.t.elbo_every) and self.thought_model and bool(self.validation_path)
                 and (step % self.t.elbo_every == 0 or last)}

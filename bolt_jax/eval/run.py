@@ -20,15 +20,18 @@ def default_eval_config() -> ml_collections.ConfigDict:
         "output_dir": "",  # "" = <run_dir>/eval
         "gsm8k_path": "",  # GSM8K test.jsonl ({question, answer}); "" = skip
         "math_path": "",  # MATH test (.jsonl/.parquet with problem, solution); "" = skip
-        "variants": "gsm8k_cot,latent_gsm8k_cot,math_cot,latent_math_cot",
+        # the paper's plots read the synthetic variants (bolt_jax.eval.prompts.VARIANTS lists all, with the compact
+        # gsm8k_cot / math_cot and their latent twins); a variant whose benchmark file is not set is skipped
+        "variants": "gsm8k_cot_synthetic_alt,latent_gsm8k_cot_synthetic_alt,hendrycks_math_cot_synthetic,"
+                    "latent_hendrycks_math_cot_synthetic",
         "limit": 0,  # examples per benchmark (0 = all)
         "num_samples": 1,
         "temperature": 0.0,  # greedy, as the original's few-shot evaluation
         "top_p": 1.0,
         "top_k": 0,
-        "max_new_tokens": 512,
-        "max_prompt_tokens": 1536,  # the original left-truncated at 1024 silently; here the count is reported
-        "truncation": "drop_exemplars",  # or left_truncate
+        "max_new_tokens": 0,  # 0 = the variant's (the paper's: 1024)
+        "max_prompt_tokens": 0,  # 0 = the variant's (the paper's: 1024); shortened prompts are counted
+        "truncation": "",  # "" = the variant's (the paper's: left_truncate), or drop_exemplars
         "validation_path": "",  # raw documents for NLL per token / per char
         "validation_docs": 1000,
         "elbo_samples": 0,  # > 0: also the validation ELBO_1..K per token (E-step code; K = 4 in the paper)

@@ -125,11 +125,31 @@ def _validate_prepare(config: ml_collections.ConfigDict) -> None:
 
 
 def _validate_eval(config: ml_collections.ConfigDict) -> None:
-    """The variant names (a misspelt one would fail after the model is loaded)."""
+    """The variant names, the prompt truncation and the lengths (a bad one would fail after the model is loaded)."""
     from bolt_jax.eval.prompts import VARIANTS
-    for name in (v.strip() for v in config.eval.variants.split(",") if v.strip()):
+    e = config.eval
+    for name in (v.strip() for v in e.variants.split(",") if v.strip()):
         if name not in VARIANTS:
             raise ValueError(f"config.eval.variants: unknown {name!r}; choose from {sorted(VARIANTS)}")
+    if e.get("truncation", "") not in ("", "drop_exemplars", "left_truncate"):
+        raise ValueError(f"config.eval.truncation={e.truncation!r}; choose '' (the variant's), drop_exemplars or "
+                         "left_truncate")
+    for key in ("max_new_tokens", "max_prompt_tokens", "limit"):
+        if not isinstance(e.get(key, 0), int) or e.get(key, 0) < 0:
+            raise ValueError(f"config.eval.{key}={e[key]!r} must be an integer >= 0 (0 = the variant's / all)")
+
+
+def _validate_report(config: ml_collections.ConfigDict) -> None:
+    r = config.report
+    if not (r.bootstrap_runs or r.synth_runs or r.finetune):
+        raise ValueError("config.report names no runs: set --config.report.bootstrap_runs, synth_runs or finetune")
+
+
+@register("report", _validate_report)
+def report(config: ml_collections.ConfigDict):
+    """The paper's figures (curves against tokens, finetuned accuracy, data types) from finished run directories."""
+    from bolt_jax.workflows.paper_report import run_report
+    return run_report(config)
 
 
 @register("model_summary")

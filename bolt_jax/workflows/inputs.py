@@ -130,11 +130,11 @@ def inputs_of(config: ml_collections.ConfigDict) -> list[Entry]:
     """The inputs `config.workflow` reads: (dotted key, kind, required), in the order they are reported."""
     w = config.workflow
     if w == "train":
-        return _train_inputs(config)
+        return _train_inputs(config) + _train_eval_inputs(config)
     if w in ("bootstrap", "demo", "demo_k_sweep"):
-        return _bootstrap_inputs(config)
+        return _bootstrap_inputs(config) + _train_eval_inputs(config)
     if w == "compare":
-        return [("train.init_checkpoint", CHECKPOINT, False)]
+        return [("train.init_checkpoint", CHECKPOINT, False)] + _train_eval_inputs(config)
     if w == "estep":
         e = config.estep
         return [("estep.checkpoint", CHECKPOINT if e.tokenizer_path else MODEL, True),
@@ -154,6 +154,14 @@ def inputs_of(config: ml_collections.ConfigDict) -> list[Entry]:
         return [("finetune.checkpoint", MODEL, True), ("finetune.train_path", RECORDS, True),
                 ("finetune.test_path", RECORDS, True)]
     return []  # model_summary reads nothing (model.hf_config is checked with the model section)
+
+
+def _train_eval_inputs(config: ml_collections.ConfigDict) -> list[Entry]:
+    """The benchmark files of evaluation during training (bolt_jax.eval.periodic), when it runs."""
+    t = config.get("train_eval")
+    if not t or not (t.every or t.elbo_every):
+        return []
+    return [("train_eval.gsm8k_path", RECORDS, False), ("train_eval.math_path", RECORDS, False)]
 
 
 def _lookup(config: ml_collections.ConfigDict, dotted: str) -> Any:

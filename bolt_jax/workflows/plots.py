@@ -125,3 +125,68 @@ def loss_curves_figure(results: dict[str, dict[str, Any]], path: str) -> None:
         for ax in axes:
             ax.grid(alpha=0.3)
             ax.legend()
+
+
+def _curve_line(ax, name: str, c: dict[str, Any], **style) -> None:
+    """One curve against tokens with its SE band (trials > 1)."""
+    import numpy as np
+    x, y = np.asarray(c["tokens"], float), np.asarray(c["mean"], float)
+    ax.plot(x, y, marker="o", markersize=3, label=f"{name} ({c['trials']} trial{'s' * (c['trials'] > 1)})", **style)
+    if all(s is not None for s in c["se"]):
+        se = np.asarray(c["se"], float)
+        ax.fill_between(x, y - se, y + se, alpha=0.2, **{k: v for k, v in style.items() if k == "color"})
+
+
+def paper_bootstrap_figure(curves: dict[str, dict[str, Any]], fewshot_key: str, path: str) -> None:
+    """-ELBO_4 per token and few-shot accuracy against training tokens (log x), one line per EM iteration and raw
+    baseline, the warmstart's last value as a dashed horizontal line."""
+    panels = [("neg_elbo_4", "-ELBO_4 / token (nats, lower is better)", -1.0),
+              ("fewshot", f"{fewshot_key.removeprefix('eval/fewshot/')} (higher is better)", 1.0),
+              ("val_nll", "validation NLL / token (raw models' comparison)", 1.0)]
+    names = sorted({m for panel in curves.values() for m in panel if m != "warmstart"},
+                   key=lambda m: (not m.startswith("iter_"), m))
+    colors = {m: f"C{i}" for i, m in enumerate(names)}  # one color per model in every panel
+    with figure(path, ncols=3, figsize=(17, 4.8)) as axes:
+        for ax, (panel, title, sign) in zip(axes, panels):
+            for model, c in curves.get(panel, {}).items():
+                c = dict(c, mean=[sign * m for m in c["mean"]])
+                if model == "warmstart":
+                    ax.axhline(c["mean"][-1], color="grey", linestyle="--", label="warmstart (final)")
+                else:
+                    _curve_line(ax, model, c, color=colors[model])
+            ax.set(xscale="log", xlabel="training tokens", title=title)
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+            else:
+                ax.text(0.5, 0.5, "no evaluation rows in these runs", ha="center", transform=ax.transAxes)
+
+
+def synth_curves_figure(curves: dict[str, dict[str, Any] | None], fewshot_key: str, path: str) -> None:
+    """Few-shot accuracy against training tokens (log x), one line per synthetic-data run."""
+    with figure(path) as ax:
+        for name, c in curves.items():
+            if c:
+                _curve_line(ax, name, c)
+        ax.set(xscale="log", xlabel="training tokens", ylabel="accuracy",
+               title=f"data types: {fewshot_key.removeprefix('eval/fewshot/')}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+
+
+def finetune_figure(points: dict[str, dict[str, Any]], path: str) -> None:
+    """Finetuned accuracy against EM iteration (iter_N models), other models (raw baselines, warmstart) as bands."""
+    iters = sorted((int(m.split("_")[1]), p) for m, p in points.items() if m.startswith("iter_"))
+    with figure(path) as ax:
+        if iters:
+            ax.errorbar([i for i, _ in iters], [p["accuracy"] for _, p in iters],
+                        yerr=[p["se"] or 0.0 for _, p in iters], marker="o", capsize=3, label="BoLT iteration")
+            ax.set_xticks([i for i, _ in iters])
+        for k, (model, p) in enumerate((m, p) for m, p in points.items() if not m.startswith("iter_")):
+            color = f"C{k + 1}"
+            ax.axhline(p["accuracy"], color=color, linestyle="--", label=model)
+            if p["se"]:
+                ax.axhspan(p["accuracy"] - p["se"], p["accuracy"] + p["se"], color=color, alpha=0.15)
+        ax.set(xlabel="EM iteration", ylabel="finetuned accuracy", title="finetuned accuracy (mean ± SE over runs)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
