@@ -110,7 +110,7 @@ def test_describe_lists_every_key_with_its_doc(tmp_path):
 
 
 def test_key_docs_from_source():
-    from bolt_jax.main import key_docs
+    from bolt_jax.runtime.config_docs import key_docs
     source = '''
 def f():
     c = ConfigDict()

@@ -200,3 +200,18 @@ def test_prepare_reports_malformed_records(tmp_path):
     with pytest.raises(Exception, match="src.jsonl:31"):
         _prepare(tmp_path, "d", source=str(src), strict=True)
     assert np.load(os.path.join(m["splits"]["warmstart"]["dir"], "warmstart.chunk.00.jsonl.idx.npy")).shape[1] == 2
+
+
+def test_prepare_command_line_takes_bare_booleans_and_documents_every_flag(tmp_path, capsys):
+    from bolt_jax.data.prepare import build_parser, main
+    help_text = " ".join(build_parser().format_help().split())  # argparse wraps lines
+    assert "--overwrite [BOOL]" in help_text and "replace a prepared dataset already in output_dir" in help_text
+    assert "the original's validation" in help_text
+    out = str(tmp_path / "p")
+    main(["--source", "toy:30:0", "--output_dir", out])
+    with pytest.raises(SystemExit) as stop:
+        main(["--source", "toy:30:0", "--output_dir", out])
+    assert stop.value.code == 2 and "rerun with --overwrite=True" in capsys.readouterr().err
+    main(["--source", "toy:30:0", "--output_dir", out, "--overwrite", "--shuffle=false"])
+    args = build_parser().parse_args(["--overwrite", "--strict=1", "--write_train", "no"])
+    assert (args.overwrite, args.strict, args.write_train) == (True, True, False)

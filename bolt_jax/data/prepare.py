@@ -48,17 +48,17 @@ SPLITS = ("validation", "train", "warmstart", "bootstrap")
 def default_prepare_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.source = ""  # corpus file/dir, tfds:NAME[:SPLIT], tfds_dir:PATH[:SPLIT], toy:N[:SEED], toy_thoughts:N[:SEED]
-    c.tfds_data_dir = ""
+    c.tfds_data_dir = ""  # where TFDS sources are read from ("" = TFDS's default)
     c.output_dir = ""  # where the split directories go
     c.tokenizer_path = ""  # optional: token statistics in the manifests ("" = words only)
     c.seed = 42  # order permutation
-    c.shuffle = True
+    c.shuffle = True  # records in a seeded random order (False: file order)
     c.strict = False  # malformed records fatal (else counted and listed in the manifest)
-    c.validation_slice = "0:1:1000"
-    c.warmstart_slice = "0:1:20"
-    c.bootstrap_slice = "13:17:20"
+    c.validation_slice = "0:1:1000"  # start:end:step over all records: every 1000th (the original's validation)
+    c.warmstart_slice = "0:1:20"  # start:end:step over the non-validation records (the original's "500m" split)
+    c.bootstrap_slice = "13:17:20"  # start:end:step over the non-validation records (the "2b" split)
     c.write_train = False  # also write the whole train split (the raw-fresh baseline)
-    c.overwrite = False
+    c.overwrite = False  # replace a prepared dataset already in output_dir
     return c
 
 
@@ -229,17 +229,56 @@ def run_prepare(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return manifest
 
 
-def main(argv: list[str] | None = None) -> None:
-    """python -m bolt_jax.data.prepare --source S --output_dir D [--tokenizer_path T] [--<field> value ...]"""
-    import argparse
+def _flag_value(kind: type):
+    """argparse type of one config field: booleans accept the bare flag, `=true/false`, `=1/0` (as bolt_jax.main)."""
+    if kind is not bool:
+        return kind
 
-    ap = argparse.ArgumentParser(description="Write the validation/warmstart/bootstrap splits with manifests.")
+    def parse(text: str) -> bool:
+        if text.lower() in ("1", "true", "yes"):
+            return True
+        if text.lower() in ("0", "false", "no"):
+            return False
+        raise ValueError(text)
+    parse.__name__ = "bool"
+    return parse
+
+
+def build_parser():
+    """Every field of default_prepare_config() as a flag, documented by the comment next to it there (the same
+    doc `python -m bolt_jax.main --describe` shows)."""
+    import argparse
+    import inspect
+
+    from bolt_jax.runtime.config_docs import key_docs
+    docs = key_docs(inspect.getsource(default_prepare_config))
+    ap = argparse.ArgumentParser(
+        prog="python -m bolt_jax.data.prepare",
+        description="Write the validation / warmstart / bootstrap splits of a corpus with manifests. The same as "
+                    "`python -m bolt_jax.main --config configs/prepare_toy.py --config.prepare.<flag>=...`.")
     for key, value in default_prepare_config().items():
-        kind = (lambda s: s.lower() in ("1", "true", "yes")) if isinstance(value, bool) else type(value)
-        ap.add_argument(f"--{key}", type=kind, default=value)
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    run_prepare(ml_collections.ConfigDict(vars(args)))
+        kind = type(value)
+        extra = {"nargs": "?", "const": True} if kind is bool else {}
+        ap.add_argument(f"--{key}", type=_flag_value(kind), default=value, metavar=kind.__name__.upper(),
+                        help=f"{docs.get(key) or key} (default: {value!r})", **extra)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m bolt_jax.data.prepare --source S --output_dir D [--tokenizer_path T] [--overwrite] [--<field> ...]"""
+    import sys
+
+    from bolt_jax.runtime import console
+    args = build_parser().parse_args(argv)
+    console.setup()
+    config = ml_collections.ConfigDict({"prepare": vars(args)})
+    try:
+        validate_prepare_config(config)
+        run_prepare(config)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        # the messages name the workflow's keys (--config.prepare.x); here the same flag is --x
+        print(f"error: {str(e).replace('--config.prepare.', '--')}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":
