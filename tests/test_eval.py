@@ -281,3 +281,33 @@ def test_math_sft_examples_and_grading(tmp_path):
     assert not is_correct("math", f"so three{EOL} Final Answer: The final answer is $3$.", ex, raw_baseline=False)
     raw = math_sft_examples(str(tmp_path / "m.jsonl"), raw_baseline=True)[0]
     assert raw["prompt"].endswith(SOL) and EOL not in raw["completion"]
+
+
+def test_validation_nll_is_the_mean_over_documents_of_each_documents_nll_per_token(tmp_path):
+    """The original's convention (spec 7.3): per document, -sum log p over its tokens after BOS divided by their
+    count; then the mean over documents. Oracle: the Hugging Face model's logits, per document."""
+    import numpy as np
+
+    from bolt_jax import parallel
+    from bolt_jax.data.tokenizer import load_tokenizer
+    from bolt_jax.eval.validation import validation_nll
+    from bolt_jax.model import artifact
+    from convert.hf_to_orbax import convert_hf_to_orbax
+    from tests.helpers import build_hf_model, hf_logits
+    hf_dir = build_hf_model(tmp_path / "hf")
+    convert_hf_to_orbax(hf_dir, str(tmp_path / "ckpt"))
+    tok = load_tokenizer(hf_dir)
+    records = [{"text": "Natalia sold clips to 48 of her friends."}, {"text": "Ava has 3 apples."},
+               {"text": "A long document about clips and apples, and friends who sold them in April and May."}]
+    mesh = parallel.make_mesh()
+    model, _, _ = artifact.load_model(tmp_path / "ckpt", mesh, compute_dtype="float32")
+    got = validation_nll(model, tok, records, max_tokens=512, mesh=mesh)
+    per_doc = []
+    for r in records:
+        ids = [tok.bos_id] + tok.encode(r["text"])
+        logits = hf_logits(hf_dir, [ids])[0]
+        logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+            - logits.max(-1, keepdims=True)
+        per_doc.append(-sum(logp[i - 1, ids[i]] for i in range(1, len(ids))) / (len(ids) - 1))
+    assert got["nll_per_token"] == pytest.approx(np.mean(per_doc), rel=1e-4)
+    assert got["nll_per_token_se"] == pytest.approx(np.std(per_doc, ddof=1) / np.sqrt(3), rel=1e-3)

@@ -100,8 +100,10 @@ def test_posterior_diagnostics_by_hand(tmp_path):
             assert out["thought_parts"][f"{fmt}/{name}"]["logp"] == pytest.approx(np.mean(values))
     answer_ids = [tok.encode(f" {d.problems[0].answer}")[0] for d in docs]
     assert out["thought_parts"]["prior/answer"]["logp"] == pytest.approx(np.mean([-0.01 * i for i in answer_ids]))
-    # ELBO_n per token: -logsumexp(log w[:n]) + log n per chunk, over the chunks' suffix tokens, by hand
-    total, tokens = {1: 0.0, 2: 0.0}, 0
+    # ELBO_n per token, by hand: -logsumexp(log w[:n]) + log n per chunk, summed per document over its suffix
+    # tokens, then the mean over documents (the original's convention, spec 7.3)
+    total = {n: [0.0] * 3 for n in (1, 2)}
+    tokens = [0] * 3
     for c in chunks:
         z = docs[0].problems[0].thought
         j = sequences.joint_sequences(tok, c.prefix, [z, z], c.suffix, 256, "original")
@@ -109,11 +111,13 @@ def test_posterior_diagnostics_by_hand(tmp_path):
         n_z = len(tok.encode(z))
         log_w = np.array([joint - (-0.5 * n_z), joint - (-0.5 * n_z - 1)])
         for n in (1, 2):
-            total[n] += -(np.log(np.exp(log_w[:n]).sum()) - math.log(n))
-        tokens += len(tok.encode(c.suffix))
-    assert out["tokens"] == tokens
+            total[n][c.doc_index] += -(np.log(np.exp(log_w[:n]).sum()) - math.log(n))
+        tokens[c.doc_index] += len(tok.encode(c.suffix))
+    assert out["tokens"] == sum(tokens)
     for n in (1, 2):
-        assert out[f"neg_elbo_{n}_per_token"] == pytest.approx(total[n] / tokens)
+        per_doc = [t / k for t, k in zip(total[n], tokens)]
+        assert out[f"neg_elbo_{n}_per_token"] == pytest.approx(np.mean(per_doc))
+        assert out[f"neg_elbo_{n}_per_token_se"] == pytest.approx(np.std(per_doc, ddof=1) / math.sqrt(3))
 
 
 def test_estep_correctness_counts_only_answer_chunks():

@@ -130,14 +130,12 @@ def posterior_diagnostics(backend, tokenizer, chunks, e) -> dict[str, Any]:
                             for key, v in sorted(parts.items())}
     out["log_q_true"] = float(np.mean(log_q_true)) if log_q_true else math.nan
     out["log_q_true_se"] = bootstrap_se(log_q_true)
-    from bolt_jax.eval.fewshot import bootstrap_ratio_se
-    tokens = [r["suffix_tokens"] - r["num_suffix_token_truncated"] for r in rows]
+    from bolt_jax.eval.validation import per_document_chunks, per_document_mean
     for n in e.elbo_samples:
-        if n <= e.num_samples:
-            neg = [-r[f"elbo_{n}"] for r in rows]
-            out[f"neg_elbo_{n}_per_token"] = sum(neg) / max(sum(tokens), 1)
-            out[f"neg_elbo_{n}_per_token_se"] = bootstrap_ratio_se(neg, tokens)
-    out["tokens"] = sum(tokens)
+        if n <= e.num_samples:  # per document, then the mean over documents (bolt_jax.eval.validation)
+            elbo, se = per_document_mean(*per_document_chunks(rows, f"elbo_{n}"))
+            out[f"neg_elbo_{n}_per_token"], out[f"neg_elbo_{n}_per_token_se"] = -elbo, se
+    out["tokens"] = sum(r["suffix_tokens"] - r["num_suffix_token_truncated"] for r in rows)
     return out
 
 

@@ -2,8 +2,11 @@
 
 Each document is encoded as BOS + text, cut to `max_tokens` (the original keeps max_tokens - 3 text tokens), and
 scored teacher-forced; every token after BOS counts. The ELBO (`validation_elbo`) runs through the E-step code
-with uniform chunks, the whole preceding text as prefix, K samples and no resampling; ELBO_n per token divides the
-summed chunk bounds by the suffix tokens scored.
+with uniform chunks, the whole preceding text as prefix, K samples and no resampling.
+
+Per token, as the original (spec 7.3): each document's total over its own tokens (for the ELBO, the document's
+suffix tokens minus those the joint cut off), then the mean over documents, with the standard error over
+documents (`per_document_mean`). NLL and ELBO use the same convention, so they compare on the same footing.
 """
 
 from __future__ import annotations
@@ -12,6 +15,27 @@ from typing import Any
 
 import ml_collections
 import numpy as np
+
+
+def per_document_mean(totals: dict[Any, float], tokens: dict[Any, float]) -> tuple[float, float]:
+    """Mean over documents of total / tokens, and its standard error over documents (nan with fewer than 2);
+    documents without tokens are left out."""
+    ratios = np.array([totals[d] / tokens[d] for d in totals if tokens.get(d, 0) > 0], float)
+    if not len(ratios):
+        return float("nan"), float("nan")
+    se = float(ratios.std(ddof=1) / np.sqrt(len(ratios))) if len(ratios) > 1 else float("nan")
+    return float(ratios.mean()), se
+
+
+def per_document_chunks(rows, key: str) -> tuple[dict[int, float], dict[int, float]]:
+    """E-step result rows (one per chunk) -> per document: the sum of `key` and the suffix tokens scored."""
+    totals: dict[int, float] = {}
+    tokens: dict[int, float] = {}
+    for r in rows:
+        d = r["doc_index"]
+        totals[d] = totals.get(d, 0.0) + r[key]
+        tokens[d] = tokens.get(d, 0.0) + r["suffix_tokens"] - r["num_suffix_token_truncated"]
+    return totals, tokens
 
 
 def validation_nll(model, tokenizer, records, *, max_tokens: int = 2048, limit: int = 1000, mesh=None
@@ -25,12 +49,12 @@ def validation_nll(model, tokenizer, records, *, max_tokens: int = 2048, limit: 
         seqs.append([tokenizer.bos_id] + ids)
         chars.append(len(tokenizer.decode(ids)))
     lps = score(model, seqs, mesh=mesh)
-    nll = np.array([-float(np.sum(lp[1:])) for lp in lps])
-    tokens = np.array([len(s) - 1 for s in seqs])
-    from bolt_jax.eval.fewshot import bootstrap_ratio_se
-    return {"documents": n, "nll_per_token": float(nll.sum() / max(tokens.sum(), 1)),
-            "nll_per_token_se": bootstrap_ratio_se(nll, tokens), "tokens": int(tokens.sum()),
-            "nll_per_char": float(nll.sum() / max(sum(chars), 1)), "avg_tokens": float(tokens.mean()) if n else 0.0}
+    nll = {i: -float(np.sum(lp[1:])) for i, lp in enumerate(lps)}
+    tokens = {i: len(s) - 1 for i, s in enumerate(seqs)}
+    per_token, se = per_document_mean(nll, tokens)
+    per_char, _ = per_document_mean(nll, dict(enumerate(chars)))
+    return {"documents": n, "nll_per_token": per_token, "nll_per_token_se": se, "tokens": int(sum(tokens.values())),
+            "nll_per_char": per_char, "avg_tokens": float(np.mean(list(tokens.values()))) if n else 0.0}
 
 
 def validation_elbo(config, model_dir: str, corpus_path: str, *, k: int = 4, docs: int = 1000,
@@ -69,14 +93,16 @@ def elbo_config(config, model_dir: str, corpus_path: str, *, k: int, docs: int, 
 
 
 def elbo_of_store(c, result: dict[str, Any]) -> dict[str, Any]:
-    """ELBO_n per token from an E-step's result store: summed chunk bounds over the suffix tokens scored."""
+    """ELBO_n per token from an E-step's result store: per document, the summed chunk bounds over the suffix tokens
+    scored; the mean over documents (`per_document_mean`)."""
     import json
     import os
 
     from bolt_jax.estep.store import ResultStore
     rows = list(ResultStore(c.estep.store_dir, run=c.estep.run_name, iteration=c.estep.iteration,
                             settings=json.load(open(os.path.join(result["store"], "settings.json")))).rows())
-    tokens = sum(r["suffix_tokens"] - r["num_suffix_token_truncated"] for r in rows)
-    out = {f"elbo_{n}_per_token": sum(r[f"elbo_{n}"] for r in rows) / max(tokens, 1) for n in c.estep.elbo_samples}
-    out["chunks"] = len(rows)
+    out: dict[str, Any] = {"chunks": len(rows)}
+    for n in c.estep.elbo_samples:
+        out[f"elbo_{n}_per_token"], out[f"elbo_{n}_per_token_se"] = per_document_mean(
+            *per_document_chunks(rows, f"elbo_{n}"))
     return out
