@@ -1,8 +1,8 @@
-"""Paper experiment 2, bootstrapping latent thoughts on fixed data (spec 4.6, 5, 6.3):
+"""Paper experiment 2, bootstrapping latent thoughts on fixed data (docs/original_behaviour.md):
 
     python -m bolt_jax.main --config configs/bolt_bootstrap_fixed.py              # trial 0; `:1`, `:2` for the others
 
-As in the paper (spec 5.6), trials 1 and 2 retrain only the M-steps and the raw baselines, with their own seed, on
+As in the paper, trials 1 and 2 retrain only the M-steps and the raw baselines, with their own seed, on
 trial 0's E-step data (and its warmstart): they adopt trial 0's stages (`bootstrap.reuse_estep_from`) and stop
 with a clear message at an E-step trial 0 has not finished yet; rerun them later and they go on. For independent
 trials (their own warmstart and E-steps, 3x the E-step compute) pass `--config.bootstrap.reuse_estep_from=`.
@@ -39,7 +39,7 @@ def get_config(trial: str = "0"):
     c.train.eval_every = 2500
     c.train.eval_batches = 16
     c.train.save_every = 2500
-    # evaluation during training (spec 7.1-7.3): few-shot GSM8K/MATH (the synthetic variants the plots read) and
+    # evaluation during training, as the original: few-shot GSM8K/MATH (the synthetic variants the plots read) and
     # validation NLL every 2500 steps, the ELBO (thought-trained models) every 5000, both at the end
     c.train_eval = default_train_eval_config()
     c.train_eval.update(every=2500, elbo_every=5000, gsm8k_path="data/gsm8k/test.jsonl",

@@ -1,4 +1,4 @@
-"""Paper experiment 1, synthetic-data method comparison (spec 4.6, 6.3): continue pretraining TinyLlama-1.1B for
+"""Paper experiment 1, synthetic-data method comparison (docs/original_behaviour.md): continue pretraining TinyLlama-1.1B for
 8e9 tokens on one data type. One run per DATA_TYPE:
 
     python -m bolt_jax.main --config configs/bolt_synth_compare.py:latent_thoughts     # also raw_repeat, raw_fresh,
@@ -46,7 +46,7 @@ def get_config(data_type: str = "latent_thoughts", trial: str = "0"):
     c.train.eval_batches = 16
     c.train.save_every = 2500
     c.train.log_every = 10
-    # evaluation during training (spec 7.1-7.3): few-shot GSM8K/MATH (the synthetic variants the plots read) and
+    # evaluation during training, as the original: few-shot GSM8K/MATH (the synthetic variants the plots read) and
     # validation NLL every 2500 steps, the ELBO (thought-trained models) every 5000, both at the end
     c.train_eval = default_train_eval_config()
     c.train_eval.update(every=2500, elbo_every=5000, gsm8k_path="data/gsm8k/test.jsonl",

@@ -4,7 +4,7 @@ Tiny base model pretrained on raw toy text -> warmstart on a small set with the 
 with K=4 on a raw corpus 4x as large -> raw token- and FLOP-matched baselines -> report (bolt_jax.workflows.report:
 E-step thought correctness, held-out accuracy, -ELBO / NLL per token, posterior diagnostics, the demo's claims).
 
-As in the paper (spec 6.3: warmstart 0.8e9 tokens, each M-step 13e9), the warmstart is a short run on the small
+As in the paper (warmstart 0.8e9 tokens, each M-step 13e9), the warmstart is a short run on the small
 set and every M-step a longer one on the bootstrap corpus: here 50 warmstart steps and 300 per M-step, each M-step
 from the base model. (In this toy world the warmstart's quality changes sharply between 40 and 60 steps: at 40 it
 has not learned the thought format, at 60 its E-step already chooses 0.99 correct thoughts; see the README.)

@@ -1,4 +1,4 @@
-"""Warmstart thoughts from GPT-4o-mini through the Batch API (spec 3): latent thoughts per chunk.
+"""Warmstart thoughts from GPT-4o-mini through the Batch API (as the original): latent thoughts per chunk.
 
     python -m bolt_jax.main --config configs/synth_gpt4o_mini.py --config.synth.corpus_path=data/x/warmstart \
         --config.synth.output_path=data/x/warmstart_with_thoughts.jsonl --config.synth.max_usd=50 \
