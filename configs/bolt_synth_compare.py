@@ -1,5 +1,5 @@
-"""Paper experiment 1, synthetic-data method comparison (docs/original_behaviour.md): continue pretraining TinyLlama-1.1B for
-8e9 tokens on one data type. One run per DATA_TYPE:
+"""Paper experiment 1, synthetic-data method comparison (docs/original_behaviour.md): continue pretraining
+TinyLlama-1.1B for 8e9 tokens on one data type. One run per DATA_TYPE:
 
     python -m bolt_jax.main --config configs/bolt_synth_compare.py:latent_thoughts     # also raw_repeat, raw_fresh,
                                                                                          # wrap_baseline, wrap_cot

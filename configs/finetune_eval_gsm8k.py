@@ -1,4 +1,5 @@
-"""Finetune-based evaluation on GSM8K (as the original): SFT from a checkpoint on completions, sample, grade, over seeds.
+"""Finetune-based evaluation on GSM8K (as the original): SFT from a checkpoint on completions, sample, grade,
+over seeds.
 
     python -m bolt_jax.main --config configs/finetune_eval_gsm8k.py --config.finetune.checkpoint=runs/x/model \
         --config.finetune.train_path=data/gsm8k/train.jsonl --config.finetune.test_path=data/gsm8k/test.jsonl
