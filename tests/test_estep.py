@@ -190,3 +190,21 @@ def test_overlap_modes_are_validated():
     with pytest.raises(ValueError, match="estep.overlap='sometimes'"):
         from bolt_jax.estep.run import overlap_enabled
         overlap_enabled(e)
+
+
+def test_another_model_saved_at_the_same_path_gets_a_fresh_store(setup, tmp_path):
+    """The store is keyed by the model's identity (its path and the id written when it was saved), not the path
+    alone: a model retrained into the same directory never reuses the old model's samples."""
+    from convert.hf_to_orbax import convert_hf_to_orbax
+    from tests.helpers import build_hf_model
+    root, _ = setup
+    ckpt = tmp_path / "model"
+    convert_hf_to_orbax(build_hf_model(tmp_path / "hf_a", seed=1), str(ckpt))
+    c = estep_config(root, tmp_path / "run", checkpoint=str(ckpt), limit_docs=2, output_path="")
+    first = run_estep(c)
+    assert run_estep(c)["chunks_this_run"] == 0  # the same model: every batch reused
+    import shutil
+    shutil.rmtree(ckpt)
+    convert_hf_to_orbax(build_hf_model(tmp_path / "hf_b", seed=2), str(ckpt))
+    second = run_estep(c)
+    assert second["store"] != first["store"] and second["chunks_this_run"] == second["chunks"] > 0

@@ -40,7 +40,6 @@ class JaxBackend:
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict):
         """(backend, tokenizer, model id) for config.estep.checkpoint on the config's mesh."""
-        import os
 
         from bolt_jax import parallel
         from bolt_jax.config import rules_of, runtime_overrides
@@ -56,7 +55,7 @@ class JaxBackend:
         if not tok_path:
             raise ValueError(f"checkpoint {e.checkpoint} has no tokenizer; set config.estep.tokenizer_path")
         tokenizer = load_tokenizer(tok_path)
-        return cls(model, tokenizer, e, mesh), tokenizer, os.path.abspath(e.checkpoint)
+        return cls(model, tokenizer, e, mesh), tokenizer, model_ckpt.model_identity(e.checkpoint)
 
     def sample(self, prompts: Sequence[Sequence[int]], *, n: int, seeds: Sequence[int]) -> list[list[Sample]]:
         from bolt_jax.sampling import generate

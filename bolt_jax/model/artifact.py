@@ -21,6 +21,7 @@ import inspect
 import json
 import os
 import shutil
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -82,8 +83,22 @@ def save_model(ckpt_dir: str | os.PathLike, params: Mapping[str, Any], config: L
                                                               "generation_config.json", "*.index.json", ".*"))
             atomic_write_json(os.path.join(staging, MARKER), {
                 "format": FORMAT, "param_dtype": dtype, "runtime": config.runtime_dict(),
-                "provenance": dict(provenance or {})})
+                "provenance": dict(provenance or {}), "id": uuid.uuid4().hex})
     return os.path.abspath(str(ckpt_dir))
+
+
+def model_identity(ckpt_dir: str | os.PathLike) -> str:
+    """What names one saved model, for caches keyed by the model (the E-step's result store): its path and the id
+    written when it was saved, so another model saved later at the same path is another model. Checkpoints written
+    before ids existed are named by their path and the time their marker was written."""
+    path = os.path.abspath(str(ckpt_dir))
+    marker = os.path.join(path, MARKER)
+    try:
+        with open(marker) as f:
+            saved = json.load(f).get("id")
+        return f"{path}@{saved or os.stat(marker).st_mtime_ns}"
+    except (OSError, ValueError):
+        return path
 
 
 def _check_param_shapes(params: Mapping[str, Any], config: LlamaConfig) -> None:
