@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from bolt_jax.data import pipeline, toy
+from bolt_jax.data import pipeline, row_slots, toy
 from bolt_jax.train.checkpointing import TrainCheckpointer
 from tests.helpers import build_tokenizer
 
@@ -205,10 +205,10 @@ def test_worker_processes_give_the_same_batches_and_state(env):
 def test_worker_groups(env):
     """Worker w packs a contiguous group of the slots; never more workers than rows (a worker without slots would
     have no part to give). Grain tells a worker its index through RowSlotBatches.set_slice."""
-    assert pipeline.worker_groups(5, 2) == [range(0, 3), range(3, 5)]
-    assert pipeline.worker_groups(4, 4) == [range(i, i + 1) for i in range(4)]
+    assert row_slots.worker_groups(5, 2) == [range(0, 3), range(3, 5)]
+    assert row_slots.worker_groups(4, 4) == [range(i, i + 1) for i in range(4)]
     assert pipeline.make_batches(_config(env, worker_count=8))._workers == 4  # nothing spawned before next()
-    ds = pipeline.RowSlotBatches([None] * 5, parts=True)
+    ds = row_slots.RowSlotBatches([None] * 5, parts=True)
     ds.set_slice(slice(1, None, 2))
     assert ds._group == range(3, 5)
     with pytest.raises(ValueError, match="slice"):

@@ -55,8 +55,8 @@ def saved_process_count(data_dir: str) -> int | None:
 def moved_data_state(data_dir: str, saved_count: int, iterator, process_index: int, process_count: int) -> dict:
     """This process's data iterator state from the states that `saved_count` processes (another number) saved in
     `data_dir`: every process reads all their files and keeps its share of the row slots
-    (bolt_jax.data.pipeline.move_slot_states; it refuses another global batch)."""
-    from bolt_jax.data.pipeline import move_slot_states
+    (bolt_jax.data.row_slots.move_slot_states; it refuses another global batch)."""
+    from bolt_jax.data.row_slots import move_slot_states
 
     states = []
     for i in range(saved_count):
