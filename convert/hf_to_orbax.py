@@ -79,12 +79,12 @@ def _has_tokenizer(hf_dir: str) -> bool:
     return any(os.path.isfile(os.path.join(hf_dir, f)) for f in TOKENIZER_FILES)
 
 
-def _prepare_tokenizer(hf_dir: str, tokenizer_dir: str | None, add_tokens: bool, out_dir: str) -> int | None:
-    """Writes the (extended) tokenizer to out_dir; returns its length, or None when the model has none."""
-    src = tokenizer_dir or (hf_dir if _has_tokenizer(hf_dir) else None)
+def _prepare_tokenizer(src: str | None, add_tokens: bool, out_dir: str, where: str) -> int | None:
+    """Writes the tokenizer in `src` (extended with the BoLT tokens when asked) to out_dir; returns its length, or
+    None when the model has none."""
     if src is None:
         if add_tokens:
-            raise ValueError(f"--add-bolt-tokens needs a tokenizer, and {hf_dir} has none of {TOKENIZER_FILES}; "
+            raise ValueError(f"--add-bolt-tokens needs a tokenizer, and {where} has none of {TOKENIZER_FILES}; "
                              "pass --tokenizer DIR")
         return None
     if add_tokens:
@@ -151,9 +151,9 @@ def stream_params(source: TensorSource, cfg: LlamaConfig, out_cfg: LlamaConfig, 
     return params
 
 
-def convert_hf_to_orbax(hf_dir: str, out_dir: str, *, add_bolt_tokens: bool = False, dtype: str = "float32",
-                        tokenizer_dir: str | None = None, mesh=None, rules=None, overwrite: bool = False) -> str:
-    """Converts; a complete `out_dir` is left as it is (a rerun is a no-op) unless `overwrite`."""
+def check_output(out_dir: str, overwrite: bool, dtype: str) -> str | None:
+    """The finished `out_dir` when there is nothing to do (a rerun), None when a conversion should run; fails on an
+    `out_dir` that is something else, or on a bad dtype, before anything is read."""
     if artifact.is_complete(out_dir) and not overwrite:
         _log.warning("%s is already a complete checkpoint; nothing to do (--overwrite to redo it)", out_dir)
         return os.path.abspath(out_dir)
@@ -162,29 +162,52 @@ def convert_hf_to_orbax(hf_dir: str, out_dir: str, *, add_bolt_tokens: bool = Fa
                               "pass --overwrite")
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"--dtype {dtype!r}: choose float32 or bfloat16")
+    return None
+
+
+def convert_hf_to_orbax(hf_dir: str, out_dir: str, *, add_bolt_tokens: bool = False, dtype: str = "float32",
+                        tokenizer_dir: str | None = None, mesh=None, rules=None, overwrite: bool = False) -> str:
+    """Converts; a complete `out_dir` is left as it is (a rerun is a no-op) unless `overwrite`."""
+    done = check_output(out_dir, overwrite, dtype)
+    if done:
+        return done
     config_path = os.path.join(hf_dir, "config.json")
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"{hf_dir} has no config.json; --hf-dir must be a Hugging Face model directory")
     with open(config_path) as f:
         hf_config = json.load(f)
-    check_supported_config(hf_config, config_path)
-    try:
-        cfg = LlamaConfig.from_hf_dict(hf_config, param_dtype=dtype)
-    except (KeyError, ValueError) as e:
-        raise UnsupportedConfigError(f"{config_path}: {e!r} (a required field is missing or invalid)") from e
+    check_supported_config(hf_config, config_path)  # before the weights are opened: the field is the problem
     source = open_hf_weights(hf_dir)
     try:
-        check_tensors(cfg, source, hf_dir)
-        with tempfile.TemporaryDirectory(prefix="bolt_tokenizer_") as tok_tmp:
-            tok_len = _prepare_tokenizer(hf_dir, tokenizer_dir, add_bolt_tokens, tok_tmp)
-            out_cfg = cfg.replace(vocab_size=max(cfg.vocab_size, tok_len or 0))
-            if tok_len is not None and tok_len > cfg.vocab_size:
-                _log.info("growing the vocabulary %d -> %d rows", cfg.vocab_size, out_cfg.vocab_size)
-            mesh = mesh if mesh is not None else parallel.make_mesh()
-            params = stream_params(source, cfg, out_cfg, mesh, rules)
-            return artifact.save_model(
-                out_dir, params, out_cfg, tokenizer_dir=tok_tmp if tok_len is not None else None,
-                overwrite=overwrite, provenance={"source": os.path.abspath(hf_dir), "add_bolt_tokens": add_bolt_tokens,
-                                                 "source_vocab_size": cfg.vocab_size})
+        return convert_source(hf_config, config_path, source, out_dir,
+                              tokenizer_src=tokenizer_dir or (hf_dir if _has_tokenizer(hf_dir) else None),
+                              add_bolt_tokens=add_bolt_tokens, dtype=dtype, mesh=mesh, rules=rules,
+                              overwrite=overwrite, provenance={"source": os.path.abspath(hf_dir)})
     finally:
         source.close()
+
+
+def convert_source(hf_config: Mapping[str, Any], where: str, source: TensorSource, out_dir: str, *,
+                   tokenizer_src: str | None, add_bolt_tokens: bool, dtype: str, mesh, rules, overwrite: bool,
+                   provenance: Mapping[str, Any]) -> str:
+    """A HF Llama config dict and its tensors (a HF directory's files, or a GGUF model transformers dequantized)
+    -> the checkpoint at `out_dir`: the config and every tensor checked, the tokenizer written (with the BoLT tokens
+    when asked, the vocabulary grown for them), the parameters streamed into the mesh and saved. `where` names the
+    config's origin in error messages."""
+    check_supported_config(hf_config, where)
+    try:
+        cfg = LlamaConfig.from_hf_dict(dict(hf_config), param_dtype=dtype)
+    except (KeyError, ValueError) as e:
+        raise UnsupportedConfigError(f"{where}: {e!r} (a required field is missing or invalid)") from e
+    check_tensors(cfg, source, where)
+    with tempfile.TemporaryDirectory(prefix="bolt_tokenizer_") as tok_tmp:
+        tok_len = _prepare_tokenizer(tokenizer_src, add_bolt_tokens, tok_tmp, where)
+        out_cfg = cfg.replace(vocab_size=max(cfg.vocab_size, tok_len or 0))
+        if tok_len is not None and tok_len > cfg.vocab_size:
+            _log.info("growing the vocabulary %d -> %d rows", cfg.vocab_size, out_cfg.vocab_size)
+        mesh = mesh if mesh is not None else parallel.make_mesh()
+        params = stream_params(source, cfg, out_cfg, mesh, rules)
+        return artifact.save_model(
+            out_dir, params, out_cfg, tokenizer_dir=tok_tmp if tok_len is not None else None,
+            overwrite=overwrite, provenance={**provenance, "add_bolt_tokens": add_bolt_tokens,
+                                             "source_vocab_size": cfg.vocab_size})

