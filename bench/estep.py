@@ -207,11 +207,12 @@ def main() -> None:
     p.add_argument("--scheduler", default="static,continuous")
     p.add_argument("--overlap", default="off,on", help="estep.overlap values to run (each with every scheduler)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--smoke", action="store_true", help="tiny model on CPU: 12 documents (36 chunks), 16 slots")
+    p.add_argument("--smoke", action="store_true", help="tiny model on CPU: 36 chunks in 3 batches, 16 slots")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
     a = p.parse_args()
     if a.smoke:
-        a.preset, a.docs, a.chunks_per_batch, a.decode_slots = "tiny", 12, 36, 16
+        # three sampler calls, so the overlap of scoring batch b with sampling batch b+1 has something to overlap
+        a.preset, a.docs, a.chunks_per_batch, a.decode_slots = "tiny", 12, 12, 16
 
     import jax
 
