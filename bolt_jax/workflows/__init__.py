@@ -146,7 +146,7 @@ def _validate_report(config: ml_collections.ConfigDict) -> None:
 
 
 @register("report", _validate_report)
-def report(config: ml_collections.ConfigDict):
+def paper_report(config: ml_collections.ConfigDict):  # not `report`: that name is the bolt_jax.workflows.report module
     """The paper's figures (curves against tokens, finetuned accuracy, data types) from finished run directories."""
     from bolt_jax.workflows.paper_report import run_report
     return run_report(config)

@@ -455,7 +455,7 @@ def nll_stage(config, model_dir: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ report
 def write_report(config, run_dir: str, manifest: Manifest, models, esteps, evaluations) -> dict[str, Any]:
     """report.json, report.md and bootstrap.png (bolt_jax.workflows.report), and a console summary."""
-    import bolt_jax.workflows.report as report_lib  # the module (the package also has a `report` workflow function)
+    import bolt_jax.workflows.report as report_lib
     from bolt_jax.workflows import plots
     seconds = {name: stage["seconds"] for name, stage in manifest.stages.items() if "seconds" in stage}
     check = answer_check(config)
