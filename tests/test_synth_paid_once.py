@@ -14,30 +14,12 @@ import pytest
 
 from bolt_jax.synth.api import Ledger, make_client
 from bolt_jax.synth.run import build_requests, run_synth
-from tests.fake_openai import FakeOpenAI
 from tests.helpers import repo_root
-from tests.test_synth import DOCS, KEY, config
+
+# one home for the loopback server, the corpus and the API key: test_synth's fixtures (pytest uses imported ones)
+from tests.test_synth import api_key_env, config, corpus, server  # noqa: F401
 
 PER_BATCH = 3  # several batches per run, so a kill can land on the first one or a later one
-
-
-@pytest.fixture
-def server():
-    s = FakeOpenAI()
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def corpus(tmp_path):
-    path = tmp_path / "corpus.jsonl"
-    path.write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(DOCS)))
-    return path
-
-
-@pytest.fixture(autouse=True)
-def api_key_env(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
 
 
 class Killed(BaseException):
