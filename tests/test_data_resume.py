@@ -178,6 +178,8 @@ def test_shuffle_buffer_resumes_exactly(env):
         pipeline.make_batches(_config(env, shuffle_buffer_batches=5)).set_state(other.get_state())
 
 
+# slow (spawns worker processes, ~20 s): make test-slow; the worker grouping is tested below
+@pytest.mark.slow
 def test_worker_processes_give_the_same_batches_and_state(env):
     """data.worker_count=2: Grain's mp_prefetch packs the slots in two spawned processes (two slots each). A state
     saved without workers, restored with them, gives the same batches and the same end of a finite stream; their

@@ -189,6 +189,8 @@ def test_sft_batches_put_the_loss_on_completions_only(tok):
         assert (b["inputs"][r, first] == tok.special_ids[PRIOR])  # the first weighted target follows the delimiter
 
 
+# slow (two SFT runs in a subprocess, ~60 s): make test-slow; the lengths are tested by a unit test
+@pytest.mark.slow
 def test_finetune_eval_workflow_runs(tmp_path):
     import os
     import subprocess
