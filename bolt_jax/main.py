@@ -209,15 +209,9 @@ def _resolve(ref: str) -> Any:
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if hasattr(tree, "to_dict"):
-        tree = tree.to_dict()
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+    """A config (or its dict) as dotted keys: the manifest's flatten, one home for it."""
+    from bolt_jax.workflows.manifest import flatten
+    return flatten(tree.to_dict() if hasattr(tree, "to_dict") else tree, prefix)
 
 
 def _defaults_and_docs(config, config_file: str) -> tuple[dict[str, Any], dict[str, str]]:
