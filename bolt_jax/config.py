@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import typing
+from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
@@ -147,3 +148,16 @@ def check_override_keys(config: ml_collections.ConfigDict, overrides: typing.Ite
             keys = sorted(node.keys()) if isinstance(node, (ml_collections.ConfigDict, dict)) else []
             hint = f"; keys of {where}: {', '.join(keys)}" if keys else f" ({where} is a value, not a section)"
             raise KeyError(f"unknown config key --config.{dotted}{hint}")
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as dotted keys ("data.seq_len": 256), sequences as lists: the one flattening the
+    trainer's resume check, the bootstrap manifest and --describe share."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = list(value) if isinstance(value, (tuple, list)) else value
+    return out

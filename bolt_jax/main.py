@@ -209,8 +209,8 @@ def _resolve(ref: str) -> Any:
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """A config (or its dict) as dotted keys: the manifest's flatten, one home for it."""
-    from bolt_jax.workflows.manifest import flatten
+    """A config (or its dict) as dotted keys (bolt_jax.config.flatten)."""
+    from bolt_jax.config import flatten
     return flatten(tree.to_dict() if hasattr(tree, "to_dict") else tree, prefix)
 
 

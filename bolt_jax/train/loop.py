@@ -28,7 +28,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from bolt_jax import parallel
-from bolt_jax.config import RUNTIME_OVERRIDES, llama_config
+from bolt_jax.config import RUNTIME_OVERRIDES, flatten, llama_config
 from bolt_jax.model import Llama, LlamaConfig
 from bolt_jax.model.llama import pure_dict
 from bolt_jax.runtime import console
@@ -117,16 +117,6 @@ _RESUME_TRAIN_KEYS = ("global_batch_size", "init_checkpoint")
 _RESUME_IGNORED_DATA = ("prefetch_threads", "worker_count")  # speed settings: the same batches
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def resume_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     """The flat settings (`"model.hidden_size": 64`, ...) of a plain config dict (config.json) that determine what a
     run computes, so a run may only resume checkpoints written under the same ones. They are:
@@ -145,12 +135,12 @@ def resume_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     export_model, on_change), `train.micro_batch_size` and `loss_chunk_size` (accumulation and chunking give the same
     gradient up to float rounding), the mesh and rules (layout only), `run_dir` and the other workflows' sections.
     """
-    model = {k: v for k, v in _flatten(config.get("model", {}), "model.").items()
+    model = {k: v for k, v in flatten(config.get("model", {}), "model.").items()
              if k.split(".", 1)[1] not in RUNTIME_OVERRIDES}
-    data = {k: v for k, v in _flatten(config.get("data", {}), "data.").items()
+    data = {k: v for k, v in flatten(config.get("data", {}), "data.").items()
             if k.split(".", 1)[1] not in _RESUME_IGNORED_DATA}
     train = config.get("train", {})
-    out = {**model, **_flatten(config.get("optim", {}), "optim."), **data}
+    out = {**model, **flatten(config.get("optim", {}), "optim."), **data}
     out.update({f"train.{k}": train[k] for k in _RESUME_TRAIN_KEYS if k in train})
     if "seed" in config:
         out["seed"] = config["seed"]

@@ -76,11 +76,11 @@ SHARED_STAGES = ("base", "warmstart", "fewshot_base", "fewshot_warmstart", "elbo
 
 def section_defaults() -> dict[str, Any]:
     """Flat defaults of the sections a stage's settings come from (`Manifest(defaults=...)`)."""
+    from bolt_jax.config import flatten
     from bolt_jax.data.pipeline import default_data_config
     from bolt_jax.estep.run import default_estep_config
     from bolt_jax.train.loop import default_train_config
     from bolt_jax.train.optim import default_optim_config
-    from bolt_jax.workflows.manifest import flatten
     return flatten({"data": default_data_config().to_dict(), "estep": default_estep_config().to_dict(),
                     "train": default_train_config().to_dict(), "optim": default_optim_config().to_dict(),
                     "bootstrap": default_bootstrap_config().to_dict()})

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from bolt_jax.config import flatten
 from bolt_jax.runtime.atomic import atomic_write_text
 
 log = logging.getLogger("bolt_jax.workflows.manifest")
@@ -37,17 +38,6 @@ INPUT_FILES = ("data.train_path", "data.validation_path", "estep.corpus_path", "
 
 class StaleStageError(RuntimeError):
     """A finished stage was computed under other settings than this run's."""
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = list(value) if isinstance(value, (tuple, list)) else value
-    return out
 
 
 def stage_settings(config, sections: Iterable[str], upstream: Mapping[str, str] = ()) -> dict[str, Any]:
