@@ -90,8 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     from bolt_jax.runtime import console
     console.setup()  # before transformers is imported: no advisories; Orbax's per-step INFO lines kept off
     from bolt_jax import parallel
+    from convert.progress import ConvertStats, summary_line
 
     mesh = parallel.make_mesh(args.mesh) if args.mesh else None
+    stats = ConvertStats()
     start = time.perf_counter()
     try:
         if args.command == "hf-to-orbax" and args.gguf:
@@ -99,19 +101,21 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError("--tokenizer does not apply to --gguf: the GGUF file's own tokenizer is used")
             from convert.gguf_file import convert_gguf_to_orbax
             out = convert_gguf_to_orbax(args.gguf, args.out, add_bolt_tokens=args.add_bolt_tokens,
-                                        dtype=args.dtype, mesh=mesh, overwrite=args.overwrite)
+                                        dtype=args.dtype, mesh=mesh, overwrite=args.overwrite, stats=stats)
         elif args.command == "hf-to-orbax":
             from convert.hf_to_orbax import convert_hf_to_orbax
             out = convert_hf_to_orbax(args.hf_dir, args.out, add_bolt_tokens=args.add_bolt_tokens, dtype=args.dtype,
-                                      tokenizer_dir=args.tokenizer, mesh=mesh, overwrite=args.overwrite)
+                                      tokenizer_dir=args.tokenizer, mesh=mesh, overwrite=args.overwrite,
+                                      stats=stats)
         else:
             from convert.orbax_to_hf import convert_orbax_to_hf
-            out = convert_orbax_to_hf(args.ckpt, args.out, dtype=args.dtype, mesh=mesh, overwrite=args.overwrite)
+            out = convert_orbax_to_hf(args.ckpt, args.out, dtype=args.dtype, mesh=mesh, overwrite=args.overwrite,
+                                      stats=stats)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f"{args.command}: wrote {out} in {time.perf_counter() - start:.1f} s (peak RSS {peak_gib:.2f} GiB)")
+    print(f"{args.command}: {summary_line(stats, time.perf_counter() - start, out)} (peak RSS {peak_gib:.2f} GiB)")
     return 0
 
 

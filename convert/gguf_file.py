@@ -191,9 +191,10 @@ def load_gguf(path: str, tokenizer_dir: str) -> tuple[dict[str, Any], StateDictS
 
 
 def convert_gguf_to_orbax(gguf_path: str, out_dir: str, *, add_bolt_tokens: bool = False, dtype: str = "float32",
-                          mesh=None, rules=None, overwrite: bool = False) -> str:
+                          mesh=None, rules=None, overwrite: bool = False, stats=None) -> str:
     """Converts a Llama-family GGUF file (checked first: check_gguf) into a bolt_jax model checkpoint at `out_dir`;
-    a complete `out_dir` is left as it is unless `overwrite` (as convert_hf_to_orbax)."""
+    a complete `out_dir` is left as it is unless `overwrite` (as convert_hf_to_orbax). `stats`: a
+    convert.progress.ConvertStats to count the tensors converted."""
     from convert.hf_to_orbax import check_output, convert_source
     done = check_output(out_dir, overwrite, dtype)
     if done:
@@ -209,6 +210,6 @@ def convert_gguf_to_orbax(gguf_path: str, out_dir: str, *, add_bolt_tokens: bool
                                   rules=rules, overwrite=overwrite,
                                   provenance={"source": os.path.abspath(gguf_path), "format": "gguf",
                                               "gguf_architecture": info.architecture, "gguf_name": info.name,
-                                              "gguf_tensor_types": info.tensor_types})
+                                              "gguf_tensor_types": info.tensor_types}, stats=stats)
         finally:
             source.close()

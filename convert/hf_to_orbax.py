@@ -24,6 +24,7 @@ from bolt_jax.model.config import DTYPES, LlamaConfig
 from bolt_jax.model.hf_layout import expected_hf_shapes, param_paths
 from convert import bolt_tokens
 from convert.hf_weights import TensorSource, WeightsError, open_hf_weights
+from convert.progress import ConvertStats, tensor_progress
 
 _log = logging.getLogger(__name__)
 
@@ -109,9 +110,11 @@ def _nested_set(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None
     tree[path[-1]] = value
 
 
-def stream_params(source: TensorSource, cfg: LlamaConfig, out_cfg: LlamaConfig, mesh, rules=None) -> dict[str, Any]:
+def stream_params(source: TensorSource, cfg: LlamaConfig, out_cfg: LlamaConfig, mesh, rules=None,
+                  stats: ConvertStats | None = None) -> dict[str, Any]:
     """Nested dict of jax.Arrays in our layout and `out_cfg.param_dtype`, each placed in its sharding as it is read.
-    Rows beyond cfg.vocab_size (out_cfg.vocab_size is larger when BoLT tokens were added) get the spec's draw."""
+    Rows beyond cfg.vocab_size (out_cfg.vocab_size is larger when BoLT tokens were added) get the spec's draw.
+    A progress display counts the Hugging Face tensors read; `stats` (when given) adds each one, in the stored dtype."""
     from flax import nnx
 
     from bolt_jax.model.llama import Llama
@@ -120,35 +123,46 @@ def stream_params(source: TensorSource, cfg: LlamaConfig, out_cfg: LlamaConfig, 
     shapes = {path: tuple(v.shape) for path, v in nnx.to_flat_state(abstract_state)}
     shardings = nnx.to_pure_dict(parallel.state_shardings(abstract_state, mesh, rules))
     dtype = np.dtype(DTYPES[out_cfg.param_dtype])
-    old_v, grow = cfg.vocab_size, out_cfg.vocab_size - cfg.vocab_size
-    embed_rows, out_rows = (bolt_tokens.grown_rows(grow, cfg.hidden_size, cfg.tie_word_embeddings)
-                            if grow else (None, None))
+    grow = out_cfg.vocab_size - cfg.vocab_size
+    grown = (cfg.vocab_size, *(bolt_tokens.grown_rows(grow, cfg.hidden_size, cfg.tie_word_embeddings)
+                               if grow else (None, None)))
     params: dict[str, Any] = {}
-    for path, names, transpose in param_paths(out_cfg):
-        shape = shapes[path]
-        host = np.empty(shape, dtype)
-        if path[0] == "layers":
-            for i, name in enumerate(names):
-                tensor = source.read(name)
-                host[i] = tensor.T if transpose else tensor
-                del tensor
-        else:
-            tensor = source.read(names[0])
-            if path == ("embed_tokens",):
-                host[:old_v] = tensor
-                if grow:
-                    host[old_v:] = embed_rows
-            elif path == ("lm_head", "kernel"):
-                host[:, :old_v] = tensor.T
-                if grow:
-                    host[:, old_v:] = out_rows.T
+    layout = list(param_paths(out_cfg))
+    stats = stats if stats is not None else ConvertStats()
+    with tensor_progress(sum(len(names) for _, names, _ in layout), "hf-to-orbax") as bar:
+        for path, names, transpose in layout:
+            host = np.empty(shapes[path], dtype)
+            if path[0] == "layers":
+                for i, name in enumerate(names):
+                    tensor = source.read(name)
+                    host[i] = tensor.T if transpose else tensor
+                    del tensor
+                    stats.add(host[i])
+                    bar.update(1)
             else:
-                host[...] = tensor.T if transpose else tensor
-            del tensor
-        array = jax.make_array_from_callback(shape, _nested_get(shardings, path), lambda idx, h=host: h[idx])
-        _nested_set(params, path, array)
-        del host
+                _fill_whole(host, source.read(names[0]), path, transpose, grown)
+                stats.add(host)
+                bar.update(1)
+            array = jax.make_array_from_callback(host.shape, _nested_get(shardings, path), lambda idx, h=host: h[idx])
+            _nested_set(params, path, array)
+            del host
     return params
+
+
+def _fill_whole(host: np.ndarray, tensor: np.ndarray, path: tuple[str, ...], transpose: bool, grown) -> None:
+    """A parameter that is one HF tensor into `host`; the embedding and output matrices get the rows drawn for the
+    added tokens after the source's `grown[0]` rows (`grown`: old vocab size, embedding rows, output rows)."""
+    old_v, embed_rows, out_rows = grown
+    if path == ("embed_tokens",):
+        host[:old_v] = tensor
+        if embed_rows is not None:
+            host[old_v:] = embed_rows
+    elif path == ("lm_head", "kernel"):
+        host[:, :old_v] = tensor.T
+        if out_rows is not None:
+            host[:, old_v:] = out_rows.T
+    else:
+        host[...] = tensor.T if transpose else tensor
 
 
 def check_output(out_dir: str, overwrite: bool, dtype: str) -> str | None:
@@ -166,8 +180,10 @@ def check_output(out_dir: str, overwrite: bool, dtype: str) -> str | None:
 
 
 def convert_hf_to_orbax(hf_dir: str, out_dir: str, *, add_bolt_tokens: bool = False, dtype: str = "float32",
-                        tokenizer_dir: str | None = None, mesh=None, rules=None, overwrite: bool = False) -> str:
-    """Converts; a complete `out_dir` is left as it is (a rerun is a no-op) unless `overwrite`."""
+                        tokenizer_dir: str | None = None, mesh=None, rules=None, overwrite: bool = False,
+                        stats: ConvertStats | None = None) -> str:
+    """Converts; a complete `out_dir` is left as it is (a rerun is a no-op) unless `overwrite`. `stats` (when given)
+    counts the tensors converted, for the command's summary line."""
     done = check_output(out_dir, overwrite, dtype)
     if done:
         return done
@@ -182,18 +198,18 @@ def convert_hf_to_orbax(hf_dir: str, out_dir: str, *, add_bolt_tokens: bool = Fa
         return convert_source(hf_config, config_path, source, out_dir,
                               tokenizer_src=tokenizer_dir or (hf_dir if _has_tokenizer(hf_dir) else None),
                               add_bolt_tokens=add_bolt_tokens, dtype=dtype, mesh=mesh, rules=rules,
-                              overwrite=overwrite, provenance={"source": os.path.abspath(hf_dir)})
+                              overwrite=overwrite, provenance={"source": os.path.abspath(hf_dir)}, stats=stats)
     finally:
         source.close()
 
 
 def convert_source(hf_config: Mapping[str, Any], where: str, source: TensorSource, out_dir: str, *,
                    tokenizer_src: str | None, add_bolt_tokens: bool, dtype: str, mesh, rules, overwrite: bool,
-                   provenance: Mapping[str, Any]) -> str:
+                   provenance: Mapping[str, Any], stats: ConvertStats | None = None) -> str:
     """A HF Llama config dict and its tensors (a HF directory's files, or a GGUF model transformers dequantized)
     -> the checkpoint at `out_dir`: the config and every tensor checked, the tokenizer written (with the BoLT tokens
     when asked, the vocabulary grown for them), the parameters streamed into the mesh and saved. `where` names the
-    config's origin in error messages."""
+    config's origin in error messages; `stats` counts the tensors streamed (stream_params)."""
     check_supported_config(hf_config, where)
     try:
         cfg = LlamaConfig.from_hf_dict(dict(hf_config), param_dtype=dtype)
@@ -206,7 +222,7 @@ def convert_source(hf_config: Mapping[str, Any], where: str, source: TensorSourc
         if tok_len is not None and tok_len > cfg.vocab_size:
             _log.info("growing the vocabulary %d -> %d rows", cfg.vocab_size, out_cfg.vocab_size)
         mesh = mesh if mesh is not None else parallel.make_mesh()
-        params = stream_params(source, cfg, out_cfg, mesh, rules)
+        params = stream_params(source, cfg, out_cfg, mesh, rules, stats)
         return artifact.save_model(
             out_dir, params, out_cfg, tokenizer_dir=tok_tmp if tok_len is not None else None,
             overwrite=overwrite, provenance={**provenance, "add_bolt_tokens": add_bolt_tokens,

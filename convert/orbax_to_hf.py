@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -20,6 +21,7 @@ from bolt_jax.model import artifact
 from bolt_jax.model.config import DTYPES, LlamaConfig
 from bolt_jax.model.hf_layout import expected_hf_shapes, hf_from_params
 from convert.hf_weights import SINGLE_FILE, write_safetensors
+from convert.progress import ConvertStats, tensor_progress
 
 MARKER = "bolt_convert.json"
 GENERATION_DEFAULTS = {"do_sample": True, "temperature": 0.6, "top_p": 0.9}  # spec 6.5
@@ -60,8 +62,9 @@ def generation_config_dict(cfg: LlamaConfig) -> dict[str, Any]:
 
 
 def convert_orbax_to_hf(ckpt_dir: str, out_dir: str, *, dtype: str | None = None, mesh=None, rules=None,
-                        overwrite: bool = False) -> str:
-    """Converts; `dtype` None keeps the checkpoint's parameter dtype."""
+                        overwrite: bool = False, stats: ConvertStats | None = None) -> str:
+    """Converts; `dtype` None keeps the checkpoint's parameter dtype. A progress display counts the tensors gathered
+    and written; `stats` (when given) adds each one, for the command's summary line."""
     if os.path.isfile(os.path.join(out_dir, MARKER)) and not overwrite:
         logging.getLogger(__name__).warning("%s is already a complete export; nothing to do (--overwrite to redo)",
                                             out_dir)
@@ -79,10 +82,11 @@ def convert_orbax_to_hf(ckpt_dir: str, out_dir: str, *, dtype: str | None = None
     params = jax.tree.map(lambda a: _HostGather(a, np_dtype), pure_dict(nnx.state(model, nnx.Param)))
     del model  # _HostGather now holds the only references, and frees each parameter once written
     specs = [(name, shape, np_dtype) for name, shape in _hf_order(cfg)]
+    stream = _counted(hf_from_params(cfg, params), len(specs), stats if stats is not None else ConvertStats())
     with artifact.atomic_directory(out_dir, overwrite=overwrite) as staging:
         writer = jax.process_index() == 0
         if writer:
-            write_safetensors(os.path.join(staging, SINGLE_FILE), specs, hf_from_params(cfg, params))
+            write_safetensors(os.path.join(staging, SINGLE_FILE), specs, stream)
             artifact.atomic_write_json(os.path.join(staging, "config.json"), hf_config_dict(cfg, cfg.param_dtype))
             artifact.atomic_write_json(os.path.join(staging, "generation_config.json"),
                                          generation_config_dict(cfg))
@@ -93,9 +97,20 @@ def convert_orbax_to_hf(ckpt_dir: str, out_dir: str, *, dtype: str | None = None
                 "source": os.path.abspath(ckpt_dir), "dtype": cfg.param_dtype,
                 "tokenizer": tokenizer_dir is not None})
         else:  # the gathers are collective: every process walks the same stream
-            for _ in hf_from_params(cfg, params):
+            for _ in stream:
                 pass
     return os.path.abspath(out_dir)
+
+
+def _counted(stream: Iterator[tuple[str, np.ndarray]], total: int,
+             stats: ConvertStats) -> Iterator[tuple[str, np.ndarray]]:
+    """The (name, array) stream with each tensor counted in `stats` and on a progress display as it is handed on
+    (gathering a parameter to the host is what takes the time)."""
+    with tensor_progress(total, "orbax-to-hf") as bar:
+        for name, array in stream:
+            stats.add(array)
+            bar.update(1)
+            yield name, array
 
 
 def _hf_order(cfg: LlamaConfig) -> list[tuple[str, tuple[int, ...]]]:

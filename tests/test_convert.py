@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -247,15 +248,31 @@ def test_bad_inputs_fail_naming_the_tensor_or_field(small_hf, tmp_path, case, ma
     assert not os.path.exists(tmp_path / "out")
 
 
-def test_cli_reports_errors_and_converts(small_hf, tmp_path, capsys):
+def _summary(command: str, ref: dict, itemsize: int, out) -> str:
+    """The command's last line as a regex: every tensor of the source, its bytes at `itemsize`, the output's path."""
+    from convert.progress import format_bytes
+    nbytes = sum(a.size for a in ref.values()) * itemsize
+    return (rf"{command}: converted {len(ref)} tensors \({re.escape(format_bytes(nbytes))}\) in \d+\.\d s -> "
+            rf"{re.escape(os.path.abspath(out))} \(peak RSS")
+
+
+def test_cli_reports_errors_and_converts(small_hf, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("BOLT_PROGRESS", "plain")  # progress as log lines on stderr, as under SLURM
+    ref = load_file(os.path.join(small_hf, "model.safetensors"))
     assert cli.main(["hf-to-orbax", "--hf-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "no config.json" in capsys.readouterr().err
     assert cli.main(["hf-to-orbax", "--hf-dir", small_hf, "--out", str(tmp_path / "ck"), "--mesh", "fsdp=-1",
                      "--dtype", "bfloat16"]) == 0
     assert artifact.read_config(tmp_path / "ck").param_dtype == "bfloat16"
+    out, err = capsys.readouterr()
+    assert re.fullmatch(_summary("hf-to-orbax", ref, 2, tmp_path / "ck") + r".*\n", out), out
+    assert f"hf-to-orbax {len(ref)}/{len(ref)} (100%)" in err and "tensor/s" in err
     assert cli.main(["orbax-to-hf", "--ckpt", str(tmp_path / "ck"), "--out", str(tmp_path / "hf")]) == 0
-    assert "wrote" in capsys.readouterr().out
-    ref = load_file(os.path.join(small_hf, "model.safetensors"))
+    out, err = capsys.readouterr()
+    assert re.fullmatch(_summary("orbax-to-hf", ref, 2, tmp_path / "hf") + r".*\n", out), out
+    assert f"orbax-to-hf {len(ref)}/{len(ref)} (100%)" in err
+    assert cli.main(["orbax-to-hf", "--ckpt", str(tmp_path / "ck"), "--out", str(tmp_path / "hf")]) == 0
+    assert f"nothing to convert: {os.path.abspath(tmp_path / 'hf')} is already complete" in capsys.readouterr().out
     got = _read_all(tmp_path / "hf")
     for name, arr in ref.items():
         np.testing.assert_array_equal(got[name], arr.astype(ml_dtypes.bfloat16), err_msg=name)

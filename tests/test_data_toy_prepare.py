@@ -1,6 +1,7 @@
 """The toy corpus (deterministic, self-checking, true thoughts for any chunking) and the `prepare` splits."""
 
 import json
+import logging
 import os
 import re
 
@@ -163,13 +164,20 @@ def _prepare(tmp_path, name, **kw):
     return run_prepare(c)
 
 
-def test_prepare_writes_disjoint_deterministic_splits_with_manifests(tmp_path, capsys):
+def test_prepare_writes_disjoint_deterministic_splits_with_manifests(tmp_path, capsys, caplog, monkeypatch):
     tok = build_tokenizer(tmp_path / "tok")
+    monkeypatch.setenv("BOLT_PROGRESS", "plain")
+    caplog.set_level(logging.INFO, logger="bolt_jax.progress")
     m1 = _prepare(tmp_path, "a", tokenizer_path=tok)
-    # the console says why the splits hold 310 of the 400 records
+    # the console says why the splits hold 310 of the 400 records, and ends with the counts and where they went
     out = capsys.readouterr().out
     assert ("400 records;" in out and "validation = records 0:1:10 (40)" in out and "(90)" in out
             and "(180)" in out and "the other 90 are train records in no written split" in out)
+    assert re.fullmatch(r"prepare: wrote validation 40, warmstart 90, bootstrap 180 records \(of 400 read\) in "
+                        rf"\d+\.\d s -> {re.escape(str(tmp_path / 'a'))}", out.splitlines()[-1]), out
+    progress = [r.getMessage() for r in caplog.records if r.name == "bolt_jax.progress"]
+    assert progress[0] == "prepare 0/310 record: started" and len(progress) > 3
+    assert progress[-1].startswith("prepare 310/310 (100%) | bootstrap | ") and "record/s" in progress[-1]
     m2 = _prepare(tmp_path, "b", tokenizer_path=tok)
     assert {k: v["sha256"] for k, v in m1["splits"].items()} == {k: v["sha256"] for k, v in m2["splits"].items()}
     counts = {k: v["num_samples"] for k, v in m1["splits"].items()}
@@ -191,11 +199,12 @@ def test_prepare_writes_disjoint_deterministic_splits_with_manifests(tmp_path, c
     assert {r["id"] for r in aug} == ids["warmstart"] and all(r["num_chunks"] == len(r["chunks"]) for r in aug)
 
 
-def test_prepare_reports_malformed_records(tmp_path):
+def test_prepare_reports_malformed_records(tmp_path, capsys):
     src = tmp_path / "src.jsonl"
     src.write_text("".join(json.dumps({"text": f"doc {i}."}) + "\n" for i in range(30)) + "{oops\n")
     m = _prepare(tmp_path, "c", source=str(src))
     assert m["num_source_records"] == 30 and m["read_report"]["num_malformed"] == 1
+    assert "records (of 30 read, 1 malformed skipped) in" in capsys.readouterr().out.splitlines()[-1]
     assert m["read_report"]["malformed"][0].startswith(f"{src}:31")
     with pytest.raises(Exception, match="src.jsonl:31"):
         _prepare(tmp_path, "d", source=str(src), strict=True)

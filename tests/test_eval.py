@@ -125,6 +125,27 @@ def test_fewshot_with_literal_outputs_writes_results(tok, tmp_path):
     assert json.loads((tmp_path / "results.json").read_text())["metrics"]["examples"] == 3
 
 
+def test_fewshot_progress_counts_prompts_as_the_sampler_finishes_them(tok):
+    """`on_done` moves in whole prompts while generation runs: the sampler's finished-sample counts (here 3 samples
+    per prompt, reported 2, 5, 2) become prompt increments that sum to the examples; a generate_fn that never calls
+    back still ends at the total."""
+    examples = [Example(str(i), f"Q{i}", "1") for i in range(3)]
+
+    def reporting(prompt_ids, *, n, on_done, **kw):
+        for k in (2, 5, 2):  # samples finished per round, 9 = 3 prompts x 3
+            on_done(k)
+            seen.append(sum(got))
+        return [[" The answer is 1."] * n for _ in prompt_ids]
+
+    got, seen = [], []
+    evaluate_fewshot(examples, "gsm8k_cot", reporting, tokenizer=tok, num_samples=3, on_done=got.append)
+    assert got == [2, 1] and seen == [0, 2, 3]  # 2 samples: no whole prompt yet; 7: two prompts; 9: all three
+    got = []
+    evaluate_fewshot(examples, "gsm8k_cot", lambda p, n, **kw: [["x"] * n for _ in p], tokenizer=tok,
+                     on_done=got.append)
+    assert got == [3]
+
+
 def test_end_to_end_tiny_model_on_gsm8k(tok, tmp_path):
     """A random tiny model through the real sampler: the pipeline runs and is graded."""
     from bolt_jax.model import create_model, preset
@@ -132,9 +153,11 @@ def test_end_to_end_tiny_model_on_gsm8k(tok, tmp_path):
     fn = sampler_generate_fn(model, tok)
     gsm = read_gsm8k("/work/shared/data/gsm8k/test.jsonl", limit=2) if __import__("os").path.exists(
         "/work/shared/data/gsm8k/test.jsonl") else [Example("x", "What is 2+2?", "4")]
+    done: list[int] = []
     out = evaluate_fewshot(gsm, "gsm8k_cot", fn, tokenizer=tok, max_new_tokens=8, max_prompt_tokens=256,
-                           output_path=str(tmp_path / "gsm.json"))
+                           output_path=str(tmp_path / "gsm.json"), on_done=done.append)
     assert out["metrics"]["examples"] == len(gsm) and out["metrics"]["prompts_shortened"] >= 0
+    assert sum(done) == len(gsm) and all(k > 0 for k in done)  # the sampler's callback, in whole prompts
     assert all(SOL not in o for r in out["records"] for o in r["outputs"])  # banned in plain variants
 
 

@@ -204,6 +204,32 @@ def test_generate_workflow(tmp_path):
     assert len(rows) == 4 and "tokens/s" in r.stdout
 
 
+def test_generate_prompts_and_stop_strings_keep_special_tokens_whole():
+    """`generate.prompts` / `generate.stop_strings` used to be split on every `|`, cutting `<|START_OF_LATENT|>` into
+    pieces: the BoLT tokens (formats.SPECIAL_TOKENS, literal) survive a `|` split and a JSON list; a `<|` or `|>`
+    that belongs to no token name is refused in one line."""
+    import ml_collections
+
+    from bolt_jax.data.formats import SPECIAL_TOKENS
+    from bolt_jax.sampling.cli import read_prompts, split_list
+    assert SPECIAL_TOKENS == ("<|START_OF_LATENT|>", "<|END_OF_LATENT|>", "<|PRIOR_PREFIX|>", "<|POSTERIOR_PREFIX|>")
+    sol, eol, prior, posterior = SPECIAL_TOKENS
+    prior_prompt = f"start_4 , first_double .{sol}{prior}"
+    assert split_list(f"{prior_prompt}|Ben has|{sol}{posterior} x {eol}", "prompts") == [
+        prior_prompt, "Ben has", f"{sol}{posterior} x {eol}"]
+    assert split_list("Ava has 3.|Compute (2 + 3) * 4.", "prompts") == ["Ava has 3.", "Compute (2 + 3) * 4."]
+    assert split_list(f"{eol}|\n\n", "stop_strings") == [eol, "\n\n"]
+    assert split_list(f'["a|b{eol}", "{prior_prompt}", ""]', "prompts") == [f"a|b{eol}", prior_prompt]
+    assert split_list("", "stop_strings") == []
+    for bad, message in [("a<|START_OF|LATENT|>", "is ambiguous"), ("x|>y", "is ambiguous"),
+                         ("[1, 2]", "must be a JSON list of strings"), ("[oops", "is not a JSON list")]:
+        with pytest.raises(ValueError, match=message) as err:
+            split_list(bad, "prompts")
+        assert "\n" not in str(err.value) and "config.generate.prompts" in str(err.value)
+    g = ml_collections.ConfigDict({"prompts": f'["{prior_prompt}"]', "prompts_file": ""})
+    assert read_prompts(g) == [prior_prompt]
+
+
 def test_decode_impl_from_the_config_reaches_decode_attention(monkeypatch):
     """The model config's decode kernel choice (`decode_impl`) is what every decode step's attention call receives,
     and the kernel (interpret mode on CPU) gives the XLA path's tokens and log q."""

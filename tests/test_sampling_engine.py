@@ -91,6 +91,26 @@ def test_slots_stay_busy_on_spread_out_lengths(model):
     assert cont.stats["slot_occupancy"] > 0.8 > static.stats["slot_occupancy"]
 
 
+@pytest.mark.parametrize("scheduler", ["static", "continuous"])
+def test_on_done_counts_every_request_and_changes_nothing(model, scheduler):
+    """`on_done(k)` reports finished requests from the host loop: the counts sum to prompts x n (the continuous engine
+    in several rounds, the static batch at once), and the samples are exactly those of a call without it."""
+    # test_continuous_equals_static's first case: the programs it compiled are reused
+    kw = dict(n=3, max_new_tokens=24, temperature=1.0, top_k=50, stop_token_ids=STOPS, seed=5, scheduler=scheduler,
+              **({"decode_slots": 4, "steps_per_sync": 3} if scheduler == "continuous" else {}))
+    prompts = _prompts(7)
+    calls: list[int] = []
+    watched = generate(model, prompts, on_done=calls.append, **kw)
+    plain = generate(model, prompts, **kw)
+    assert sum(calls) == len(prompts) * 3 and all(k > 0 for k in calls)
+    assert len(calls) > 2 if scheduler == "continuous" else calls == [21]
+    assert watched.tokens == plain.tokens and watched.texts == plain.texts
+    np.testing.assert_array_equal(watched.logq, plain.logq)
+    for x, y in zip(watched.token_logq, plain.token_logq, strict=True):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(watched.done, plain.done)
+
+
 @pytest.mark.parametrize("kw,message", [
     ({"scheduler": "dynamic"}, "scheduler='dynamic'"),
     ({"scheduler": "continuous", "decode_slots": 3, "mesh": "mesh"}, "multiple of the mesh's batch devices"),

@@ -14,7 +14,9 @@ top-level `<output_dir>/manifest.json` lists all splits. Same input and settings
 
 Sources: anything bolt_jax.data.readers takes, or "toy:NUM_DOCS[:SEED]" (the toy corpus, bolt_jax.data.toy), or
 "toy_thoughts:NUM_DOCS[:SEED]" (the toy corpus augmented with its true thoughts, the stand-in for API thoughts).
-`run_prepare(config)` is the workflow entry (config.prepare = default_prepare_config()).
+`run_prepare(config)` is the workflow entry (config.prepare = default_prepare_config()). While it writes, a progress
+display counts the records (a bar on a terminal, `n/total | rate | ETA` lines in a file); its last printed line is
+"prepare: wrote <split> <count>, ... records (of N read) in T s -> <output_dir>".
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import json
 import logging
 import os
 import re
+import time
 from typing import Any
 
 import ml_collections
@@ -39,8 +42,9 @@ from bolt_jax.data.readers import (
 )
 from bolt_jax.data.schema import write_jsonl
 from bolt_jax.runtime.atomic import atomic_write_text
+from bolt_jax.runtime.console import progress
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("bolt_jax.data.prepare")  # not __name__: under `python -m` that is __main__, outside bolt_jax
 WORD_RE = re.compile(r"\b\w+\b")
 SPLITS = ("validation", "train", "warmstart", "bootstrap")
 
@@ -138,16 +142,30 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def _stats(corpus: CorpusSource, indices: np.ndarray, tokenizer) -> dict[str, Any]:
+def _write_split(path: str, corpus: CorpusSource, indices: np.ndarray, tokenizer, bar) -> dict[str, Any]:
+    """Writes the split's records to `path` and returns their statistics, measured in the same pass (each record is
+    read once: a Parquet row group or a TFDS record is not free to read twice); `bar` advances per record."""
     words = np.zeros(len(indices), np.int64)
     tokens = np.zeros(len(indices), np.int64)
-    for k, i in enumerate(indices):
-        text = raw_text(corpus[int(i)])
-        words[k] = len(WORD_RE.findall(text))
-        if tokenizer is not None:
-            tokens[k] = len(tokenizer.encode(text)) + 2  # + BOS, EOS
-    out = {"num_samples": int(len(indices)), "content_word_length": int(words.sum())}
-    if tokenizer is not None:
+
+    def records():
+        for k, i in enumerate(indices):
+            record = corpus[int(i)]
+            text = raw_text(record)
+            words[k] = len(WORD_RE.findall(text))
+            if tokenizer is not None:
+                tokens[k] = len(tokenizer.encode(text)) + 2  # + BOS, EOS
+            yield record
+            bar.update(1)
+
+    write_jsonl(path, records())
+    return _stats(words, tokens, tokenizer is not None)
+
+
+def _stats(words: np.ndarray, tokens: np.ndarray, with_tokens: bool) -> dict[str, Any]:
+    """A split manifest's `stats`: samples and words, and token statistics when a tokenizer was given."""
+    out = {"num_samples": int(len(words)), "content_word_length": int(words.sum())}
+    if with_tokens:
         out.update(total_tokens=int(tokens.sum()), mean_tokens=float(tokens.mean()) if len(tokens) else 0.0,
                    max_tokens=int(tokens.max()) if len(tokens) else 0,
                    p50_tokens=float(np.median(tokens)) if len(tokens) else 0.0)
@@ -163,12 +181,7 @@ def prepare(*, source: str, output_dir: str, tokenizer_path: str = "", seed: int
         raise ValueError("prepare needs a source and an output_dir")
     if not overwrite:
         check_output_dir(output_dir)
-    toy = source.startswith(("toy:", "toy_thoughts:"))
-    # a real source is opened before output_dir is created, so a missing one leaves nothing behind
-    corpus = None if toy else open_corpus(source, strict=strict, tfds_data_dir=tfds_data_dir or None)
-    os.makedirs(output_dir, exist_ok=True)
-    if toy:
-        corpus = open_corpus(_toy_source(source, output_dir), strict=strict)
+    corpus = _open_source(source, output_dir, strict, tfds_data_dir)
     tokenizer = None
     if tokenizer_path:
         from bolt_jax.data.tokenizer import load_tokenizer
@@ -179,22 +192,53 @@ def prepare(*, source: str, output_dir: str, tokenizer_path: str = "", seed: int
     assignment = split_assignment(len(corpus), seed, shuffle, validation_slice, warmstart_slice, bootstrap_slice)
     top: dict[str, Any] = {"source": source, "num_source_records": len(corpus),
                            "read_report": corpus.report.as_dict(), "settings": settings, "splits": {}}
-    for split in SPLITS:
-        if split == "train" and not write_train:
-            continue
-        indices = assignment[split]
-        split_dir = os.path.join(output_dir, split)
-        filename = f"{split}.val.jsonl" if split == "validation" else f"{split}.chunk.00.jsonl"
-        path = os.path.join(split_dir, filename)
-        write_jsonl(path, (corpus[int(i)] for i in indices))
-        save_line_index(path, build_line_index(path, ReadReport(), strict=True))
-        manifest = {"name": split, "file": filename, "source": source, "format": "final",
-                    "stats": _stats(corpus, indices, tokenizer), "sha256": _sha256(path), "settings": settings}
-        atomic_write_text(os.path.join(split_dir, "manifest.json"), json.dumps(manifest, indent=2) + "\n")
-        top["splits"][split] = {"dir": split_dir, "num_samples": int(len(indices)), "sha256": manifest["sha256"]}
-        log.info("prepare: %s -> %s (%d records)", split, path, len(indices))
+    splits = [split for split in SPLITS if split != "train" or write_train]
+    with progress(total=sum(len(assignment[split]) for split in splits), desc="prepare", unit="record") as bar:
+        for split in splits:
+            bar.set_postfix_str(split)
+            top["splits"][split] = _prepare_split(split, output_dir, corpus, assignment[split], tokenizer, bar,
+                                                  source, settings)
     atomic_write_text(os.path.join(output_dir, "manifest.json"), json.dumps(top, indent=2) + "\n")
     return top
+
+
+def _open_source(source: str, output_dir: str, strict: bool, tfds_data_dir: str) -> CorpusSource:
+    """The corpus, indexed (a pass over a JSONL or Parquet source, logged since it can take a while). A real source
+    is opened before output_dir is created, so a missing one leaves nothing behind; a toy one is written into it."""
+    toy = source.startswith(("toy:", "toy_thoughts:"))
+    log.info("prepare: indexing %s", source)
+    start = time.perf_counter()
+    corpus = None if toy else open_corpus(source, strict=strict, tfds_data_dir=tfds_data_dir or None)
+    os.makedirs(output_dir, exist_ok=True)
+    if toy:
+        corpus = open_corpus(_toy_source(source, output_dir), strict=strict)
+    log.info("prepare: %d records in %s (%.1f s)", len(corpus), source, time.perf_counter() - start)
+    return corpus
+
+
+def _prepare_split(split: str, output_dir: str, corpus: CorpusSource, indices: np.ndarray, tokenizer, bar,
+                   source: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """One split's directory: its records, their line index and its manifest. Returns its entry in the top-level
+    manifest."""
+    split_dir = os.path.join(output_dir, split)
+    filename = f"{split}.val.jsonl" if split == "validation" else f"{split}.chunk.00.jsonl"
+    path = os.path.join(split_dir, filename)
+    stats = _write_split(path, corpus, indices, tokenizer, bar)
+    save_line_index(path, build_line_index(path, ReadReport(), strict=True))
+    manifest = {"name": split, "file": filename, "source": source, "format": "final", "stats": stats,
+                "sha256": _sha256(path), "settings": settings}
+    atomic_write_text(os.path.join(split_dir, "manifest.json"), json.dumps(manifest, indent=2) + "\n")
+    log.info("prepare: %s -> %s (%d records)", split, path, len(indices))
+    return {"dir": split_dir, "num_samples": int(len(indices)), "sha256": manifest["sha256"]}
+
+
+def done_line(manifest: dict[str, Any], output_dir: str, seconds: float) -> str:
+    """The last line `prepare` prints: the records of each written split, of how many read, and where they went."""
+    counts = ", ".join(f"{split} {info['num_samples']}" for split, info in manifest["splits"].items())
+    malformed = manifest["read_report"]["num_malformed"]
+    return (f"prepare: wrote {counts} records (of {manifest['num_source_records']} read"
+            + (f", {malformed} malformed skipped" if malformed else "")
+            + f") in {seconds:.1f} s -> {os.path.abspath(output_dir)}")
 
 
 def split_summary(manifest: dict[str, Any], settings: dict[str, Any]) -> str:
@@ -219,6 +263,7 @@ def run_prepare(config: ml_collections.ConfigDict) -> dict[str, Any]:
     section = config.prepare if "prepare" in config else config
     defaults = default_prepare_config()
     kw = {k: section.get(k, defaults[k]) for k in defaults}
+    start = time.perf_counter()
     manifest = prepare(**kw)
     print(split_summary(manifest, kw))
     for split, info in manifest["splits"].items():
@@ -226,6 +271,7 @@ def run_prepare(config: ml_collections.ConfigDict) -> dict[str, Any]:
     if manifest["read_report"]["num_malformed"]:
         print(f"malformed records skipped: {manifest['read_report']['num_malformed']} "
               f"(first: {manifest['read_report']['malformed'][:3]})")
+    print(done_line(manifest, kw["output_dir"], time.perf_counter() - start))
     return manifest
 
 

@@ -123,14 +123,41 @@ def mean_and_se(values: Sequence[float]) -> tuple[float, float]:
 GenerateFn = Callable[..., list[list[str]]]
 
 
+class _PromptCounter:
+    """The sampler's finished-request counts (`on_done(k)`, k samples) as whole prompts for a per-prompt progress
+    display: prompt-equivalents done = requests // samples per prompt, reported as increments that never exceed the
+    number of prompts. `finish` reports the rest, so the increments sum to the prompts even when the generate_fn
+    never calls back (a fake, an API client)."""
+
+    def __init__(self, on_done: Callable[[int], None], samples_per_prompt: int, num_prompts: int):
+        self.on_done, self.per_prompt, self.num_prompts = on_done, max(1, samples_per_prompt), num_prompts
+        self.requests = self.reported = 0
+
+    def __call__(self, finished_requests: int) -> None:
+        self.requests += finished_requests
+        self._report(min(self.requests // self.per_prompt, self.num_prompts))
+
+    def finish(self) -> None:
+        self._report(self.num_prompts)
+
+    def _report(self, prompts_done: int) -> None:
+        if prompts_done > self.reported:
+            self.on_done(prompts_done - self.reported)
+            self.reported = prompts_done
+
+
 def evaluate_fewshot(examples: Sequence[Example], variant_name: str, generate_fn: GenerateFn, *, tokenizer,
                      exemplars: Sequence[dict] | None = None, num_samples: int = 1, max_new_tokens: int | None = None,
                      temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
                      max_prompt_tokens: int | None = None, truncation: str | None = None,
-                     output_path: str = "") -> dict[str, Any]:
+                     output_path: str = "", on_done: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Prompts (the variant's exemplars, order and delimiters), one generation call with the variant's stops and
     bans, grading, metrics. max_new_tokens, max_prompt_tokens and truncation left at None (or 0 / "") are the
-    variant's (the paper's variants: 1024 new tokens, 1024 prompt tokens, left-truncated)."""
+    variant's (the paper's variants: 1024 new tokens, 1024 prompt tokens, left-truncated).
+
+    `on_done(k)`: k more prompts were generated, for a progress display that moves while the one generation call
+    runs. It is passed on to `generate_fn` (as `on_done`, counting samples) only when given; the increments sum to
+    len(examples) by the time this returns."""
     variant = prompts.VARIANTS[variant_name]
     max_new_tokens = max_new_tokens or variant.max_new_tokens
     max_prompt_tokens = max_prompt_tokens or variant.max_prompt_tokens
@@ -138,9 +165,12 @@ def evaluate_fewshot(examples: Sequence[Example], variant_name: str, generate_fn
     shots = list(exemplars) if exemplars is not None else prompts.variant_exemplars(variant)
     prompt_ids, shortened = prompts.fit_prompts(variant, [e.question for e in examples], shots, tokenizer,
                                                 max_prompt_tokens, truncation)
+    counter = _PromptCounter(on_done, num_samples, len(prompt_ids)) if on_done is not None else None
     outputs = generate_fn(prompt_ids, n=num_samples, max_new_tokens=max_new_tokens, temperature=temperature,
                           top_p=top_p, top_k=top_k, stop_strings=variant.stop_strings,
-                          banned_token_strings=variant.banned)
+                          banned_token_strings=variant.banned, **({"on_done": counter} if counter is not None else {}))
+    if counter is not None:
+        counter.finish()
     records = [_record(variant, ex, outs, num_samples) for ex, outs in zip(examples, outputs)]
     metrics = {"variant": variant_name, "examples": len(examples), "samples_per_example": num_samples,
                **_accuracies(variant, records, num_samples), "prompts_shortened": shortened,
@@ -210,17 +240,19 @@ def _log_ks(n: int) -> list[int]:
 
 def sampler_generate_fn(model, tokenizer, mesh=None, seed: int = 1234, scheduler: str = "continuous",
                         decode_slots: int | None = None) -> GenerateFn:
-    """The JAX sampler as a generate_fn (greedy when temperature is 0), with either scheduler."""
+    """The JAX sampler as a generate_fn (greedy when temperature is 0), with either scheduler; `on_done` goes to the
+    sampler, which reports finished samples as they come."""
     from bolt_jax.sampling import generate
 
-    def fn(prompt_ids, *, n, max_new_tokens, temperature, top_p, top_k, stop_strings, banned_token_strings):
+    def fn(prompt_ids, *, n, max_new_tokens, temperature, top_p, top_k, stop_strings, banned_token_strings,
+           on_done=None):
         banned = [tokenizer.hf.convert_tokens_to_ids(t) for t in banned_token_strings]
         stop_ids = [tokenizer.eos_id]
         r = generate(model, prompt_ids, n=n, max_new_tokens=max_new_tokens, temperature=max(temperature, 1e-6),
                      top_p=top_p, top_k=top_k, greedy=temperature == 0.0, stop_token_ids=stop_ids,
                      stop_strings=list(stop_strings), banned_token_ids=banned, seed=seed, mesh=mesh,
                      tokenizer=tokenizer.hf, max_prompt_len=max(len(p) for p in prompt_ids), scheduler=scheduler,
-                     decode_slots=decode_slots)
+                     decode_slots=decode_slots, on_done=on_done)
         return [r.texts[i * n:(i + 1) * n] for i in range(len(prompt_ids))]
 
     return fn

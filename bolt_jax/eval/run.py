@@ -43,9 +43,10 @@ def default_eval_config() -> ml_collections.ConfigDict:
 
 
 def run_eval(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """Loads the checkpoint, runs each benchmark variant (a progress display over their prompts) and the validation
-    NLL/ELBO, and writes `<output_dir>/<variant>.json`, `metrics.json` and `config.json` (the resolved config);
-    the last line printed says where."""
+    """Loads the checkpoint, runs each benchmark variant and the validation NLL/ELBO, and writes
+    `<output_dir>/<variant>.json`, `metrics.json` and `config.json` (the resolved config); the last line printed says
+    where. The progress display counts prompts and moves as the sampler finishes them (its `on_done`), so a long
+    benchmark shows a rate and an ETA instead of sitting at 0 until it is done."""
     import jax
 
     from bolt_jax import parallel
@@ -77,9 +78,8 @@ def run_eval(config: ml_collections.ConfigDict) -> dict[str, Any]:
             result = fewshot.evaluate_fewshot(
                 examples, name, gen, tokenizer=tok, num_samples=e.num_samples, max_new_tokens=e.max_new_tokens,
                 temperature=e.temperature, top_p=e.top_p, top_k=e.top_k, max_prompt_tokens=e.max_prompt_tokens,
-                truncation=e.truncation, output_path=os.path.join(out_dir, f"{name}.json"))
+                truncation=e.truncation, output_path=os.path.join(out_dir, f"{name}.json"), on_done=bar.update)
             summary[name] = m = result["metrics"]
-            bar.update(len(examples))
             echo(f"{name:20s} accuracy {m['accuracy']:.4f} +- {m['accuracy_se']:.4f} on {m['examples']} "
                  f"examples ({m['prompts_shortened']} prompts shortened)")
     if e.validation_path:

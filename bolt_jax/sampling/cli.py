@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
 import ml_collections
 
+# A special token's name: `<|START_OF_LATENT|>` (bolt_jax.data.formats.SPECIAL_TOKENS) and any other `<|NAME|>`
+# (Llama 3's `<|eot_id|>`). Kept whole when a list is split on `|`.
+SPECIAL_TOKEN_RE = re.compile(r"<\|[^|<>\s]+\|>")
+
 
 def default_generate_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({
         "checkpoint": "",
-        "prompts": "",  # prompts separated by "|" ("" = read prompts_file)
+        "prompts": "",  # a JSON list ["p1", "p2"], or separated by "|" outside <|TOKEN|> names ("" = prompts_file)
         "prompts_file": "",  # one prompt per line (JSONL lines with "prompt" also work)
         "n": 1,
         "max_new_tokens": 128,
@@ -20,12 +25,59 @@ def default_generate_config() -> ml_collections.ConfigDict:
         "top_k": 0,
         "top_p": 1.0,
         "greedy": False,
-        "stop_strings": "",  # "|"-separated
+        "stop_strings": "",  # as prompts: a JSON list, or "|"-separated outside <|TOKEN|> names
         "seed": 0,
         "scheduler": "continuous",  # or "static" (bolt_jax.sampling.schedulers)
         "decode_slots": 0,  # continuous: rows decoded together (0 = every request at once, up to 256)
         "output_path": "",  # JSONL of the samples ("" = print only)
     })
+
+
+def split_list(text: str, key: str) -> list[str]:
+    """`config.generate.<key>` as a list of strings. The special tokens' names contain `|` (`<|END_OF_LATENT|>`), so
+    a plain `|` split cut them apart; now either a JSON list (`["a<|START_OF_LATENT|>", "b"]`, any text) or
+    `|`-separated with every `<|NAME|>` kept whole. A `<|` or `|>` that is part of no such name could be either a
+    separator or a broken name: refused (one-line ValueError) rather than guessed. Empty entries are dropped."""
+    if text.lstrip().startswith("["):
+        return _json_list(text, key)
+    out, pos = [""], 0
+    for match in [*SPECIAL_TOKEN_RE.finditer(text), None]:
+        plain = text[pos:match.start() if match else len(text)]
+        if "<|" in plain or "|>" in plain:
+            raise ValueError(f"config.generate.{key}={text!r} is ambiguous: {plain!r} has a '<|' or '|>' that is not "
+                             f"part of a <|NAME|> token; pass a JSON list instead, e.g. [\"first\", \"second\"]")
+        first, *rest = plain.split("|")
+        out[-1] += first
+        out.extend(rest)
+        if match:
+            out[-1] += match.group()
+            pos = match.end()
+    return [x for x in out if x]
+
+
+def _json_list(text: str, key: str) -> list[str]:
+    """The JSON form of `split_list`: a list of strings, or a one-line ValueError saying what it got."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"config.generate.{key} starts with '[' but is not a JSON list ({e.msg} at character "
+                         f"{e.pos}); write it as a JSON list of strings, e.g. [\"[1, 2] first\", \"second\"]") from None
+    if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+        raise ValueError(f"config.generate.{key} must be a JSON list of strings, got {text!r}")
+    return [x for x in value if x]
+
+
+def read_prompts(g: ml_collections.ConfigDict) -> list[str]:
+    """The prompts of `config.generate`: `prompts` (split_list) then the lines of `prompts_file`."""
+    texts = split_list(g.prompts, "prompts") if g.prompts else []
+    if g.prompts_file:
+        for line in open(g.prompts_file):
+            line = line.rstrip("\n")
+            if line.strip():
+                texts.append(json.loads(line)["prompt"] if line.lstrip().startswith("{") else line)
+    if not texts:
+        raise ValueError("no prompts: set config.generate.prompts or config.generate.prompts_file")
+    return texts
 
 
 def run_generate(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
@@ -38,20 +90,14 @@ def run_generate(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
     g = config.generate
     if not g.checkpoint:
         raise ValueError("config.generate.checkpoint is empty")
-    texts = [p for p in g.prompts.split("|") if p] if g.prompts else []
-    if g.prompts_file:
-        for line in open(g.prompts_file):
-            line = line.rstrip("\n")
-            if line.strip():
-                texts.append(json.loads(line)["prompt"] if line.lstrip().startswith("{") else line)
-    if not texts:
-        raise ValueError("no prompts: set config.generate.prompts or config.generate.prompts_file")
+    texts = read_prompts(g)
+    stop_strings = split_list(g.stop_strings, "stop_strings")  # before the model loads: a bad list fails fast
     mesh = parallel.make_mesh(dict(config.mesh))
     model, _, tok_dir = model_ckpt.load_model(g.checkpoint, mesh, rules=rules_of(config), **runtime_overrides(config))
     tok = load_tokenizer(tok_dir)
     ids = [[tok.bos_id] + tok.encode(t) for t in texts]
     kw = dict(n=g.n, max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
-              greedy=g.greedy, stop_token_ids=[tok.eos_id], stop_strings=[s for s in g.stop_strings.split("|") if s],
+              greedy=g.greedy, stop_token_ids=[tok.eos_id], stop_strings=stop_strings,
               seed=g.seed, mesh=mesh, tokenizer=tok.hf, scheduler=g.scheduler, decode_slots=g.decode_slots or None)
     t0 = time.perf_counter()
     r = generate(model, ids, **kw)

@@ -44,6 +44,7 @@ from bolt_jax.model.llama import (
 )
 from bolt_jax.parallel import constrain
 from bolt_jax.sampling.sampler import (
+    DoneCallback,
     _bucket,
     _finish_row,
     _left_pad,
@@ -259,9 +260,12 @@ class ContinuousEngine:
         self.cfg, self.s, self.mesh = model.config, settings, mesh
         self.stats = EngineStats()
 
-    def run(self, prompts: list[list[int]], keys_Px2: np.ndarray, *, n: int, stop_check=None) -> dict:
+    def run(self, prompts: list[list[int]], keys_Px2: np.ndarray, *, n: int, stop_check=None,
+            on_done: DoneCallback | None = None) -> dict:
         """{(prompt, sample): (tokens, log q, done by a stop token)} for every request. `stop_check(tokens)` (host)
-        ends a request early, e.g. on a stop string; the static path would cut the same tokens afterwards."""
+        ends a request early, e.g. on a stop string; the static path would cut the same tokens afterwards.
+        `on_done(k)` is told after each chunk that k more requests finished (never with 0): it runs after `_collect`
+        has read the slots, so it costs no device sync of its own."""
         s = self.s
         queue = collections.deque(range(len(prompts)))
         pools: list[_Pool] = []
@@ -274,7 +278,10 @@ class ContinuousEngine:
             state, steps = decode_chunk(self.graphdef, self.params, state, settings=s)
             self.stats.decode_steps += int(steps)
             self.stats.slot_steps += int(steps) * s.slots
+            finished = len(results)
             state = self._collect(state, owner, results, stop_check)
+            if on_done is not None and len(results) > finished:
+                on_done(len(results) - finished)
         self.stats.useful_slot_steps = int(_to_host(state.useful_steps))
         return results
 
@@ -362,8 +369,9 @@ def generate_continuous(model: Llama, prompts: Sequence[Sequence[int]], *, n: in
                         temperature: float, top_k: int, top_p: float, greedy: bool, stop_token_ids: Sequence[int],
                         stop_strings: Sequence[str], banned_token_ids: Sequence[int], max_prompt_len: int | None,
                         seed: int, prompt_seeds: Sequence[int] | None, mesh, tokenizer, decode_slots: int | None,
-                        steps_per_sync: int, max_cache_bytes: int | None):
-    """`sampler.generate(..., scheduler="continuous")`: same arguments and result as the static path."""
+                        steps_per_sync: int, max_cache_bytes: int | None, on_done: DoneCallback | None = None):
+    """`sampler.generate(..., scheduler="continuous")`: same arguments and result as the static path; `on_done` is
+    called as requests finish (`ContinuousEngine.run`)."""
     from bolt_jax.sampling.sampler import GenerationResult
     cfg = model.config
     prompts, truncated = _truncate_prompts(cfg, prompts, max_new_tokens, max_prompt_len)
@@ -387,7 +395,7 @@ def generate_continuous(model: Llama, prompts: Sequence[Sequence[int]], *, n: in
     engine = ContinuousEngine(model, settings, mesh)
     ctx = jax.set_mesh(mesh) if mesh is not None else _null()
     with ctx:
-        results = engine.run(prompts, keys, n=n, stop_check=stop_check)
+        results = engine.run(prompts, keys, n=n, stop_check=stop_check, on_done=on_done)
     stop_set = set(settings.stop_ids)
     out = collections.defaultdict(list)
     for i in range(len(prompts)):

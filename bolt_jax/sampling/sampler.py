@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -38,6 +38,10 @@ from bolt_jax.model.llama import (
 )
 from bolt_jax.parallel import constrain
 from bolt_jax.sampling.transforms import sample_tokens, transform_logits
+
+# Called from the host loop with how many requests (prompt x sample) just finished: a caller's progress display
+# (evaluation's per-prompt bar). Only ever called where the host already holds the results, so it adds no device sync.
+DoneCallback = Callable[[int], None]
 
 
 @dataclass
@@ -370,9 +374,11 @@ def generate(model: Llama, prompts: Sequence[Sequence[int]], *, n: int = 1, max_
              stop_token_ids: Sequence[int] = (), stop_strings: Sequence[str] = (),
              banned_token_ids: Sequence[int] = (), max_prompt_len: int | None = None, seed: int = 0,
              prompt_seeds: Sequence[int] | None = None, mesh=None, tokenizer=None,
-             batch_bucket: int = 8, max_cache_bytes: int | None = None) -> GenerationResult:
+             batch_bucket: int = 8, max_cache_bytes: int | None = None,
+             on_done: DoneCallback | None = None) -> GenerationResult:
     """Samples `n` continuations per prompt (token id lists) as one static batch. See the module docstring;
-    `bolt_jax.sampling.generate` chooses between this and the continuous engine.
+    `bolt_jax.sampling.generate` chooses between this and the continuous engine. `on_done(len(prompts) * n)` is
+    called once, when the batch's results are on the host (a static batch finishes all its requests together).
 
     Randomness: prompt i uses key fold_in(PRNGKey(seed), i), or PRNGKey(prompt_seeds[i]) when given, so a prompt's
     samples can be made independent of which batch, slice or process it lands in."""
@@ -399,6 +405,8 @@ def generate(model: Llama, prompts: Sequence[Sequence[int]], *, n: int = 1, max_
                              banned_ids=tuple(sorted(int(i) for i in banned_token_ids)))
     result = _assemble(out, prompts, n=n, stop_token_ids=stop_token_ids, stop_strings=stop_strings,
                        tokenizer=tokenizer, truncated=truncated)
+    if on_done is not None:
+        on_done(len(prompts) * n)
     lengths = _to_host(out[3])
     steps = int(lengths.max()) - 1  # decode steps after the prefill's token
     useful = int(lengths[:len(prompts) * n].sum()) - len(prompts) * n

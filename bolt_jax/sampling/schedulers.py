@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from bolt_jax.model.llama import Llama
 from bolt_jax.sampling import engine, sampler
-from bolt_jax.sampling.sampler import GenerationResult
+from bolt_jax.sampling.sampler import DoneCallback, GenerationResult
 
 SCHEDULERS = ("static", "continuous")
 
@@ -27,13 +27,17 @@ def generate(model: Llama, prompts: Sequence[Sequence[int]], *, n: int = 1, max_
              banned_token_ids: Sequence[int] = (), max_prompt_len: int | None = None, seed: int = 0,
              prompt_seeds: Sequence[int] | None = None, mesh=None, tokenizer=None, batch_bucket: int = 8,
              max_cache_bytes: int | None = None, scheduler: str = "static", decode_slots: int | None = None,
-             steps_per_sync: int = 16) -> GenerationResult:
+             steps_per_sync: int = 16, on_done: DoneCallback | None = None) -> GenerationResult:
     """Samples `n` continuations per prompt; `result.stats` says how busy the rows were. `batch_bucket` is the
-    static path's, `decode_slots` and `steps_per_sync` the continuous engine's (see the module docstring)."""
+    static path's, `decode_slots` and `steps_per_sync` the continuous engine's (see the module docstring).
+    `on_done(k)`, when given, is called from the host loop each time k more requests (prompt x sample) finish: after
+    every continuous round that finished some, once for a static batch; the counts sum to len(prompts) * n. It
+    observes only (for progress displays): the samples are the same with or without it."""
     common = dict(n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                   greedy=greedy, stop_token_ids=stop_token_ids, stop_strings=stop_strings,
                   banned_token_ids=banned_token_ids, max_prompt_len=max_prompt_len, seed=seed,
-                  prompt_seeds=prompt_seeds, mesh=mesh, tokenizer=tokenizer, max_cache_bytes=max_cache_bytes)
+                  prompt_seeds=prompt_seeds, mesh=mesh, tokenizer=tokenizer, max_cache_bytes=max_cache_bytes,
+                  on_done=on_done)
     if scheduler == "static":
         return sampler.generate(model, prompts, batch_bucket=batch_bucket, **common)
     if scheduler != "continuous":
