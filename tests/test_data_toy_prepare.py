@@ -47,7 +47,7 @@ def test_toy_thoughts_are_arithmetically_right():
         assert re.sub(r" gives \d", "", p.thought).strip().replace(" ", "_").replace("_,_", " , ").replace(
             "_.", " .") == p.question
         questions.add(p.question)
-    assert len(questions) > 450  # 9,072 possible questions: documents hardly ever repeat one
+    assert len(questions) > 430  # 3,584 possible questions: 500 documents seldom repeat one
     p = toy.ToyProblem("start_3 , first_upup , second_double .", " start 3 , first upup gives 5 , second double "
                        "gives 3 .", 3)
     assert toy.solve_steps(p.thought) == 3 and toy.solve_question(p.question) == (p.thought, 3)  # mod 7
@@ -56,6 +56,46 @@ def test_toy_thoughts_are_arithmetically_right():
     assert toy.solve_steps(" start 3 , first upup gives 5 , third double gives 3 .") is None  # out of order
     assert toy.thought_is_correct(" start 3 ,  first upup gives 5 , second double gives 3 .", p.thought)
     assert not toy.thought_is_correct(" start 3 , first upup gives 5 .", p.thought)
+
+
+def test_every_problem_has_exactly_one_new_operation():
+    counts = [sum(op in toy.NEW_OPS for _, op in toy.question_clauses(d.problems[0].question)[1])
+              for d in toy.generate(500, seed=4)]
+    assert counts == [1] * 500
+    places = {[op in toy.NEW_OPS for _, op in toy.question_clauses(d.problems[0].question)[1]].index(True)
+              for d in toy.generate(200, seed=5)}
+    assert places == {0, 1, 2, 3}
+
+
+def test_the_guessing_teacher_spreads_its_guesses_evenly_and_keeps_its_chain_consistent():
+    """The warmstart set: familiar steps right (folded by hand here), each new fact's guesses covering the 7 values
+    evenly (so no wrong value is favoured; right one time in seven), each later step computed from the guess, the
+    stated answer the chain's end."""
+    ops = {"up": lambda a: a + 1, "upup": lambda a: a + 2, "down": lambda a: a - 1, "double": lambda a: 2 * a}
+    guesses: dict[tuple[str, int], list[int]] = {}
+    docs = toy.guessing_teacher_corpus(1400, seed=3)
+    for d in docs:
+        p = d.problems[0]
+        start, clauses = toy.question_clauses(p.question)
+        results = [int(x) for x in re.findall(r"gives (\d)", p.thought)]
+        prev = start
+        for (_, op), got in zip(clauses, results):
+            if op in toy.NEW_OPS:
+                guesses.setdefault((op, prev), []).append(got)
+            else:
+                assert got == ops[op](prev) % 7
+            prev = got
+        assert p.answer == results[-1] and d.text.endswith(f"The answer is {results[-1]} .")
+    assert len(guesses) == 14 and sum(map(len, guesses.values())) == 1400
+    right = 0
+    for (op, value), got in guesses.items():
+        counts = np.bincount(got, minlength=7)
+        assert counts.max() - counts.min() <= 1  # cycled through the 7 values: as even as the count allows
+        right += counts[{"triple": 3 * value, "downdown": value - 2}[op] % 7]
+    assert abs(right / 1400 - 1 / 7) < 0.01
+    assert [d.text for d in toy.guessing_teacher_corpus(50, seed=3)] == [d.text for d in docs[:50]]  # a prefix
+    aug = docs[0].augmented_record()
+    assert aug["chunks"][1]["latent"] == docs[0].problems[0].thought
 
 
 def test_toy_chunks_put_the_thought_between_question_and_answer(tmp_path):
@@ -90,14 +130,20 @@ def test_toy_tokenizer_is_word_level_and_round_trips(tmp_path):
     assert tok.decode(tok.encode("gives6.")) == "gives6." and len(tok.encode("gives6.")) == 3
 
 
-def test_pretraining_text_teaches_reading_and_familiar_chains_but_never_a_new_fact_or_an_answer():
+def test_pretraining_text_teaches_reading_and_familiar_chains_but_never_a_new_fact():
     texts = [toy.pretraining_record(0, i)["text"] for i in range(600)]
-    restated, facts = 0, set()
+    restated, facts, answered = 0, set(), 0
     for t in texts:
-        assert "The answer is" not in t  # no problem is ever answered
         paragraphs = t.split("\n\n")
-        assert len(paragraphs) % 2 == 0
-        for q, short in zip(paragraphs[::2], paragraphs[1::2]):
+        groups, i = [], 0
+        while i < len(paragraphs):  # question, "in short", and for a worked chain its answer
+            n = 3 if i + 2 < len(paragraphs) and paragraphs[i + 2].startswith("The answer is") else 2
+            groups.append(paragraphs[i:i + n])
+            i += n
+        for q, short, *answer in groups:
+            if answer:  # only a worked familiar chain is answered, with the value its chain ends at
+                assert "gives" in short and answer[0] == f"The answer is {_fold(q)[-1]} ."
+                answered += 1
             assert toy.QUESTION_RE.fullmatch(q)
             head, *clauses = q.rstrip(" .").replace("_", " ").split(" , ")
             ops = [c.split()[1] for c in clauses]
@@ -112,6 +158,7 @@ def test_pretraining_text_teaches_reading_and_familiar_chains_but_never_a_new_fa
                     [head] + [f"{c} gives {v}" for c, v in zip(clauses, values[1:])]) + " ."
                 facts |= {(v, op) for v, op in zip(values, ops)}
     assert restated > 100 and len(facts) == 7 * (len(toy.OPS) - len(toy.NEW_OPS))  # every familiar fact, no other
+    assert answered > 500
 
 
 def test_evaluation_prompt_is_the_training_format():

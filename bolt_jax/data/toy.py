@@ -1,29 +1,39 @@
 """A toy world built for BoLT: text that leaves out the reasoning its answers need, with known latent thoughts.
 
-Each document is one problem, a chain of four operations modulo 7, and its answer:
+Each document is one problem, a chain of four operations modulo 7, exactly one of them a new operation, and its
+answer:
 
-    question   "start_4 , first_double , second_up , third_triple , fourth_downdown ."
+    question   "start_4 , first_double , second_up , third_triple , fourth_upup ."
     thought    " start 4 , first double gives 1 , second up gives 2 , third triple gives 6 ,
-                fourth downdown gives 4 ."                                               (never in raw text)
-    answer     "The answer is 4 ."
+                fourth upup gives 1 ."                                                   (never in raw text)
+    answer     "The answer is 1 ."
 
 What the method needs, and how this world provides it:
-- The thought is needed to predict the text: the answer is four steps composed (9,072 distinct questions, so no
-  model memorises its way to held-out answers, and raw training cannot learn the composition); the thought writes
-  each step out.
-- Something the thoughts teach that the base model lacks: its pretraining text (`pretraining_record`) teaches it
-  to read a question and to work out chains of the four familiar operations (as TinyLlama knows some arithmetic),
-  but never states a fact of the two NEW_OPS (14 facts), never a four-step chain, never an answer. Thoughts (the
-  warmstart teacher's, then the model's own from the E-step) are the only place the new facts are written down.
+- The thought is needed to predict the text: the answer is four steps composed (7 x 4 x 2 x 4^3 = 3,584 distinct
+  questions, so no model memorises its way to held-out answers, and raw training cannot learn the composition);
+  the thought writes each step out.
+- Something only EM can teach: the base model's pretraining text (`pretraining_record`) teaches it to read a
+  question, to work out chains of the four familiar operations and that an answer is where a worked chain ends (as
+  TinyLlama knows some arithmetic and that a solution's last line is its answer), but never states a fact of the
+  two NEW_OPS (14 facts). The warmstart teacher (`guessing_teacher_corpus`) has never seen them either: at the new
+  step it guesses, carries on correctly from its guess, and the warmstart document states the answer its chain
+  reached; its guesses of each fact cover the 7 values evenly. So the warmstart model writes the format and the
+  familiar steps, knows that an answer follows from a thought, and is uniformly unsure of every new fact (right one
+  time in seven). The bootstrap corpus is true text: a new fact is right exactly when the thought reaches the
+  stated answer, which only the E-step's importance weights see (p(x | z) checks the answer). EM has to discover
+  the 14 facts from the answers, and each iteration's model samples them right more often: the chosen thoughts
+  improve from iteration to iteration, not only the model that trains on them. (Every M-step starts from the
+  base, which knows that an answer must follow from the thought, so the weights stay able to check it however
+  mixed the previous E-step's chosen thoughts were.)
+- One unknown step per problem (`make_problem_question`): K samples of a thought are then K guesses of one fact,
+  and a thought is right exactly when its new fact is.
 - The thought sits between what it explains and what depends on it: the question is one paragraph (one chunk,
   true thought ""), the answer the next, so the answer chunk's prior-format thought (`<SoL><PRIOR> z <EoL> x`)
   comes right after the question (in the prefix) and before the answer (the chunk): p(z | prefix) can compute it
   and p(x | z) checks it (the answer is the thought's last number).
 - Everything a 1M-parameter model has to do is local or one look-up: every clause of a question is one word
   ("second_up"), so a thought reads a step's operation with one look-up keyed by the ordinal; a result depends on
-  the three tokens four and one places back. (Copying the word after another word needs an induction circuit,
-  which the demo's model did not form in its budget: 18% on a 6-way choice after 300 steps, see the notes of
-  2026-12-06.)
+  the three tokens four and one places back.
 - The evaluation prompt is the training format itself (`evaluation_prompt`), so it occurs in training.
 - Every word and number is one token (`build_tokenizer`, word level).
 
@@ -32,7 +42,8 @@ Documents and thoughts are a pure function of (seed, index).
     docs = generate(num_docs=1000, seed=0)            # list[ToyDocument]
     write_corpus("toy.jsonl", docs)                   # raw schema: {"id", "text", "answers", "metadata"}
     write_corpus("toy_aug.jsonl", docs, with_thoughts=True)   # augmented schema (spec 2.6), true thoughts
-    source = ToyThoughtSource(docs); source.thought(prefix, suffix)   # the teacher: true thoughts of a chunk
+    source = ToyThoughtSource(docs); source.thought(prefix, suffix)   # true thoughts of a chunk (tests, compare)
+    warmstart = guessing_teacher_corpus(200, seed=1)   # the demo's warmstart set: the guessing teacher's thoughts
 """
 
 from __future__ import annotations
@@ -49,7 +60,7 @@ import numpy as np
 from bolt_jax.data.schema import augment_record, write_jsonl
 from bolt_jax.runtime.atomic import atomic_write_text
 
-TOY_WORLD_VERSION = 19  # bump when this module changes what it generates: prepared toy data is then rewritten
+TOY_WORLD_VERSION = 22  # bump when this module changes what it generates: prepared toy data is then rewritten
 MODULUS = 7
 # each operation is one word (one token): a thought copies it with one look-up, keyed by the clause's ordinal
 OPS: dict[str, Callable[[int], int]] = {
@@ -126,6 +137,17 @@ def make_question(rng: np.random.Generator, steps: int = NUM_STEPS, ops: Sequenc
     return " , ".join(clauses) + " ."
 
 
+def make_problem_question(rng: np.random.Generator) -> str:
+    """A problem's question: NUM_STEPS clauses, exactly one of them a NEW_OP (its place and which one uniform), the
+    others familiar operations. One unknown step per problem: a thought is right exactly when that fact is."""
+    familiar = [op for op in OPS if op not in NEW_OPS]
+    place = int(rng.integers(NUM_STEPS))
+    ops = [NEW_OPS[int(rng.integers(len(NEW_OPS)))] if k == place else familiar[int(rng.integers(len(familiar)))]
+           for k in range(NUM_STEPS)]
+    clauses = [f"start_{int(rng.integers(MODULUS))}", *(f"{o}_{op}" for o, op in zip(ORDINALS, ops))]
+    return " , ".join(clauses) + " ."
+
+
 def question_clauses(question: str) -> tuple[int, list[tuple[str, str]]]:
     """(start value, [(ordinal, operation), ...]) of a question."""
     if not QUESTION_RE.fullmatch(question.strip()):
@@ -139,10 +161,39 @@ def question_clauses(question: str) -> tuple[int, list[tuple[str, str]]]:
 
 
 def make_problem(rng: np.random.Generator) -> ToyProblem:
-    """A chain of NUM_STEPS operations mod 7 from a random start, and its true thought (solve_question)."""
-    question = make_question(rng)
+    """A chain of NUM_STEPS operations mod 7 from a random start, one of them new, and its true thought."""
+    question = make_problem_question(rng)
     thought, answer = solve_question(question)
     return ToyProblem(question, thought, answer)
+
+
+def guessing_teacher_corpus(num_docs: int, seed: int) -> list[ToyDocument]:
+    """The warmstart set `seed`, written by the guessing teacher: it has never seen the NEW_OPS, so at the new step
+    it writes a guess, carries on correctly from it, and the document states the answer its chain reached. Thought
+    and answer agree, as in a consistent worked solution. Its guesses are spread evenly: the n-th time the corpus
+    needs a new fact (operation, input) the teacher writes value (offset + n) mod 7, the offset random per fact, so
+    every fact's guesses cover the 7 values equally (right one time in seven) and no wrong value is favoured; a
+    wrong value that happened to be guessed more often than the truth would stay the warmstart model's belief, and
+    the E-step could not find the right one."""
+    rng = np.random.default_rng([seed, 7])
+    offsets = {(op, v): int(rng.integers(MODULUS)) for op in NEW_OPS for v in range(MODULUS)}
+    seen: dict[tuple[str, int], int] = {}
+    docs = []
+    for index in range(num_docs):
+        question = make_problem_question(np.random.default_rng([seed, index]))
+        value, clauses = question_clauses(question)
+        steps = [f"start {value}"]
+        for ordinal, op in clauses:
+            if op in NEW_OPS:
+                n = seen.get((op, value), 0)
+                seen[(op, value)] = n + 1
+                value = (offsets[(op, value)] + n) % MODULUS
+            else:
+                value = OPS[op](value)
+            steps.append(f"{ordinal} {op} gives {value}")
+        thought = " " + " , ".join(steps) + " ."
+        docs.append(ToyDocument(id=f"toy-{seed}-{index}", problems=[ToyProblem(question, thought, value)]))
+    return docs
 
 
 def generate_document(seed: int, index: int, min_problems: int = 1, max_problems: int = 1) -> ToyDocument:
@@ -161,13 +212,15 @@ def write_corpus(path: str | os.PathLike, docs: Sequence[ToyDocument], with_thou
     return write_jsonl(path, (d.augmented_record() if with_thoughts else d.raw_record() for d in docs))
 
 
-CORPUS_KINDS = ("raw", "thoughts", "pretraining")
+CORPUS_KINDS = ("raw", "thoughts", "pretraining", "guessed_thoughts")
 
 
 def write_toy_corpus(path: str | os.PathLike, kind: str, num_docs: int, seed: int) -> int:
     """One toy corpus: raw documents, documents with their true thoughts, or the base model's pretraining text."""
     if kind == "pretraining":
         return write_jsonl(path, (pretraining_record(seed, i) for i in range(num_docs)))
+    if kind == "guessed_thoughts":  # the warmstart set: the guessing teacher's documents and thoughts
+        return write_jsonl(path, (d.augmented_record() for d in guessing_teacher_corpus(num_docs, seed)))
     if kind not in CORPUS_KINDS:
         raise ValueError(f"toy corpus kind {kind!r}; choose one of {CORPUS_KINDS}")
     return write_corpus(path, generate(num_docs, seed=seed), with_thoughts=kind == "thoughts")
@@ -203,11 +256,13 @@ def pretraining_record(seed: int, index: int) -> dict[str, Any]:
 
     Questions of two to four steps, their clauses spelled out after "in short :" in a random order (reading a
     question: which operation each ordinal has), and questions of one to three steps with the familiar operations
-    only, worked out after "in short :" ("start_4 , first_double , second_up ." -> "in short : start 4 , first
-    double gives 1 , second up gives 2 ."). So the base model reads questions and chains the 28 facts of the
-    familiar operations (as TinyLlama knows some arithmetic and how to read), but it has never seen a fact of the
-    NEW_OPS, a four-step chain, or a question answered: held-out problems cannot be memorised from this text, and
-    what the new operations do is what the thoughts (the warmstart's, then the model's own) have to teach."""
+    only, worked out after "in short :" and answered ("start_4 , first_double , second_up ." -> "in short : start 4
+    , first double gives 1 , second up gives 2 ." -> "The answer is 2 ."). So the base model reads questions, chains
+    the 28 facts of the familiar operations and knows that an answer is where the worked chain ends (as TinyLlama
+    knows some arithmetic, how to read, and that a solution's last line is its answer); it has never seen a fact of
+    the NEW_OPS or a four-step chain. Every M-step starts from this base, so each one keeps knowing that an answer
+    must follow from the thought, however mixed the E-step's chosen thoughts are: the importance weights stay able
+    to tell a thought that reaches the stated answer from one that does not."""
     rng = np.random.default_rng([seed, index, 1])
     familiar = [op for op in OPS if op not in NEW_OPS]
     paragraphs = []
@@ -217,7 +272,9 @@ def pretraining_record(seed: int, index: int) -> dict[str, Any]:
             short = restatement(question, rng)
         else:
             question = make_question(rng, steps=int(rng.integers(1, NUM_STEPS)), ops=familiar)
-            short = solve_question(question)[0].strip()
+            short, answer = solve_question(question)
+            paragraphs += [question, f"in short : {short.strip()}", f"The answer is {answer} ."]
+            continue
         paragraphs += [question, f"in short : {short}"]
     return {"id": f"toy-pretrain-{seed}-{index}", "text": SEPARATOR.join(paragraphs),
             "metadata": {"source": "bolt_jax.data.toy.pretraining_record"}}

@@ -1,9 +1,10 @@
 """`make demo`: BoLT's whole EM loop at toy scale, on a CPU, in minutes.
 
 A generated math corpus whose true latent thoughts are known (bolt_jax.data.toy) stands in for FineMath and
-GPT-4o-mini: a tiny base model is pretrained on raw toy text (the stand-in for TinyLlama), warm-started on the toy
-thoughts, then bootstrapped for two EM iterations with K=4, against raw token- and FLOP-matched baselines; the
-report shows validation loss, ELBO, and how often the E-step's chosen thought is correct per iteration.
+GPT-4o-mini: a tiny base model is pretrained on raw toy text (the stand-in for TinyLlama), warm-started on a
+teacher's thoughts that guess what the new operations do, then bootstrapped for `bootstrap.iterations` EM
+iterations (3 in configs/demo.py) with K=4, against raw token- and FLOP-matched baselines; the report shows held-out
+accuracy, ELBO, and how often the E-step's sampled and chosen thoughts are correct per iteration.
 (`run_compare` keeps the simpler raw-vs-thoughts comparison.)
 """
 
@@ -31,10 +32,11 @@ def prepare_toy_data(data_dir: str, *, num_train: int, num_validation: int, seed
 def prepare_toy_bootstrap_data(data_dir: str, *, seed: int, num_pretrain: int, num_warmstart: int,
                                num_bootstrap: int, num_validation: int) -> dict[str, str]:
     """Four toy corpora (the base model's pretraining text: questions read and restated, chains of the familiar
-    operations worked out, never an answer; the warmstart set with true thoughts; the fixed raw bootstrap corpus,
-    4x larger; raw validation) and the toy world's word-level tokenizer."""
+    operations worked out and answered, never a new operation's fact; the warmstart set with the guessing
+    teacher's thoughts, right about a new fact one time in seven; the fixed raw bootstrap corpus, 4x larger; raw
+    validation) and the toy world's word-level tokenizer."""
     return toy.write_toy_data(data_dir, {"pretrain": ("pretraining", num_pretrain, seed),
-                                         "warmstart": ("thoughts", num_warmstart, seed + 1),
+                                         "warmstart": ("guessed_thoughts", num_warmstart, seed + 1),
                                          "bootstrap": ("raw", num_bootstrap, seed + 2),
                                          "validation": ("raw", num_validation, seed + 3)})
 

@@ -22,7 +22,7 @@ from typing import Any
 
 DESCRIPTIONS = {
     "base": "the base model: pretrained on raw text only (the stand-in for TinyLlama)",
-    "warmstart": "base trained on the small warmstart set with its true (teacher) thoughts",
+    "warmstart": "base trained on the small warmstart set with its teacher's thoughts",
     "raw_token_match": "base trained on the raw bootstrap corpus for as many passes as an M-step makes",
     "raw_flops_match": "base trained on the raw bootstrap corpus for as many steps (compute) as an M-step",
 }
