@@ -72,7 +72,8 @@ def markdown(summary: dict) -> str:
              "Chosen / sample: share of the E-step's chosen thoughts / of its K samples that are the true chain "
              "(per E-step). Held-out: greedy accuracy on 200 held-out problems (± bootstrap SE about 0.03). "
              "-ELBO_4: nats per validation text token, lower is better.", "",
-             "| seed | sample correct per E-step | chosen correct per E-step | held-out warmstart / iter_1 / iter_2 | "
+             "| seed | sample correct per E-step | chosen correct per E-step | "
+             "held-out warmstart / iter_1 / ... / last | "
              "raw token / FLOP match | -ELBO_4 warmstart / last | claims met | minutes |",
              "|---|---|---|---|---|---|---|---|"]
     for r in summary["runs"]:
@@ -84,7 +85,7 @@ def markdown(summary: dict) -> str:
         lines.append(
             f"| {r['seed']} | {', '.join(f'{i['sample_correct']:.2f}' for i in r['iterations'])} | "
             f"{', '.join(f'{i['chosen_correct']:.2f}' for i in r['iterations'])} | "
-            f"{' / '.join(a(n) for n in ('warmstart', 'iter_1', 'iter_2'))} | "
+            f"{' / '.join(a(n) for n in ('warmstart', *(f'iter_{i['iteration']}' for i in r['iterations'])))} | "
             f"{a('raw_token_match')} / {a('raw_flops_match')} | "
             f"{e['warmstart'][0]:.4f} / {e[r['last_model']][0]:.4f} | {met} of {len(r['checks'])} | "
             f"{r['minutes_of_stages']:.1f}{' (shared cores)' if r['shared_cores'] else ''} |")
