@@ -65,3 +65,56 @@ def hf_logits(model_dir: str | os.PathLike, tokens_BxS) -> object:
 
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
+
+
+# ---- the corpus data pipeline (test_data_pipeline, test_data_resume) ------------------------------------------
+
+
+def write_toy_data(root: str | os.PathLike) -> dict:
+    """A tokenizer and a corpus of 12 thought-augmented toy documents under `root`: {"tok": ..., "aug": ...}."""
+    from bolt_jax.data import toy
+
+    root = Path(root)
+    aug = root / "aug.jsonl"
+    toy.write_corpus(aug, toy.generate(12, seed=5), with_thoughts=True)
+    return {"tok": build_tokenizer(root / "tok"), "aug": str(aug)}
+
+
+def data_config(env: dict, **data):
+    """A config of the corpus pipeline over write_toy_data's files: seed 3, rows of 48 tokens, global batches of 4
+    rows; `data` overrides config.data's settings."""
+    import ml_collections
+
+    from bolt_jax.data import pipeline
+
+    c = ml_collections.ConfigDict({"seed": 3, "data": pipeline.default_data_config()})
+    c.data.update(train_path=env["aug"], tokenizer_path=env["tok"], seq_len=48, global_batch_size=4)
+    c.data.update(data)
+    return c
+
+
+# ---- thought synthesis against the loopback OpenAI server (test_synth, test_synth_paid_once) --------------------
+# The fixtures (server, corpus, openai_api_key) are in conftest.py.
+
+OPENAI_TEST_KEY = "sk-test-SECRET-0123456789"
+SYNTH_DOCS = [
+    "Natalia sold clips to 48 friends in April. In May she sold half as many. How many in total? The answer is 72.",
+    "A triangle has angles of 50 and 60 degrees. The third angle is 70 degrees.\n\nTherefore it is acute.",
+    "Weng earns 12 dollars an hour. For 50 minutes she earns 10 dollars. TRUNCATE-ME",
+    "Compute 7 * 8 = 56. Then 56 - 6 = 50.",
+]
+
+
+def synth_config(tmp_path, corpus, server, **kw):
+    """A synth config reading `corpus`, writing under tmp_path/out, talking to the loopback `server` with fast
+    polls and retries; `kw` overrides config.synth's settings."""
+    from bolt_jax.config import base_config
+    from bolt_jax.synth.run import default_synth_config
+
+    c = base_config()
+    c.synth = default_synth_config()
+    c.synth.update(corpus_path=str(corpus), output_path=str(tmp_path / "out" / "aug.jsonl"), base_url=server.base_url,
+                   env_file="", max_usd=1.0, poll_interval_s=0.01, backoff_base_s=0.01, timeout_s=1.0,
+                   units_per_chunk=2)
+    c.synth.update(kw)
+    return c

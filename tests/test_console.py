@@ -182,6 +182,34 @@ def test_plain_progress_lines(console_setup, monkeypatch, caplog):
     assert console_setup.format_eta(3725) == "1:02:05"
 
 
+def test_a_stage_writes_its_lines_to_its_log_and_the_console_keeps_warnings(console_setup, monkeypatch, capsys,
+                                                                             tmp_path):
+    monkeypatch.setenv("BOLT_PROGRESS", "plain")
+    console_setup.setup()
+    log = logging.getLogger("bolt_jax.test")
+    path = tmp_path / "logs" / "base.log"
+    with console_setup.stage_output(str(path)):
+        log.info("step 10/300 | loss 1.0")
+        print("training summary")
+        console_setup.progress(range(3), desc="E-step", unit="chunk").close()
+        log.warning("disk nearly full")
+    log.info("after the stage")
+    out, err = capsys.readouterr()
+    text = path.read_text()
+    assert "INFO bolt_jax.test: step 10/300 | loss 1.0" in text and "training summary" in text
+    assert "E-step 0/3 chunk: started" in text and "WARNING bolt_jax.test: disk nearly full" in text
+    assert "step 10/300" not in err and "training summary" not in out and "E-step" not in err  # not on the console
+    assert "disk nearly full" in err and "after the stage" in err  # warnings during, everything after
+    with pytest.raises(RuntimeError):  # a failing stage restores the console too
+        with console_setup.stage_output(str(path)):
+            raise RuntimeError("boom")
+    log.info("restored")
+    assert "restored" in capsys.readouterr().err
+    with console_setup.stage_output(None):  # None: no change
+        log.info("shown")
+    assert "shown" in capsys.readouterr().err
+
+
 def test_eval_says_where_results_went_and_transformers_stays_quiet(tmp_path):
     from flax import nnx
 

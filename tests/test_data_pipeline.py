@@ -7,28 +7,17 @@ import ml_collections
 import numpy as np
 import pytest
 
-from bolt_jax.data import pipeline, toy
+from bolt_jax.data import pipeline
 from bolt_jax.data.formats import format_document
 from bolt_jax.data.packing import pack_documents, stack_rows
 from bolt_jax.data.readers import MalformedRecordError, ReadReport, iter_corpus, open_corpus
 from bolt_jax.data.tokenizer import load_tokenizer
-from tests.helpers import build_tokenizer
+from tests.helpers import data_config, write_toy_data
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipe")
-    tok_dir = build_tokenizer(root / "tok")
-    aug = root / "aug.jsonl"
-    toy.write_corpus(aug, toy.generate(12, seed=5), with_thoughts=True)
-    return {"root": root, "tok": tok_dir, "aug": str(aug)}
-
-
-def _config(env, **data):
-    c = ml_collections.ConfigDict({"seed": 3, "data": pipeline.default_data_config()})
-    c.data.update(train_path=env["aug"], tokenizer_path=env["tok"], seq_len=48, global_batch_size=4)
-    c.data.update(data)
-    return c
+    return write_toy_data(tmp_path_factory.mktemp("pipe"))
 
 
 def _take(it, n):
@@ -40,7 +29,7 @@ def _equal(a, b):
 
 
 def test_batch_layout_and_shifted_targets(env):
-    b = next(pipeline.make_batches(_config(env)))
+    b = next(pipeline.make_batches(data_config(env)))
     assert set(b) == {"inputs", "targets", "segment_ids", "positions", "categories", "loss_weights"}
     assert all(v.shape == (4, 48) for v in b.values())
     assert b["categories"].dtype == np.int8 and b["inputs"].dtype == np.int32
@@ -52,7 +41,7 @@ def test_batch_layout_and_shifted_targets(env):
 
 @pytest.mark.parametrize("packing,shuffle", [("concat", False), ("document", True)])
 def test_resume_restores_the_same_next_batches(env, packing, shuffle):
-    cfg = _config(env, packing=packing, shuffle_documents=shuffle)
+    cfg = data_config(env, packing=packing, shuffle_documents=shuffle)
     it = pipeline.make_batches(cfg)
     whole = _take(it, 14)  # 12 short documents: this crosses epoch boundaries
     for cut in (0, 3, 9):
@@ -68,7 +57,7 @@ def test_resume_through_an_orbax_checkpoint(env, tmp_path):
     import grain
     import orbax.checkpoint as ocp
 
-    cfg = _config(env)
+    cfg = data_config(env)
     it = pipeline.make_batches(cfg)
     _take(it, 2)
     mngr = ocp.CheckpointManager(str(tmp_path / "ckpt"))
@@ -81,9 +70,9 @@ def test_resume_through_an_orbax_checkpoint(env, tmp_path):
 
 
 def test_deterministic_and_seeded(env):
-    a = _take(pipeline.make_batches(_config(env)), 4)
-    assert _equal(a, _take(pipeline.make_batches(_config(env)), 4))
-    assert not _equal(a, _take(pipeline.make_batches(_config(env, seed=99)), 4))  # other coin flips
+    a = _take(pipeline.make_batches(data_config(env)), 4)
+    assert _equal(a, _take(pipeline.make_batches(data_config(env)), 4))
+    assert not _equal(a, _take(pipeline.make_batches(data_config(env, seed=99)), 4))  # other coin flips
 
 
 def test_two_processes_read_disjoint_shares_that_cover_the_data(env):
@@ -146,7 +135,7 @@ def test_global_batches_do_not_depend_on_the_process_count(env):
 
 
 def test_validation_split_is_one_pass_of_raw_text(env):
-    cfg = _config(env, validation_path=env["aug"], packing="document")
+    cfg = data_config(env, validation_path=env["aug"], packing="document")
     batches = list(pipeline.make_batches(cfg, split="validation"))
     cats = np.concatenate([b["categories"] for b in batches])
     assert 2 not in cats  # raw text: no thought tokens
@@ -161,7 +150,7 @@ def test_global_batch_on_the_mesh(env):
     from bolt_jax.parallel import make_mesh
 
     mesh = make_mesh({"data": 2, "fsdp": 4, "tensor": 1})
-    b = next(pipeline.make_batches(_config(env, global_batch_size=8)))
+    b = next(pipeline.make_batches(data_config(env, global_batch_size=8)))
     g = pipeline.to_global(b, mesh)
     assert g["inputs"].shape == (8, 48) and len(g["inputs"].addressable_shards) == 8
     np.testing.assert_array_equal(np.asarray(jax.device_get(g["targets"])), b["targets"])
@@ -169,12 +158,12 @@ def test_global_batch_on_the_mesh(env):
 
 def test_config_errors(env):
     with pytest.raises(ValueError, match="train_path"):
-        pipeline.make_batches(_config(env, train_path=""))
+        pipeline.make_batches(data_config(env, train_path=""))
     with pytest.raises(ValueError, match="packing"):
-        pipeline.make_batches(_config(env, packing="bestfit"))
+        pipeline.make_batches(data_config(env, packing="bestfit"))
     with pytest.raises(ValueError, match="divisible"):
-        pipeline.make_batches(_config(env, global_batch_size=3), process_index=0, process_count=2)
-    c = _config(env, global_batch_size=0)
+        pipeline.make_batches(data_config(env, global_batch_size=3), process_index=0, process_count=2)
+    c = data_config(env, global_batch_size=0)
     c.train = ml_collections.ConfigDict({"global_batch_size": 2})
     assert next(pipeline.make_batches(c))["inputs"].shape == (2, 48)
 

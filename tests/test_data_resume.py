@@ -12,24 +12,14 @@ import ml_collections
 import numpy as np
 import pytest
 
-from bolt_jax.data import pipeline, row_slots, toy
+from bolt_jax.data import pipeline, row_slots
 from bolt_jax.train.checkpointing import TrainCheckpointer
-from tests.helpers import build_tokenizer
+from tests.helpers import data_config, write_toy_data
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("resume")
-    aug = root / "aug.jsonl"
-    toy.write_corpus(aug, toy.generate(12, seed=5), with_thoughts=True)
-    return {"tok": build_tokenizer(root / "tok"), "aug": str(aug)}
-
-
-def _config(env, **data):
-    c = ml_collections.ConfigDict({"seed": 3, "data": pipeline.default_data_config()})
-    c.data.update(train_path=env["aug"], tokenizer_path=env["tok"], seq_len=48, global_batch_size=4)
-    c.data.update(data)
-    return c
+    return write_toy_data(tmp_path_factory.mktemp("resume"))
 
 
 def _processes(cfg, n):
@@ -97,7 +87,7 @@ def _restore(directory, step, its, as_process):
     (4, 2, {"num_epochs": 1, "packing": "document"}),  # a finite stream: some slots are done when saved
 ], ids=["2to2", "2to1", "1to2_prefetch", "2to4_shuffled_docs", "2to1_shuffle_buffer", "4to2_finite"])
 def test_resume_on_another_process_count(env, tmp_path, as_process, saved, restored, data):
-    cfg = _config(env, **data)
+    cfg = data_config(env, **data)
     cut, more = 4, 3
     whole = _global(_processes(cfg, 1), cut + more)  # one process, uninterrupted
     before = _processes(cfg, saved)
@@ -109,23 +99,23 @@ def test_resume_on_another_process_count(env, tmp_path, as_process, saved, resto
 
 
 def test_another_global_batch_is_refused(env, tmp_path, as_process):
-    its = _processes(_config(env), 2)
+    its = _processes(data_config(env), 2)
     _global(its, 2)
     _save(tmp_path / "ckpt", 2, its, as_process)
-    other = _processes(_config(env, global_batch_size=2), 1)
+    other = _processes(data_config(env, global_batch_size=2), 1)
     with pytest.raises(ValueError, match=r"saved for a global batch of 4 rows \(2 processes\) and this run has 2"):
         _restore(tmp_path / "ckpt", 2, other, as_process)
-    four = pipeline.make_batches(_config(env)).get_state()
+    four = pipeline.make_batches(data_config(env)).get_state()
     with pytest.raises(ValueError, match="4 row slots and this iterator 2"):  # the same process count
-        pipeline.make_batches(_config(env, global_batch_size=2)).set_state(four)
+        pipeline.make_batches(data_config(env, global_batch_size=2)).set_state(four)
     with pytest.raises(ValueError, match="4 row slots and this iterator 2"):  # checked before workers start
-        pipeline.make_batches(_config(env, global_batch_size=2, worker_count=2)).set_state(four)
+        pipeline.make_batches(data_config(env, global_batch_size=2, worker_count=2)).set_state(four)
 
 
 def test_prefetch_thread_state_is_the_slot_state(env):
     """ThreadPrefetchIterDataset's iterator reports and restores the slots' state (of the batch last taken)."""
-    cfg = _config(env, prefetch_threads=3)
-    whole = _global([pipeline.make_batches(_config(env))], 6)
+    cfg = data_config(env, prefetch_threads=3)
+    whole = _global([pipeline.make_batches(data_config(env))], 6)
     it = pipeline.make_batches(cfg)
     assert type(it).__name__ == "ThreadPrefetchDatasetIterator"
     assert _equal(_global([it], 2), whole[:2])
@@ -134,7 +124,7 @@ def test_prefetch_thread_state_is_the_slot_state(env):
     fresh = pipeline.make_batches(cfg)
     fresh.set_state(state)
     assert _equal(_global([fresh], 4), whole[2:])
-    plain = pipeline.make_batches(_config(env))  # and the state fits the pipeline without the thread
+    plain = pipeline.make_batches(data_config(env))  # and the state fits the pipeline without the thread
     plain.set_state(state)
     assert _equal(_global([plain], 4), whole[2:])
 
@@ -146,8 +136,8 @@ def _slot_rows(batches, slot):
 def test_shuffle_buffer_permutes_each_block_of_each_slot(env):
     """Each slot's rows come in blocks of K = shuffle_buffer_batches, each block a permutation of the unshuffled
     rows of that block: over a pass every row appears exactly once, in another order."""
-    plain = list(pipeline.make_batches(_config(env, num_epochs=2, packing="document")))
-    shuffled = list(pipeline.make_batches(_config(env, num_epochs=2, packing="document", shuffle_buffer_batches=3)))
+    plain = list(pipeline.make_batches(data_config(env, num_epochs=2, packing="document")))
+    shuffled = list(pipeline.make_batches(data_config(env, num_epochs=2, packing="document", shuffle_buffer_batches=3)))
     assert len(shuffled) == len(plain) > 6
     moved = 0
     for slot in range(4):
@@ -161,7 +151,7 @@ def test_shuffle_buffer_permutes_each_block_of_each_slot(env):
 
 
 def test_shuffle_buffer_resumes_exactly(env):
-    cfg = _config(env, shuffle_buffer_batches=3)
+    cfg = data_config(env, shuffle_buffer_batches=3)
     whole = _global([pipeline.make_batches(cfg)], 9)
     for cut in (0, 2, 3, 4, 7):  # block starts, middles and the last row of a block
         it = pipeline.make_batches(cfg)
@@ -170,12 +160,12 @@ def test_shuffle_buffer_resumes_exactly(env):
         resumed = pipeline.make_batches(cfg)
         resumed.set_state(state)
         assert _equal(_global([resumed], 9 - cut), whole[cut:])
-    assert not _equal(whole, _global([pipeline.make_batches(_config(env))], 9))
-    other = pipeline.make_batches(_config(env))
+    assert not _equal(whole, _global([pipeline.make_batches(data_config(env))], 9))
+    other = pipeline.make_batches(data_config(env))
     with pytest.raises(ValueError, match="saved with data.shuffle_buffer_batches=3 and this run has 0"):
         other.set_state(state)
     with pytest.raises(ValueError, match="saved with data.shuffle_buffer_batches=0 and this run has 5"):
-        pipeline.make_batches(_config(env, shuffle_buffer_batches=5)).set_state(other.get_state())
+        pipeline.make_batches(data_config(env, shuffle_buffer_batches=5)).set_state(other.get_state())
 
 
 # slow (spawns worker processes, ~20 s): make test-slow; the worker grouping is tested below
@@ -185,11 +175,11 @@ def test_worker_processes_give_the_same_batches_and_state(env):
     saved without workers, restored with them, gives the same batches and the same end of a finite stream; their
     state restored without workers gives the exact continuation. (One start of the workers: they take seconds.)"""
     data = dict(num_epochs=1, packing="document", shuffle_buffer_batches=2)
-    plain = pipeline.make_batches(_config(env, **data))
+    plain = pipeline.make_batches(data_config(env, **data))
     whole = list(plain)
-    workers = pipeline.make_batches(_config(env, worker_count=2, prefetch_threads=2, **data))  # a thread on top
+    workers = pipeline.make_batches(data_config(env, worker_count=2, prefetch_threads=2, **data))  # a thread on top
     assert type(workers._maybe_nonnative_parent).__name__ == "_WorkerBatchesIterator"
-    plain = pipeline.make_batches(_config(env, **data))
+    plain = pipeline.make_batches(data_config(env, **data))
     _global([plain], 2)
     workers.set_state(json.loads(json.dumps(plain.get_state())))  # before the workers start: they start there
     got = []
@@ -198,7 +188,7 @@ def test_worker_processes_give_the_same_batches_and_state(env):
         if len(got) == 3:
             state = json.loads(json.dumps(workers.get_state()))
     assert _equal(got, whole[2:])
-    plain = pipeline.make_batches(_config(env, **data))
+    plain = pipeline.make_batches(data_config(env, **data))
     plain.set_state(state)
     assert _equal(list(plain), whole[5:])
     workers.close()
@@ -209,7 +199,7 @@ def test_worker_groups(env):
     have no part to give). Grain tells a worker its index through RowSlotBatches.set_slice."""
     assert row_slots.worker_groups(5, 2) == [range(0, 3), range(3, 5)]
     assert row_slots.worker_groups(4, 4) == [range(i, i + 1) for i in range(4)]
-    assert pipeline.make_batches(_config(env, worker_count=8))._workers == 4  # nothing spawned before next()
+    assert pipeline.make_batches(data_config(env, worker_count=8))._workers == 4  # nothing spawned before next()
     ds = row_slots.RowSlotBatches([None] * 5, parts=True)
     ds.set_slice(slice(1, None, 2))
     assert ds._group == range(3, 5)
@@ -222,4 +212,4 @@ def test_new_settings_are_validated(env):
         c = ml_collections.ConfigDict({"data": {"source": "corpus", key: bad}})
         with pytest.raises(ValueError, match=f"config.data.{key}="):
             pipeline.validate_data_config(c)
-    pipeline.validate_data_config(_config(env, worker_count=2, shuffle_buffer_batches=4))
+    pipeline.validate_data_config(data_config(env, worker_count=2, shuffle_buffer_batches=4))

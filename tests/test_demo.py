@@ -33,6 +33,10 @@ def test_bootstrap_demo_runs_end_to_end_and_resumes(tmp_path):
     r = run(tmp_path, *args)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "BoLT bootstrap summary" in r.stdout and "E-step 2: sample correct" in r.stdout
+    # the console: a line at each stage's start and end; what each stage logs and prints is in its own log file
+    assert "training summary" not in r.stdout and "bolt_jax.train: step" not in r.stderr
+    assert "training summary" in (tmp_path / "logs" / "mstep_2.log").read_text()
+    assert len((r.stdout + r.stderr).splitlines()) <= 80 and "    estep_1 done in" in r.stdout
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     expected = ["base", "warmstart", "estep_1", "mstep_1", "estep_2", "mstep_2", "raw_token_match",
                 "raw_flops_match"]

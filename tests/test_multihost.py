@@ -53,47 +53,61 @@ def losses(run_dir):
     return out
 
 
+# How a run is launched: (number of processes, the mesh arguments that go with it).
+ONE = (1, [])  # one process, eight devices: fsdp=8
+TWO = (2, ["--config.mesh.data=2"])  # two processes of four devices: data=2 x fsdp=4
+TWO_TENSOR = (2, ["--config.mesh.tensor=2"])  # two processes of four devices: fsdp=4 x tensor=2
+
+
+def launch(processes, args):
+    """Runs the trainer with `args` on one process (eight devices) or two (four each), all of which must succeed;
+    returns the processes' stdout."""
+    if processes == 1:
+        results = [run_one_process(args)]
+    else:
+        results = run_two_processes([args, args])
+    for rc, _out, err in results:
+        assert rc == 0, err[-3000:]
+    return [out for _rc, out, _err in results]
+
+
+def reference_losses(args, run_dir):
+    """The losses of one process, eight devices, six steps straight."""
+    launch(1, args + [f"--config.run_dir={run_dir}", "--config.train.steps=6"])
+    return losses(run_dir)
+
+
+def assert_resumes_like_reference(args, run_dir, first, then, reference, compared=(4, 5, 6), at_cut=None):
+    """Trains to step 3 (a checkpoint: save_every=3) launched as `first`, then to step 6 launched as `then`, which
+    must resume from step 3 (process 0 says so); the losses of the steps `compared` are those of `reference`.
+    `at_cut(run_dir)` checks the checkpoint between the two launches."""
+    launch(first[0], args + [f"--config.run_dir={run_dir}", "--config.train.steps=3", *first[1]])
+    if at_cut is not None:
+        at_cut(run_dir)
+    out = launch(then[0], args + [f"--config.run_dir={run_dir}", "--config.train.steps=6", *then[1]])
+    assert "resumed from 3" in out[0], out[0][-3000:]
+    got = losses(run_dir)
+    np.testing.assert_allclose([got[s] for s in compared], [reference[s] for s in compared], rtol=2e-5)
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """One process, eight devices, six steps straight."""
-    run_dir = tmp_path_factory.mktemp("one")
-    rc, out, err = run_one_process(COMMON + [f"--config.run_dir={run_dir}", "--config.train.steps=6"])
-    assert rc == 0, err[-3000:]
-    return losses(run_dir)
+    return reference_losses(COMMON, tmp_path_factory.mktemp("one"))
 
 
 def test_two_processes_train_like_one(tmp_path, reference):
     run_dir = tmp_path / "two"
-    args = COMMON + [f"--config.run_dir={run_dir}", "--config.train.steps=6", "--config.mesh.data=2"]
-    results = run_two_processes([args, args])
-    for rc, _out, err in results:
-        assert rc == 0, err[-3000:]
-    assert "training summary" in results[0][1] and "training summary" not in results[1][1]  # process 0 reports
+    outs = launch(2, COMMON + [f"--config.run_dir={run_dir}", "--config.train.steps=6", "--config.mesh.data=2"])
+    assert "training summary" in outs[0] and "training summary" not in outs[1]  # process 0 reports
     got = losses(run_dir)
     np.testing.assert_allclose([got[s] for s in range(1, 7)], [reference[s] for s in range(1, 7)], rtol=2e-5)
 
 
 def test_checkpoint_moves_between_process_counts(tmp_path, reference):
     """Saved by two processes (mesh data=2 x fsdp=4), resumed by one (fsdp=8), and the other way round."""
-    a = tmp_path / "two_then_one"
-    args = COMMON + [f"--config.run_dir={a}", "--config.train.steps=3", "--config.mesh.data=2"]
-    for rc, _out, err in run_two_processes([args, args]):
-        assert rc == 0, err[-3000:]
-    rc, out, err = run_one_process(COMMON + [f"--config.run_dir={a}", "--config.train.steps=6"])
-    assert rc == 0 and "resumed from 3" in out, err[-3000:]
-    got = losses(a)
-    np.testing.assert_allclose([got[s] for s in (4, 5, 6)], [reference[s] for s in (4, 5, 6)], rtol=2e-5)
-
-    b = tmp_path / "one_then_two"
-    rc, out, err = run_one_process(COMMON + [f"--config.run_dir={b}", "--config.train.steps=3"])
-    assert rc == 0, err[-3000:]
-    args = COMMON + [f"--config.run_dir={b}", "--config.train.steps=6", "--config.mesh.tensor=2"]
-    results = run_two_processes([args, args])
-    for rc, _out, err in results:
-        assert rc == 0, err[-3000:]
-    assert "resumed from 3" in results[0][1]
-    got = losses(b)
-    np.testing.assert_allclose([got[s] for s in (4, 5, 6)], [reference[s] for s in (4, 5, 6)], rtol=2e-5)
+    assert_resumes_like_reference(COMMON, tmp_path / "two_then_one", TWO, ONE, reference)
+    assert_resumes_like_reference(COMMON, tmp_path / "one_then_two", ONE, TWO_TENSOR, reference)
 
 
 CORPUS_CONFIG = """# A tiny model trained on a tiny thought-augmented corpus through the real data pipeline.
@@ -136,32 +150,15 @@ def corpus_args(tmp_path_factory):
 def test_corpus_pipeline_resumes_on_another_process_count(tmp_path, corpus_args):
     """The corpus pipeline's iterator state (one file per process) moves with the model: saved by two processes at
     step 3 and resumed by one, and the other way round, the losses are those of one uninterrupted process."""
-    ref = tmp_path / "one"
-    rc, out, err = run_one_process(corpus_args + [f"--config.run_dir={ref}", "--config.train.steps=6"])
-    assert rc == 0, err[-3000:]
-    reference = losses(ref)
+    reference = reference_losses(corpus_args, tmp_path / "one")
 
-    a = tmp_path / "two_then_one"
-    args = corpus_args + [f"--config.run_dir={a}", "--config.train.steps=3", "--config.mesh.data=2"]
-    for rc, _out, err in run_two_processes([args, args]):
-        assert rc == 0, err[-3000:]
-    saved = sorted(f for f in os.listdir(a / "checkpoints" / "3" / "data") if f.endswith(".json"))
-    assert saved == ["process_0-of-2.json", "process_1-of-2.json"]  # one iterator state per process (Grain)
-    rc, out, err = run_one_process(corpus_args + [f"--config.run_dir={a}", "--config.train.steps=6"])
-    assert rc == 0 and "resumed from 3" in out, err[-3000:]
-    got = losses(a)
-    np.testing.assert_allclose([got[s] for s in range(1, 7)], [reference[s] for s in range(1, 7)], rtol=2e-5)
+    def one_state_per_process(run_dir):
+        saved = sorted(f for f in os.listdir(run_dir / "checkpoints" / "3" / "data") if f.endswith(".json"))
+        assert saved == ["process_0-of-2.json", "process_1-of-2.json"]  # one iterator state per process (Grain)
 
-    b = tmp_path / "one_then_two"
-    rc, out, err = run_one_process(corpus_args + [f"--config.run_dir={b}", "--config.train.steps=3"])
-    assert rc == 0, err[-3000:]
-    args = corpus_args + [f"--config.run_dir={b}", "--config.train.steps=6", "--config.mesh.data=2"]
-    results = run_two_processes([args, args])
-    for rc, _out, err in results:
-        assert rc == 0, err[-3000:]
-    assert "resumed from 3" in results[0][1]
-    got = losses(b)
-    np.testing.assert_allclose([got[s] for s in (4, 5, 6)], [reference[s] for s in (4, 5, 6)], rtol=2e-5)
+    assert_resumes_like_reference(corpus_args, tmp_path / "two_then_one", TWO, ONE, reference,
+                                  compared=range(1, 7), at_cut=one_state_per_process)
+    assert_resumes_like_reference(corpus_args, tmp_path / "one_then_two", ONE, TWO, reference)
 
 
 def test_processes_with_different_configs_fail_clearly(tmp_path):
@@ -200,10 +197,8 @@ def test_estep_in_two_processes_merges_to_the_same_dataset(tmp_path):
               f"--config.estep.corpus_path={tmp_path / 'corpus.jsonl'}",
               "--config.estep.max_new_tokens=5", "--config.estep.chunks_per_batch=4", "--config.estep.num_samples=2"]
     one = common + [f"--config.run_dir={tmp_path / 'one'}", f"--config.estep.output_path={tmp_path / 'one.jsonl'}"]
-    rc, out, err = run_one_process(one)
-    assert rc == 0, err[-3000:]
+    launch(1, one)
     two = common + [f"--config.run_dir={tmp_path / 'two'}", f"--config.estep.output_path={tmp_path / 'two.jsonl'}",
                     "--config.mesh.data=2"]
-    for rc, _out, err in run_two_processes([two, two]):
-        assert rc == 0, err[-3000:]
+    launch(2, two)
     assert (tmp_path / "one.jsonl").read_text() == (tmp_path / "two.jsonl").read_text()

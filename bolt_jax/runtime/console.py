@@ -11,6 +11,7 @@ imports those libraries. It imports nothing from bolt_jax (the bottom layer) and
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -198,3 +199,33 @@ class PlainProgress:
     def close(self) -> None:
         if self.n != self._logged_at:
             self._emit()
+
+
+STAGE_CONSOLE = ("stages", "full")  # a multi-stage workflow's console (bootstrap.console)
+
+
+@contextlib.contextmanager
+def stage_output(log_path: str | None) -> Iterator[None]:
+    """While one stage of a multi-stage workflow runs (the bootstrap's base, warmstart, E-steps, M-steps, ...): its
+    INFO log lines and printed output (step lines, summaries) go to `log_path` only, and the console keeps warnings,
+    errors and a live bar. A run of a dozen stages then reads as one line per stage on the console, with everything
+    each stage said in its own file. `log_path` None: no change (everything on the console)."""
+    if log_path is None:
+        yield
+        return
+    os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
+    root = logging.getLogger()
+    consoles = [(h, h.level) for h in root.handlers if isinstance(h, BarAwareHandler)]
+    with open(log_path, "a", buffering=1) as stream:
+        to_file = logging.StreamHandler(stream)
+        to_file.setFormatter(logging.Formatter(LOG_FORMAT, DATE_FORMAT))
+        for handler, _ in consoles:
+            handler.setLevel(max(handler.level, logging.WARNING))
+        root.addHandler(to_file)
+        try:
+            with contextlib.redirect_stdout(stream):
+                yield
+        finally:
+            root.removeHandler(to_file)
+            for handler, level in consoles:
+                handler.setLevel(level)

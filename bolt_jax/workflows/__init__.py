@@ -90,6 +90,9 @@ def _validate_train(config: ml_collections.ConfigDict) -> None:
     if "train_eval" in config:
         from bolt_jax.eval.periodic import validate_train_eval_config
         validate_train_eval_config(config)
+    if "bootstrap" in config:
+        from bolt_jax.workflows.bootstrap import validate_bootstrap_config
+        validate_bootstrap_config(config)
 
 
 def _validate_finetune(config: ml_collections.ConfigDict) -> None:

@@ -68,6 +68,9 @@ def default_bootstrap_config() -> ml_collections.ConfigDict:
         # a finished stage whose settings differ from this run's: "refuse" (stop before doing anything, naming the
         # changed keys) or "rerun" (redo it and every stage after it); see bolt_jax.workflows.manifest
         "on_change": "refuse",
+        # the console while the stages run: "stages" (one line at each stage's start and end; everything a stage
+        # logs or prints goes to <run_dir>/logs/<stage>.log) or "full" (all of it on the console as well)
+        "console": "stages",
     })
 
 
@@ -132,6 +135,18 @@ class TrialSource:
 
 
 ANSWER_CHECKS = ("", "toy", "gsm8k")
+
+
+def validate_bootstrap_config(config) -> None:
+    """The bootstrap section's enumerations, before anything runs."""
+    from bolt_jax.runtime.console import STAGE_CONSOLE
+    from bolt_jax.workflows.manifest import ON_CHANGE
+    b = config.bootstrap
+    answer_check(config)
+    if b.get("on_change", "refuse") not in ON_CHANGE:
+        raise ValueError(f"config.bootstrap.on_change={b.on_change!r}; choose one of {ON_CHANGE}")
+    if b.get("console", "stages") not in STAGE_CONSOLE:
+        raise ValueError(f"config.bootstrap.console={b.console!r}; choose one of {STAGE_CONSOLE}")
 
 
 def answer_check(config) -> str:
@@ -318,7 +333,12 @@ def run_bootstrap(config: ml_collections.ConfigDict) -> dict[str, Any]:
     b = config.bootstrap
     run_dir = os.path.abspath(config.run_dir)
     os.makedirs(run_dir, exist_ok=True)
-    manifest = Manifest(run_dir, b.get("on_change", "refuse"), defaults=section_defaults())
+    import jax
+    manifest = Manifest(run_dir, b.get("on_change", "refuse"), defaults=section_defaults(),
+                        stage_logs=b.get("console", "stages") == "stages" and jax.process_index() == 0)
+    if manifest.stage_log_dir:
+        print(f"each stage's log: {manifest.stage_log_dir}/<stage>.log (--config.bootstrap.console=full: the "
+              "console shows it too)", flush=True)
     if b.get("shared_stages_from"):
         reuse_shared_stages(manifest, b.shared_stages_from)
     trial = TrialSource(config, manifest)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from bolt_jax.config import flatten
+from bolt_jax.runtime import console
 from bolt_jax.runtime.atomic import atomic_write_text
 
 log = logging.getLogger("bolt_jax.workflows.manifest")
@@ -29,8 +30,8 @@ ON_CHANGE = ("refuse", "rerun")
 IGNORED = {"run_dir", "workflow", "train.progress_bar", "train.log_every", "train.save_every",
            "train.keep_checkpoints", "train.eval_every", "train.eval_batches", "estep.scheduler",
            "estep.decode_slots", "estep.overlap", "estep.slice", "estep.store_dir", "estep.output_path",
-           "estep.run_name", "train.on_change", "bootstrap.on_change", "train.tracker", "data.worker_count",
-           "data.prefetch_threads"}
+           "estep.run_name", "train.on_change", "bootstrap.on_change", "bootstrap.console", "train.tracker",
+           "data.worker_count", "data.prefetch_threads"}
 # path settings whose file is an input: its size is part of the key (content changes that keep the size are not seen)
 INPUT_FILES = ("data.train_path", "data.validation_path", "estep.corpus_path", "bootstrap.pretrain_path",
                "bootstrap.warmstart_path", "bootstrap.bootstrap_path")
@@ -71,10 +72,14 @@ class Manifest:
     stage recorded before the key existed counts as computed under its default (so a new setting left at its
     default does not make every finished stage stale)."""
 
-    def __init__(self, run_dir: str, on_change: str = "refuse", defaults: Mapping[str, Any] | None = None):
+    def __init__(self, run_dir: str, on_change: str = "refuse", defaults: Mapping[str, Any] | None = None,
+                 stage_logs: bool = False):
         if on_change not in ON_CHANGE:
             raise ValueError(f"bootstrap.on_change={on_change!r}; choose one of {ON_CHANGE}")
         self.path = os.path.join(run_dir, "manifest.json")
+        # stage_logs: each stage's log lines and printed output go to <run_dir>/logs/<stage>.log, the console keeps
+        # one line at each stage's start and end (bootstrap.console="stages")
+        self.stage_log_dir = os.path.join(run_dir, "logs") if stage_logs else None
         self.on_change = on_change
         self.defaults = dict(defaults or {})
         self.stages: dict[str, Any] = {}
@@ -176,8 +181,17 @@ def run_stage(manifest: Manifest, name: str, settings: Mapping[str, Any], fn: Ca
             moved = move_aside(path)
             if moved:
                 print(f"stage {name}: its earlier work is kept at {moved}")
-    print(f"\n=== bootstrap stage: {name}")
+    log_path = os.path.join(manifest.stage_log_dir, f"{name}.log") if manifest.stage_log_dir else None
+    print(f"=== bootstrap stage: {name}", flush=True)
     t0 = time.perf_counter()
-    out = fn()
-    manifest.record(name, out, time.perf_counter() - t0, settings)
+    try:
+        with console.stage_output(log_path):
+            out = fn()
+    except BaseException:
+        print(f"    {name} failed after {time.perf_counter() - t0:.0f} s"
+              + (f": its log is {log_path}" if log_path else ""), flush=True)
+        raise
+    seconds = time.perf_counter() - t0
+    manifest.record(name, out, seconds, settings)
+    print(f"    {name} done in {seconds:.0f} s", flush=True)
     return out, manifest.key(name)
