@@ -71,6 +71,7 @@ def test_bootstrap_demo_runs_end_to_end_and_resumes(tmp_path):
     assert again.returncode == 0 and "=== bootstrap stage" not in again.stdout
 
 
+@pytest.mark.slow  # 25 s; the compare workflow is the simpler one, its parts are tested elsewhere
 def test_compare_workflow_plots(tmp_path):
     r = run(tmp_path, "--config.workflow=compare", "--config.train.steps=4", "--config.demo.num_train_docs=100",
             "--config.demo.num_validation_docs=10")

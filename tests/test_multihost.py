@@ -104,6 +104,7 @@ def test_two_processes_train_like_one(tmp_path, reference):
     np.testing.assert_allclose([got[s] for s in range(1, 7)], [reference[s] for s in range(1, 7)], rtol=2e-5)
 
 
+@pytest.mark.slow  # 42 s; the move itself is covered in-process by tests/test_data_resume.py
 def test_checkpoint_moves_between_process_counts(tmp_path, reference):
     """Saved by two processes (mesh data=2 x fsdp=4), resumed by one (fsdp=8), and the other way round."""
     assert_resumes_like_reference(COMMON, tmp_path / "two_then_one", TWO, ONE, reference)
