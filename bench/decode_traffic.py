@@ -24,25 +24,19 @@ import os
 
 import numpy as np
 
+from bolt_jax.model.config import PRESETS, LlamaConfig
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-TINYLLAMA = {"layers": 22, "hidden": 2048, "intermediate": 5632, "heads": 32, "kv_heads": 4, "head_dim": 64,
-             "vocab": 32004}
+TINYLLAMA = PRESETS["tinyllama_1.1b_bolt"]  # the BoLT vocabulary (32004)
 # HBM bandwidth (bytes/s) and dense bf16 peak (FLOP/s) from NVIDIA's data sheets (SXM parts)
 DEVICES = {"H100 SXM": (3.35e12, 989e12), "H200 SXM": (4.8e12, 989e12)}
 BYTES = 2  # bf16 weights and cache
 
 
-def parameter_count(m: dict[str, int]) -> int:
-    """Llama parameters: embeddings and LM head (untied), attention (q, o full; k, v grouped), SwiGLU MLP, norms."""
-    attn = m["hidden"] * m["heads"] * m["head_dim"] * 2 + m["hidden"] * m["kv_heads"] * m["head_dim"] * 2
-    mlp = 3 * m["hidden"] * m["intermediate"]
-    return m["layers"] * (attn + mlp + 2 * m["hidden"]) + 2 * m["vocab"] * m["hidden"] + m["hidden"]
-
-
-def kv_bytes_per_position(m: dict[str, int]) -> int:
+def kv_bytes_per_position(m: LlamaConfig) -> int:
     """Keys and values of one position in every layer."""
-    return m["layers"] * 2 * m["kv_heads"] * m["head_dim"] * BYTES
+    return m.num_hidden_layers * 2 * m.kv_size * BYTES
 
 
 def mean_generated_positions(mean_len: float, cap: int, rng: np.random.Generator, n: int = 200_000) -> float:
@@ -52,15 +46,15 @@ def mean_generated_positions(mean_len: float, cap: int, rng: np.random.Generator
     return float((lengths * (lengths + 1) / 2).sum() / lengths.sum())
 
 
-def step_bytes(m: dict[str, int], slots: int, prompt: int, generated: float, k: int, shared: bool) -> dict[str, float]:
+def step_bytes(m: LlamaConfig, slots: int, prompt: int, generated: float, k: int, shared: bool) -> dict[str, float]:
     """Bytes one decode step reads, split into weights, prompt KV and generated KV."""
     per_position = kv_bytes_per_position(m)
     prompt_reads = slots / k if shared else slots  # rows that read a prompt's KV
-    return {"weights": parameter_count(m) * BYTES, "prompt_kv": prompt_reads * prompt * per_position,
+    return {"weights": m.num_params() * BYTES, "prompt_kv": prompt_reads * prompt * per_position,
             "generated_kv": slots * generated * per_position}
 
 
-def table(m: dict[str, int], slots_list: list[int], prompts: list[int], generated: float, k: int) -> list[dict]:
+def table(m: LlamaConfig, slots_list: list[int], prompts: list[int], generated: float, k: int) -> list[dict]:
     rows = []
     for slots in slots_list:
         for prompt in prompts:
@@ -72,17 +66,17 @@ def table(m: dict[str, int], slots_list: list[int], prompts: list[int], generate
                    "share_generated_kv": plain["generated_kv"] / total, "speedup_bound": total / total_shared,
                    "cache_gb": slots * (prompt + generated) * kv_bytes_per_position(m) / 1e9}
             for name, (bandwidth, peak) in DEVICES.items():
-                step_s = max(total / bandwidth, 2 * parameter_count(m) * slots / peak)
+                step_s = max(total / bandwidth, 2 * m.num_params() * slots / peak)
                 row[f"{name} tokens/s"] = slots / step_s
                 row[f"{name} tokens/s shared"] = slots / max(total_shared / bandwidth,
-                                                              2 * parameter_count(m) * slots / peak)
+                                                              2 * m.num_params() * slots / peak)
             rows.append(row)
     return rows
 
 
 def markdown(rows: list[dict], args: argparse.Namespace, generated: float) -> str:
     lines = [f"# Decode-step bytes at the bootstrap shape (a byte model, {datetime.date.today()})", "",
-             f"TinyLlama in bf16 ({parameter_count(TINYLLAMA) / 1e9:.2f}B parameters, "
+             f"TinyLlama in bf16 ({TINYLLAMA.num_params() / 1e9:.2f}B parameters, "
              f"{kv_bytes_per_position(TINYLLAMA) / 1024:.1f} KiB of KV per position), K = {args.k}, thoughts "
              f"geometric with mean {args.mean_len} capped at {args.new} (a live row attends to {generated:.0f} "
              "generated positions on average over steps). Shares are of one decode step's HBM bytes; the bound is "
@@ -115,7 +109,7 @@ def main() -> None:
     out = os.path.join(ROOT, "bench", "results", f"decode_traffic-{datetime.date.today()}")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out + ".json", "w") as f:
-        json.dump({"model": TINYLLAMA, "k": args.k, "mean_len": args.mean_len, "new": args.new,
+        json.dump({"model": "tinyllama_1.1b_bolt", "k": args.k, "mean_len": args.mean_len, "new": args.new,
                    "mean_generated_positions": generated, "devices": DEVICES, "rows": rows}, f, indent=1)
     with open(out + ".md", "w") as f:
         f.write(md)
