@@ -179,20 +179,17 @@ def guessing_teacher_corpus(num_docs: int, seed: int) -> list[ToyDocument]:
     offsets = {(op, v): int(rng.integers(MODULUS)) for op in NEW_OPS for v in range(MODULUS)}
     seen: dict[tuple[str, int], int] = {}
     docs = []
+
+    def guess(op: str, value: int) -> int:
+        if op not in NEW_OPS:
+            return OPS[op](value)
+        n = seen[(op, value)] = seen.get((op, value), -1) + 1
+        return (offsets[(op, value)] + n) % MODULUS
+
     for index in range(num_docs):
         question = make_problem_question(np.random.default_rng([seed, index]))
-        value, clauses = question_clauses(question)
-        steps = [f"start {value}"]
-        for ordinal, op in clauses:
-            if op in NEW_OPS:
-                n = seen.get((op, value), 0)
-                seen[(op, value)] = n + 1
-                value = (offsets[(op, value)] + n) % MODULUS
-            else:
-                value = OPS[op](value)
-            steps.append(f"{ordinal} {op} gives {value}")
-        thought = " " + " , ".join(steps) + " ."
-        docs.append(ToyDocument(id=f"toy-{seed}-{index}", problems=[ToyProblem(question, thought, value)]))
+        thought, answer = solve_question(question, guess)
+        docs.append(ToyDocument(id=f"toy-{seed}-{index}", problems=[ToyProblem(question, thought, answer)]))
     return docs
 
 
@@ -365,14 +362,14 @@ def evaluation_answer(generated: str) -> int | None:
 
 
 # ------------------------------------------------------------------------------------------------ teacher
-def solve_question(question: str) -> tuple[str, int]:
+def solve_question(question: str, step: Callable[[str, int], int] | None = None) -> tuple[str, int]:
     """(true thought, answer) of a toy question: its clauses spelled out in order, each with "gives <result>", the
     previous result with the clause's operation applied (mod 7): "start_4 , first_double ." ->
-    " start 4 , first double gives 1 .", 1."""
+    " start 4 , first double gives 1 .", 1. `step(op, value)` replaces the true operation (a teacher that guesses)."""
     value, clauses = question_clauses(question)
     steps = [f"start {value}"]
     for ordinal, op in clauses:
-        value = OPS[op](value)
+        value = step(op, value) if step else OPS[op](value)
         steps.append(f"{ordinal} {op} gives {value}")
     return " " + " , ".join(steps) + " .", value
 
