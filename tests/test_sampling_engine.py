@@ -111,7 +111,70 @@ def test_on_done_counts_every_request_and_changes_nothing(model, scheduler):
     np.testing.assert_array_equal(watched.done, plain.done)
 
 
+# ------------------------------------------------------------------------------------------------- prefix sharing
+@pytest.mark.parametrize("slots,entries,steps", [(4, None, 3), (7, 1, 1), (8, 2, 4)])
+def test_prefix_sharing_equals_static(model, slots, entries, steps):
+    """The samples of a prompt reading its KV from one shared entry give the static path's tokens, log q and done
+    flags (log q to float rounding: the two-part softmax sums in another order); one entry forces slots to wait."""
+    kw = dict(n=3, max_new_tokens=24, temperature=1.0, top_k=50, stop_token_ids=STOPS, seed=5)
+    prompts = _prompts(7)
+    static = generate(model, prompts, scheduler="static", **kw)
+    shared = generate(model, prompts, scheduler="continuous", decode_slots=slots, steps_per_sync=steps,
+                      prefix_sharing=True, prompt_entries=entries, **kw)
+    _same(static, shared)
+    assert shared.stats["prompt_entries"] == (entries or 3)
+    if entries == 1:
+        assert shared.stats["entry_waits"] > 0  # slots really waited for the one entry
+
+
+def test_prefix_sharing_reuses_slots_and_entries_cleanly(model):
+    """One slot and one entry: request B's sample runs in the slot and the entry A used; B alone matches."""
+    kw = dict(n=1, max_new_tokens=20, temperature=1.0, stop_token_ids=STOPS, scheduler="continuous",
+              steps_per_sync=2, prefix_sharing=True)
+    a, b = _prompts(2, seed=3, max_len=12)
+    both = generate(model, [a, b], prompt_seeds=[0, 99], decode_slots=1, prompt_entries=1, **kw)
+    alone = generate(model, [b], prompt_seeds=[99], decode_slots=1, prompt_entries=1, **kw)
+    assert both.tokens[1] == alone.tokens[0]
+    np.testing.assert_allclose(both.token_logq[1], alone.token_logq[0], atol=1e-5)
+
+
+def test_prefix_sharing_on_a_mesh_equals_static_on_one_device(model):
+    mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    kw = dict(n=2, max_new_tokens=12, temperature=1.0, stop_token_ids=STOPS, seed=2)
+    prompts = _prompts(5, seed=4)
+    _same(generate(model, prompts, scheduler="static", **kw),
+          generate(model, prompts, scheduler="continuous", decode_slots=8, steps_per_sync=4, mesh=mesh,
+                   prefix_sharing=True, prompt_entries=4, **kw))
+
+
+def test_prefix_sharing_reads_fewer_bytes_per_step(model):
+    """XLA's own count of the bytes one decode chunk touches: shared prompts (entries = slots / n) against each slot
+    holding its prompt, at a long prompt where prompt KV dominates."""
+    import jax
+    from flax import nnx as nnx_
+
+    from bolt_jax.model.llama import pure_dict
+    from bolt_jax.sampling import engine
+    graphdef, state = nnx_.split(model)
+    params = pure_dict(state)
+
+    def chunk_bytes(entries: int) -> float:
+        s = engine.Settings(slots=16, prompt_len=512, max_new_tokens=128, temperature=1.0, top_k=0, top_p=1.0,
+                            greedy=False, stop_ids=(3,), banned_ids=(), prefill_group=4, steps_per_sync=1,
+                            prompt_entries=entries, samples_per_prompt=4 if entries else 1)
+        slots = jax.eval_shape(lambda p: engine.init_slots(graphdef, p, settings=s), params)
+        compiled = engine.decode_chunk.lower(graphdef, params, slots, settings=s).compile()
+        return compiled.cost_analysis()["bytes accessed"]
+
+    own, shared = chunk_bytes(0), chunk_bytes(4)
+    assert shared < 0.6 * own, (shared, own)
+
+
 @pytest.mark.parametrize("kw,message", [
+    ({"scheduler": "static", "prefix_sharing": True}, "prefix_sharing needs scheduler"),
+    ({"scheduler": "continuous", "prompt_entries": 2}, "needs prefix_sharing=True"),
+    ({"scheduler": "continuous", "prefix_sharing": True, "prompt_entries": 3, "mesh": "mesh"},
+     "prompt_entries=3 must be a multiple"),
     ({"scheduler": "dynamic"}, "scheduler='dynamic'"),
     ({"scheduler": "continuous", "decode_slots": 3, "mesh": "mesh"}, "multiple of the mesh's batch devices"),
     ({"scheduler": "continuous", "steps_per_sync": 0}, "steps_per_sync=0"),

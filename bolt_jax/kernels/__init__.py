@@ -153,29 +153,36 @@ DECODE_IMPLS = ("auto", "xla", "pallas_gpu")
 DECODE_AUTO = {"gpu": "pallas_gpu", "cuda": "pallas_gpu"}
 
 
-def decode_attention(q_Bx1xHxD, k_cache_BxTxKxD, v_cache_BxTxKxD, *, kv_segment_ids_BxT, lengths_B,
-                     sm_scale: float | None = None, impl: str = "auto"):
-    """One new query per row against a KV cache: keys at positions [0, lengths[b]) whose segment id is not 0.
-    `auto`: the Pallas kernel on GPUs (it reads only the written part of the cache), XLA elsewhere."""
+def decode_attention(q_BxQxHxD, k_cache_BxTxKxD, v_cache_BxTxKxD, *, kv_segment_ids_BxT, lengths_B,
+                     sm_scale: float | None = None, impl: str = "auto", return_lse: bool = False):
+    """New queries (Q per row, all seeing the row's keys) against a KV cache: keys at positions [0, lengths[b]) whose
+    segment id is not 0. `auto`: the Pallas kernel on GPUs (it reads only the written part of the cache), XLA
+    elsewhere. `return_lse`: also each query's log-sum-exp [B, Q, H] (fp32), for `decode.merge_attention`."""
     if impl not in DECODE_IMPLS:
         raise ValueError(f"unknown decode attention impl {impl!r}; choose one of {DECODE_IMPLS}")
     from bolt_jax.kernels import decode
     if impl == "auto":
         impl = DECODE_AUTO.get(jax.default_backend(), "xla")
     if impl == "xla":
-        return decode.xla_decode_attention(q_Bx1xHxD, k_cache_BxTxKxD, v_cache_BxTxKxD,
+        if return_lse:
+            return decode.xla_decode_attention_lse(q_BxQxHxD, k_cache_BxTxKxD, v_cache_BxTxKxD,
+                                                   kv_segment_ids_BxT=kv_segment_ids_BxT, lengths_B=lengths_B,
+                                                   sm_scale=sm_scale)
+        return decode.xla_decode_attention(q_BxQxHxD, k_cache_BxTxKxD, v_cache_BxTxKxD,
                                            kv_segment_ids_BxT=kv_segment_ids_BxT, lengths_B=lengths_B,
                                            sm_scale=sm_scale)
 
     def kernel(q, k, v, seg, lengths):
-        return decode.pallas_decode_attention(q, k, v, kv_segment_ids_BxT=seg, lengths_B=lengths, sm_scale=sm_scale)
+        return decode.pallas_decode_attention(q, k, v, kv_segment_ids_BxT=seg, lengths_B=lengths, sm_scale=sm_scale,
+                                              return_lse=return_lse)
 
     mesh = _mesh()
     if mesh is None:
-        return kernel(q_Bx1xHxD, k_cache_BxTxKxD, v_cache_BxTxKxD, kv_segment_ids_BxT, lengths_B)
+        return kernel(q_BxQxHxD, k_cache_BxTxKxD, v_cache_BxTxKxD, kv_segment_ids_BxT, lengths_B)
     from jax.sharding import PartitionSpec as P
-    batch, heads = _row_and_head_specs(mesh, q_Bx1xHxD.shape[0], k_cache_BxTxKxD.shape[2])
+    batch, heads = _row_and_head_specs(mesh, q_BxQxHxD.shape[0], k_cache_BxTxKxD.shape[2])
     qkv_spec = P(batch, None, heads, None)
+    out_specs = (qkv_spec, P(batch, None, heads)) if return_lse else qkv_spec
     return jax.shard_map(kernel, mesh=mesh, in_specs=(qkv_spec,) * 3 + (P(batch, None), P(batch)),
-                         out_specs=qkv_spec, check_vma=False)(q_Bx1xHxD, k_cache_BxTxKxD, v_cache_BxTxKxD,
-                                                              kv_segment_ids_BxT, lengths_B)
+                         out_specs=out_specs, check_vma=False)(q_BxQxHxD, k_cache_BxTxKxD, v_cache_BxTxKxD,
+                                                               kv_segment_ids_BxT, lengths_B)

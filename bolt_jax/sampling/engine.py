@@ -12,6 +12,13 @@ until its longest row is done while most rows idle. Here, as in JetStream (prefi
 - the **host** keeps the queue, refills finished slots between chunks, checks stop strings, and returns results per
   request, in the same order and form as the static path.
 
+**Prefix sharing** (`prompt_entries > 0`): the n samples of a prompt read its KV once per step instead of n times.
+The prompts' KV then lives in `prompt_entries` shared *entries* [E, P, K, D] and each slot's own cache holds only its
+generated tokens; a step attends each entry's prompt with the queries of all its member slots in one block
+(`kernels.decode_attention` with Q = n queries per entry), attends each slot's own tokens separately, and merges the
+two by their log-sum-exps (`decode.merge_attention`). A prompt holds its entry until its last sample finishes; a
+free slot whose next sample's prompt has no entry waits for one (fewer entries: fewer bytes per step, more waiting).
+
 Every device function has fixed shapes (slots, prompt bucket, cache length, prefill group), so requests come and go
 without recompiling. Determinism: sample j of prompt i draws token t from fold_in(fold_in(key_i, j), t), as the static
 path does (`sampler._row_keys`), and the prompt sits at the same cache positions (left-padded to the same bucket),
@@ -32,6 +39,7 @@ import numpy as np
 from flax import nnx
 
 from bolt_jax import kernels, parallel
+from bolt_jax.kernels import decode as decode_kernels
 from bolt_jax.model.llama import (
     Llama,
     attention_inputs,
@@ -76,6 +84,13 @@ class SlotState(NamedTuple):
     out_logq_SxN: jax.Array
     live_S: jax.Array  # holds a request that is still decoding
     useful_steps: jax.Array  # slot-steps that decoded a live request (for the occupancy statistic)
+    # prefix sharing only (None otherwise): the shared prompt entries and who reads them
+    prompt_k: tuple[jax.Array, ...] | None = None  # one [E, P, K, D] buffer per layer
+    prompt_v: tuple[jax.Array, ...] | None = None
+    prompt_seg_ExP: jax.Array | None = None
+    members_ExM: jax.Array | None = None  # the slots reading entry e (slots = nobody), M = samples per prompt
+    entry_S: jax.Array | None = None  # the entry slot s reads, and its place among that entry's members
+    member_S: jax.Array | None = None
 
 
 @dataclass(frozen=True)
@@ -92,10 +107,21 @@ class Settings:
     banned_ids: tuple[int, ...]
     prefill_group: int
     steps_per_sync: int
+    prompt_entries: int = 0  # > 0: prefix sharing with this many shared prompt entries (module docstring)
+    samples_per_prompt: int = 1  # n: the members of an entry
+
+    @property
+    def sharing(self) -> bool:
+        return self.prompt_entries > 0
 
     @property
     def cache_len(self) -> int:
-        return cache_time(self.prompt_len, self.max_new_tokens)
+        """Positions of a slot's own cache: prompt and new tokens, or only the new ones when prompts are shared."""
+        return cache_time(0 if self.sharing else self.prompt_len, self.max_new_tokens)
+
+    def write_index(self, t_S):
+        """The cache position of a slot's last token (generated token t - 1)."""
+        return t_S - 1 + (0 if self.sharing else self.prompt_len)
 
 
 def _pick(cfg, s: Settings, row_keys_Sx2, t_S, logits_SxV):
@@ -121,11 +147,19 @@ def init_slots(graphdef, params, *, settings: Settings) -> SlotState:
     shape = (sl, t, cfg.num_key_value_heads, cfg.head_size)
     cache = tuple(constrain(jnp.zeros(shape, cfg.jnp_compute_dtype), CACHE_AXES) for _ in range(cfg.num_hidden_layers))
     zeros = functools.partial(jnp.zeros, (sl,), jnp.int32)
+    shared = {}
+    if settings.sharing:
+        e, p = settings.prompt_entries, settings.prompt_len
+        prompt = tuple(constrain(jnp.zeros((e, p, cfg.num_key_value_heads, cfg.head_size), cfg.jnp_compute_dtype),
+                                 CACHE_AXES) for _ in range(cfg.num_hidden_layers))
+        shared = dict(prompt_k=prompt, prompt_v=prompt, prompt_seg_ExP=jnp.zeros((e, p), jnp.int32),
+                      members_ExM=jnp.full((e, settings.samples_per_prompt), sl, jnp.int32), entry_S=zeros(),
+                      member_S=zeros())
     return SlotState(k_cache=cache, v_cache=cache, kv_seg_SxT=jnp.zeros((sl, t), jnp.int32),
                      row_key_Sx2=jnp.zeros((sl, 2), jnp.uint32), first_pos_S=zeros(), t_S=zeros(),
                      last_tok_S=zeros(), out_tokens_SxN=jnp.zeros((sl, n), jnp.int32),
                      out_logq_SxN=jnp.zeros((sl, n), jnp.float32), live_S=jnp.zeros((sl,), bool),
-                     useful_steps=jnp.zeros((), jnp.int32))
+                     useful_steps=jnp.zeros((), jnp.int32), **shared)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -135,23 +169,49 @@ def prefill_group(graphdef, params, prompt_GxP, pad_G):
     return _prefill(model, model.layers.stacked_params(), prompt_GxP, pad_G)
 
 
+def _share_prompts(state: SlotState, sharing, k_LxGxPxKxD, v_LxGxPxKxD, seg_GxP, src_A) -> SlotState:
+    """Prefix sharing: copies newly admitted prompts into their entries and takes the host's membership tables."""
+    new_entry_A, members_ExM, entry_S, member_S = sharing
+
+    def put(buffer, rows):
+        return constrain(buffer.at[new_entry_A].set(rows.astype(buffer.dtype), mode="drop"), CACHE_AXES)
+
+    return state._replace(
+        prompt_k=tuple(put(b, k_LxGxPxKxD[i][src_A]) for i, b in enumerate(state.prompt_k)),
+        prompt_v=tuple(put(b, v_LxGxPxKxD[i][src_A]) for i, b in enumerate(state.prompt_v)),
+        prompt_seg_ExP=state.prompt_seg_ExP.at[new_entry_A].set(seg_GxP[src_A], mode="drop"),
+        members_ExM=members_ExM, entry_S=entry_S, member_S=member_S)
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "settings"), donate_argnames=("state",))
-def insert(graphdef, params, state: SlotState, pool, slot_A, src_A, prompt_key_Ax2, sample_A, *,
+def insert(graphdef, params, state: SlotState, pool, slot_A, src_A, prompt_key_Ax2, sample_A, sharing=None, *,
            settings: Settings) -> SlotState:
     """Sample `sample_A[a]` of pooled prompt `src_A[a]` into slot `slot_A[a]` (slot == slots: no-op padding entry).
 
-    The slot's whole cache row is rewritten (the prompt's KV, zeros after it) and its segment ids reset, so a slot
-    that held a long request gives a short one exactly what a fresh slot would."""
+    The slot's whole cache row is rewritten (the prompt's KV, zeros after it; with prefix sharing only zeros) and its
+    segment ids reset, so a slot that held a long request gives a short one exactly what a fresh slot would.
+    `sharing` (prefix sharing only): (new_entry_A: the entry to copy prompt `src_A[a]` into, entries = none; the
+    host's members_ExM, entry_S, member_S after this insert)."""
     cfg = nnx.merge(graphdef, params).config
     logits_GxV, k_LxGxPxKxD, v_LxGxPxKxD, seg_GxP, first_pos_G = pool
-    pad_time = ((0, 0), (0, settings.cache_len - settings.prompt_len), (0, 0), (0, 0))
+    own = ((0, 0), (0, settings.cache_len - settings.prompt_len), (0, 0), (0, 0))
 
     def put(buffer, rows):
         return constrain(buffer.at[slot_A].set(rows.astype(buffer.dtype), mode="drop"), CACHE_AXES)
 
-    k_cache = tuple(put(kc, jnp.pad(k_LxGxPxKxD[i][src_A], pad_time)) for i, kc in enumerate(state.k_cache))
-    v_cache = tuple(put(vc, jnp.pad(v_LxGxPxKxD[i][src_A], pad_time)) for i, vc in enumerate(state.v_cache))
-    kv_seg = jnp.pad(seg_GxP[src_A], ((0, 0), (0, settings.cache_len - settings.prompt_len)))
+    def own_rows(x_GxPxKxD):
+        """A slot's new cache row: its prompt's KV then zeros, or only zeros when the prompt lives in an entry."""
+        if settings.sharing:
+            return jnp.zeros((len(slot_A), settings.cache_len) + x_GxPxKxD.shape[2:], x_GxPxKxD.dtype)
+        return jnp.pad(x_GxPxKxD[src_A], own)
+
+    k_cache = tuple(put(kc, own_rows(k_LxGxPxKxD[i])) for i, kc in enumerate(state.k_cache))
+    v_cache = tuple(put(vc, own_rows(v_LxGxPxKxD[i])) for i, vc in enumerate(state.v_cache))
+    if settings.sharing:
+        kv_seg = jnp.zeros((len(slot_A), settings.cache_len), jnp.int32)
+        state = _share_prompts(state, sharing, k_LxGxPxKxD, v_LxGxPxKxD, seg_GxP, src_A)
+    else:
+        kv_seg = jnp.pad(seg_GxP[src_A], ((0, 0), (0, settings.cache_len - settings.prompt_len)))
     row_keys = jax.vmap(lambda k, j: jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(k), j)))(
         prompt_key_Ax2, sample_A.astype(jnp.uint32))
     tok0, lq0 = _pick(cfg, settings, row_keys, jnp.zeros_like(sample_A), logits_GxV[src_A])
@@ -177,17 +237,43 @@ def _slot_layer(cfg, h_Sx1xD, p, cos, sin, k_cache, v_cache, kv_seg_SxT, write_S
     return attention_output_and_mlp(cfg, h_Sx1xD, attn, p), k_cache, v_cache
 
 
+def _shared_slot_layer(cfg, h_Sx1xD, p, cos, sin, k_cache, v_cache, kv_seg_SxT, write_S, decode_impl: str,
+                       prompt_k, prompt_v, s: SlotState):
+    """`_slot_layer` with prefix sharing: each entry's prompt KV is read once for all its member slots' queries, each
+    slot's own tokens from its own cache, and the two attentions merge by their log-sum-exps."""
+    q, k, v = attention_inputs(cfg, h_Sx1xD, p, cos, sin)
+    rows = jnp.arange(h_Sx1xD.shape[0])
+    k_cache = k_cache.at[rows, write_S].set(k[:, 0].astype(k_cache.dtype))
+    v_cache = v_cache.at[rows, write_S].set(v[:, 0].astype(v_cache.dtype))
+    scale = cfg.head_size ** -0.5
+    own, own_lse = kernels.decode_attention(q, k_cache, v_cache, kv_segment_ids_BxT=kv_seg_SxT, lengths_B=write_S + 1,
+                                            sm_scale=scale, impl=decode_impl, return_lse=True)
+    q_ExMxHxD = jnp.take(q[:, 0], s.members_ExM, axis=0, mode="fill", fill_value=0)
+    e, p_len = s.prompt_seg_ExP.shape
+    shared, shared_lse = kernels.decode_attention(q_ExMxHxD, prompt_k, prompt_v, kv_segment_ids_BxT=s.prompt_seg_ExP,
+                                                  lengths_B=jnp.full((e,), p_len, jnp.int32), sm_scale=scale,
+                                                  impl=decode_impl, return_lse=True)
+    mine = (s.entry_S, s.member_S)
+    attn = decode_kernels.merge_attention(shared[mine][:, None], shared_lse[mine][:, None], own, own_lse,
+                                          dtype=q.dtype)
+    return attention_output_and_mlp(cfg, h_Sx1xD, attn, p), k_cache, v_cache
+
+
 def _decode_one(model: Llama, layers, settings: Settings, s: SlotState) -> SlotState:
     """Every live slot's next token: embed, the layers against the slot's cache, logits, sample, bookkeeping."""
     cfg = model.config
     rows = jnp.arange(s.live_S.shape[0])
-    write = settings.prompt_len + s.t_S - 1  # the cache position of the last token (generated token t - 1)
+    write = settings.write_index(s.t_S)
     kv_seg = s.kv_seg_SxT.at[rows, write].set(jnp.where(s.live_S, 1, s.kv_seg_SxT[rows, write]))
     cos, sin = rope_cos_sin((s.first_pos_S + s.t_S - 1)[:, None], cfg.head_size, cfg.rope_theta)
     h = model.embed(s.last_tok_S[:, None])
     new_k, new_v = [], []
-    for p, kc, vc in zip(layers, s.k_cache, s.v_cache, strict=True):
-        h, kc, vc = _slot_layer(cfg, h, p, cos, sin, kc, vc, kv_seg, write, decode_impl_of(cfg))
+    for i, (p, kc, vc) in enumerate(zip(layers, s.k_cache, s.v_cache, strict=True)):
+        if settings.sharing:
+            h, kc, vc = _shared_slot_layer(cfg, h, p, cos, sin, kc, vc, kv_seg, write, decode_impl_of(cfg),
+                                           s.prompt_k[i], s.prompt_v[i], s)
+        else:
+            h, kc, vc = _slot_layer(cfg, h, p, cos, sin, kc, vc, kv_seg, write, decode_impl_of(cfg))
         new_k.append(constrain(kc, CACHE_AXES))
         new_v.append(constrain(vc, CACHE_AXES))
     h = rms_norm(h, model.norm.weight[...], cfg.rms_norm_eps)
@@ -237,6 +323,44 @@ class _Pool:
     waiting: collections.deque = field(default_factory=collections.deque)
 
 
+class _Entries:
+    """Prefix sharing's host bookkeeping: which prompt holds which entry, which slots read it (at which member
+    place), and how many of its samples are unfinished (the entry frees when none are)."""
+
+    def __init__(self, entries: int, members: int, slots: int):
+        self.free = list(range(entries))
+        self.of_prompt: dict[int, int] = {}
+        self.unfinished: dict[int, int] = {}
+        self.members_ExM = np.full((entries, members), slots, np.int32)  # `slots` = nobody
+        self.entry_S = np.zeros((slots,), np.int32)
+        self.member_S = np.zeros((slots,), np.int32)
+        self.empty_slot = slots
+
+    def admit(self, prompt: int, n: int) -> tuple[int, bool] | None:
+        """The prompt's entry and whether it is new (its KV must be copied in); None when every entry is taken."""
+        if prompt in self.of_prompt:
+            return self.of_prompt[prompt], False
+        if not self.free:
+            return None
+        entry = self.free.pop(0)
+        self.of_prompt[prompt], self.unfinished[entry] = entry, n
+        return entry, True
+
+    def join(self, slot: int, entry: int) -> None:
+        place = int(np.flatnonzero(self.members_ExM[entry] == self.empty_slot)[0])
+        self.members_ExM[entry, place] = slot
+        self.entry_S[slot], self.member_S[slot] = entry, place
+
+    def leave(self, slot: int, prompt: int) -> None:
+        """The slot's sample finished: it stops reading the entry, which frees after the prompt's last sample."""
+        entry = int(self.entry_S[slot])
+        self.members_ExM[entry, self.member_S[slot]] = self.empty_slot
+        self.unfinished[entry] -= 1
+        if self.unfinished[entry] == 0:
+            del self.unfinished[entry], self.of_prompt[prompt]
+            self.free.append(entry)
+
+
 @dataclass
 class EngineStats:
     decode_steps: int = 0
@@ -244,6 +368,7 @@ class EngineStats:
     useful_slot_steps: int = 0  # slot-steps that decoded a live request
     prefills: int = 0
     inserts: int = 0
+    entry_waits: int = 0  # prefix sharing: fills that left a slot idle because every prompt entry was taken
 
     @property
     def occupancy(self) -> float:
@@ -259,6 +384,7 @@ class ContinuousEngine:
         self.params = pure_dict(state)
         self.cfg, self.s, self.mesh = model.config, settings, mesh
         self.stats = EngineStats()
+        self.entries: _Entries | None = None
 
     def run(self, prompts: list[list[int]], keys_Px2: np.ndarray, *, n: int, stop_check=None,
             on_done: DoneCallback | None = None) -> dict:
@@ -271,6 +397,10 @@ class ContinuousEngine:
         pools: list[_Pool] = []
         owner: list[tuple[int, int] | None] = [None] * s.slots
         results: dict[tuple[int, int], tuple[list[int], np.ndarray, bool]] = {}
+        if s.sharing:
+            if n != s.samples_per_prompt:
+                raise ValueError(f"the engine shares prompts among {s.samples_per_prompt} samples; run asked n={n}")
+            self.entries = _Entries(s.prompt_entries, n, s.slots)
         state = init_slots(self.graphdef, self.params, settings=s)
         total = len(prompts) * n
         while len(results) < total:
@@ -286,21 +416,48 @@ class ContinuousEngine:
         return results
 
     def _fill(self, state, prompts, keys_Px2, queue, pools, owner, n):
-        """Free slots take waiting samples, prefilling the next group of prompts when the pools run dry."""
+        """Free slots take waiting samples, prefilling the next group of prompts when the pools run dry. With prefix
+        sharing a sample also needs its prompt's entry: when none is free, the remaining slots wait."""
         free = [i for i, o in enumerate(owner) if o is None]
         while free and (queue or any(p.waiting for p in pools)):
             pool = next((p for p in pools if p.waiting), None)
             if pool is None:
+                if self.entries is not None and not self.entries.free:
+                    self.stats.entry_waits += 1
+                    break
                 pool = self._prefill(prompts, queue, n)
                 pools.append(pool)
-            take = [pool.waiting.popleft() for _ in range(min(len(free), len(pool.waiting)))]
+            take, new_entries = self._admit(pool, len(free), n)
+            if not take:
+                self.stats.entry_waits += 1
+                break
             slots = free[:len(take)]
             free = free[len(take):]
-            state = self._insert(state, pool, take, slots, keys_Px2)
             for slot, (i, j) in zip(slots, take):
                 owner[slot] = (pool.prompt_ids[i], j)
+                if self.entries is not None:
+                    self.entries.join(slot, self.entries.of_prompt[pool.prompt_ids[i]])
+            state = self._insert(state, pool, take, slots, keys_Px2, new_entries)
         pools[:] = [p for p in pools if p.waiting]
         return state
+
+    def _admit(self, pool: _Pool, room: int, n: int) -> tuple[list[tuple[int, int]], list[int]]:
+        """Up to `room` waiting samples of the pool, in order, and for each the entry its prompt must be copied into
+        (-1: none; the prompt is in its entry already, or prefix sharing is off). Stops at a sample whose prompt
+        finds no free entry."""
+        take: list[tuple[int, int]] = []
+        new_entries: list[int] = []
+        while pool.waiting and len(take) < room:
+            i, j = pool.waiting[0]
+            entry = -1
+            if self.entries is not None:
+                admitted = self.entries.admit(pool.prompt_ids[i], n)
+                if admitted is None:
+                    break
+                entry = admitted[0] if admitted[1] else -1
+            take.append(pool.waiting.popleft())
+            new_entries.append(entry)
+        return take, new_entries
 
     def _prefill(self, prompts, queue, n) -> _Pool:
         s = self.s
@@ -315,20 +472,27 @@ class ContinuousEngine:
         return _Pool((logits, k, v, seg, first_pos), ids, collections.deque((i, j) for i in range(len(ids))
                                                                              for j in range(n)))
 
-    def _insert(self, state, pool: _Pool, take, slots, keys_Px2):
+    def _insert(self, state, pool: _Pool, take, slots, keys_Px2, new_entries):
         """One insert call for up to `slots` samples of one pool; the arrays are padded to the slot count."""
         a = self.s.slots
         slot_a = np.full((a,), a, np.int32)  # `a` = out of range: dropped
         src_a, sample_a = np.zeros((a,), np.int32), np.zeros((a,), np.int32)
         key_a = np.zeros((a, 2), np.uint32)
-        for r, (slot, (i, j)) in enumerate(zip(slots, take)):
+        entry_a = np.full((a,), self.s.prompt_entries, np.int32)  # out of range: no prompt to copy
+        for r, (slot, (i, j), entry) in enumerate(zip(slots, take, new_entries)):
             slot_a[r], src_a[r], sample_a[r] = slot, i, j
             key_a[r] = keys_Px2[pool.prompt_ids[i]]
+            if entry >= 0:
+                entry_a[r] = entry
         self.stats.inserts += len(take)
+        sharing = None
+        if self.entries is not None:
+            sharing = tuple(jnp.asarray(x) for x in (entry_a, self.entries.members_ExM, self.entries.entry_S,
+                                                     self.entries.member_S))
         ctx = jax.set_mesh(self.mesh) if self.mesh is not None else _null()
         with ctx:
             return insert(self.graphdef, self.params, state, pool.arrays, jnp.asarray(slot_a), jnp.asarray(src_a),
-                          jnp.asarray(key_a), jnp.asarray(sample_a), settings=self.s)
+                          jnp.asarray(key_a), jnp.asarray(sample_a), sharing, settings=self.s)
 
     def _collect(self, state, owner, results, stop_check):
         """Finished slots hand their request's tokens to `results` and become free; stop strings end requests."""
@@ -348,6 +512,8 @@ class ContinuousEngine:
                 evicted.append(slot)
             done = bool(seq) and seq[-1] in stop_set
             results[owner[slot]] = (seq, logq[slot, :t[slot]].copy(), done)
+            if self.entries is not None:
+                self.entries.leave(slot, owner[slot][0])
             owner[slot] = None
         if evicted:
             state = evict(state, jnp.asarray(evicted + [self.s.slots] * (self.s.slots - len(evicted)), jnp.int32))
@@ -365,13 +531,21 @@ def default_slots(num_requests: int, mesh) -> int:
     return round_to_batch(min(max(num_requests, 1), 256), mesh)
 
 
+def default_prompt_entries(slots: int, n: int, mesh) -> int:
+    """Prompt entries when prefix sharing is on and none are given: two prompts' worth of slots per n slots (a
+    prompt's samples finish at different times, so fewer than n of them are live on average), at most one per slot."""
+    return min(round_to_batch(-(-2 * slots // n), mesh), round_to_batch(slots, mesh))
+
+
 def generate_continuous(model: Llama, prompts: Sequence[Sequence[int]], *, n: int, max_new_tokens: int,
                         temperature: float, top_k: int, top_p: float, greedy: bool, stop_token_ids: Sequence[int],
                         stop_strings: Sequence[str], banned_token_ids: Sequence[int], max_prompt_len: int | None,
                         seed: int, prompt_seeds: Sequence[int] | None, mesh, tokenizer, decode_slots: int | None,
-                        steps_per_sync: int, max_cache_bytes: int | None, on_done: DoneCallback | None = None):
+                        steps_per_sync: int, max_cache_bytes: int | None, on_done: DoneCallback | None = None,
+                        prefix_sharing: bool = False, prompt_entries: int | None = None):
     """`sampler.generate(..., scheduler="continuous")`: same arguments and result as the static path; `on_done` is
-    called as requests finish (`ContinuousEngine.run`)."""
+    called as requests finish (`ContinuousEngine.run`); `prefix_sharing` with `prompt_entries` (None: automatic)
+    shares each prompt's KV among its samples (module docstring)."""
     from bolt_jax.sampling.sampler import GenerationResult
     cfg = model.config
     prompts, truncated = _truncate_prompts(cfg, prompts, max_new_tokens, max_prompt_len)
@@ -380,12 +554,18 @@ def generate_continuous(model: Llama, prompts: Sequence[Sequence[int]], *, n: in
     if slots < 1 or slots % divisor:
         raise ValueError(f"decode_slots={slots} must be a positive multiple of the mesh's batch devices ({divisor})")
     group = round_to_batch(max(1, min(len(prompts), slots // n)), mesh)
+    entries = 0
+    if prefix_sharing:
+        entries = prompt_entries or default_prompt_entries(slots, n, mesh)
+        if entries % divisor:
+            raise ValueError(f"prompt_entries={entries} must be a multiple of the mesh's batch devices ({divisor})")
     settings = Settings(slots=slots, prompt_len=_bucket(max(len(p) for p in prompts)), max_new_tokens=max_new_tokens,
                         temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), greedy=bool(greedy),
                         stop_ids=tuple(int(i) for i in stop_token_ids),
                         banned_ids=tuple(sorted(int(i) for i in banned_token_ids)), prefill_group=group,
-                        steps_per_sync=steps_per_sync)
-    check_cache_fits(cfg, rows=slots, time=settings.cache_len, mesh=mesh, limit_bytes=max_cache_bytes)
+                        steps_per_sync=steps_per_sync, prompt_entries=entries, samples_per_prompt=n if entries else 1)
+    check_cache_fits(cfg, rows=slots, time=settings.cache_len, mesh=mesh, limit_bytes=max_cache_bytes,
+                     shared_rows=entries, shared_time=settings.prompt_len)
     keys = _prompt_keys(len(prompts), len(prompts), seed, prompt_seeds)
     stop_check = None
     if stop_strings and tokenizer is not None:
@@ -410,4 +590,5 @@ def generate_continuous(model: Llama, prompts: Sequence[Sequence[int]], *, n: in
                             lengths=np.array(out["lengths"]), texts=out["texts"] if tokenizer is not None else None,
                             num_truncated_prompts=truncated, prompt_lengths=[len(p) for p in prompts],
                             stats={"scheduler": "continuous", "slots": slots, "decode_steps": engine.stats.decode_steps,
-                                   "slot_occupancy": engine.stats.occupancy, "prefills": engine.stats.prefills})
+                                   "slot_occupancy": engine.stats.occupancy, "prefills": engine.stats.prefills,
+                                   "prompt_entries": entries, "entry_waits": engine.stats.entry_waits})

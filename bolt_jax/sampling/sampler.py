@@ -420,12 +420,15 @@ def cache_bytes(cfg, rows: int, time: int) -> int:
     return 2 * cfg.num_hidden_layers * rows * time * cfg.kv_size * jnp.dtype(cfg.jnp_compute_dtype).itemsize
 
 
-def check_cache_fits(cfg, *, rows: int, time: int, mesh=None, limit_bytes: int | None = None) -> int:
+def check_cache_fits(cfg, *, rows: int, time: int, mesh=None, limit_bytes: int | None = None,
+                     shared_rows: int = 0, shared_time: int = 0) -> int:
     """Refuses a batch whose KV cache cannot fit next to what the device already holds, before compiling it.
 
-    Per device, the cache is its share of the batch (sharded over data x fsdp). The limit is `limit_bytes` when given,
-    else the device's free memory as its allocator reports it (none on CPU: no check there)."""
-    per_device = cache_bytes(cfg, rows, time) // (parallel.batch_divisor(mesh) if mesh is not None else 1)
+    Per device, the cache is its share of the batch (sharded over data x fsdp), plus the shared prompt entries of
+    prefix sharing (`shared_rows` x `shared_time`). The limit is `limit_bytes` when given, else the device's free
+    memory as its allocator reports it (none on CPU: no check there)."""
+    total = cache_bytes(cfg, rows, time) + cache_bytes(cfg, shared_rows, shared_time)
+    per_device = total // (parallel.batch_divisor(mesh) if mesh is not None else 1)
     if limit_bytes is None:
         stats = jax.local_devices()[0].memory_stats() or {}
         if "bytes_limit" in stats:

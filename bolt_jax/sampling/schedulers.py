@@ -4,7 +4,7 @@
   program, best when lengths are alike (greedy evaluation with short answers).
 - `"continuous"` (`bolt_jax.sampling.engine`): `decode_slots` rows stay busy; a finished row's slot takes the next
   waiting sample between chunks of `steps_per_sync` steps. Best when lengths spread out (the E-step's thoughts at
-  temperature 1).
+  temperature 1). With `prefix_sharing` the n samples of a prompt read its KV once per step.
 
 Both give the same samples for the same requests (each request's randomness comes from its own seed), so the choice
 changes the speed, never the result.
@@ -27,21 +27,28 @@ def generate(model: Llama, prompts: Sequence[Sequence[int]], *, n: int = 1, max_
              banned_token_ids: Sequence[int] = (), max_prompt_len: int | None = None, seed: int = 0,
              prompt_seeds: Sequence[int] | None = None, mesh=None, tokenizer=None, batch_bucket: int = 8,
              max_cache_bytes: int | None = None, scheduler: str = "static", decode_slots: int | None = None,
-             steps_per_sync: int = 16, on_done: DoneCallback | None = None) -> GenerationResult:
+             steps_per_sync: int = 16, on_done: DoneCallback | None = None, prefix_sharing: bool = False,
+             prompt_entries: int | None = None) -> GenerationResult:
     """Samples `n` continuations per prompt; `result.stats` says how busy the rows were. `batch_bucket` is the
     static path's, `decode_slots` and `steps_per_sync` the continuous engine's (see the module docstring).
     `on_done(k)`, when given, is called from the host loop each time k more requests (prompt x sample) finish: after
     every continuous round that finished some, once for a static batch; the counts sum to len(prompts) * n. It
-    observes only (for progress displays): the samples are the same with or without it."""
+    observes only (for progress displays): the samples are the same with or without it. `prefix_sharing`
+    (continuous only) keeps each prompt's KV once in one of `prompt_entries` shared entries (None: automatic) that
+    all its samples read (`bolt_jax.sampling.engine`): the same samples up to float rounding, fewer bytes per step."""
     common = dict(n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                   greedy=greedy, stop_token_ids=stop_token_ids, stop_strings=stop_strings,
                   banned_token_ids=banned_token_ids, max_prompt_len=max_prompt_len, seed=seed,
                   prompt_seeds=prompt_seeds, mesh=mesh, tokenizer=tokenizer, max_cache_bytes=max_cache_bytes,
                   on_done=on_done)
-    if scheduler == "static":
-        return sampler.generate(model, prompts, batch_bucket=batch_bucket, **common)
-    if scheduler != "continuous":
+    if scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler={scheduler!r}; choose one of {SCHEDULERS}")
+    if prompt_entries is not None and (prompt_entries < 1 or not prefix_sharing):
+        raise ValueError(f"prompt_entries={prompt_entries} needs prefix_sharing=True and must be >= 1")
+    if scheduler == "static":
+        if prefix_sharing:
+            raise ValueError("prefix_sharing needs scheduler=\"continuous\" (a static batch copies each prompt)")
+        return sampler.generate(model, prompts, batch_bucket=batch_bucket, **common)
     if steps_per_sync < 1 or (decode_slots is not None and decode_slots < 1):
         raise ValueError(f"steps_per_sync={steps_per_sync} and decode_slots={decode_slots} must be >= 1")
     if not prompts:
@@ -50,4 +57,4 @@ def generate(model: Llama, prompts: Sequence[Sequence[int]], *, n: int = 1, max_
                         greedy=greedy, stop_token_ids=stop_token_ids, banned_token_ids=banned_token_ids,
                         vocab_size=model.config.vocab_size)
     return engine.generate_continuous(model, prompts, decode_slots=decode_slots, steps_per_sync=steps_per_sync,
-                                      **common)
+                                      prefix_sharing=prefix_sharing, prompt_entries=prompt_entries, **common)
