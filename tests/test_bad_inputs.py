@@ -241,3 +241,16 @@ def test_runtime_user_errors_print_one_message_bugs_keep_tracebacks(monkeypatch,
     monkeypatch.setattr(workflows, "run", lambda c: open("/nonexistent/x"))
     with pytest.raises(FileNotFoundError):
         main.run_workflow(None)
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    ({"prefix_sharing": True, "scheduler": "static"}, r"config\.estep\.prefix_sharing=True needs"),
+    ({"prompt_entries": 4}, r"config\.estep\.prompt_entries=4 must be >= 0 .* needs config\.estep\.prefix_sharing"),
+    ({"prompt_entries": -1, "prefix_sharing": True, "scheduler": "continuous"}, r"config\.estep\.prompt_entries=-1"),
+])
+def test_bad_prefix_sharing_settings(overrides, needle):
+    c = workflows_config("configs/demo.py")
+    c.workflow = "estep"
+    c.estep.update(overrides)
+    with pytest.raises(ValueError, match=needle):
+        workflows.validate(c, num_devices=8)

@@ -121,17 +121,19 @@ def test_kill_and_resume_and_slices_give_the_same_dataset(setup, tmp_path):
 
 
 def test_the_merged_dataset_is_the_same_under_both_schedulers(setup, tmp_path):
-    """The continuous engine (two slots, so slots are reused within a batch) writes the static path's dataset: the
-    same thoughts chosen for every chunk; the log weights and ELBOs agree to float rounding (the decode runs at
-    other batch shapes, and XLA's matmuls round differently per shape: about 1e-9 relative here)."""
+    """The continuous engine (two slots, so slots are reused within a batch), with and without prefix sharing
+    (prompt entries shared by each chunk's samples), writes the static path's dataset: the same thoughts chosen for
+    every chunk; the log weights and ELBOs agree to float rounding (the decode runs at other batch shapes, and XLA's
+    matmuls round differently per shape: about 1e-9 relative here)."""
     root, _ = setup
     out = {}
-    for scheduler in ("static", "continuous"):
-        run_dir = tmp_path / scheduler
+    variants = {"static": {}, "continuous": {}, "shared": {"prefix_sharing": True, "prompt_entries": 1}}
+    for name, extra in variants.items():
+        run_dir = tmp_path / name
         run_dir.mkdir()
-        result = run_estep(estep_config(root, run_dir, scheduler=scheduler, decode_slots=2, max_new_tokens=12,
-                                        temperature=1.5))
-        out[scheduler] = [json.loads(line) for line in open(result["output_path"])]
+        result = run_estep(estep_config(root, run_dir, scheduler="static" if name == "static" else "continuous",
+                                        decode_slots=2, max_new_tokens=12, temperature=1.5, **extra))
+        out[name] = [json.loads(line) for line in open(result["output_path"])]
 
     def split(value):
         """(everything but the floats, the floats) of a record, recursively."""
@@ -145,11 +147,12 @@ def test_the_merged_dataset_is_the_same_under_both_schedulers(setup, tmp_path):
             return [p[0] for p in parts], [x for p in parts for x in p[1]]
         return value, []
 
-    assert len(out["static"]) == len(out["continuous"]) > 0
-    for a, b in zip(out["static"], out["continuous"], strict=True):
-        (exact_a, floats_a), (exact_b, floats_b) = split(a), split(b)
-        assert exact_a == exact_b  # thoughts, chunk texts, counts
-        np.testing.assert_allclose(floats_a, floats_b, rtol=1e-6)
+    for name in ("continuous", "shared"):
+        assert len(out["static"]) == len(out[name]) > 0
+        for a, b in zip(out["static"], out[name], strict=True):
+            (exact_a, floats_a), (exact_b, floats_b) = split(a), split(b)
+            assert exact_a == exact_b  # thoughts, chunk texts, counts
+            np.testing.assert_allclose(floats_a, floats_b, rtol=1e-6)
 
 
 def test_overlapped_scoring_writes_the_same_dataset_and_a_crash_in_it_loses_nothing(setup, tmp_path):

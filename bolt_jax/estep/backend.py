@@ -63,7 +63,9 @@ class JaxBackend:
         r = generate(self.model, prompts, n=n, max_new_tokens=self.e.max_new_tokens, temperature=self.e.temperature,
                      top_k=self.e.top_k, top_p=self.e.top_p, stop_token_ids=self.stop_ids,
                      max_prompt_len=self.e.max_prompt_len, prompt_seeds=seeds, mesh=self.mesh, scheduler=scheduler,
-                     decode_slots=self.decode_slots(len(prompts) * n) if scheduler == "continuous" else None)
+                     decode_slots=self.decode_slots(len(prompts) * n) if scheduler == "continuous" else None,
+                     prefix_sharing=bool(self.e.get("prefix_sharing", False)),
+                     prompt_entries=self.prompt_entries())
         self.last_stats = r.stats  # slots, decode steps, slot occupancy (bench/estep.py reads them)
         out = []
         for i in range(len(prompts)):
@@ -76,6 +78,12 @@ class JaxBackend:
         about four thoughts in turn, so the long tail of one leaves few rows idle. A multiple of the mesh's batch."""
         from bolt_jax.sampling.engine import round_to_batch
         return round_to_batch(self.e.get("decode_slots", 0) or max(8, requests // 4), self.mesh)
+
+    def prompt_entries(self) -> int | None:
+        """`estep.prompt_entries` rounded up to a multiple of the mesh's batch devices as decode_slots is (None: the
+        engine's default, 2 x slots / num_samples)."""
+        from bolt_jax.sampling.engine import round_to_batch
+        return round_to_batch(self.e.prompt_entries, self.mesh) if self.e.get("prompt_entries", 0) else None
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
         from bolt_jax.sampling import score

@@ -62,6 +62,13 @@ def default_estep_config() -> ml_collections.ConfigDict:
         # longest thought ends. Same samples either way (so not part of the store's settings).
         "scheduler": "continuous",
         "decode_slots": 0,  # continuous: rows decoded together (0 = chunks_per_batch * num_samples / 4, at least 8)
+        # continuous: the num_samples thoughts of a chunk read its prompt's KV once per step from one of
+        # prompt_entries shared entries (0 = 2 x decode_slots / num_samples; both rounded up to a multiple of the mesh's
+        # batch devices) instead of each slot holding a copy:
+        # fewer bytes per decode step (bench/decode_traffic.py); the same samples up to float rounding (not part of
+        # the store's settings). Off until its speed-up is measured on a GPU (BENCHMARKS.md).
+        "prefix_sharing": False,
+        "prompt_entries": 0,
         # "auto"/"on": batch b is scored and written in a worker thread while batch b+1 is sampled, so the device
         # is not idle during host work; "auto" turns it off with several processes ("on" is refused there). Same
         # results either way (not part of the store's settings).

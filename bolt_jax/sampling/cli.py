@@ -29,6 +29,8 @@ def default_generate_config() -> ml_collections.ConfigDict:
         "seed": 0,
         "scheduler": "continuous",  # or "static" (bolt_jax.sampling.schedulers)
         "decode_slots": 0,  # continuous: rows decoded together (0 = every request at once, up to 256)
+        "prefix_sharing": False,  # continuous, n > 1: a prompt's n samples read its KV once (bolt_jax.sampling.engine)
+        "prompt_entries": 0,  # with prefix_sharing: shared prompt entries (0 = 2 x decode_slots / n)
         "output_path": "",  # JSONL of the samples ("" = print only)
     })
 
@@ -98,7 +100,8 @@ def run_generate(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
     ids = [[tok.bos_id] + tok.encode(t) for t in texts]
     kw = dict(n=g.n, max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
               greedy=g.greedy, stop_token_ids=[tok.eos_id], stop_strings=stop_strings,
-              seed=g.seed, mesh=mesh, tokenizer=tok.hf, scheduler=g.scheduler, decode_slots=g.decode_slots or None)
+              seed=g.seed, mesh=mesh, tokenizer=tok.hf, scheduler=g.scheduler, decode_slots=g.decode_slots or None,
+              prefix_sharing=g.prefix_sharing, prompt_entries=g.prompt_entries or None)
     t0 = time.perf_counter()
     r = generate(model, ids, **kw)
     seconds = time.perf_counter() - t0

@@ -67,6 +67,11 @@ def _validate_schedulers(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config.{section}.scheduler={sec.scheduler!r}; choose one of {SCHEDULERS}")
         if sec.get("decode_slots", 0) < 0:
             raise ValueError(f"config.{section}.decode_slots={sec.decode_slots} must be >= 0 (0 = automatic)")
+        if sec.get("prefix_sharing", False) and sec.scheduler != "continuous":
+            raise ValueError(f"config.{section}.prefix_sharing=True needs config.{section}.scheduler=\"continuous\"")
+        if sec.get("prompt_entries", 0) < 0 or (sec.get("prompt_entries", 0) and not sec.get("prefix_sharing")):
+            raise ValueError(f"config.{section}.prompt_entries={sec.prompt_entries} must be >= 0 (0 = automatic) and "
+                             f"needs config.{section}.prefix_sharing=True")
     if "estep" in config and "overlap" in config.estep:
         from bolt_jax.estep.run import overlap_enabled
         overlap_enabled(config.estep)  # the mode's name, and "on" with several processes

@@ -29,7 +29,8 @@ ON_CHANGE = ("refuse", "rerun")
 # settings that never change what a stage computes
 IGNORED = {"run_dir", "workflow", "train.progress_bar", "train.log_every", "train.save_every",
            "train.keep_checkpoints", "train.eval_every", "train.eval_batches", "estep.scheduler",
-           "estep.decode_slots", "estep.overlap", "estep.slice", "estep.store_dir", "estep.output_path",
+           "estep.decode_slots", "estep.prefix_sharing", "estep.prompt_entries", "estep.overlap", "estep.slice",
+           "estep.store_dir", "estep.output_path",
            "estep.run_name", "train.on_change", "bootstrap.on_change", "bootstrap.console", "train.tracker",
            "data.worker_count", "data.prefetch_threads"}
 # path settings whose file is an input: its size is part of the key (content changes that keep the size are not seen)
