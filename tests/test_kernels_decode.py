@@ -69,7 +69,7 @@ def test_lse_reference_is_attention_and_log_sum_exp_over_the_visible_keys():
                 np.testing.assert_allclose(out[r, i, hh], want, atol=2e-5)
 
 
-@pytest.mark.parametrize("nq", [1, 4])
+@pytest.mark.parametrize("nq", [1, 3, 4])
 def test_pallas_kernel_with_several_queries_and_lse_matches_reference(nq):
     q = _queries(nq=nq)
     _, kc, vc, seg, lengths = cache()

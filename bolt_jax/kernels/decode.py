@@ -27,7 +27,7 @@ from jax.experimental import pallas as pl
 from bolt_jax.kernels.xla import xla_attention
 
 NEG = -1e30
-MIN_ROWS = 16  # the smallest M of a tensor-core dot in the Triton lowering
+MIN_ROWS = 16  # the smallest M of a tensor-core dot in the Triton lowering (rows are padded to a power of two)
 
 
 def xla_decode_attention(q_Bx1xHxD, k_cache_BxTxKxD, v_cache_BxTxKxD, *, kv_segment_ids_BxT, lengths_B,
@@ -114,7 +114,7 @@ def pallas_decode_attention(q_BxQxHxD, k_cache_BxTxKxD, v_cache_BxTxKxD, *, kv_s
                          "sampler allocates its cache rounded up")
     group = h // kvh
     used = nq * group
-    rows = max(used, MIN_ROWS)
+    rows = max(1 << (used - 1).bit_length(), MIN_ROWS)  # Triton blocks are powers of two
     interpret = jax.default_backend() != "gpu" if interpret is None else interpret
     scale = sm_scale if sm_scale is not None else d ** -0.5
     q_BxKxRxD = q_BxQxHxD.reshape(b, nq, kvh, group, d).transpose(0, 2, 1, 3, 4).reshape(b, kvh, used, d)
