@@ -1,12 +1,18 @@
-"""What every benchmark prints: the commit, the device and jax version, and a median after warm-up."""
+"""What every benchmark prints: the commit, the device and jax version, and min / median / max of its samples.
+
+Every figure is a distribution, not one number: `time_samples` keeps each timed run, `Samples` carries them with
+their min / median / max, and `--json PATH` (every bench script) writes them for bench/headline.py to collect.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import statistics
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from bolt_jax.runtime import xla_flags
 
@@ -26,13 +32,67 @@ def commit() -> str:
         return "unknown"
 
 
+def device_kind() -> str:
+    return jax.devices()[0].device_kind
+
+
 def header() -> str:
-    return (f"{jax.device_count()} x {jax.devices()[0].device_kind}, jax {jax.__version__}, commit {commit()}, "
+    return (f"{jax.device_count()} x {device_kind()}, jax {jax.__version__}, commit {commit()}, "
             f"{time.strftime('%Y-%m-%d')}")
 
 
-def median_seconds(fn: Callable[[], object], *, runs: int, warmup: int = 1) -> float:
-    """Median wall time of `fn()` (which must block until its device work is done) after `warmup` calls."""
+def run_info() -> dict[str, Any]:
+    """The fields that name a measurement, for a bench script's JSON."""
+    return {"device": device_kind(), "device_count": jax.device_count(), "backend": jax.default_backend(),
+            "jax": jax.__version__, "commit": commit(), "date": time.strftime("%Y-%m-%d")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Samples:
+    """The values of repeated runs of one figure (seconds, tokens/s, a ratio...), in the order they were taken."""
+
+    values: tuple[float, ...]
+
+    def __post_init__(self):
+        if not self.values:
+            raise ValueError("Samples needs at least one value")
+
+    @classmethod
+    def of(cls, values: Iterable[float]) -> Samples:
+        return cls(tuple(float(v) for v in values))
+
+    @property
+    def min(self) -> float:
+        return min(self.values)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    @property
+    def max(self) -> float:
+        return max(self.values)
+
+    def map(self, fn: Callable[[float], float]) -> Samples:
+        """Each sample through `fn` (seconds -> tokens/s keeps the pairing of run i with run i)."""
+        return Samples.of(fn(v) for v in self.values)
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON form every figure takes: median, min, max and the samples themselves."""
+        return {"median": self.median, "min": self.min, "max": self.max, "samples": list(self.values)}
+
+    def fmt(self, spec: str = ".3g", scale: float = 1.0) -> str:
+        """'min / median / max', each value times `scale` formatted with `spec`."""
+        return " / ".join(format(x * scale, spec) for x in (self.min, self.median, self.max))
+
+
+def pairwise(a: Samples, b: Samples, fn: Callable[[float, float], float]) -> Samples:
+    """fn(run i of a, run i of b) for each i: a ratio of two figures measured side by side, run against run."""
+    return Samples.of(fn(x, y) for x, y in zip(a.values, b.values))
+
+
+def time_samples(fn: Callable[[], object], *, runs: int, warmup: int = 1) -> Samples:
+    """Wall time of each of `runs` calls of `fn()` (which must block until its device work is done) after `warmup`."""
     for _ in range(warmup):
         fn()
     times = []
@@ -40,4 +100,45 @@ def median_seconds(fn: Callable[[], object], *, runs: int, warmup: int = 1) -> f
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return Samples.of(times)
+
+
+def median_seconds(fn: Callable[[], object], *, runs: int, warmup: int = 1) -> float:
+    """Median wall time of `fn()` after `warmup` calls (the samples: `time_samples`)."""
+    return time_samples(fn, runs=runs, warmup=warmup).median
+
+
+def peak_flops() -> tuple[float | None, str]:
+    """The device's dense bf16 peak FLOP/s and where it comes from: the datasheet table of bolt_jax.train.metrics
+    on a known accelerator; on a CPU (no datasheet peak) the fp32 matmul rate measured here, so a smoke run still
+    computes an MFU, labelled as such (meaningless as a figure). None only where neither is available."""
+    from bolt_jax.train.metrics import device_peak_flops
+    peak = device_peak_flops()
+    if peak:
+        return peak, "datasheet dense bf16 peak (bolt_jax.train.metrics.PEAK_BF16_FLOPS)"
+    if jax.default_backend() != "cpu":
+        return None, "unknown device: no datasheet peak"
+    return measured_matmul_flops(), "CPU smoke: measured fp32 matmul rate, not a datasheet peak"
+
+
+def measured_matmul_flops(n: int = 512, runs: int = 5) -> float:
+    """FLOP/s of an n x n fp32 matmul on the default device (the best of `runs`)."""
+    import jax.numpy as jnp
+    x = jnp.ones((n, n), jnp.float32)
+    mm = jax.jit(lambda a: a @ a)
+    seconds = time_samples(lambda: mm(x).block_until_ready(), runs=runs).min
+    return 2 * n ** 3 / seconds
+
+
+def smoke_defaults(args: Any, parser: Any, **values: Any) -> None:
+    """`--smoke`'s tiny shapes, for the arguments left at their defaults: an explicit argument still wins (so
+    bench/headline.py can ask a smoke run for, say, ragged prompts or 5 samples)."""
+    for name, value in values.items():
+        if getattr(args, name) == parser.get_default(name):
+            setattr(args, name, value)
+
+
+def write_json(path: str, obj: Any) -> None:
+    """A bench script's machine-readable result (`--json PATH`), written whole or not at all."""
+    from bolt_jax.runtime.atomic import atomic_write_json
+    atomic_write_json(path, obj)

@@ -4,8 +4,8 @@
     python bench/data.py --corpus /path/aug.jsonl --tokenizer /path/hf_tokenizer_dir --latent_type random
 
 Prints the device, versions and commit (bench/common.py, as every bench), then packed tokens per second (rows x
-seq_len, every row full). The loader must stay above ~150k tokens/s per
-core so it never starves a GPU training at ~70k tokens/s.
+seq_len, every row full): min / median / max over `--windows` equal windows of the `--seconds`. The loader must stay
+above ~150k tokens/s per core so it never starves a GPU training at ~70k tokens/s.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("--seq_len", type=int, default=2048)
     ap.add_argument("--rows", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--windows", type=int, default=5, help="samples: the seconds split into this many windows")
     ap.add_argument("--all_cores", action="store_true", help="do not pin to one core")
     args = ap.parse_args()
     if not args.all_cores and hasattr(os, "sched_setaffinity"):
@@ -59,7 +60,7 @@ def main() -> None:
 
     import grain
     import tokenizers
-    from common import header
+    from common import Samples, header
 
     from bolt_jax.data import pipeline, toy
     from bolt_jax.data.formats import raw_text
@@ -80,18 +81,23 @@ def main() -> None:
                                 fall_back_to_raw=True)
     it = iter(ds)
     next(it)  # warm-up (first reads, tokenizer caches)
-    tokens, batches, start = 0, 0, time.perf_counter()
-    while time.perf_counter() - start < args.seconds:
-        b = next(it)
-        tokens += int((b["segment_ids"] > 0).sum())
-        batches += 1
-    elapsed = time.perf_counter() - start
+    tokens, batches, rates, elapsed = 0, 0, [], 0.0
+    for _ in range(args.windows):
+        window_tokens, start = 0, time.perf_counter()
+        while time.perf_counter() - start < args.seconds / args.windows:
+            b = next(it)
+            window_tokens += int((b["segment_ids"] > 0).sum())
+            batches += 1
+        seconds = time.perf_counter() - start
+        rates.append(window_tokens / seconds)
+        tokens, elapsed = tokens + window_tokens, elapsed + seconds
     cores = "1 core" if not args.all_cores else f"{len(os.sched_getaffinity(0))} cores"
     print(f"data pipeline: {header()}, grain {grain.__version__}, tokenizers {tokenizers.__version__}, "
           f"{os.cpu_count()} CPUs on the host")
     print(f"corpus {corpus_path} ({len(corpus)} records), latent_type={args.latent_type}, packing={args.packing}, "
           f"vocab {tokenizer.vocab_size}, seq_len {args.seq_len}, rows {args.rows}")
-    print(f"{batches} batches, {tokens} tokens in {elapsed:.2f} s on {cores}: {tokens / elapsed:,.0f} tokens/s")
+    print(f"{batches} batches, {tokens} tokens in {elapsed:.2f} s on {cores}: {Samples.of(rates).fmt(',.0f')} "
+          f"tokens/s (min / median / max of {args.windows} windows)")
 
 
 if __name__ == "__main__":

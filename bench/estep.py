@@ -32,7 +32,7 @@ import tempfile
 import time
 
 import numpy as np
-from common import header
+from common import header, run_info, smoke_defaults, write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = 32004  # TinyLlama's 32000 + the four BoLT tokens
@@ -151,7 +151,7 @@ def summarise(rows: list[dict]) -> dict:
     out: dict = {"runs": rows}
     for key in ("chunks_per_s", "sampled_tokens_per_s", "occupancy", *PHASES):
         values = [r[key] for r in rows]
-        out[key] = {"min": min(values), "median": statistics.median(values), "max": max(values)}
+        out[key] = {"min": min(values), "median": statistics.median(values), "max": max(values), "samples": values}
     out["sampled_tokens"] = rows[0]["sampled_tokens"]
     return out
 
@@ -209,10 +209,11 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--smoke", action="store_true", help="tiny model on CPU: 36 chunks in 3 batches, 16 slots")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    p.add_argument("--json", default="", help="also write the JSON result to this exact path (bench/headline.py)")
     a = p.parse_args()
     if a.smoke:
         # three sampler calls, so the overlap of scoring batch b with sampling batch b+1 has something to overlap
-        a.preset, a.docs, a.chunks_per_batch, a.decode_slots = "tiny", 12, 12, 16
+        smoke_defaults(a, p, preset="tiny", docs=12, chunks_per_batch=12, decode_slots=16)  # explicit args win
 
     import jax
 
@@ -241,6 +242,8 @@ def main() -> None:
     with open(stem + ".md", "w") as f:
         f.write(text)
     print(f"wrote {stem}.json and .md")
+    if a.json:
+        write_json(a.json, {**run_info(), "args": vars(a), "smoke": a.smoke, "results": results, "ratios": ratio})
 
 
 if __name__ == "__main__":

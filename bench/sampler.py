@@ -1,28 +1,32 @@
 """Sampler benchmark: output tokens/s of bolt_jax.sampling.generate, against the memory-bandwidth bound of decoding.
 
     python bench/sampler.py                       # TinyLlama (bf16 weights), batch 256, 512 prompt + 512 new tokens
+    python bench/sampler.py --batch 256,1024 --prompt_min 512,128  # batch 1024 with ragged prompts of 128-512
     python bench/sampler.py --batch 64,256 --new 512 --decode xla,pallas_gpu
+    python bench/sampler.py --check_decode_kernel  # also: max |Pallas decode kernel - XLA decode| on the same inputs
     python bench/sampler.py --profile /tmp/prof && python bench/trace_summary.py /tmp/prof   # where decode time goes
     python bench/sampler.py --smoke               # tiny shapes on CPU
 
 Each decode step must read every weight once and the KV cache written so far: the bound on steps/s is
 bandwidth / (weight bytes + mean cache bytes), and output tokens/s = batch x steps/s. `out tok/s` is end to end
 (prefill included); `decode tok/s` subtracts the time of the same call with one new token (prefill, first sample,
-host work) and is the figure the bound speaks of. Median of several runs after a warm-up; device, jax, commit.
+host work; the median of `--prefill_runs` calls) from each full call, and is the figure the bound speaks of.
+min / median / max over `--runs` calls after a warm-up; device, jax, commit. Ragged prompts (`--prompt_min`, one
+value or one per batch size) are left-padded to the longest in one static batch, as the sampler does.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import math
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
-from common import header, median_seconds
+from common import Samples, header, run_info, smoke_defaults, time_samples, write_json
 
 HBM_BYTES_PER_S = {"h100": 3.35e12, "h200": 4.8e12, "a100": 2.0e12, "b200": 8.0e12}
-
 
 
 def bandwidth() -> float | None:
@@ -30,63 +34,128 @@ def bandwidth() -> float | None:
     return next((v for k, v in HBM_BYTES_PER_S.items() if k in kind), None)
 
 
+def make_prompts(cfg, batch: int, longest: int, shortest: int, seed: int = 0) -> list[list[int]]:
+    """Random token ids; lengths uniform in [shortest, longest] (all `longest` when equal)."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(shortest, longest + 1, batch) if shortest < longest else [longest] * batch
+    return [rng.integers(3, cfg.vocab_size, n).tolist() for n in lengths]
+
+
+def decode_kernel_error(cfg, batch: int, time_len: int, seed: int = 0) -> dict:
+    """Max |pallas_decode_attention - xla_decode_attention| on the same bf16 inputs at the model's head shape: ragged
+    lengths, left padding (segment 0) and unwritten tail, as in the sampler's cache. On a CPU the kernel runs in
+    Pallas interpret mode (smoke)."""
+    from bolt_jax.kernels.decode import pallas_decode_attention, xla_decode_attention
+    rng = np.random.default_rng(seed)
+    t = math.ceil(time_len / 128) * 128
+    h, kvh, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_size
+    q = jnp.asarray(rng.normal(size=(batch, 1, h, d)), jnp.bfloat16)
+    k, v = (jnp.asarray(rng.normal(size=(batch, t, kvh, d)), jnp.bfloat16) for _ in range(2))
+    lengths = rng.integers(1, t + 1, batch)
+    pad = rng.integers(0, lengths)  # left padding of each row, below its length
+    seg = ((np.arange(t)[None] >= pad[:, None]) & (np.arange(t)[None] < lengths[:, None])).astype(np.int32)
+    kw = dict(kv_segment_ids_BxT=jnp.asarray(seg), lengths_B=jnp.asarray(lengths, jnp.int32))
+    got = jax.jit(lambda q, k, v: pallas_decode_attention(q, k, v, **kw))(q, k, v)
+    want = jax.jit(lambda q, k, v: xla_decode_attention(q, k, v, **kw))(q, k, v)
+    got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
+    return {"max_abs_err": float(np.abs(got - want).max()), "max_abs_ref": float(np.abs(want).max()),
+            "shape": {"batch": batch, "time": t, "heads": h, "kv_heads": kvh, "head_dim": d},
+            "interpret": jax.default_backend() != "gpu"}
+
+
+def bench_batch(model, cfg, mesh, *, batch: int, prompt: int, prompt_min: int, new: int, runs: int,
+                prefill_runs: int, profile: str = "") -> dict:
+    """One batch size: the full calls, the one-token calls, and decode tokens/s per full call."""
+    from bolt_jax.sampling import generate
+    prompts = make_prompts(cfg, batch, prompt, prompt_min)
+    kw = dict(max_new_tokens=new, temperature=1.0, mesh=mesh, batch_bucket=batch)
+    generate(model, prompts, **kw)  # compile + warm-up
+    times, new_tokens = [], []
+    for r in range(runs):
+        t0 = time.perf_counter()
+        out = generate(model, prompts, seed=r, **kw)
+        times.append(time.perf_counter() - t0)
+        new_tokens.append(int(out.lengths.sum()))
+    # the same call with one new token: prefill + first sample + host work, to separate decoding from it
+    kw1 = dict(kw, max_new_tokens=1)
+    t1 = time_samples(lambda: generate(model, prompts, **kw1), runs=prefill_runs)
+    if profile:
+        with jax.profiler.trace(f"{profile}/batch{batch}", create_perfetto_trace=True):
+            generate(model, prompts, **kw)
+    decode = Samples.of((n - batch) / max(t - t1.median, 1e-9) for n, t in zip(new_tokens, times))
+    end_to_end = Samples.of(n / t for n, t in zip(new_tokens, times))
+    mean_prompt = float(np.mean([len(p) for p in prompts]))
+    cache_bytes = 2 * cfg.num_hidden_layers * batch * (prompt + new / 2) * cfg.kv_size * 2  # padded to `prompt`
+    bw = bandwidth()
+    bound = batch * bw / (cfg.num_params() * 2 + cache_bytes) if bw else None
+    return {"batch": batch, "prompt": prompt, "prompt_min": prompt_min, "mean_prompt": mean_prompt, "new": new,
+            "seconds": Samples.of(times).summary(), "prefill_seconds": t1.summary(), "new_tokens": new_tokens,
+            "out_tokens_per_s": end_to_end.summary(), "decode_tokens_per_s": decode.summary(),
+            "bandwidth_bound_tokens_per_s": bound}
+
+
+def print_rows(a, rows: list[dict]) -> None:
+    print(f"\nsampler: {a.preset} bf16, prompts of at most {a.prompt} tokens, new {a.new}, {header()}; min / median "
+          f"/ max of {a.runs} calls (prefill: median of {a.prefill_runs})"
+          + ("; SMOKE: CPU figures, meaningless" if a.smoke else ""))
+    print(f"{'decode attn':>11} {'batch':>6} {'prompts':>9} {'seconds':>20} {'prefill s':>9} {'out tok/s':>26} "
+          f"{'decode tok/s':>26} {'bw bound tok/s':>15} {'decode/bound':>12}")
+    for r in rows:
+        decode = Samples.of(r["decode_tokens_per_s"]["samples"])
+        bound = r["bandwidth_bound_tokens_per_s"]
+        frac = f"{decode.median / bound:.1%}" if bound else "-"
+        prompts = f"{r['prompt_min']}-{r['prompt']}"
+        seconds, out = (Samples.of(r[k]["samples"]) for k in ("seconds", "out_tokens_per_s"))
+        print(f"{r['decode_impl']:>11} {r['batch']:6d} {prompts:>9} {seconds.fmt('.3g'):>20} "
+              f"{r['prefill_seconds']['median']:9.2f} {out.fmt(',.0f'):>26} {decode.fmt(',.0f'):>26} "
+              f"{bound or float('nan'):15,.0f} {frac:>12}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="tinyllama_1.1b_bolt")
     p.add_argument("--batch", default="256")
-    p.add_argument("--prompt", type=int, default=512)
+    p.add_argument("--prompt", type=int, default=512, help="prompt tokens (the longest, with --prompt_min)")
+    p.add_argument("--prompt_min", default="0", help="ragged prompts: lengths uniform in [this, --prompt]; one "
+                                                      "value, or a comma list aligned with --batch (0: --prompt)")
     p.add_argument("--new", type=int, default=512)
-    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--prefill_runs", type=int, default=3, help="one-token calls timed to subtract the prefill")
     p.add_argument("--decode", default="auto", help="comma list of decode attention impls (auto, xla, pallas_gpu)")
+    p.add_argument("--check_decode_kernel", action="store_true",
+                   help="max |Pallas decode kernel - XLA decode attention| on the model's head shape")
     p.add_argument("--profile", default="", help="write a profiler trace of one generate call per batch size here "
                                                   "(read it with bench/trace_summary.py)")
-    p.add_argument("--smoke", action="store_true")
+    p.add_argument("--smoke", action="store_true", help="tiny shapes on CPU (explicit arguments win)")
+    p.add_argument("--json", default="", help="write the rows, with every sample, to this JSON file")
     a = p.parse_args()
-    from bolt_jax import parallel
+    from bolt_jax import kernels, parallel
     from bolt_jax.model import create_model, preset
-    from bolt_jax.sampling import generate
 
     if a.smoke:
-        a.preset, a.batch, a.prompt, a.new, a.runs = "tiny", "8", 16, 16, 2
+        smoke_defaults(a, p, preset="tiny", batch="8", prompt=16, new=16)
     cfg = preset(a.preset, param_dtype="bfloat16", compute_dtype="bfloat16")
     mesh = parallel.make_mesh()
     model = create_model(cfg, mesh, seed=0)
-    weight_bytes = cfg.num_params() * 2
+    check = None
+    if a.check_decode_kernel:  # first: quick, and then in every partial JSON
+        check = decode_kernel_error(cfg, int(a.batch.split(",")[0]), a.prompt + a.new)
+        print(f"decode kernel check, {check['shape']}{' (interpret mode)' if check['interpret'] else ''}: max |pallas "
+              f"- xla| = {check['max_abs_err']:.3g} (outputs up to {check['max_abs_ref']:.3g}, bf16)", flush=True)
     rows = []
-    from bolt_jax import kernels
-    for decode_impl, batch in ((d, int(b)) for d in a.decode.split(",") for b in a.batch.split(",")):
+    batches = [int(b) for b in a.batch.split(",")]
+    shortest = [int(x) or a.prompt for x in a.prompt_min.split(",")]
+    shortest = dict(zip(batches, shortest if len(shortest) == len(batches) else shortest[:1] * len(batches)))
+    for decode_impl, batch in ((d, b) for d in a.decode.split(",") for b in batches):
         if decode_impl != "auto":  # `auto` resolves per backend at trace time: pin it, and retrace
             kernels.DECODE_AUTO[jax.default_backend()] = decode_impl
             jax.clear_caches()
-        rng = np.random.default_rng(0)
-        prompts = [rng.integers(3, cfg.vocab_size, a.prompt).tolist() for _ in range(batch)]
-        kw = dict(max_new_tokens=a.new, temperature=1.0, mesh=mesh, batch_bucket=batch)
-        generate(model, prompts, **kw)  # compile + warm-up
-        times = []
-        for r in range(a.runs):
-            t0 = time.perf_counter()
-            out = generate(model, prompts, seed=r, **kw)
-            times.append(time.perf_counter() - t0)
-        t = statistics.median(times)
-        # the same call with one new token: prefill + first sample + host work, to separate decoding from it
-        kw1 = dict(kw, max_new_tokens=1)
-        t1 = median_seconds(lambda: generate(model, prompts, **kw1), runs=a.runs)
-        if a.profile:
-            with jax.profiler.trace(f"{a.profile}/batch{batch}", create_perfetto_trace=True):
-                generate(model, prompts, **kw)
-        new_tokens = int(out.lengths.sum())
-        cache_bytes = 2 * cfg.num_hidden_layers * batch * (a.prompt + a.new / 2) * cfg.kv_size * 2
-        bw = bandwidth()
-        bound = batch * bw / (weight_bytes + cache_bytes) if bw else float("nan")
-        decode = (new_tokens - batch) / max(t - t1, 1e-9)
-        rows.append((decode_impl, batch, t, t1, new_tokens / t, decode, bound))
-    print(f"\nsampler: {a.preset} bf16, prompt {a.prompt}, new {a.new}, {header()}, median of {a.runs}")
-    print(f"{'decode attn':>11} {'batch':>6} {'seconds':>8} {'prefill s':>9} {'out tok/s':>10} {'decode tok/s':>12} "
-          f"{'bw bound tok/s':>15} {'decode/bound':>12}")
-    for decode_impl, batch, t, t1, tps, decode, bound in rows:
-        frac = f"{decode / bound:.1%}" if bound == bound else "-"
-        print(f"{decode_impl:>11} {batch:6d} {t:8.2f} {t1:9.2f} {tps:10,.0f} {decode:12,.0f} {bound:15,.0f} {frac:>12}")
-
+        row = bench_batch(model, cfg, mesh, batch=batch, prompt=a.prompt, prompt_min=shortest[batch], new=a.new,
+                          runs=a.runs, prefill_runs=a.prefill_runs, profile=a.profile)
+        rows.append({"decode_impl": decode_impl, **row})
+        if a.json:  # after every row: a run stopped by its time limit still leaves the rows it finished
+            write_json(a.json, {**run_info(), "args": vars(a), "smoke": a.smoke, "rows": rows, "decode_kernel": check})
+    print_rows(a, rows)
 
 if __name__ == "__main__":
     main()

@@ -4,8 +4,10 @@
     python bench/train_step.py --micro_batches 8,12,16 --remat dots_no_batch,none
     python bench/train_step.py --smoke                           # tiny shapes on CPU (checks the script)
 
-Measures after warm-up, reports the median step time of several runs, tokens/s, and MFU with the spec's FLOP count
-(6 N_nonembed + 3.5 * 4 L S D / 2 per token) against the device's bf16 peak; names the device, jax and commit.
+Measures each step after warm-up and reports min / median / max over the runs of step time, tokens/s and MFU (the
+project's FLOP convention, `LlamaConfig.flops_per_token`, against the device's bf16 peak; on a CPU against a measured
+matmul rate, labelled: bench/common.py `peak_flops`); names the device, jax and commit. `--json PATH` writes every
+row with its samples (bench/headline.py reads it).
 """
 
 from __future__ import annotations
@@ -13,13 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 
 import jax
-from common import header
+from common import Samples, header, peak_flops, run_info, smoke_defaults, write_json
 
 
 def build_config(preset: str, seq_len: int, batch: int, remat: str, attention: str, steps: int, scan: bool = True,
@@ -50,7 +51,6 @@ def bench_one(preset: str, seq_len: int, batch: int, remat: str, attention: str,
     from bolt_jax import parallel
     from bolt_jax.data.sources import SyntheticBatches
     from bolt_jax.train.loop import TrainSetup
-    from bolt_jax.train.metrics import device_peak_flops
 
     c = build_config(preset, seq_len, batch, remat, attention, steps=warmup + runs + 10, scan=scan, docs=docs)
     setup = TrainSetup(c)
@@ -69,16 +69,18 @@ def bench_one(preset: str, seq_len: int, batch: int, remat: str, attention: str,
     if profile_dir:
         profile_steps(setup, state, batches[0],
                       os.path.join(profile_dir, f"{remat}_{attention}_b{batch}_{'scan' if scan else 'unrolled'}"))
-    step = statistics.median(times)
-    tokens = batch * seq_len / step
-    peak = device_peak_flops()
+    steps = Samples.of(times)
+    tokens = steps.map(lambda t: batch * seq_len / t)
+    peak, peak_source = peak_flops()
     flops = setup.model_cfg.flops_per_token(seq_len)
-    mfu = flops * tokens / (peak * jax.device_count()) if peak else None
+    mfu = tokens.map(lambda x: flops * x / (peak * jax.device_count())) if peak else None
     mem = jax.devices()[0].memory_stats() or {}
     return {"batch": batch, "remat": remat, "attention": attention, "layers": "scan" if scan else "unrolled",
-            "step_s": step, "tokens_per_s": tokens,
-            "mfu": mfu, "peak_mem_gib": mem.get("peak_bytes_in_use", 0) / 2**30,
-            "loss": float(metrics["loss"]), "mfu_flops_per_token": flops}
+            "docs": docs, "seq_len": seq_len, "step_s": steps.summary(), "tokens_per_s": tokens.summary(),
+            "mfu": mfu.summary() if mfu else None, "peak_flops": peak, "peak_flops_source": peak_source,
+            "peak_mem_gib": mem.get("peak_bytes_in_use", 0) / 2**30, "loss": float(metrics["loss"]),
+            "mfu_flops_per_token": flops,
+            "flops_per_token_original": setup.model_cfg.flops_per_token_original(seq_len)}
 
 
 def profile_steps(setup, state, batch, out_dir: str, steps: int = 3) -> None:
@@ -89,8 +91,9 @@ def profile_steps(setup, state, batch, out_dir: str, steps: int = 3) -> None:
         jax.block_until_ready(metrics["loss"])
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{x:.1%}"
+def _mmm(figure: dict | None, spec: str, scale: float = 1.0) -> str:
+    """min / median / max of a figure's JSON form; '-' when it was not measured (MFU without a known peak)."""
+    return "-" if figure is None else Samples.of(figure["samples"]).fmt(spec, scale)
 
 
 def run_child(a, batch: int, remat: str, attention: str, layers: str) -> dict:
@@ -122,11 +125,12 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--profile", default="", help="write a profiler trace of 3 steps per configuration here")
-    p.add_argument("--smoke", action="store_true", help="tiny shapes, for CPU")
+    p.add_argument("--smoke", action="store_true", help="tiny shapes, for CPU (explicit arguments win)")
+    p.add_argument("--json", default="", help="write the rows, with every sample, to this JSON file")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.smoke:
-        a.preset, a.seq_len, a.micro_batches, a.remat, a.warmup, a.runs = "tiny", 64, "8", "none", 1, 2
+        smoke_defaults(a, p, preset="tiny", seq_len=64, micro_batches="8", warmup=1)
     if a.child:
         r = bench_one(a.preset, a.seq_len, int(a.micro_batches), a.remat, a.attention, a.warmup, a.runs,
                       profile_dir=a.profile, scan=a.layers == "scan", docs=a.docs)
@@ -139,16 +143,24 @@ def main() -> None:
                 for batch in (int(b) for b in a.micro_batches.split(",")):
                     rows.append(run_child(a, batch, remat, attention, layers))
                     print(rows[-1], flush=True)
-    print(f"\ntrain step: {a.preset}, seq {a.seq_len}, {a.docs} document(s) per row, {header()}, "
-          f"median of {a.runs} after {a.warmup} warm-up")
-    print(f"{'batch':>5} {'remat':>14} {'attn':>10} {'layers':>8} {'step ms':>9} {'tokens/s':>10} {'MFU':>6} "
+    print(f"\ntrain step: {a.preset}, seq {a.seq_len}, {a.docs} document(s) per row, {header()}; min / median / "
+          f"max of {a.runs} steps after {a.warmup} warm-up")
+    ok = next((r for r in rows if "error" not in r), None)
+    if ok:
+        print(f"MFU: {ok['mfu_flops_per_token'] / 1e9:.4g} GFLOP/token (LlamaConfig.flops_per_token; the original's "
+              f"count: {ok['flops_per_token_original'] / 1e9:.4g}) against {ok['peak_flops'] or 0:.3g} FLOP/s, "
+              f"{ok['peak_flops_source']}")
+    print(f"{'batch':>5} {'remat':>14} {'attn':>10} {'layers':>8} {'step ms':>22} {'tokens/s':>26} {'MFU':>20} "
           f"{'peak GiB':>9}")
     for r in rows:
         if "error" in r:
             print(f"{r['batch']:5d} {r['remat']:>14} {r['attention']:>10} {r['layers']:>8}  failed: {r['error']}")
         else:
-            print(f"{r['batch']:5d} {r['remat']:>14} {r['attention']:>10} {r['layers']:>8} {r['step_s'] * 1e3:9.1f} "
-                  f"{r['tokens_per_s']:10,.0f} {_pct(r['mfu']):>6} {r['peak_mem_gib']:9.2f}")
+            print(f"{r['batch']:5d} {r['remat']:>14} {r['attention']:>10} {r['layers']:>8} "
+                  f"{_mmm(r['step_s'], '.1f', 1e3):>22} {_mmm(r['tokens_per_s'], ',.0f'):>26} "
+                  f"{_mmm(r['mfu'], '.1%'):>20} {r['peak_mem_gib']:9.2f}")
+    if a.json:
+        write_json(a.json, {**run_info(), "args": vars(a), "rows": rows})
 
 
 if __name__ == "__main__":

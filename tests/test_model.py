@@ -105,13 +105,20 @@ def test_tinyllama_parameter_count_from_eval_shape():
     assert param_count(preset("tinyllama_1.1b_bolt")) == 1_100_048_384 + 2 * 4 * 2048
 
 
-def test_tinyllama_flops_per_token_matches_spec_formula():
-    cfg = TINYLLAMA_1_1B
+def test_tinyllama_flops_per_token_by_hand_from_layer_shapes():
+    """The MFU convention (LlamaConfig.flops_per_token's docstring), computed here from TinyLlama's layer shapes."""
+    d, f, layers, kv, seq = 2048, 5632, 22, 4 * 64, 2048
+    per_layer = d * d + 2 * d * kv + d * d + 3 * d * f + 2 * d  # q, k and v, o, gate/up/down, two RMSNorms
+    for vocab in (32000, 32004):  # TinyLlama, and with the four BoLT tokens
+        head = d * vocab  # the untied LM head counts; the input embedding (a lookup) does not
+        by_hand = 6 * (layers * per_layer + d + head) + 6 * layers * seq * d  # + final norm; + causal attention
+        cfg = TINYLLAMA_1_1B.replace(vocab_size=vocab)
+        assert cfg.flops_per_token(seq) == by_hand
+        assert abs(cfg.flops_per_token(seq) - 6.76e9) < 0.01e9
+    # the original's count (quoted figures only): 6 N_nonembed + 3.5 x 4LSD/2 = 6.46 GFLOP/token
     n_nonembed = 1_100_048_384 - 2 * 32000 * 2048
-    assert cfg.flops_per_token(2048) == 6 * n_nonembed + 3.5 * (4 * 22 * 2048 * 2048 / 2)
-    # 6.46 GFLOP/token. (The performance issue's "7.3 GFLOP/token" is 6 x all 1.1B params + attention, which counts
-    # the input embedding lookup as matmul FLOPs; the spec's formula, which MFU uses, does not.)
-    assert 6.45e9 < cfg.flops_per_token(2048) < 6.47e9
+    assert TINYLLAMA_1_1B.flops_per_token_original(seq) == 6 * n_nonembed + 3.5 * (4 * 22 * 2048 * 2048 / 2)
+    assert abs(TINYLLAMA_1_1B.flops_per_token_original(seq) - 6.46e9) < 0.01e9
 
 
 def test_config_json_reads_transformers5_and_legacy_and_writes_loadable(tmp_path):
