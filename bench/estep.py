@@ -3,6 +3,7 @@
     python bench/estep.py                                  # TinyLlama shapes (random weights), vocab 32004, K=4
     python bench/estep.py --smoke                          # a tiny model on CPU, the same long-tailed workload
     python bench/estep.py --scheduler static,continuous --overlap off,on --repeats 5 --decode_slots 64
+    python bench/estep.py --scheduler continuous,shared --overlap auto   # prefix sharing against its absence
 
 The workload is the bootstrap's: K=4 posterior samples per chunk, prompts up to 1024 tokens, up to 1024 new tokens,
 the TinyLlama vocabulary with the four BoLT tokens (32004), joints scored up to 2048 tokens. Random weights do not
@@ -18,7 +19,9 @@ written in a worker thread while batch b+1 is sampled), runs the same E-step onc
 (min / median / max over the repeats), useful slot occupancy (slot-steps that decoded a live request), and the
 seconds of each phase (sampling, building joints, scoring, weighing, writing) as shares of the wall time: with
 overlap they add up to more than 100%, the excess being the overlapped time. The merged datasets of all variants
-are compared byte for byte.
+are compared byte for byte. `shared` is the continuous engine with prefix sharing (`estep.prefix_sharing`: the K
+thoughts of a chunk read its prompt's KV once per step; `--prompt_entries`, 0 = the engine's default): its datasets
+equal the others up to float rounding, so they are compared with every float dropped.
 """
 
 from __future__ import annotations
@@ -121,14 +124,20 @@ def build(a, work: str):
     return c
 
 
+SCHEDULERS = {"static": {"scheduler": "static"}, "continuous": {"scheduler": "continuous"},
+              "shared": {"scheduler": "continuous", "prefix_sharing": True}}
+
+
 def run_variant(a, c, scheduler: str, overlap: str, backend, tokenizer, model_id) -> dict:
     from bolt_jax.estep.run import run_estep
     rows = []
     for r in range(a.repeats + 1):  # run 0 compiles every shape
         cfg = c.copy_and_resolve_references()
         name = f"{scheduler}_{overlap}_{r}"
-        cfg.estep.update(scheduler=scheduler, overlap=overlap, run_name=name,
-                         output_path=os.path.join(c.run_dir, f"{name}.jsonl"))
+        cfg.estep.update(overlap=overlap, run_name=name, output_path=os.path.join(c.run_dir, f"{name}.jsonl"),
+                         **SCHEDULERS[scheduler])
+        if scheduler == "shared":
+            cfg.estep.prompt_entries = a.prompt_entries
         backend.inner.e = cfg.estep
         backend.reset()
         t0 = time.perf_counter()
@@ -165,10 +174,32 @@ def ratios(results: dict) -> dict:
         pairs = [p["sampled_tokens_per_s"] / q["sampled_tokens_per_s"]
                  for p, q in zip(results[x]["runs"], results[y]["runs"])]
         return {"min": min(pairs), "median": statistics.median(pairs), "max": max(pairs)}
-    out = {f"continuous / static, overlap {o}": ratio(f"continuous, {o}", f"static, {o}") for o in ("off", "on")}
-    out.update({f"overlap on / off, {s}": ratio(f"{s}, on", f"{s}, off") for s in ("static", "continuous")})
+    overlaps = ("off", "on", "auto")
+    out = {f"continuous / static, overlap {o}": ratio(f"continuous, {o}", f"static, {o}") for o in overlaps}
+    out.update({f"shared / continuous, overlap {o}": ratio(f"shared, {o}", f"continuous, {o}") for o in overlaps})
+    out.update({f"overlap on / off, {s}": ratio(f"{s}, on", f"{s}, off") for s in SCHEDULERS})
     out["continuous + overlap / static without"] = ratio("continuous, on", "static, off")
     return {k: v for k, v in out.items() if v}
+
+
+def _without_floats(value):
+    if isinstance(value, float):
+        return None
+    if isinstance(value, dict):
+        return {k: _without_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_floats(v) for v in value]
+    return value
+
+
+def identical_outputs(results: dict) -> bool:
+    """Every run's merged dataset equals the first's: byte for byte, or, where prefix sharing ran (its log weights
+    differ in the last digits), record by record with the floats dropped (the same thoughts chosen)."""
+    exact = [open(run["output"], "rb").read() for name, r in results.items() if not name.startswith("shared")
+             for run in r["runs"]]
+    parsed = [[_without_floats(json.loads(line)) for line in open(run["output"])] for r in results.values()
+              for run in r["runs"]]
+    return all(o == exact[0] for o in exact) and all(p == parsed[0] for p in parsed)
 
 
 def markdown(a, results: dict, same: bool | None, ratio: dict) -> str:
@@ -190,7 +221,7 @@ def markdown(a, results: dict, same: bool | None, ratio: dict) -> str:
         lines += ["", f"{label}, sampled tokens/s (run i against run i): min {q['min']:.2f}x, "
                       f"median {q['median']:.2f}x, max {q['max']:.2f}x"]
     if same is not None:
-        lines += ["", f"merged datasets identical under every variant: {same}"]
+        lines += ["", f"merged datasets identical under every variant: {same} (prefix sharing's: apart from floats)"]
     return "\n".join(lines) + "\n"
 
 
@@ -204,7 +235,9 @@ def main() -> None:
     p.add_argument("--mean_len", type=int, default=300)
     p.add_argument("--chunks_per_batch", type=int, default=384)  # 1536 thoughts per sampler call
     p.add_argument("--decode_slots", type=int, default=192)  # each slot serves about 8 thoughts in turn
-    p.add_argument("--scheduler", default="static,continuous")
+    p.add_argument("--scheduler", default="static,continuous", help="of static, continuous, shared (continuous with "
+                   "prefix sharing)")
+    p.add_argument("--prompt_entries", type=int, default=0, help="shared: prompt entries (0 = the engine's default)")
     p.add_argument("--overlap", default="off,on", help="estep.overlap values to run (each with every scheduler)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--smoke", action="store_true", help="tiny model on CPU: 36 chunks in 3 batches, 16 slots")
@@ -225,12 +258,14 @@ def main() -> None:
     backend.stop_ids = backend.stop_ids + list(range(1000, 1000 + extra))  # ids of words w997.. (see docstring)
     counting = CountingBackend(backend)
     results = {}
+    unknown = set(a.scheduler.split(",")) - set(SCHEDULERS)
+    if unknown:
+        p.error(f"--scheduler: unknown {sorted(unknown)}; choose from {sorted(SCHEDULERS)}")
     for scheduler in a.scheduler.split(","):
         for overlap in a.overlap.split(","):
             results[f"{scheduler}, {overlap}"] = run_variant(a, c, scheduler, overlap, counting, tokenizer, model_id)
     ratio = ratios(results)
-    outputs = [open(run["output"], "rb").read() for r in results.values() for run in r["runs"]]
-    same = all(o == outputs[0] for o in outputs) if len(results) > 1 else None
+    same = identical_outputs(results) if len(results) > 1 else None
     text = markdown(a, results, same, ratio)
     print("\n" + text)
     device = jax.devices()[0].device_kind.replace(" ", "_").lower()
