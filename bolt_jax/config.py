@@ -83,14 +83,19 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def validate_mesh(c: ml_collections.ConfigDict, num_devices: int | None = None) -> tuple[int, ...]:
+    """The mesh shape for `num_devices`, by default the devices it will be built from: the chips of
+    `config.aot_topology` in an ahead-of-time dry run (bolt_jax.aot), else every device of this run."""
     import jax
 
+    from bolt_jax.aot.topology import target_of
     from bolt_jax.parallel import resolve_mesh_shape
-    n = num_devices if num_devices is not None else jax.device_count()
+    target = target_of(c) if num_devices is None else None
+    n = num_devices if num_devices is not None else target.num_devices if target else jax.device_count()
     try:
         return resolve_mesh_shape(dict(c.mesh), n)
     except ValueError as e:
-        raise ValueError(f"config.mesh: {e}") from None
+        where = f" (config.aot_topology={target.name} has {n} chips)" if target else ""
+        raise ValueError(f"config.mesh: {e}{where}") from None
 
 
 def validate_common(c: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
@@ -100,6 +105,8 @@ def validate_common(c: ml_collections.ConfigDict, num_devices: int | None = None
         cfg = llama_config(c.model)
     except (ValueError, TypeError, FileNotFoundError) as e:
         raise ValueError(f"config.model: {e}") from None
+    from bolt_jax.aot.topology import validate as validate_aot
+    validate_aot(c)  # aot_topology / aot_chip: known names, a dry run, the devices there
     shape = validate_mesh(c, num_devices)
     mesh = dict(zip(("data", "fsdp", "tensor"), shape))
     if mesh["tensor"] > 1:

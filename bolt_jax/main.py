@@ -121,6 +121,7 @@ def main(argv: list[str]) -> None:
     if _DESCRIBE.value:
         print(describe(config, config_file=(_config_arg(sys.argv[1:]) or "").partition(":")[0]))
         return
+    _prepare_aot(config)
     from bolt_jax.runtime import distributed
     try:
         distributed.initialize(config.get("distributed"))
@@ -143,6 +144,23 @@ def main(argv: list[str]) -> None:
     run_workflow(config)
 
 
+def _prepare_aot(config) -> None:
+    """An ahead-of-time dry run (`config.aot_topology`, bolt_jax.aot) sets what must precede jax's backends: the CPU
+    device count of cpu:N and (JAX_PLATFORMS unset) the CPU platform alone, since it runs nothing on a local
+    accelerator. A bad name fails here in one line."""
+    if not config.get("aot_topology"):
+        return
+    from bolt_jax.aot.topology import parse_target, prepare_process
+    try:
+        target = parse_target(config.aot_topology, config.get("aot_chip", ""))
+    except ValueError as e:
+        _fail(_message(e))
+    import jax
+    if not os.environ.get("JAX_PLATFORMS"):
+        jax.config.update("jax_platforms", "cpu")
+    prepare_process(target)
+
+
 # --------------------------------------------------------------------------------------------------- run line
 # workflow -> the section naming the checkpoint its model comes from (config.model only sets how it computes)
 _CHECKPOINT_SECTIONS = {"eval": "eval", "generate": "generate", "estep": "estep", "finetune_eval": "finetune"}
@@ -162,9 +180,12 @@ def run_line(config) -> str:
     elif "model" in config and config.workflow not in _NO_MODEL:
         name = config.model.get("hf_config") or config.model.get("preset", "")
         parts.append(f"model {name} ({llama_config(config.model).num_params() / 1e6:,.1f}M params)")
+    from bolt_jax.aot.topology import target_of
     shape = dict(zip(("data", "fsdp", "tensor"), validate_mesh(config)))
-    parts.append("mesh " + " x ".join(f"{k}={v}" for k, v in shape.items())
-                 + f" ({jax.device_count()} {jax.default_backend()} devices)")
+    target = target_of(config)
+    devices = f"ahead of time for {target.describe()}" if target else (
+        f"{jax.device_count()} {jax.default_backend()} devices")
+    parts.append("mesh " + " x ".join(f"{k}={v}" for k, v in shape.items()) + f" ({devices})")
     if config.workflow == "train" and "train" in config:
         parts.append(f"steps {config.train.steps}")
     parts.append(f"run_dir {os.path.abspath(config.run_dir)}")

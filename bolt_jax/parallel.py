@@ -157,7 +157,7 @@ def make_mesh(sizes: Mapping[str, int] | None = None, devices: Sequence[Any] | N
 
 def mesh_summary(mesh: Mesh) -> str:
     return (" x ".join(f"{a}={mesh.shape[a]}" for a in MESH_AXES)
-            + f" ({mesh.devices.size} {jax.default_backend()} devices)")
+            + f" ({mesh.devices.size} {mesh.devices.flat[0].platform} devices)")
 
 
 # ------------------------------------------------------------------------------------------------------ params

@@ -15,9 +15,9 @@ MAX_FUNCTION_LINES = 80
 # a module of a layer may import its own layer and the layers below it, never one above
 LAYERS = (
     ("runtime", ("bolt_jax.runtime",)),
-    ("model", ("bolt_jax.model", "bolt_jax.kernels", "bolt_jax.parallel", "bolt_jax.config")),
+    ("model", ("bolt_jax.model", "bolt_jax.kernels", "bolt_jax.parallel", "bolt_jax.config", "bolt_jax.aot.topology")),
     ("components", ("bolt_jax.data", "bolt_jax.train", "bolt_jax.estep", "bolt_jax.sampling", "bolt_jax.eval",
-                    "bolt_jax.synth")),
+                    "bolt_jax.synth", "bolt_jax.aot")),
     ("workflows", ("bolt_jax.workflows", "convert")),
     ("entry", ("bolt_jax.main",)),
 )

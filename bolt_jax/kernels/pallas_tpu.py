@@ -27,6 +27,14 @@ def _kernel(seq_q: int, seq_k: int, group: int, causal: bool, block: int, interp
     return sk.make_splash_mqa_single_device(mask, block_sizes=sizes, interpret=interpret)
 
 
+def _target_platform() -> str:
+    """The platform the program is compiled for: the active mesh's devices' (an ahead-of-time compile for a TPU
+    topology runs on a CPU host and must emit the Mosaic kernel, not the interpreter: bolt_jax.aot), else the default
+    backend's."""
+    device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
+    return device.platform if device is not None else jax.default_backend()
+
+
 def pallas_tpu_attention(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, *, q_segment_ids_BxS=None, kv_segment_ids_BxT=None,
                          causal: bool = True, sm_scale: float | None = None, q_positions_BxS=None,
                          kv_positions_BxT=None, block: int = 512, interpret: bool | None = None):
@@ -39,7 +47,7 @@ def pallas_tpu_attention(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, *, q_segment_ids_BxS=N
     group = h // kvh
     if s % 128 or t % 128:
         raise ValueError(f"pallas_tpu needs sequence lengths that are multiples of 128, got {s} and {t}")
-    interpret = jax.default_backend() != "tpu" if interpret is None else interpret
+    interpret = _target_platform() != "tpu" if interpret is None else interpret
     scale = sm_scale if sm_scale is not None else d ** -0.5
     kernel = _kernel(s, t, group, causal, block, interpret)
     q_seg = jnp.zeros((b, s), jnp.int32) if q_segment_ids_BxS is None else q_segment_ids_BxS.astype(jnp.int32)

@@ -537,6 +537,29 @@ def default_prompt_entries(slots: int, n: int, mesh) -> int:
     return min(round_to_batch(-(-2 * slots // n), mesh), round_to_batch(slots, mesh))
 
 
+def make_settings(*, n: int, slots: int, num_prompts: int, prompt_len: int, max_new_tokens: int, temperature: float,
+                  top_k: int, top_p: float, greedy: bool, stop_token_ids: Sequence[int],
+                  banned_token_ids: Sequence[int], steps_per_sync: int, mesh, prefix_sharing: bool = False,
+                  prompt_entries: int | None = None) -> Settings:
+    """The engine's settings for one call (the one place they are derived: `generate_continuous` and the
+    ahead-of-time compile of the E-step's sampler, bolt_jax.aot): the prompt bucket for the longest prompt, prefill
+    groups of slots / n prompts and, with prefix sharing, the prompt entries, each a multiple of the mesh's batch."""
+    divisor = parallel.batch_divisor(mesh) if mesh is not None else 1
+    if slots < 1 or slots % divisor:
+        raise ValueError(f"decode_slots={slots} must be a positive multiple of the mesh's batch devices ({divisor})")
+    entries = 0
+    if prefix_sharing:
+        entries = prompt_entries or default_prompt_entries(slots, n, mesh)
+        if entries % divisor:
+            raise ValueError(f"prompt_entries={entries} must be a multiple of the mesh's batch devices ({divisor})")
+    return Settings(slots=slots, prompt_len=_bucket(prompt_len), max_new_tokens=max_new_tokens,
+                    temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), greedy=bool(greedy),
+                    stop_ids=tuple(int(i) for i in stop_token_ids),
+                    banned_ids=tuple(sorted(int(i) for i in banned_token_ids)),
+                    prefill_group=round_to_batch(max(1, min(num_prompts, slots // n)), mesh),
+                    steps_per_sync=steps_per_sync, prompt_entries=entries, samples_per_prompt=n if entries else 1)
+
+
 def generate_continuous(model: Llama, prompts: Sequence[Sequence[int]], *, n: int, max_new_tokens: int,
                         temperature: float, top_k: int, top_p: float, greedy: bool, stop_token_ids: Sequence[int],
                         stop_strings: Sequence[str], banned_token_ids: Sequence[int], max_prompt_len: int | None,
@@ -550,20 +573,12 @@ def generate_continuous(model: Llama, prompts: Sequence[Sequence[int]], *, n: in
     cfg = model.config
     prompts, truncated = _truncate_prompts(cfg, prompts, max_new_tokens, max_prompt_len)
     slots = decode_slots or default_slots(len(prompts) * n, mesh)
-    divisor = parallel.batch_divisor(mesh) if mesh is not None else 1
-    if slots < 1 or slots % divisor:
-        raise ValueError(f"decode_slots={slots} must be a positive multiple of the mesh's batch devices ({divisor})")
-    group = round_to_batch(max(1, min(len(prompts), slots // n)), mesh)
-    entries = 0
-    if prefix_sharing:
-        entries = prompt_entries or default_prompt_entries(slots, n, mesh)
-        if entries % divisor:
-            raise ValueError(f"prompt_entries={entries} must be a multiple of the mesh's batch devices ({divisor})")
-    settings = Settings(slots=slots, prompt_len=_bucket(max(len(p) for p in prompts)), max_new_tokens=max_new_tokens,
-                        temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), greedy=bool(greedy),
-                        stop_ids=tuple(int(i) for i in stop_token_ids),
-                        banned_ids=tuple(sorted(int(i) for i in banned_token_ids)), prefill_group=group,
-                        steps_per_sync=steps_per_sync, prompt_entries=entries, samples_per_prompt=n if entries else 1)
+    settings = make_settings(n=n, slots=slots, num_prompts=len(prompts), prompt_len=max(len(p) for p in prompts),
+                             max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                             greedy=greedy, stop_token_ids=stop_token_ids, banned_token_ids=banned_token_ids,
+                             steps_per_sync=steps_per_sync, mesh=mesh, prefix_sharing=prefix_sharing,
+                             prompt_entries=prompt_entries)
+    entries = settings.prompt_entries
     check_cache_fits(cfg, rows=slots, time=settings.cache_len, mesh=mesh, limit_bytes=max_cache_bytes,
                      shared_rows=entries, shared_time=settings.prompt_len)
     keys = _prompt_keys(len(prompts), len(prompts), seed, prompt_seeds)

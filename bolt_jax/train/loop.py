@@ -215,10 +215,12 @@ def uses_document_mask(config: ml_collections.ConfigDict) -> bool:
 class TrainSetup:
     """Everything a run needs, built once: mesh, model graph, optimizer, shardings, jitted step."""
 
-    def __init__(self, config: ml_collections.ConfigDict):
+    def __init__(self, config: ml_collections.ConfigDict, devices: Sequence[Any] | None = None):
+        """`devices`: the mesh's devices (default: every local device); an ahead-of-time dry run passes a TPU
+        topology's devices or simulated CPU devices (bolt_jax.aot)."""
         self.config = config
         self.model_cfg: LlamaConfig = llama_config(config.model)
-        self.mesh = parallel.make_mesh(dict(config.mesh))
+        self.mesh = parallel.make_mesh(dict(config.mesh), devices)
         self.rules = parallel.normalize_rules(dict(config.rules))
         self.accum = accum_steps(config)
         self.tx = make_optimizer(config.optim, config.train.steps)
@@ -300,8 +302,14 @@ def _bytes_per_device(tree) -> int:
     return total
 
 
-def dry_run(config: ml_collections.ConfigDict) -> dict[str, float]:
-    """Compiles the train step for the configured mesh without allocating the state; prints per-device memory."""
+def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Compiles the train step for the configured mesh without allocating the state; prints per-device memory. With
+    `config.aot_topology`, for that topology instead (a TPU slice, or N CPU devices standing in for GPUs), and the
+    E-step sampler's prefill and decode too, with collectives and a roofline step time (bolt_jax.aot.report)."""
+    from bolt_jax.aot import report as aot
+    if config.get("aot_topology"):
+        config, target, devices = aot.prepare(config)
+        return aot.run(config, TrainSetup(config, devices), target)
     setup = TrainSetup(config)
     t0 = time.perf_counter()
     with setup.mesh_context():
@@ -314,14 +322,13 @@ def dry_run(config: ml_collections.ConfigDict) -> dict[str, float]:
         "batch_gib": _bytes_per_device(setup.abstract_batch) / gib,
         "compile_s": compile_s,
     }
-    mem = compiled.memory_analysis()
+    mem = aot.memory_bytes(compiled)
     if mem is not None:
-        report["temp_gib"] = mem.temp_size_in_bytes / gib  # activations and other scratch
-        report["arguments_gib"] = mem.argument_size_in_bytes / gib
-        report["outputs_gib"] = mem.output_size_in_bytes / gib
-        report["alias_gib"] = mem.alias_size_in_bytes / gib
-        report["total_gib"] = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
-                               + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes) / gib
+        report["temp_gib"] = mem["temps"] / gib  # activations and other scratch
+        report["arguments_gib"] = mem["arguments"] / gib
+        report["outputs_gib"] = mem["outputs"] / gib
+        report["alias_gib"] = mem["aliased"] / gib
+        report["total_gib"] = mem["total"] / gib
     if jax.process_index() == 0:
         print(f"dry run on {parallel.mesh_summary(setup.mesh)}: global batch {config.train.global_batch_size} x "
               f"{config.data.seq_len}, {setup.accum} micro-step(s), remat={setup.model_cfg.remat_policy}")

@@ -14,12 +14,7 @@ from typing import Any
 
 import jax
 
-# Dense bf16 peak FLOP/s per device (vendor datasheets; H100/H200 SXM without sparsity).
-PEAK_BF16_FLOPS = {
-    "h100": 989e12, "h200": 989e12, "h800": 989e12, "gh200": 989e12, "a100": 312e12, "a800": 312e12,
-    "l40s": 362e12, "b200": 2250e12, "tpu v4": 275e12, "tpu v5 lite": 197e12, "tpu v5e": 197e12,
-    "tpu v5p": 459e12, "tpu v5": 459e12, "tpu v6 lite": 918e12, "tpu v6e": 918e12,
-}
+from bolt_jax.runtime.chips import PEAK_BF16_FLOPS
 
 
 def device_peak_flops(device=None) -> float | None:

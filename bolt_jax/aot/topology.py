@@ -1,0 +1,186 @@
+"""The hardware an ahead-of-time dry run compiles for: a named TPU slice, or N simulated CPU devices standing in for a
+GPU cluster, with the chip whose published figures (bolt_jax.runtime.chips) the roofline prediction uses.
+
+`config.aot_topology` takes the names libtpu takes (`v5e:2x2`, `v5e:16x16`, `v5p:2x2x1`, `v5p:4x4x8`; the separator
+may also be `_` or `=`, a v5p name may end in `_twisted`) for slices of the generations in CHIPS up to 256 chips,
+or `cpu:N`. For a TPU slice, `jax.experimental.topologies` gives the slice's devices and the real TPU compiler
+compiles for them without a TPU (libtpu must be installed: `pip install 'bolt_jax[tpu]'`, or the test extra on
+Linux x86_64). `cpu:N` compiles with the CPU compiler on N CPU devices and predicts with the figures of
+`config.aot_chip` (h100, h200): the program, sharding and collectives are the ones the GPUs would run, the memory
+is the CPU compiler's buffer assignment and attention is the XLA reference (the GPU kernels do not compile on a CPU).
+
+The chips' figures live in bolt_jax.runtime.chips. Nothing here imports bolt_jax beyond it, so config validation
+(`bolt_jax.config.validate_mesh`) can use this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import glob
+import importlib.util
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from bolt_jax.runtime.chips import CHIPS, Chip
+
+MAX_CHIPS = 256
+# libtpu's own pattern for topology names (its error message quotes it)
+_TPU_NAME = re.compile(r"^([a-zA-Z0-9_ ]+?)[=_:]([0-9]+(?:x[0-9]+)*)(_twisted|_untwisted)?$")
+_CPU_NAME = re.compile(r"^cpu:([0-9]+)$")
+TPU_GENERATIONS = ("v5e", "v5p")  # the TPU chips of CHIPS, named as libtpu names them
+
+
+@dataclass(frozen=True)
+class Target:
+    """A named topology resolved: which compiler (`platform`), how many devices, and whose figures."""
+    name: str
+    platform: str  # "tpu" or "cpu"
+    num_devices: int
+    chip: Chip
+
+    def describe(self) -> str:
+        what = f"{self.num_devices} {self.chip.device_kind} chips" if self.platform == "tpu" else (
+            f"{self.num_devices} CPU devices standing in for {self.num_devices} x {self.chip.name}")
+        return f"{self.name}: {what}"
+
+
+def parse_target(topology: str, chip: str = "") -> Target:
+    """`config.aot_topology` and `config.aot_chip` -> Target; a ValueError in one line for a user's mistake."""
+    name, chip = str(topology).strip(), str(chip or "").strip().lower()
+    if chip and chip not in CHIPS:
+        raise ValueError(f"config.aot_chip={chip!r} is not a known chip; choose one of {sorted(CHIPS)}")
+    cpu = _CPU_NAME.match(name)
+    if cpu:
+        n = int(cpu.group(1))
+        if not chip:
+            raise ValueError(f"config.aot_topology={name} compiles on CPU devices standing in for accelerators: name "
+                             f"the chip to predict with, e.g. --config.aot_chip=h100 (one of {sorted(CHIPS)})")
+        return Target(name, "cpu", _check_count(name, n), CHIPS[chip])
+    tpu = _TPU_NAME.match(name)
+    generation = tpu.group(1).lower() if tpu else ""
+    if generation not in TPU_GENERATIONS:
+        raise ValueError(f"config.aot_topology={name!r} is not a known topology; write <generation>:<chips per "
+                         f"axis> with generation {' or '.join(TPU_GENERATIONS)} (e.g. v5e:2x2, v5p:4x4x8), or cpu:N")
+    if chip and chip != generation:
+        raise ValueError(f"config.aot_chip={chip} contradicts config.aot_topology={name} (a {generation} slice); "
+                         f"leave aot_chip empty for a TPU topology")
+    n = 1
+    for size in tpu.group(2).split("x"):
+        n *= int(size)
+    return Target(name, "tpu", _check_count(name, n), CHIPS[generation])
+
+
+def _check_count(name: str, n: int) -> int:
+    if not 1 <= n <= MAX_CHIPS:
+        raise ValueError(f"config.aot_topology={name} has {n} chips; ahead-of-time compiles go up to {MAX_CHIPS}")
+    return n
+
+
+def target_of(config: Any) -> Target | None:
+    """The config's target, None when `aot_topology` is unset (or the config has no such key)."""
+    topology = config.get("aot_topology", "")
+    return parse_target(topology, config.get("aot_chip", "")) if topology else None
+
+
+def validate(config: Any) -> Target | None:
+    """The AOT settings before anything compiles: a known topology and chip, a dry run, and the devices available
+    (libtpu installed and accepting the name; enough CPU devices for cpu:N). The mesh is checked against the
+    target's device count by `bolt_jax.config.validate_mesh`."""
+    target = target_of(config)
+    if target is None:
+        if config.get("aot_chip", ""):
+            raise ValueError("config.aot_chip is set without config.aot_topology; name the topology to compile for")
+        return None
+    if not config.get("dry_run", False):
+        raise ValueError(f"config.aot_topology={target.name} compiles ahead of time only: add --config.dry_run=True")
+    _check_tpu_attention(config, target)
+    devices(target)
+    return target
+
+
+def _check_tpu_attention(config: Any, target: Target) -> None:
+    """On a TPU, attention `auto` is the splash kernel (pallas_tpu), which takes sequences of whole 128-blocks."""
+    impl = config.model.get("attention_impl", "auto") if "model" in config else ""
+    seq = config.data.get("seq_len", 0) if "data" in config else 0
+    if target.platform == "tpu" and impl in ("auto", "pallas_tpu") and seq % 128:
+        raise ValueError(f"config.data.seq_len={seq}: the TPU attention kernel (pallas_tpu, what attention_impl="
+                         f"{impl} runs on {target.name}) takes multiples of 128; change seq_len or set "
+                         f"--config.model.attention_impl=xla")
+
+
+# ------------------------------------------------------------------------------------------------------ devices
+def _local_tpu() -> bool:
+    """A TPU attached to this machine (what jax's own check reads): then libtpu's settings are left alone."""
+    return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
+
+
+def _forced_cpu_count() -> int:
+    m = re.search(r"--xla_force_host_platform_device_count=(\d+)", os.environ.get("XLA_FLAGS", ""))
+    return int(m.group(1)) if m else 1
+
+
+def prepare_process(target: Target) -> None:
+    """For cpu:N, before jax starts its backends: `jax_num_cpu_devices=N` when XLA_FLAGS forces fewer host devices
+    (too late once the backend started: `devices` then says to set XLA_FLAGS). The command line calls it first."""
+    import jax
+    if target.platform == "cpu" and max(_forced_cpu_count(), jax.config.jax_num_cpu_devices) < target.num_devices:
+        try:
+            jax.config.update("jax_num_cpu_devices", target.num_devices)
+        except RuntimeError:
+            pass  # the backend already runs; `devices` reports it
+
+
+@contextlib.contextmanager
+def _quiet_libtpu(target: Target) -> Iterator[None]:
+    """While libtpu loads on a machine without a TPU: `TPU_WORKER_HOSTNAMES=localhost` and the slice's
+    `TPU_ACCELERATOR_TYPE`, each only when unset, or libtpu logs an error about worker hostnames and a warning about
+    the accelerator type (harmless: the compiled program is byte for byte the same with and without them). Removed
+    again afterwards: `bolt_jax.runtime.distributed` takes TPU_WORKER_HOSTNAMES for a TPU pod, in this process and in
+    the processes it starts."""
+    added = {} if _local_tpu() else {k: v for k, v in (("TPU_WORKER_HOSTNAMES", "localhost"),
+                                                       ("TPU_ACCELERATOR_TYPE", _accelerator_type(target)))
+                                     if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+def _accelerator_type(target: Target) -> str:
+    """The Cloud TPU accelerator type of a slice: v5litepod-<chips>, v5p-<TensorCores> (two per chip)."""
+    return f"v5litepod-{target.num_devices}" if target.chip.name == "v5e" else f"v5p-{2 * target.num_devices}"
+
+
+@functools.cache
+def _tpu_devices(target: Target) -> tuple:
+    name = target.name
+    if importlib.util.find_spec("libtpu") is None:
+        raise ValueError(f"config.aot_topology={name} needs the TPU compiler, libtpu, which is not installed: "
+                         f"pip install 'bolt_jax[tpu]' (or the test extra, on Linux x86_64)")
+    from jax.experimental import topologies
+    try:
+        with _quiet_libtpu(target):
+            return tuple(topologies.get_topology_desc(platform="tpu", topology_name=name).devices)
+    except Exception as e:  # noqa: BLE001 - libtpu's refusals arrive as JaxRuntimeError
+        text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"config.aot_topology={name}: libtpu refuses it: {text}") from None
+
+
+def devices(target: Target) -> list:
+    """The devices to build the mesh from: the TPU slice's (no TPU needed), or the first N CPU devices."""
+    import jax
+    if target.platform == "tpu":
+        return list(_tpu_devices(target))
+    prepare_process(target)
+    cpus = jax.devices("cpu")
+    if len(cpus) < target.num_devices:
+        raise ValueError(f"config.aot_topology={target.name} needs {target.num_devices} CPU devices but jax started "
+                         f"with {len(cpus)}; set XLA_FLAGS=--xla_force_host_platform_device_count="
+                         f"{target.num_devices} before starting")
+    return cpus[:target.num_devices]

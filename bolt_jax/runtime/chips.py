@@ -1,0 +1,55 @@
+"""Published figures of accelerators, one home for all of them: the dense bf16 peak of every device MFU is reported
+for (`PEAK_BF16_FLOPS`, which bolt_jax.train.metrics matches against jax's device kind), and the full figures (HBM
+size and bandwidth, interconnect) of the chips an ahead-of-time compile predicts step times for (`CHIPS`,
+bolt_jax.aot), each with its source."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GIB = 1024 ** 3
+
+# Dense bf16 peak FLOP/s per device (vendor datasheets; H100/H200 SXM without sparsity).
+PEAK_BF16_FLOPS = {
+    "h100": 989e12, "h200": 989e12, "h800": 989e12, "gh200": 989e12, "a100": 312e12, "a800": 312e12,
+    "l40s": 362e12, "b200": 2250e12, "tpu v4": 275e12, "tpu v5 lite": 197e12, "tpu v5e": 197e12,
+    "tpu v5p": 459e12, "tpu v5": 459e12, "tpu v6 lite": 918e12, "tpu v6e": 918e12,
+}
+
+
+@dataclass(frozen=True)
+class Chip:
+    """One accelerator's published figures. `link_bytes_per_s` is what one chip can send per second over all its
+    links together, one way (half the bidirectional figure a datasheet quotes): the rate a ring collective's bytes
+    leave a chip when every link is busy, so the communication time it gives is a lower bound."""
+    name: str
+    device_kind: str  # what jax reports for it
+    peak_key: str  # its key in PEAK_BF16_FLOPS
+    hbm_bytes: float
+    hbm_bytes_per_s: float
+    link_bytes_per_s: float
+    link: str  # the interconnect's name
+
+    @property
+    def peak_flops(self) -> float:
+        return PEAK_BF16_FLOPS[self.peak_key]
+
+    def describe(self) -> str:
+        return (f"{self.name}: {self.peak_flops / 1e12:.0f} TFLOP/s bf16, {self.hbm_bytes / GIB:.0f} GiB HBM at "
+                f"{self.hbm_bytes_per_s / 1e9:,.0f} GB/s, {self.link} {self.link_bytes_per_s / 1e9:,.0f} GB/s one way")
+
+
+CHIPS: dict[str, Chip] = {
+    # cloud.google.com/tpu/docs/v5e: 197 TFLOP/s bf16; 16 GiB HBM2 at 819 GB/s; ICI 400 GB/s bidirectional per chip
+    # (the older page: 1600 Gbps, one way), 4 ports, 2D torus.
+    "v5e": Chip("v5e", "TPU v5 lite", "tpu v5 lite", 16 * GIB, 819e9, 200e9, "ICI"),
+    # cloud.google.com/tpu/docs/v5p: 459 TFLOP/s bf16; 95 GiB HBM2e at 2765 GB/s; ICI 1200 GB/s bidirectional per
+    # chip (4800 Gbps one way), 3D torus.
+    "v5p": Chip("v5p", "TPU v5", "tpu v5p", 95 * GIB, 2765e9, 600e9, "ICI"),
+    # NVIDIA H100 Tensor Core GPU datasheet, SXM5: 989 TFLOP/s bf16 dense (1979 with sparsity); 80 GB HBM3 at
+    # 3.35 TB/s (nvidia-smi: 81,559 MiB, so GB here are GiB); NVLink 900 GB/s bidirectional (NVSwitch, 8 per node).
+    "h100": Chip("h100", "NVIDIA H100 80GB HBM3", "h100", 80 * GIB, 3.35e12, 450e9, "NVLink"),
+    # NVIDIA H200 datasheet, SXM: 989 TFLOP/s bf16 dense; 141 GB HBM3e at 4.8 TB/s (nvidia-smi: 143,771 MiB);
+    # NVLink 900 GB/s bidirectional.
+    "h200": Chip("h200", "NVIDIA H200", "h200", 141 * GIB, 4.8e12, 450e9, "NVLink"),
+}

@@ -1,0 +1,337 @@
+"""Ahead-of-time compiles for named topologies on this CPU machine (bolt_jax.aot): the HLO collective and HBM-byte
+counts against hand-written modules whose bytes are worked out by hand, the tiny model compiled for a v5e:2x2 slice
+by the real TPU compiler (libtpu) and for cpu:8 standing in for 8 H100s, and the user's mistakes as one-line errors."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bolt_jax.aot import hlo
+from bolt_jax.aot.report import estep_settings
+from bolt_jax.aot.topology import parse_target
+from bolt_jax.runtime.chips import CHIPS
+from tests.helpers import repo_root
+
+ROOT = repo_root()
+needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu is not installed")
+
+# An outer loop of 6 trips (the CPU compiler's known_trip_count) holding an all-gather, an async all-reduce and an
+# inner loop whose condition is `i < 3` from i = 0 (the TPU compiler writes no trip count) holding a reduce-scatter;
+# one collective-permute outside the loops. The -done halves must not count again, nor the all-gather's second copy
+# in a fusion under the same channel_id (the TPU compiler's async collective fusions). (A backslash joins two lines.)
+LOOPS_HLO = """HloModule jit_step, entry_computation_layout={()->f32[]}
+
+%add (x: f32[], y: f32[]) -> f32[] {
+  %x = f32[] parameter(0)
+  %y = f32[] parameter(1)
+  ROOT %sum = f32[] add(%x, %y)
+}
+
+%inner_body (p.1: (s32[], f32[256])) -> (s32[], f32[256]) {
+  %p.1 = (s32[], f32[256]{0}) parameter(0)
+  %i.1 = s32[] get-tuple-element(%p.1), index=0
+  %one = s32[] constant(1)
+  %next = s32[] add(%i.1, %one)
+  %v = f32[256]{0} get-tuple-element(%p.1), index=1
+  %rs = f32[64]{0} reduce-scatter(%v), channel_id=3, replica_groups=mesh['d'=2,'f'=4] {'f'}, dimensions={0}, \
+to_apply=%add
+  %zero = f32[] constant(0)
+  %pad = f32[256]{0} pad(%rs, %zero), padding=0_192
+  ROOT %t.1 = (s32[], f32[256]{0}) tuple(%next, %pad)
+}
+
+%inner_cond (p.2: (s32[], f32[256])) -> pred[] {
+  %p.2 = (s32[], f32[256]{0}) parameter(0)
+  %i.2 = s32[] get-tuple-element(%p.2), index=0
+  %three = s32[] constant(3)
+  ROOT %lt = pred[] compare(%i.2, %three), direction=LT
+}
+
+%fused_ag (param_0: bf16[2,128]) -> bf16[8,128] {
+  %param_0 = bf16[2,128]{1,0} parameter(0)
+  ROOT %ag.1 = bf16[8,128]{1,0} all-gather(%param_0), channel_id=1, replica_groups=[2,4]<=[8], dimensions={0}
+}
+
+%outer_body (p.3: (s32[], bf16[8,128], f32[256])) -> (s32[], bf16[8,128], f32[256]) {
+  %p.3 = (s32[], bf16[8,128]{1,0}, f32[256]{0}) parameter(0)
+  %j = s32[] get-tuple-element(%p.3), index=0
+  %w = bf16[8,128]{1,0} get-tuple-element(%p.3), index=1
+  %shard = bf16[2,128]{1,0} slice(%w), slice={[0:2], [0:128]}
+  %ag = bf16[8,128]{1,0} all-gather(%shard), channel_id=1, replica_groups=[2,4]<=[8], dimensions={0}
+  %overlapped = bf16[8,128]{1,0} fusion(%shard), kind=kOutput, calls=%fused_ag
+  %g = f32[256]{0} get-tuple-element(%p.3), index=2
+  %ars = f32[256]{0} all-reduce-start(%g), channel_id=2, replica_groups={{0,1,2,3,4,5,6,7}}, to_apply=%add
+  %ard = f32[256]{0} all-reduce-done(%ars)
+  %zero.1 = s32[] constant(0)
+  %init = (s32[], f32[256]{0}) tuple(%zero.1, %ard)
+  %inner = (s32[], f32[256]{0}) while(%init), condition=%inner_cond, body=%inner_body
+  %h = f32[256]{0} get-tuple-element(%inner), index=1
+  %one.1 = s32[] constant(1)
+  %j1 = s32[] add(%j, %one.1)
+  ROOT %t.3 = (s32[], bf16[8,128]{1,0}, f32[256]{0}) tuple(%j1, %ag, %h)
+}
+
+%outer_cond (p.4: (s32[], bf16[8,128], f32[256])) -> pred[] {
+  %p.4 = (s32[], bf16[8,128]{1,0}, f32[256]{0}) parameter(0)
+  %k = s32[] get-tuple-element(%p.4), index=0
+  %six = s32[] constant(6)
+  ROOT %lt.1 = pred[] compare(%k, %six), direction=LT
+}
+
+ENTRY %main (a: bf16[8,128], b: f32[256], c: bf16[32]) -> f32[] {
+  %a = bf16[8,128]{1,0} parameter(0)
+  %b = f32[256]{0} parameter(1)
+  %c = bf16[32]{0} parameter(2)
+  %zero.2 = s32[] constant(0)
+  %t0 = (s32[], bf16[8,128]{1,0}, f32[256]{0}) tuple(%zero.2, %a, %b)
+  %loop = (s32[], bf16[8,128]{1,0}, f32[256]{0}) while(%t0), condition=%outer_cond, body=%outer_body, \
+backend_config={"known_trip_count":{"n":"6"}}
+  %cps = (bf16[32]{0}, bf16[32]{0}, u32[], u32[]) collective-permute-start(%c), channel_id=4, \
+source_target_pairs={{0,1},{1,0}}
+  %cpd = bf16[32]{0} collective-permute-done(%cps)
+  ROOT %r = f32[] constant(0)
+}
+"""
+
+
+def test_collectives_count_loop_trips_and_ring_bytes():
+    a = hlo.analyze(LOOPS_HLO, num_devices=8)
+    s = a.summary()
+    assert a.unknown_loops == 0
+    # all-gather: bf16[8,128] = 2048 B, 6 times, groups of 4: ring (3/4) x 2048 x 6
+    assert s["all-gather"] == {"ops": 1, "executions": 6, "bytes": 2048 * 6, "ring_bytes": 0.75 * 2048 * 6}
+    # async all-reduce of f32[256] = 1024 B over 8 devices, 6 times: ring 2 x 7/8 x 1024 x 6; the -done not again
+    assert s["all-reduce"] == {"ops": 1, "executions": 6, "bytes": 1024 * 6, "ring_bytes": 2 * 7 / 8 * 1024 * 6}
+    # reduce-scatter to f32[64] over 'f' (4 devices): full input 4 x 256 B, 3 inner x 6 outer = 18 times
+    assert s["reduce-scatter"] == {"ops": 1, "executions": 18, "bytes": 1024 * 18, "ring_bytes": 0.75 * 1024 * 18}
+    # collective-permute of bf16[32] = 64 B, once, all of it sent
+    assert s["collective-permute"] == {"ops": 1, "executions": 1, "bytes": 64, "ring_bytes": 64}
+    assert a.ring_bytes == pytest.approx(9216 + 10752 + 13824 + 64)
+
+
+# A stacked [6, 256] f32 buffer read one row per trip by a fusion that dynamic-slices it, and a [6, 256] buffer
+# written one row per trip in place by another.
+SLICES_HLO = """HloModule jit_scan
+
+%fused_row (param_0: f32[6,256], param_1: s32[]) -> f32[256] {
+  %param_0 = f32[6,256]{1,0} parameter(0)
+  %param_1 = s32[] parameter(1)
+  %zero = s32[] constant(0)
+  %ds = f32[1,256]{1,0} dynamic-slice(%param_0, %param_1, %zero), dynamic_slice_sizes={1,256}
+  %row = f32[256]{0} bitcast(%ds)
+  ROOT %sq = f32[256]{0} multiply(%row, %row)
+}
+
+%fused_put (param_0.1: f32[6,256], param_1.1: f32[256], param_2: s32[]) -> f32[6,256] {
+  %param_0.1 = f32[6,256]{1,0} parameter(0)
+  %param_1.1 = f32[256]{0} parameter(1)
+  %upd = f32[1,256]{1,0} bitcast(%param_1.1)
+  %param_2 = s32[] parameter(2)
+  %zero.1 = s32[] constant(0)
+  ROOT %dus = f32[6,256]{1,0} dynamic-update-slice(%param_0.1, %upd, %param_2, %zero.1)
+}
+
+%body (p: (s32[], f32[6,256], f32[6,256])) -> (s32[], f32[6,256], f32[6,256]) {
+  %p = (s32[], f32[6,256]{1,0}, f32[6,256]{1,0}) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %xs = f32[6,256]{1,0} get-tuple-element(%p), index=1
+  %ys = f32[6,256]{1,0} get-tuple-element(%p), index=2
+  %y = f32[256]{0} fusion(%xs, %i), kind=kLoop, calls=%fused_row
+  %ys2 = f32[6,256]{1,0} fusion(%ys, %y, %i), kind=kLoop, calls=%fused_put
+  %one = s32[] constant(1)
+  %i2 = s32[] add(%i, %one)
+  ROOT %t = (s32[], f32[6,256]{1,0}, f32[6,256]{1,0}) tuple(%i2, %xs, %ys2)
+}
+
+%cond (q: (s32[], f32[6,256], f32[6,256])) -> pred[] {
+  %q = (s32[], f32[6,256]{1,0}, f32[6,256]{1,0}) parameter(0)
+  %n = s32[] get-tuple-element(%q), index=0
+  %six = s32[] constant(6)
+  ROOT %lt = pred[] compare(%six, %n), direction=GT
+}
+
+ENTRY %main (x: f32[6,256], y: f32[6,256]) -> f32[6,256] {
+  %x = f32[6,256]{1,0} parameter(0)
+  %y0 = f32[6,256]{1,0} parameter(1)
+  %start = s32[] constant(0)
+  %t0 = (s32[], f32[6,256]{1,0}, f32[6,256]{1,0}) tuple(%start, %x, %y0)
+  %w = (s32[], f32[6,256]{1,0}, f32[6,256]{1,0}) while(%t0), condition=%cond, body=%body
+  ROOT %out = f32[6,256]{1,0} get-tuple-element(%w), index=2
+}
+"""
+
+
+def test_hbm_bytes_count_slices_and_in_place_updates_per_trip():
+    a = hlo.analyze(SLICES_HLO, num_devices=1)
+    assert a.unknown_loops == 0 and not a.collectives  # `6 > i` read as i < 6
+    row = 1024 + 4 + 1024  # reads the row it slices (not all 6) and the index, writes the squared row
+    put = 1024 + 4 + 1024  # reads the update and the index, writes the update in place (not the whole buffer)
+    counter = 4 + 4 + 4  # i + 1
+    condition = 4 + 4 + 1  # 6 > i
+    assert a.hbm_bytes == pytest.approx(6 * (row + put + counter + condition))
+
+
+@pytest.mark.parametrize("dims, scores", [
+    ((16, 4, 8, 2048, 2048), True),  # [B, K, G, S, T]
+    ((16, 4, 2048, 16384), True),  # [B, K, S, G*T]
+    ((16, 2048, 2048), False),  # hidden states [B, S, D] with D = S
+    ((16, 2048, 32, 64), False),  # q [B, S, H, D]
+    ((16, 4, 16384, 64), False),  # grouped q [B, K, G*S, D]
+    ((32768, 5632), False),  # the MLP's [B*S, F]
+])
+def test_attention_scores_are_told_from_activations(dims, scores):
+    assert hlo.attention_scores(hlo.Array("f32", dims), 2048) is scores
+
+
+def test_replica_group_spellings():
+    def group(attrs):
+        return hlo.group_size(hlo.Instruction("x", "f32[4]", "all-reduce", [], "", attrs), num_devices=16)
+    assert group("replica_groups={{0,2},{1,3}}, to_apply=%add") == 2
+    assert group("replica_groups=[4,4]<=[16], to_apply=%add") == 4
+    assert group("replica_groups=[2,8]<=[8,2]T(1,0), to_apply=%add") == 8
+    assert group("replica_groups=mesh['data'=2,'fsdp'=4,'tensor'=2] {'fsdp','tensor'}, to_apply=%add") == 8
+    assert group("replica_groups={}, to_apply=%add") == 16
+
+
+# ------------------------------------------------------------------------------------------------------ validation
+@pytest.mark.parametrize("topology, chip, needle", [
+    ("v9x:2x2", "", "is not a known topology"),
+    ("tpu-pod", "", "is not a known topology"),
+    ("v5e:32x32", "", "has 1024 chips"),
+    ("v5p:8x8x8", "", "has 512 chips"),
+    ("cpu:8", "", "--config.aot_chip=h100"),
+    ("cpu:8", "a100", "is not a known chip"),
+    ("v5e:2x2", "v5p", "contradicts"),
+])
+def test_bad_topology_names_fail_in_one_line(topology, chip, needle):
+    with pytest.raises(ValueError, match=needle) as e:
+        parse_target(topology, chip)
+    assert "\n" not in str(e.value)
+
+
+@needs_libtpu
+def test_a_shape_libtpu_refuses_fails_in_one_line():
+    from bolt_jax.aot.topology import devices
+    with pytest.raises(ValueError, match=r"config.aot_topology=v5e:3x3: libtpu refuses it: .*not divisible") as e:
+        devices(parse_target("v5e:3x3"))
+    assert "\n" not in str(e.value)
+
+
+def test_names_libtpu_accepts():
+    assert parse_target("v5e_4x4").num_devices == 16
+    assert parse_target("v5p=4x4x8").num_devices == 128
+    assert parse_target("v5e:16x16").chip is CHIPS["v5e"]
+    assert parse_target("cpu:64", "h200").chip.name == "h200"
+
+
+def tiny_config(tmp_path, topology: str, chip: str = ""):
+    spec = importlib.util.spec_from_file_location("cfg", ROOT / "configs" / "train_synthetic.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config()
+    c.run_dir = str(tmp_path / "run")
+    c.dry_run, c.aot_topology, c.aot_chip = True, topology, chip
+    c.data.seq_len = 128  # whole blocks of the TPU attention kernel
+    c.aot_report = str(tmp_path / "aot.json")
+    return c
+
+
+def test_mesh_that_does_not_fit_the_topology_fails_before_compiling(tmp_path):
+    from bolt_jax.config import validate_common
+    c = tiny_config(tmp_path, "cpu:8", "h100")
+    c.mesh.data, c.mesh.fsdp = 3, 1
+    with pytest.raises(ValueError, match=r"config.mesh: .*needs 3 devices but 8 .*cpu:8 has 8 chips"):
+        validate_common(c)
+    c = tiny_config(tmp_path, "cpu:8", "h100")
+    c.dry_run = False
+    with pytest.raises(ValueError, match="add --config.dry_run=True"):
+        validate_common(c)
+
+
+def test_command_line_names_the_mistake_without_a_traceback(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    r = subprocess.run([sys.executable, "-m", "bolt_jax.main", "--config", "configs/train_synthetic.py",
+                        "--config.dry_run=True", "--config.aot_topology=v5e:64x64", f"--config.run_dir={tmp_path}"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert lines == ["error: config.aot_topology=v5e:64x64 has 4096 chips; ahead-of-time compiles go up to 256"]
+
+
+# ------------------------------------------------------------------------------------------------------ compiles
+def check_report(report, chips: int):
+    names = [f["name"] for f in report["functions"]]
+    assert names == ["train_step", "prefill", "decode"] and report["chips"] == chips
+    for f in report["functions"]:
+        assert f["fits"] is (None if report["platform"] == "cpu" else True), f  # CPU buffers: not judged
+        assert f["memory_bytes"]["total"] > 0
+        r = f["roofline"]
+        assert 0 < r["step_s_min"] <= r["step_s_max"] and r["tokens_per_s_max"] > 0
+        assert r["step_s_min"] == max(r["compute_s"], r["memory_s"], r["comm_s"])
+    train = report["functions"][0]
+    # fsdp over every chip: parameters gathered, gradients reduced
+    assert train["ring_bytes_per_chip"] > 0 and any(v["bytes"] > 0 for v in train["collectives"].values())
+    assert train["loops_of_unknown_trip_count"] == 0
+    decode = report["functions"][2]  # its loop stops when no slot is live: taken as a whole chunk of 16 steps
+    assert decode["loops_of_unknown_trip_count"] == 1 and decode["unknown_loops_taken_as"] == 16
+
+
+@needs_libtpu
+def test_tiny_model_compiles_for_a_v5e_slice(tmp_path, capsys):
+    """The train step, prefill and decode compiled by the TPU compiler for 4 v5e chips, nothing allocated; the
+    splash attention kernel is the Mosaic kernel there (not the interpreter this machine would otherwise pick)."""
+    from bolt_jax.train.loop import dry_run
+    c = tiny_config(tmp_path, "v5e:2x2")
+    before = {k: os.environ.get(k) for k in ("TPU_WORKER_HOSTNAMES", "TPU_ACCELERATOR_TYPE")}
+    report = dry_run(c)
+    check_report(report, chips=4)
+    # libtpu's settings last only while it loads: a TPU_WORKER_HOSTNAMES left behind reads as a TPU pod to
+    # bolt_jax.runtime.distributed, here and in every process started after
+    assert {k: os.environ.get(k) for k in before} == before
+    assert report["chip_figures"]["peak_bf16_flops"] == 197e12 and report["mesh"]["fsdp"] == 4
+    out = capsys.readouterr().out
+    assert "ahead-of-time compile for v5e:2x2: 4 TPU v5 lite chips" in out and "not a measurement" in out
+    assert "attention=pallas_tpu" in out
+    assert json.loads((tmp_path / "aot.json").read_text())["functions"][0]["name"] == "train_step"
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_tiny_model_compiles_for_cpu8_standing_in_for_h100s(tmp_path):
+    from bolt_jax.train.loop import dry_run
+    c = tiny_config(tmp_path, "cpu:8", "h100")
+    report = dry_run(c)
+    check_report(report, chips=8)
+    assert report["chip"] == "h100" and report["mesh"]["fsdp"] == 8
+
+
+def test_estep_shape_follows_the_estep_settings(tmp_path):
+    """Without an estep section: the E-step's defaults (64 chunks x K=4 -> 64 slots, prompts and thoughts of 1024);
+    slots and prefill group rounded up to the mesh's batch devices."""
+    import jax
+
+    from bolt_jax import parallel
+    from bolt_jax.config import llama_config
+    c = tiny_config(tmp_path, "cpu:8", "h100")
+    mesh = parallel.make_mesh({"fsdp": -1}, jax.devices()[:8])
+    s = estep_settings(c, mesh, llama_config(c.model))
+    assert (s.slots, s.prefill_group, s.prompt_len, s.max_new_tokens, s.cache_len) == (64, 16, 1024, 1024, 2048)
+    from bolt_jax.estep.run import default_estep_config
+    c.unlock()
+    c.estep = default_estep_config()
+    c.estep.chunks_per_batch, c.estep.num_samples, c.estep.max_prompt_len = 3, 2, 100
+    s = estep_settings(c, mesh, llama_config(c.model))
+    assert (s.slots, s.prefill_group, s.prompt_len) == (8, 8, 128)
+
+
+def test_compile_time_oom_becomes_one_line():
+    from bolt_jax.aot.report import _does_not_fit
+    error = RuntimeError("RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: Ran out of memory on HBM, the total memory "
+                         "required for HLO temporaries (32.00G) exceeds available HBM (15.75G). HLO module: jit_f.\n"
+                         "See https://openxla.org/xla/errors/error_1000 for more details.")
+    assert _does_not_fit(error) == ("Ran out of memory on HBM, the total memory required for HLO temporaries "
+                                    "(32.00G) exceeds available HBM (15.75G)")
+    assert _does_not_fit(ValueError("Mosaic kernels cannot be automatically partitioned")) is None
