@@ -77,8 +77,33 @@ def _config(tmp_path, checkpoint: str):
 
 
 def _assert_overridden(seen: list[LlamaConfig]) -> None:
+    """The run's runtime settings, and the parameters in its compute dtype (the checkpoint stores float32 params;
+    every workflow here only samples or scores, so it loads them cast once: `load_model(dtype="compute")`)."""
     assert len(seen) == 1
     assert {k: getattr(seen[0], k) for k in RUNTIME_OVERRIDES} == WANTED
+    assert seen[0].param_dtype == WANTED["compute_dtype"]
+
+
+def test_compute_dtype_params_sample_and_score_bit_identically(checkpoint):
+    """Loading an fp32 checkpoint's params in the bf16 compute dtype changes no sampled token, log q or score: the
+    model casts every weight to the compute dtype where it uses it. (Why it matters: a decode step then reads half
+    the weight bytes.)"""
+    import numpy as np
+
+    from bolt_jax.sampling import generate
+    from bolt_jax.sampling.scorer import score
+    runs = {}
+    for dtype in (None, "compute"):
+        model, cfg, _ = artifact.load_model(checkpoint, dtype=dtype, compute_dtype="bfloat16", attention_impl="xla",
+                                            decode_impl="xla")
+        assert cfg.param_dtype == ("float32" if dtype is None else "bfloat16")
+        prompts = [[1, 5, 9, 33], [1, 7]]
+        r = generate(model, prompts, n=2, max_new_tokens=12, temperature=1.0, seed=3)
+        runs[dtype] = (r.tokens, r.token_logq, score(model, [prompts[i // 2] + t for i, t in enumerate(r.tokens)]))
+    (tok_a, lq_a, sc_a), (tok_b, lq_b, sc_b) = runs[None], runs["compute"]
+    assert tok_a == tok_b
+    for x, y in zip(lq_a + sc_a, lq_b + sc_b, strict=True):
+        np.testing.assert_array_equal(x, y)
 
 
 def test_checkpoint_stores_other_settings(checkpoint):

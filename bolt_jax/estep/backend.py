@@ -50,7 +50,8 @@ class JaxBackend:
             raise ValueError("config.estep.checkpoint is empty: name the model checkpoint that writes the thoughts")
         mesh = parallel.make_mesh(dict(config.mesh))
         runtime = runtime_overrides(config) if "model" in config else {}
-        model, _, tok_dir = model_ckpt.load_model(e.checkpoint, mesh, rules=rules_of(config), **runtime)
+        model, _, tok_dir = model_ckpt.load_model(e.checkpoint, mesh, dtype="compute",
+                                                 rules=rules_of(config), **runtime)
         tok_path = e.tokenizer_path or tok_dir
         if not tok_path:
             raise ValueError(f"checkpoint {e.checkpoint} has no tokenizer; set config.estep.tokenizer_path")

@@ -64,7 +64,8 @@ def run_eval(config: ml_collections.ConfigDict) -> dict[str, Any]:
         atomic_write_text(os.path.join(out_dir, "config.json"), config.to_json_best_effort(indent=2))
     jobs = _fewshot_jobs(e)  # read before the model loads: a bad benchmark file fails fast
     mesh = parallel.make_mesh(dict(config.mesh))
-    model, _, tok_dir = model_ckpt.load_model(e.checkpoint, mesh, rules=rules_of(config), **runtime_overrides(config))
+    model, _, tok_dir = model_ckpt.load_model(e.checkpoint, mesh, dtype="compute",
+                                             rules=rules_of(config), **runtime_overrides(config))
     tok = load_tokenizer(tok_dir)
     gen = fewshot.sampler_generate_fn(model, tok, mesh, seed=e.seed, scheduler=e.scheduler,
                                       decode_slots=e.decode_slots or None)

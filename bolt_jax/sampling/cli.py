@@ -95,7 +95,8 @@ def run_generate(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
     texts = read_prompts(g)
     stop_strings = split_list(g.stop_strings, "stop_strings")  # before the model loads: a bad list fails fast
     mesh = parallel.make_mesh(dict(config.mesh))
-    model, _, tok_dir = model_ckpt.load_model(g.checkpoint, mesh, rules=rules_of(config), **runtime_overrides(config))
+    model, _, tok_dir = model_ckpt.load_model(g.checkpoint, mesh, dtype="compute",
+                                             rules=rules_of(config), **runtime_overrides(config))
     tok = load_tokenizer(tok_dir)
     ids = [[tok.bos_id] + tok.encode(t) for t in texts]
     kw = dict(n=g.n, max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,

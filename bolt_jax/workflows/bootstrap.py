@@ -279,7 +279,8 @@ def load_eval_model(config, model_dir: str):
     from bolt_jax.data.tokenizer import load_tokenizer
     from bolt_jax.model import artifact as model_ckpt
     mesh = parallel.make_mesh(dict(config.mesh))
-    model, _, tok_dir = model_ckpt.load_model(model_dir, mesh, rules=rules_of(config), **runtime_overrides(config))
+    model, _, tok_dir = model_ckpt.load_model(model_dir, mesh, dtype="compute", rules=rules_of(config),
+                                              **runtime_overrides(config))
     return model, load_tokenizer(tok_dir or config.data.tokenizer_path), mesh
 
 

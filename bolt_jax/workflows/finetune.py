@@ -122,7 +122,7 @@ def finetune_one(config, checkpoint: str, seed: int, name: str, steps: int, test
                         "optim.warmup_steps": max(1, round(0.05 * steps)), "data": sft_data})
     summary = train(c)
     mesh = parallel.make_mesh(dict(config.mesh))
-    model, _, _ = model_ckpt.load_model(summary["model_dir"], mesh, rules=rules_of(config),
+    model, _, _ = model_ckpt.load_model(summary["model_dir"], mesh, dtype="compute", rules=rules_of(config),
                                         **runtime_overrides(config))
     prompts = [[tok.bos_id] + tok.encode(ex["prompt"]) for ex in test_ex]
     r = generate(model, prompts, n=n, max_new_tokens=f.max_new_tokens, temperature=f.temperature, top_p=f.top_p,
