@@ -25,12 +25,13 @@ import os
 import numpy as np
 
 from bolt_jax.model.config import PRESETS, LlamaConfig
+from bolt_jax.runtime.chips import CHIPS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINYLLAMA = PRESETS["tinyllama_1.1b_bolt"]  # the BoLT vocabulary (32004)
-# HBM bandwidth (bytes/s) and dense bf16 peak (FLOP/s) from NVIDIA's data sheets (SXM parts)
-DEVICES = {"H100 SXM": (3.35e12, 989e12), "H200 SXM": (4.8e12, 989e12)}
+# HBM bandwidth (bytes/s) and dense bf16 peak (FLOP/s): the datasheet figures of bolt_jax.runtime.chips
+DEVICES = {f"{key.upper()} SXM": (CHIPS[key].hbm_bytes_per_s, CHIPS[key].peak_flops) for key in ("h100", "h200")}
 BYTES = 2  # bf16 weights and cache
 
 
