@@ -69,6 +69,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = model_config_dict("tinyllama_1.1b")
     # Device mesh ('data', 'fsdp', 'tensor'); one size may be -1 (all remaining devices).
     c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
+    # The mesh sampling and scoring run on (E-step, evaluation, generation): data parallel with the weights in full on
+    # every device by default, since a decode step over fsdp-sharded weights all-gathers every weight every step
+    # (`--config.aot_topology` shows it: 2.5-4.1 GB per chip per step on TPU slices). A model too large for one
+    # device takes tensor (or fsdp) here. The samples do not depend on the mesh (tested), so it is no stage's setting.
+    c.sampling_mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
     # Logical axis -> mesh axes ("data,fsdp"; "" = replicated): bolt_jax.parallel.DEFAULT_RULES, as strings so
     # the command line can change one, e.g. --config.rules.vocab= to replicate the vocabulary dimension.
     from bolt_jax.parallel import rules_as_strings
@@ -82,9 +87,15 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def validate_mesh(c: ml_collections.ConfigDict, num_devices: int | None = None) -> tuple[int, ...]:
-    """The mesh shape for `num_devices`, by default the devices it will be built from: the chips of
-    `config.aot_topology` in an ahead-of-time dry run (bolt_jax.aot), else every device of this run."""
+def make_sampling_mesh(c: ml_collections.ConfigDict, devices=None):
+    """The mesh of `config.sampling_mesh` (see `base_config`), for every workflow that samples or scores."""
+    from bolt_jax.parallel import make_mesh
+    return make_mesh(dict(c.sampling_mesh), devices)
+
+
+def validate_mesh(c: ml_collections.ConfigDict, num_devices: int | None = None, key: str = "mesh") -> tuple[int, ...]:
+    """The shape of `config.<key>` (mesh or sampling_mesh) for `num_devices`, by default the devices it will be built
+    from: the chips of `config.aot_topology` in an ahead-of-time dry run (bolt_jax.aot), else every device."""
     import jax
 
     from bolt_jax.aot.topology import target_of
@@ -92,10 +103,10 @@ def validate_mesh(c: ml_collections.ConfigDict, num_devices: int | None = None) 
     target = target_of(c) if num_devices is None else None
     n = num_devices if num_devices is not None else target.num_devices if target else jax.device_count()
     try:
-        return resolve_mesh_shape(dict(c.mesh), n)
+        return resolve_mesh_shape(dict(c[key]), n)
     except ValueError as e:
         where = f" (config.aot_topology={target.name} has {n} chips)" if target else ""
-        raise ValueError(f"config.mesh: {e}{where}") from None
+        raise ValueError(f"config.{key}: {e}{where}") from None
 
 
 def validate_common(c: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
@@ -107,14 +118,16 @@ def validate_common(c: ml_collections.ConfigDict, num_devices: int | None = None
         raise ValueError(f"config.model: {e}") from None
     from bolt_jax.aot.topology import validate as validate_aot
     validate_aot(c)  # aot_topology / aot_chip: known names, a dry run, the devices there
-    shape = validate_mesh(c, num_devices)
-    mesh = dict(zip(("data", "fsdp", "tensor"), shape))
-    if mesh["tensor"] > 1:
-        for name, value in (("num_attention_heads", cfg.num_attention_heads),
-                            ("num_key_value_heads", cfg.num_key_value_heads)):
-            if value % mesh["tensor"]:
-                raise ValueError(f"config.mesh.tensor={mesh['tensor']} does not divide config.model.{name}={value}; "
-                                 f"tensor parallelism splits whole heads")
+    for key in ("mesh", "sampling_mesh"):
+        if key not in c:
+            continue
+        mesh = dict(zip(("data", "fsdp", "tensor"), validate_mesh(c, num_devices, key)))
+        if mesh["tensor"] > 1:
+            for name, value in (("num_attention_heads", cfg.num_attention_heads),
+                                ("num_key_value_heads", cfg.num_key_value_heads)):
+                if value % mesh["tensor"]:
+                    raise ValueError(f"config.{key}.tensor={mesh['tensor']} does not divide config.model.{name}="
+                                     f"{value}; tensor parallelism splits whole heads")
     from bolt_jax.parallel import normalize_rules
     try:
         normalize_rules(dict(c.rules))

@@ -254,3 +254,14 @@ def test_bad_prefix_sharing_settings(overrides, needle):
     c.estep.update(overrides)
     with pytest.raises(ValueError, match=needle):
         workflows.validate(c, num_devices=8)
+
+
+@pytest.mark.parametrize("mesh, needle", [
+    ({"data": 3}, r"config\.sampling_mesh"),
+    ({"data": 1, "tensor": 8}, r"config\.sampling_mesh\.tensor=8 does not divide"),
+])
+def test_bad_sampling_mesh(mesh, needle):
+    c = workflows_config("configs/demo.py")
+    c.sampling_mesh.update(mesh)
+    with pytest.raises(ValueError, match=needle):
+        workflows.validate(c, num_devices=8)

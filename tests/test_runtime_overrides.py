@@ -84,6 +84,32 @@ def _assert_overridden(seen: list[LlamaConfig]) -> None:
     assert seen[0].param_dtype == WANTED["compute_dtype"]
 
 
+@pytest.mark.parametrize("sampling_mesh, expected", [
+    ({}, {"data": 8, "fsdp": 1, "tensor": 1}),  # the default: data parallel, the weights in full on every device
+    ({"data": 2, "fsdp": -1}, {"data": 2, "fsdp": 4, "tensor": 1}),
+])
+def test_sampling_workflows_load_onto_the_sampling_mesh(tmp_path, checkpoint, monkeypatch, sampling_mesh, expected):
+    """The E-step, evaluation and generation sample on `config.sampling_mesh`, not the trainer's `config.mesh`
+    (fsdp over all 8 devices here): decoding over fsdp-sharded weights would all-gather them every step."""
+    from bolt_jax.estep.backend import JaxBackend
+    from bolt_jax.eval.run import run_eval
+    from bolt_jax.sampling.cli import run_generate
+    meshes = []
+
+    def spy(ckpt, mesh, **kwargs):
+        meshes.append(dict(mesh.shape))
+        raise _Loaded
+
+    monkeypatch.setattr(artifact, "load_model", spy)
+    c = _config(tmp_path, checkpoint)
+    c.mesh.update(data=1, fsdp=-1, tensor=1)
+    c.sampling_mesh.update(sampling_mesh)
+    for run in (JaxBackend.from_config, run_eval, run_generate):
+        with pytest.raises(_Loaded):
+            run(c)
+    assert meshes == [expected] * 3
+
+
 def test_compute_dtype_params_sample_and_score_bit_identically(checkpoint):
     """Loading an fp32 checkpoint's params in the bf16 compute dtype changes no sampled token, log q or score: the
     model casts every weight to the compute dtype where it uses it. (Why it matters: a decode step then reads half

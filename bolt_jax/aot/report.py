@@ -189,41 +189,68 @@ def _abstract(tree, shardings):
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
+def sampling_setup(config: ml_collections.ConfigDict, setup):
+    """(graphdef, mesh, abstract params, mesh context) the sampler runs with: `config.sampling_mesh` over the same
+    chips, the parameters in the compute dtype, as the E-step loads them (`load_model(dtype="compute")`)."""
+    import contextlib
+    import dataclasses
+
+    from flax import nnx
+
+    from bolt_jax.config import make_sampling_mesh
+    from bolt_jax.model.llama import Llama, pure_dict
+    mesh = make_sampling_mesh(config, list(setup.mesh.devices.flat))
+    cfg = dataclasses.replace(setup.model_cfg, param_dtype=setup.model_cfg.compute_dtype)
+    graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: Llama(cfg, nnx.Rngs(0))))
+    params = _abstract(pure_dict(abstract_state), pure_dict(parallel.state_shardings(abstract_state, mesh,
+                                                                                        setup.rules)))
+
+    def context():
+        stack = contextlib.ExitStack()
+        stack.enter_context(jax.set_mesh(mesh))
+        stack.enter_context(parallel.logical_rules(setup.rules))
+        return stack
+
+    return graphdef, mesh, params, context
+
+
 def sampler_reports(config: ml_collections.ConfigDict, setup, target: Target) -> list[dict[str, Any]]:
     """The engine's `prefill_group` (one group of prompts) and `decode_chunk` (one chunk: its loop stops after
     `steps_per_sync` steps or when no slot is live, a count the program does not hold; taken as every slot live,
-    all `steps_per_sync` steps) at the E-step's shape, on the training mesh and parameters. The decode state's
-    shardings are those `init_slots` produces for it."""
+    all `steps_per_sync` steps) at the E-step's shape, on the sampling mesh with compute-dtype parameters
+    (`sampling_setup`). The decode state's shardings are those `init_slots` produces for it."""
     from bolt_jax.sampling import engine
-    s = estep_settings(config, setup.mesh, setup.model_cfg)
-    params = setup.abstract_state["params"]
-    graphdef, mesh, cfg = setup.graphdef, setup.mesh, setup.model_cfg
+    graphdef, mesh, params, context = sampling_setup(config, setup)
+    cfg = setup.model_cfg
+    s = estep_settings(config, mesh, cfg)
     prompt = jax.ShapeDtypeStruct((s.prefill_group, s.prompt_len), jnp.int32,
                                   sharding=parallel.batch_sharding(mesh, 2))
     pad = jax.ShapeDtypeStruct((s.prefill_group,), jnp.int32, sharding=parallel.batch_sharding(mesh, 1))
 
     def lower_prefill():
-        with setup.mesh_context():
+        with context():
             return engine.prefill_group.lower(graphdef, params, prompt, pad)
 
     def lower_decode():
-        with setup.mesh_context():
+        with context():
             init = engine.init_slots.lower(graphdef, params, settings=s)
             state = _abstract(init.out_info, init.compile().output_shardings)
             return engine.decode_chunk.lower(graphdef, params, state, settings=s)
 
     n, steps = target.num_devices, s.steps_per_sync
     prefill_tokens = s.prefill_group * s.prompt_len
-    sharing = f", prefix sharing over {s.prompt_entries} prompt entries" if s.prompt_entries else ""
+    where = f", prefix sharing over {s.prompt_entries} prompt entries" if s.prompt_entries else ""
+    where += " (sampling mesh " + " x ".join(f"{a}={mesh.shape[a]}" for a in parallel.MESH_AXES) + ")"
     return [
         compile_and_report("prefill", lower_prefill, target, tokens=prefill_tokens, attention_len=s.prompt_len,
                            flops=prefill_tokens * forward_flops_per_token(cfg, s.prompt_len) / n,
-                           what=f"E-step prefill: a group of {s.prefill_group} prompts x {s.prompt_len} tokens"),
+                           what=f"E-step prefill: a group of {s.prefill_group} prompts x {s.prompt_len} tokens"
+                                f"{where}"),
         compile_and_report("decode", lower_decode, target, tokens=s.slots * steps, loop_trips=steps,
                            flops=steps * s.slots * forward_flops_per_token(cfg, s.cache_len, causal=False) / n,
                            what=f"E-step decode, one chunk of {steps} steps with every slot live: {s.slots} slots, "
                                 f"cache {s.cache_len} positions ({s.prompt_len} prompt + {s.max_new_tokens} new)"
-                                f"{sharing}"),
+                                f"{where}"),
     ]
 
 

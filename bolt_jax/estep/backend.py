@@ -41,14 +41,13 @@ class JaxBackend:
     def from_config(cls, config: ml_collections.ConfigDict):
         """(backend, tokenizer, model id) for config.estep.checkpoint on the config's mesh."""
 
-        from bolt_jax import parallel
-        from bolt_jax.config import rules_of, runtime_overrides
+        from bolt_jax.config import make_sampling_mesh, rules_of, runtime_overrides
         from bolt_jax.data.tokenizer import load_tokenizer
         from bolt_jax.model import artifact as model_ckpt
         e = config.estep
         if not e.checkpoint:
             raise ValueError("config.estep.checkpoint is empty: name the model checkpoint that writes the thoughts")
-        mesh = parallel.make_mesh(dict(config.mesh))
+        mesh = make_sampling_mesh(config)
         runtime = runtime_overrides(config) if "model" in config else {}
         model, _, tok_dir = model_ckpt.load_model(e.checkpoint, mesh, dtype="compute",
                                                  rules=rules_of(config), **runtime)

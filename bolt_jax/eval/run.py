@@ -49,8 +49,7 @@ def run_eval(config: ml_collections.ConfigDict) -> dict[str, Any]:
     benchmark shows a rate and an ETA instead of sitting at 0 until it is done."""
     import jax
 
-    from bolt_jax import parallel
-    from bolt_jax.config import rules_of, runtime_overrides
+    from bolt_jax.config import make_sampling_mesh, rules_of, runtime_overrides
     from bolt_jax.data.tokenizer import load_tokenizer
     from bolt_jax.eval import fewshot
     from bolt_jax.model import artifact as model_ckpt
@@ -63,7 +62,7 @@ def run_eval(config: ml_collections.ConfigDict) -> dict[str, Any]:
     if primary:
         atomic_write_text(os.path.join(out_dir, "config.json"), config.to_json_best_effort(indent=2))
     jobs = _fewshot_jobs(e)  # read before the model loads: a bad benchmark file fails fast
-    mesh = parallel.make_mesh(dict(config.mesh))
+    mesh = make_sampling_mesh(config)
     model, _, tok_dir = model_ckpt.load_model(e.checkpoint, mesh, dtype="compute",
                                              rules=rules_of(config), **runtime_overrides(config))
     tok = load_tokenizer(tok_dir)

@@ -83,8 +83,7 @@ def read_prompts(g: ml_collections.ConfigDict) -> list[str]:
 
 
 def run_generate(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
-    from bolt_jax import parallel
-    from bolt_jax.config import rules_of, runtime_overrides
+    from bolt_jax.config import make_sampling_mesh, rules_of, runtime_overrides
     from bolt_jax.data.schema import write_jsonl
     from bolt_jax.data.tokenizer import load_tokenizer
     from bolt_jax.model import artifact as model_ckpt
@@ -94,7 +93,7 @@ def run_generate(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
         raise ValueError("config.generate.checkpoint is empty")
     texts = read_prompts(g)
     stop_strings = split_list(g.stop_strings, "stop_strings")  # before the model loads: a bad list fails fast
-    mesh = parallel.make_mesh(dict(config.mesh))
+    mesh = make_sampling_mesh(config)
     model, _, tok_dir = model_ckpt.load_model(g.checkpoint, mesh, dtype="compute",
                                              rules=rules_of(config), **runtime_overrides(config))
     tok = load_tokenizer(tok_dir)

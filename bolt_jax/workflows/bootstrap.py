@@ -274,11 +274,10 @@ def toy_fewshot_stage(config, model_dir: str, latent: bool) -> dict[str, Any]:
 
 def load_eval_model(config, model_dir: str):
     """(model, tokenizer, mesh) of a checkpoint for an evaluation, with this run's mesh, rules and runtime settings."""
-    from bolt_jax import parallel
-    from bolt_jax.config import rules_of, runtime_overrides
+    from bolt_jax.config import make_sampling_mesh, rules_of, runtime_overrides
     from bolt_jax.data.tokenizer import load_tokenizer
     from bolt_jax.model import artifact as model_ckpt
-    mesh = parallel.make_mesh(dict(config.mesh))
+    mesh = make_sampling_mesh(config)
     model, _, tok_dir = model_ckpt.load_model(model_dir, mesh, dtype="compute", rules=rules_of(config),
                                               **runtime_overrides(config))
     return model, load_tokenizer(tok_dir or config.data.tokenizer_path), mesh

@@ -104,8 +104,7 @@ def run_finetune_eval(config: ml_collections.ConfigDict) -> dict[str, Any]:
 def finetune_one(config, checkpoint: str, seed: int, name: str, steps: int, test_ex, tok) -> float:
     """One SFT run from `checkpoint` with `seed`, then the test prompts sampled and graded: the accuracy over
     (prompt x sample)."""
-    from bolt_jax import parallel
-    from bolt_jax.config import derive, rules_of, runtime_overrides
+    from bolt_jax.config import derive, make_sampling_mesh, rules_of, runtime_overrides
     from bolt_jax.model import artifact as model_ckpt
     from bolt_jax.sampling import generate
     from bolt_jax.train.loop import train
@@ -121,7 +120,7 @@ def finetune_one(config, checkpoint: str, seed: int, name: str, steps: int, test
                         "optim.lr": f.lr, "optim.weight_decay": 0.0,
                         "optim.warmup_steps": max(1, round(0.05 * steps)), "data": sft_data})
     summary = train(c)
-    mesh = parallel.make_mesh(dict(config.mesh))
+    mesh = make_sampling_mesh(config)
     model, _, _ = model_ckpt.load_model(summary["model_dir"], mesh, dtype="compute", rules=rules_of(config),
                                         **runtime_overrides(config))
     prompts = [[tok.bos_id] + tok.encode(ex["prompt"]) for ex in test_ex]
