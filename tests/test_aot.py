@@ -335,3 +335,22 @@ def test_compile_time_oom_becomes_one_line():
     assert _does_not_fit(error) == ("Ran out of memory on HBM, the total memory required for HLO temporaries "
                                     "(32.00G) exceeds available HBM (15.75G)")
     assert _does_not_fit(ValueError("Mosaic kernels cannot be automatically partitioned")) is None
+
+
+def test_two_processes_compile_for_a_tpu_at_once():
+    """libtpu's one-process lockfile guards a real TPU only: a compile beside another process that holds libtpu
+    (two dry runs, or this suite beside one) works, where it failed with "libtpu multi-process lockfile"."""
+    import subprocess
+    import sys
+    hold = ("import time; from bolt_jax.aot.topology import devices, parse_target; "
+            "devices(parse_target('v5e:2x2')); print('held', flush=True); time.sleep(20)")
+    probe = "from bolt_jax.aot.topology import devices, parse_target; print(len(devices(parse_target('v5e:2x2'))))"
+    env = {k: v for k, v in os.environ.items() if k != "ALLOW_MULTIPLE_LIBTPU_LOAD"}
+    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+        assert r.returncode == 0 and r.stdout.strip().endswith("4"), r.stderr[-2000:]
+    finally:
+        holder.kill()

@@ -33,6 +33,7 @@ def smoke_run(tmp_path_factory) -> tuple[str, dict]:
         return out_dir, json.load(f)
 
 
+@pytest.mark.slow  # the smoke headline runs every bench step on the CPU: about a minute (make test-slow)
 def test_smoke_headline_has_every_figure_with_five_ordered_samples(smoke_run):
     _, h = smoke_run
     for key in headline.FIGURES:
@@ -47,6 +48,7 @@ def test_smoke_headline_has_every_figure_with_five_ordered_samples(smoke_run):
     assert set(h["targets"]) <= set(headline.FIGURES) and all(t["met"] is None for t in h["targets"].values())
 
 
+@pytest.mark.slow
 def test_smoke_headline_keeps_each_steps_raw_output(smoke_run):
     out_dir, h = smoke_run
     for step in headline.STEPS:

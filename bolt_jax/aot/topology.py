@@ -140,9 +140,12 @@ def _quiet_libtpu(target: Target) -> Iterator[None]:
     `TPU_ACCELERATOR_TYPE`, each only when unset, or libtpu logs an error about worker hostnames and a warning about
     the accelerator type (harmless: the compiled program is byte for byte the same with and without them). Removed
     again afterwards: `bolt_jax.runtime.distributed` takes TPU_WORKER_HOSTNAMES for a TPU pod, in this process and in
-    the processes it starts."""
+    the processes it starts. Also `ALLOW_MULTIPLE_LIBTPU_LOAD=1`: libtpu locks /tmp/libtpu_lockfile for one process
+    at a time, which only guards a real TPU; without it a second compile beside a running one (two dry runs, a test
+    beside a dry run) fails with "Internal error when accessing libtpu multi-process lockfile"."""
     added = {} if _local_tpu() else {k: v for k, v in (("TPU_WORKER_HOSTNAMES", "localhost"),
-                                                       ("TPU_ACCELERATOR_TYPE", _accelerator_type(target)))
+                                                       ("TPU_ACCELERATOR_TYPE", _accelerator_type(target)),
+                                                       ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1"))
                                      if k not in os.environ}
     os.environ.update(added)
     try:
