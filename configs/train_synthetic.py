@@ -3,6 +3,7 @@
 import ml_collections
 
 from bolt_jax.config import base_config, model_config_dict
+from bolt_jax.estep.run import default_estep_config
 from bolt_jax.train.loop import default_train_config
 from bolt_jax.train.optim import default_optim_config
 
@@ -25,4 +26,7 @@ def get_config(preset: str = "tiny"):
     c.aot_topology = ""
     c.aot_chip = ""  # cpu:N only: whose published figures predict the step time (h100, h200)
     c.aot_report = ""  # a path: the AOT report as JSON too
+    # The E-step whose sampler an AOT dry run compiles (its shape: num_samples, chunks_per_batch, decode_slots,
+    # max_prompt_len, max_new_tokens, prefix_sharing); training reads none of it
+    c.estep = default_estep_config()
     return c
