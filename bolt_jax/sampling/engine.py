@@ -226,37 +226,36 @@ def insert(graphdef, params, state: SlotState, pool, slot_A, src_A, prompt_key_A
         live_S=set_rows(state.live_S, ~jnp.isin(tok0, _stop_array(settings)) & (n > 1)))
 
 
-def _slot_layer(cfg, h_Sx1xD, p, cos, sin, k_cache, v_cache, kv_seg_SxT, write_S, decode_impl: str):
-    """One layer for one new token per slot, each slot writing its own cache position `write_S`."""
+def _slot_layer(cfg, h_Sx1xD, p, cos, sin, k_cache, v_cache, kv_seg_SxT, write_S, decode_impl: str, shared=None):
+    """One layer for one new token per slot, each slot writing its own cache position `write_S`. With prefix sharing
+    (`shared` = (this layer's prompt k, prompt v, the slot state)) the slot's own cache holds only its generated
+    tokens and `_own_and_shared_attention` adds its prompt from the shared entry."""
     q, k, v = attention_inputs(cfg, h_Sx1xD, p, cos, sin)
     rows = jnp.arange(h_Sx1xD.shape[0])
     k_cache = k_cache.at[rows, write_S].set(k[:, 0].astype(k_cache.dtype))
     v_cache = v_cache.at[rows, write_S].set(v[:, 0].astype(v_cache.dtype))
-    attn = kernels.decode_attention(q, k_cache, v_cache, kv_segment_ids_BxT=kv_seg_SxT, lengths_B=write_S + 1,
-                                    sm_scale=cfg.head_size ** -0.5, impl=decode_impl)
+    kw = dict(kv_segment_ids_BxT=kv_seg_SxT, lengths_B=write_S + 1, sm_scale=cfg.head_size ** -0.5, impl=decode_impl)
+    if shared is None:
+        attn = kernels.decode_attention(q, k_cache, v_cache, **kw)
+    else:
+        attn = _own_and_shared_attention(q, k_cache, v_cache, *shared, **kw)
     return attention_output_and_mlp(cfg, h_Sx1xD, attn, p), k_cache, v_cache
 
 
-def _shared_slot_layer(cfg, h_Sx1xD, p, cos, sin, k_cache, v_cache, kv_seg_SxT, write_S, decode_impl: str,
-                       prompt_k, prompt_v, s: SlotState):
-    """`_slot_layer` with prefix sharing: each entry's prompt KV is read once for all its member slots' queries, each
-    slot's own tokens from its own cache, and the two attentions merge by their log-sum-exps."""
-    q, k, v = attention_inputs(cfg, h_Sx1xD, p, cos, sin)
-    rows = jnp.arange(h_Sx1xD.shape[0])
-    k_cache = k_cache.at[rows, write_S].set(k[:, 0].astype(k_cache.dtype))
-    v_cache = v_cache.at[rows, write_S].set(v[:, 0].astype(v_cache.dtype))
-    scale = cfg.head_size ** -0.5
-    own, own_lse = kernels.decode_attention(q, k_cache, v_cache, kv_segment_ids_BxT=kv_seg_SxT, lengths_B=write_S + 1,
-                                            sm_scale=scale, impl=decode_impl, return_lse=True)
-    q_ExMxHxD = jnp.take(q[:, 0], s.members_ExM, axis=0, mode="fill", fill_value=0)
+def _own_and_shared_attention(q_Sx1xHxD, k_cache, v_cache, prompt_k, prompt_v, s: SlotState, *, sm_scale: float,
+                              impl: str, **own):
+    """Each entry's prompt KV read once for all its member slots' queries, each slot's own tokens from its own cache,
+    the two attentions merged by their log-sum-exps."""
+    own_out, own_lse = kernels.decode_attention(q_Sx1xHxD, k_cache, v_cache, sm_scale=sm_scale, impl=impl,
+                                                return_lse=True, **own)
+    q_ExMxHxD = jnp.take(q_Sx1xHxD[:, 0], s.members_ExM, axis=0, mode="fill", fill_value=0)
     e, p_len = s.prompt_seg_ExP.shape
     shared, shared_lse = kernels.decode_attention(q_ExMxHxD, prompt_k, prompt_v, kv_segment_ids_BxT=s.prompt_seg_ExP,
-                                                  lengths_B=jnp.full((e,), p_len, jnp.int32), sm_scale=scale,
-                                                  impl=decode_impl, return_lse=True)
+                                                  lengths_B=jnp.full((e,), p_len, jnp.int32), sm_scale=sm_scale,
+                                                  impl=impl, return_lse=True)
     mine = (s.entry_S, s.member_S)
-    attn = decode_kernels.merge_attention(shared[mine][:, None], shared_lse[mine][:, None], own, own_lse,
-                                          dtype=q.dtype)
-    return attention_output_and_mlp(cfg, h_Sx1xD, attn, p), k_cache, v_cache
+    return decode_kernels.merge_attention(shared[mine][:, None], shared_lse[mine][:, None], own_out, own_lse,
+                                          dtype=q_Sx1xHxD.dtype)
 
 
 def _decode_one(model: Llama, layers, settings: Settings, s: SlotState) -> SlotState:
@@ -269,11 +268,8 @@ def _decode_one(model: Llama, layers, settings: Settings, s: SlotState) -> SlotS
     h = model.embed(s.last_tok_S[:, None])
     new_k, new_v = [], []
     for i, (p, kc, vc) in enumerate(zip(layers, s.k_cache, s.v_cache, strict=True)):
-        if settings.sharing:
-            h, kc, vc = _shared_slot_layer(cfg, h, p, cos, sin, kc, vc, kv_seg, write, decode_impl_of(cfg),
-                                           s.prompt_k[i], s.prompt_v[i], s)
-        else:
-            h, kc, vc = _slot_layer(cfg, h, p, cos, sin, kc, vc, kv_seg, write, decode_impl_of(cfg))
+        shared = (s.prompt_k[i], s.prompt_v[i], s) if settings.sharing else None
+        h, kc, vc = _slot_layer(cfg, h, p, cos, sin, kc, vc, kv_seg, write, decode_impl_of(cfg), shared)
         new_k.append(constrain(kc, CACHE_AXES))
         new_v.append(constrain(vc, CACHE_AXES))
     h = rms_norm(h, model.norm.weight[...], cfg.rms_norm_eps)
