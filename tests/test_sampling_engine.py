@@ -8,7 +8,7 @@ from flax import nnx
 
 from bolt_jax import parallel
 from bolt_jax.model import Llama, preset
-from bolt_jax.sampling import generate
+from bolt_jax.sampling import engine, generate
 
 STOPS = list(range(3, 40))  # many stop ids, so lengths spread from 0 to max_new_tokens
 
@@ -168,6 +168,49 @@ def test_prefix_sharing_reads_fewer_bytes_per_step(model):
 
     own, shared = chunk_bytes(0), chunk_bytes(4)
     assert shared < 0.6 * own, (shared, own)
+
+
+def test_prefix_sharing_keeps_entries_on_their_slots_device(model):
+    """On a mesh, an entry and its member slots sit on one device (the host places them so), so the decode chunk's
+    gathers stay local: no more cross-device bytes than the unshared chunk (the real compiler's HLO, counted by
+    bolt_jax.aot.hlo). Before, the members' queries and outputs were all-reduced across the batch devices."""
+    import jax
+
+    from bolt_jax.aot import hlo
+    from bolt_jax.model.llama import pure_dict
+    mesh = parallel.make_mesh({"data": 4, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:4])
+    graphdef, state = nnx.split(model)
+
+    def ring_bytes(sharing: bool) -> float:
+        s = engine.make_settings(n=2, slots=8, num_prompts=4, prompt_len=64, max_new_tokens=32, temperature=1.0,
+                                 top_k=0, top_p=1.0, greedy=False, stop_token_ids=(3,), banned_token_ids=(),
+                                 steps_per_sync=2, mesh=mesh, prefix_sharing=sharing, prompt_entries=4 if sharing
+                                 else None)
+        assert s.shards == (4 if sharing else 1)
+        with jax.set_mesh(mesh):
+            params = jax.device_put(pure_dict(state), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+            slots = engine.init_slots(graphdef, params, settings=s)
+            text = engine.decode_chunk.lower(graphdef, params, slots, settings=s).compile().as_text()
+        return hlo.analyze(text, 4, unknown_trips=2).ring_bytes
+
+    own, shared = ring_bytes(False), ring_bytes(True)
+    assert shared <= own + 1024, (shared, own)
+
+
+def test_prefix_sharing_places_prompts_by_device():
+    """The host tables: a prompt's samples take slots on its entry's device only, indices within the device."""
+    entries = engine._Entries(entries=4, members=2, slots=8, shards=2)  # 2 entries, 4 slots per device
+    free = [[0, 1], [4, 5, 6]]
+    shard, entry, new = entries.admit(prompt=7, n=2, free_by_shard=free)
+    assert (shard, new) == (1, True) and entry in (2, 3)  # the device with more free slots
+    entries.join(free[1].pop(0), entry)
+    assert entries.admit(prompt=7, n=2, free_by_shard=[[0, 1], []]) is None  # its device is full: it waits
+    assert entries.admit(prompt=7, n=2, free_by_shard=[[0], [5]]) == (1, entry, False)
+    entries.join(5, entry)
+    assert entries.members_ExM[entry].tolist() == [0, 1] and entries.entry_S[4] == entries.entry_S[5] == entry - 2
+    entries.leave(4, 7)
+    entries.leave(5, 7)
+    assert entries.members_ExM[entry].tolist() == [4, 4] and entry in entries.free[1] and 7 not in entries.of_prompt
 
 
 @pytest.mark.parametrize("kw,message", [

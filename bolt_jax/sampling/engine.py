@@ -109,6 +109,7 @@ class Settings:
     steps_per_sync: int
     prompt_entries: int = 0  # > 0: prefix sharing with this many shared prompt entries (module docstring)
     samples_per_prompt: int = 1  # n: the members of an entry
+    shards: int = 1  # prefix sharing: the batch devices slots and entries are split over (an entry serves its own's)
 
     @property
     def sharing(self) -> bool:
@@ -153,12 +154,13 @@ def init_slots(graphdef, params, *, settings: Settings) -> SlotState:
         prompt = tuple(constrain(jnp.zeros((e, p, cfg.num_key_value_heads, cfg.head_size), cfg.jnp_compute_dtype),
                                  CACHE_AXES) for _ in range(cfg.num_hidden_layers))
         shared = dict(prompt_k=prompt, prompt_v=prompt, prompt_seg_ExP=jnp.zeros((e, p), jnp.int32),
-                      members_ExM=jnp.full((e, settings.samples_per_prompt), sl, jnp.int32), entry_S=zeros(),
+                      members_ExM=jnp.full((e, settings.samples_per_prompt), sl // settings.shards, jnp.int32), entry_S=zeros(),
                       member_S=zeros())
-    return SlotState(k_cache=cache, v_cache=cache, kv_seg_SxT=jnp.zeros((sl, t), jnp.int32),
+    rows = functools.partial(constrain, logical_axes=("batch", None))  # a slot's outputs on its own device
+    return SlotState(k_cache=cache, v_cache=cache, kv_seg_SxT=rows(jnp.zeros((sl, t), jnp.int32)),
                      row_key_Sx2=jnp.zeros((sl, 2), jnp.uint32), first_pos_S=zeros(), t_S=zeros(),
-                     last_tok_S=zeros(), out_tokens_SxN=jnp.zeros((sl, n), jnp.int32),
-                     out_logq_SxN=jnp.zeros((sl, n), jnp.float32), live_S=jnp.zeros((sl,), bool),
+                     last_tok_S=zeros(), out_tokens_SxN=rows(jnp.zeros((sl, n), jnp.int32)),
+                     out_logq_SxN=rows(jnp.zeros((sl, n), jnp.float32)), live_S=jnp.zeros((sl,), bool),
                      useful_steps=jnp.zeros((), jnp.int32), **shared)
 
 
@@ -228,7 +230,7 @@ def insert(graphdef, params, state: SlotState, pool, slot_A, src_A, prompt_key_A
 
 def _slot_layer(cfg, h_Sx1xD, p, cos, sin, k_cache, v_cache, kv_seg_SxT, write_S, decode_impl: str, shared=None):
     """One layer for one new token per slot, each slot writing its own cache position `write_S`. With prefix sharing
-    (`shared` = (this layer's prompt k, prompt v, the slot state)) the slot's own cache holds only its generated
+    (`shared` = (this layer's prompt k, prompt v, the slot state, shards)) the slot's own cache holds only its generated
     tokens and `_own_and_shared_attention` adds its prompt from the shared entry."""
     q, k, v = attention_inputs(cfg, h_Sx1xD, p, cos, sin)
     rows = jnp.arange(h_Sx1xD.shape[0])
@@ -238,24 +240,46 @@ def _slot_layer(cfg, h_Sx1xD, p, cos, sin, k_cache, v_cache, kv_seg_SxT, write_S
     if shared is None:
         attn = kernels.decode_attention(q, k_cache, v_cache, **kw)
     else:
-        attn = _own_and_shared_attention(q, k_cache, v_cache, *shared, **kw)
+        prompt_k, prompt_v, state, shards = shared
+        attn = _own_and_shared_attention(q, k_cache, v_cache, prompt_k, prompt_v, state, shards=shards, **kw)
     return attention_output_and_mlp(cfg, h_Sx1xD, attn, p), k_cache, v_cache
 
 
 def _own_and_shared_attention(q_Sx1xHxD, k_cache, v_cache, prompt_k, prompt_v, s: SlotState, *, sm_scale: float,
-                              impl: str, **own):
+                              impl: str, shards: int, **own):
     """Each entry's prompt KV read once for all its member slots' queries, each slot's own tokens from its own cache,
-    the two attentions merged by their log-sum-exps."""
+    the two attentions merged by their log-sum-exps. Members and entries are indexed within their batch shard (the
+    host keeps an entry and its slots on one device), so the gathers below never cross devices."""
     own_out, own_lse = kernels.decode_attention(q_Sx1xHxD, k_cache, v_cache, sm_scale=sm_scale, impl=impl,
                                                 return_lse=True, **own)
-    q_ExMxHxD = jnp.take(q_Sx1xHxD[:, 0], s.members_ExM, axis=0, mode="fill", fill_value=0)
+    q_ExMxHxD = _gather_members(q_Sx1xHxD[:, 0], s.members_ExM, shards)
     e, p_len = s.prompt_seg_ExP.shape
     shared, shared_lse = kernels.decode_attention(q_ExMxHxD, prompt_k, prompt_v, kv_segment_ids_BxT=s.prompt_seg_ExP,
                                                   lengths_B=jnp.full((e,), p_len, jnp.int32), sm_scale=sm_scale,
                                                   impl=impl, return_lse=True)
-    mine = (s.entry_S, s.member_S)
-    return decode_kernels.merge_attention(shared[mine][:, None], shared_lse[mine][:, None], own_out, own_lse,
+    mine = functools.partial(_gather_slots, entry_S=s.entry_S, member_S=s.member_S, shards=shards)
+    return decode_kernels.merge_attention(mine(shared)[:, None], mine(shared_lse)[:, None], own_out, own_lse,
                                           dtype=q_Sx1xHxD.dtype)
+
+
+def _by_shard(x, shards: int):
+    """[N, ...] -> [shards, N / shards, ...], the leading axis over the batch devices (the layout of x's rows)."""
+    return constrain(x.reshape(shards, x.shape[0] // shards, *x.shape[1:]), ("batch",) + (None,) * x.ndim)
+
+
+def _gather_members(q_SxHxD, members_ExM, shards: int):
+    """[E, M, H, D]: the queries of each entry's member slots (slot indices within the entry's shard; S / shards =
+    nobody, zeros)."""
+    take = jax.vmap(lambda q, idx: jnp.take(q, idx, axis=0, mode="fill", fill_value=0))
+    out = take(_by_shard(q_SxHxD, shards), _by_shard(members_ExM, shards))
+    return out.reshape(members_ExM.shape + q_SxHxD.shape[1:])
+
+
+def _gather_slots(x_ExMx, *, entry_S, member_S, shards: int):
+    """[S, ...]: each slot's row of an entry-major result (entry indices within the slot's shard)."""
+    take = jax.vmap(lambda x, entry, member: x[entry, member])
+    out = take(_by_shard(x_ExMx, shards), _by_shard(entry_S, shards), _by_shard(member_S, shards))
+    return out.reshape(entry_S.shape + x_ExMx.shape[2:])
 
 
 def _decode_one(model: Llama, layers, settings: Settings, s: SlotState) -> SlotState:
@@ -268,7 +292,7 @@ def _decode_one(model: Llama, layers, settings: Settings, s: SlotState) -> SlotS
     h = model.embed(s.last_tok_S[:, None])
     new_k, new_v = [], []
     for i, (p, kc, vc) in enumerate(zip(layers, s.k_cache, s.v_cache, strict=True)):
-        shared = (s.prompt_k[i], s.prompt_v[i], s) if settings.sharing else None
+        shared = (s.prompt_k[i], s.prompt_v[i], s, settings.shards) if settings.sharing else None
         h, kc, vc = _slot_layer(cfg, h, p, cos, sin, kc, vc, kv_seg, write, decode_impl_of(cfg), shared)
         new_k.append(constrain(kc, CACHE_AXES))
         new_v.append(constrain(vc, CACHE_AXES))
@@ -311,6 +335,7 @@ def evict(state: SlotState, slot_E) -> SlotState:
 
 
 # ---------------------------------------------------------------------------------------------- on the host
+_MAX_WAITING_POOLS = 2  # prefilled groups held while their samples wait (prefix sharing: for their prompts' device)
 @dataclass
 class _Pool:
     """A prefilled group on the device and the samples of its prompts not yet inserted: [(prompt, sample)]."""
@@ -321,40 +346,57 @@ class _Pool:
 
 class _Entries:
     """Prefix sharing's host bookkeeping: which prompt holds which entry, which slots read it (at which member
-    place), and how many of its samples are unfinished (the entry frees when none are)."""
+    place), and how many of its samples are unfinished (the entry frees when none are).
 
-    def __init__(self, entries: int, members: int, slots: int):
-        self.free = list(range(entries))
+    Slots and entries are split over `shards` batch devices in equal contiguous blocks; a prompt's entry and every
+    slot that reads it sit on one device, so the tables the device reads hold indices within a shard: members_ExM
+    the member slots' (slots / shards = nobody), entry_S the slot's entry's."""
+
+    def __init__(self, entries: int, members: int, slots: int, shards: int):
+        self.entries_per_shard, self.slots_per_shard = entries // shards, slots // shards
+        self.free = [list(range(c * self.entries_per_shard, (c + 1) * self.entries_per_shard)) for c in range(shards)]
         self.of_prompt: dict[int, int] = {}
         self.unfinished: dict[int, int] = {}
-        self.members_ExM = np.full((entries, members), slots, np.int32)  # `slots` = nobody
+        self.members_ExM = np.full((entries, members), self.slots_per_shard, np.int32)
         self.entry_S = np.zeros((slots,), np.int32)
         self.member_S = np.zeros((slots,), np.int32)
-        self.empty_slot = slots
 
-    def admit(self, prompt: int, n: int) -> tuple[int, bool] | None:
-        """The prompt's entry and whether it is new (its KV must be copied in); None when every entry is taken."""
-        if prompt in self.of_prompt:
-            return self.of_prompt[prompt], False
-        if not self.free:
+    def shard_of(self, prompt: int) -> int | None:
+        entry = self.of_prompt.get(prompt)
+        return None if entry is None else entry // self.entries_per_shard
+
+    def admit(self, prompt: int, n: int, free_by_shard: list[list[int]]) -> tuple[int, int, bool] | None:
+        """(shard, entry, whether the entry is new: the prompt's KV must be copied in) for the prompt's next sample,
+        or None when it cannot start now: its shard has no free slot, or (a new prompt) no shard has both a free
+        entry and a free slot. A new prompt goes to the shard with the most free slots."""
+        shard = self.shard_of(prompt)
+        if shard is not None:
+            return (shard, self.of_prompt[prompt], False) if free_by_shard[shard] else None
+        open_ = [c for c, slots in enumerate(free_by_shard) if slots and self.free[c]]
+        if not open_:
             return None
-        entry = self.free.pop(0)
+        shard = max(open_, key=lambda c: len(free_by_shard[c]))
+        entry = self.free[shard].pop(0)
         self.of_prompt[prompt], self.unfinished[entry] = entry, n
-        return entry, True
+        return shard, entry, True
+
+    def can_admit_new(self, free_by_shard: list[list[int]]) -> bool:
+        return any(slots and self.free[c] for c, slots in enumerate(free_by_shard))
 
     def join(self, slot: int, entry: int) -> None:
-        place = int(np.flatnonzero(self.members_ExM[entry] == self.empty_slot)[0])
-        self.members_ExM[entry, place] = slot
-        self.entry_S[slot], self.member_S[slot] = entry, place
+        local = entry % self.entries_per_shard
+        place = int(np.flatnonzero(self.members_ExM[entry] == self.slots_per_shard)[0])
+        self.members_ExM[entry, place] = slot % self.slots_per_shard
+        self.entry_S[slot], self.member_S[slot] = local, place
 
     def leave(self, slot: int, prompt: int) -> None:
         """The slot's sample finished: it stops reading the entry, which frees after the prompt's last sample."""
-        entry = int(self.entry_S[slot])
-        self.members_ExM[entry, self.member_S[slot]] = self.empty_slot
+        entry = self.of_prompt[prompt]
+        self.members_ExM[entry, self.member_S[slot]] = self.slots_per_shard
         self.unfinished[entry] -= 1
         if self.unfinished[entry] == 0:
             del self.unfinished[entry], self.of_prompt[prompt]
-            self.free.append(entry)
+            self.free[entry // self.entries_per_shard].append(entry)
 
 
 @dataclass
@@ -396,7 +438,7 @@ class ContinuousEngine:
         if s.sharing:
             if n != s.samples_per_prompt:
                 raise ValueError(f"the engine shares prompts among {s.samples_per_prompt} samples; run asked n={n}")
-            self.entries = _Entries(s.prompt_entries, n, s.slots)
+            self.entries = _Entries(s.prompt_entries, n, s.slots, s.shards)
         state = init_slots(self.graphdef, self.params, settings=s)
         total = len(prompts) * n
         while len(results) < total:
@@ -413,47 +455,63 @@ class ContinuousEngine:
 
     def _fill(self, state, prompts, keys_Px2, queue, pools, owner, n):
         """Free slots take waiting samples, prefilling the next group of prompts when the pools run dry. With prefix
-        sharing a sample also needs its prompt's entry: when none is free, the remaining slots wait."""
+        sharing a sample also needs its prompt's entry, on the device of a free slot: a sample whose prompt's device
+        is full, or a new prompt that finds no device with a free entry and a free slot, waits (`entry_waits`)."""
         free = [i for i, o in enumerate(owner) if o is None]
         while free and (queue or any(p.waiting for p in pools)):
-            pool = next((p for p in pools if p.waiting), None)
-            if pool is None:
-                if self.entries is not None and not self.entries.free:
-                    self.stats.entry_waits += 1
-                    break
-                pool = self._prefill(prompts, queue, n)
-                pools.append(pool)
-            take, new_entries = self._admit(pool, len(free), n)
-            if not take:
-                self.stats.entry_waits += 1
+            placed = False
+            for pool in [p for p in pools if p.waiting]:
+                take, slots, new_entries = self._admit(pool, free, n)
+                if not take:
+                    continue
+                placed = True
+                for slot, (i, j) in zip(slots, take):
+                    owner[slot] = (pool.prompt_ids[i], j)
+                    if self.entries is not None:
+                        self.entries.join(slot, self.entries.of_prompt[pool.prompt_ids[i]])
+                state = self._insert(state, pool, take, slots, keys_Px2, new_entries)
+                taken = set(slots)
+                free = [f for f in free if f not in taken]
+            if placed:
+                continue
+            if not queue or sum(bool(p.waiting) for p in pools) >= _MAX_WAITING_POOLS:
                 break
-            slots = free[:len(take)]
-            free = free[len(take):]
-            for slot, (i, j) in zip(slots, take):
-                owner[slot] = (pool.prompt_ids[i], j)
-                if self.entries is not None:
-                    self.entries.join(slot, self.entries.of_prompt[pool.prompt_ids[i]])
-            state = self._insert(state, pool, take, slots, keys_Px2, new_entries)
+            if self.entries is not None and not self.entries.can_admit_new(self._free_by_shard(free)):
+                break
+            pools.append(self._prefill(prompts, queue, n))
+        if free and (queue or any(p.waiting for p in pools)):
+            self.stats.entry_waits += 1
         pools[:] = [p for p in pools if p.waiting]
         return state
 
-    def _admit(self, pool: _Pool, room: int, n: int) -> tuple[list[tuple[int, int]], list[int]]:
-        """Up to `room` waiting samples of the pool, in order, and for each the entry its prompt must be copied into
-        (-1: none; the prompt is in its entry already, or prefix sharing is off). Stops at a sample whose prompt
-        finds no free entry."""
-        take: list[tuple[int, int]] = []
-        new_entries: list[int] = []
-        while pool.waiting and len(take) < room:
-            i, j = pool.waiting[0]
-            entry = -1
-            if self.entries is not None:
-                admitted = self.entries.admit(pool.prompt_ids[i], n)
-                if admitted is None:
-                    break
-                entry = admitted[0] if admitted[1] else -1
-            take.append(pool.waiting.popleft())
-            new_entries.append(entry)
-        return take, new_entries
+    def _free_by_shard(self, free: list[int]) -> list[list[int]]:
+        per = self.s.slots // self.s.shards
+        by_shard: list[list[int]] = [[] for _ in range(self.s.shards)]
+        for slot in free:
+            by_shard[slot // per].append(slot)
+        return by_shard
+
+    def _admit(self, pool: _Pool, free: list[int], n: int) -> tuple[list[tuple[int, int]], list[int], list[int]]:
+        """Waiting samples of the pool, in order, the free slots they take, and for each the entry its prompt must
+        be copied into (-1: none; the prompt is in its entry already, or prefix sharing is off). With prefix
+        sharing a sample that cannot start now (`_Entries.admit`) stays waiting and later ones are tried."""
+        if self.entries is None:
+            take = [pool.waiting.popleft() for _ in range(min(len(free), len(pool.waiting)))]
+            return take, free[:len(take)], [-1] * len(take)
+        free_by_shard = self._free_by_shard(free)
+        take, slots, new_entries, kept = [], [], [], collections.deque()
+        while pool.waiting:
+            i, j = pool.waiting.popleft()
+            admitted = self.entries.admit(pool.prompt_ids[i], n, free_by_shard)
+            if admitted is None:
+                kept.append((i, j))
+                continue
+            shard, entry, new = admitted
+            take.append((i, j))
+            slots.append(free_by_shard[shard].pop(0))
+            new_entries.append(entry if new else -1)
+        pool.waiting = kept
+        return take, slots, new_entries
 
     def _prefill(self, prompts, queue, n) -> _Pool:
         s = self.s
@@ -553,7 +611,8 @@ def make_settings(*, n: int, slots: int, num_prompts: int, prompt_len: int, max_
                     stop_ids=tuple(int(i) for i in stop_token_ids),
                     banned_ids=tuple(sorted(int(i) for i in banned_token_ids)),
                     prefill_group=round_to_batch(max(1, min(num_prompts, slots // n)), mesh),
-                    steps_per_sync=steps_per_sync, prompt_entries=entries, samples_per_prompt=n if entries else 1)
+                    steps_per_sync=steps_per_sync, prompt_entries=entries, samples_per_prompt=n if entries else 1,
+                    shards=divisor if entries else 1)
 
 
 def generate_continuous(model: Llama, prompts: Sequence[Sequence[int]], *, n: int, max_new_tokens: int,
