@@ -154,8 +154,8 @@ def init_slots(graphdef, params, *, settings: Settings) -> SlotState:
         prompt = tuple(constrain(jnp.zeros((e, p, cfg.num_key_value_heads, cfg.head_size), cfg.jnp_compute_dtype),
                                  CACHE_AXES) for _ in range(cfg.num_hidden_layers))
         shared = dict(prompt_k=prompt, prompt_v=prompt, prompt_seg_ExP=jnp.zeros((e, p), jnp.int32),
-                      members_ExM=jnp.full((e, settings.samples_per_prompt), sl // settings.shards, jnp.int32), entry_S=zeros(),
-                      member_S=zeros())
+                      members_ExM=jnp.full((e, settings.samples_per_prompt), sl // settings.shards, jnp.int32),
+                      entry_S=zeros(), member_S=zeros())
     rows = functools.partial(constrain, logical_axes=("batch", None))  # a slot's outputs on its own device
     return SlotState(k_cache=cache, v_cache=cache, kv_seg_SxT=rows(jnp.zeros((sl, t), jnp.int32)),
                      row_key_Sx2=jnp.zeros((sl, 2), jnp.uint32), first_pos_S=zeros(), t_S=zeros(),
@@ -253,10 +253,11 @@ def _own_and_shared_attention(q_Sx1xHxD, k_cache, v_cache, prompt_k, prompt_v, s
     own_out, own_lse = kernels.decode_attention(q_Sx1xHxD, k_cache, v_cache, sm_scale=sm_scale, impl=impl,
                                                 return_lse=True, **own)
     q_ExMxHxD = _gather_members(q_Sx1xHxD[:, 0], s.members_ExM, shards)
-    e, p_len = s.prompt_seg_ExP.shape
+    p_len = s.prompt_seg_ExP.shape[1]
+    held_E = jnp.any(s.members_ExM < s.live_S.shape[0] // shards, axis=1)  # a free entry: length 0, the kernel skips it
     shared, shared_lse = kernels.decode_attention(q_ExMxHxD, prompt_k, prompt_v, kv_segment_ids_BxT=s.prompt_seg_ExP,
-                                                  lengths_B=jnp.full((e,), p_len, jnp.int32), sm_scale=sm_scale,
-                                                  impl=impl, return_lse=True)
+                                                  lengths_B=jnp.where(held_E, p_len, 0).astype(jnp.int32),
+                                                  sm_scale=sm_scale, impl=impl, return_lse=True)
     mine = functools.partial(_gather_slots, entry_S=s.entry_S, member_S=s.member_S, shards=shards)
     return decode_kernels.merge_attention(mine(shared)[:, None], mine(shared_lse)[:, None], own_out, own_lse,
                                           dtype=q_Sx1xHxD.dtype)
