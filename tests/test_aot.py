@@ -173,6 +173,10 @@ def test_hbm_bytes_count_slices_and_in_place_updates_per_trip():
     counter = 4 + 4 + 4  # i + 1
     condition = 4 + 4 + 1  # 6 > i
     assert a.hbm_bytes == pytest.approx(6 * (row + put + counter + condition))
+    top = a.largest_hbm(2)  # where the bytes go: the two fusions, six trips each, shapes without layouts
+    assert [(t["opcode"], t["shape"], t["bytes_per_step"]) for t in top] == [
+        ("fusion", "f32[256]", 6 * row), ("fusion", "f32[6,256]", 6 * put)]
+    assert sum(b for b, _ in a.hbm_breakdown.values()) == pytest.approx(a.hbm_bytes_all)
 
 
 @pytest.mark.parametrize("dims, scores", [
@@ -295,7 +299,7 @@ def test_tiny_model_compiles_for_a_v5e_slice(tmp_path, capsys):
     assert report["chip_figures"]["peak_bf16_flops"] == 197e12 and report["mesh"]["fsdp"] == 4
     out = capsys.readouterr().out
     assert "ahead-of-time compile for v5e:2x2: 4 TPU v5 lite chips" in out and "not a measurement" in out
-    assert "attention=pallas_tpu" in out
+    assert "attention=pallas_tpu" in out and "largest HBM movers per step: " in out
     assert json.loads((tmp_path / "aot.json").read_text())["functions"][0]["name"] == "train_step"
     assert not (tmp_path / "run" / "checkpoints").exists()
 

@@ -46,6 +46,8 @@ _CALL_ATTR = re.compile(r"\b(condition|body|to_apply|calls|branch_computations|t
 _ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([^\]]*)\](\{[^}]*\})?")
 _HEADER = re.compile(r"^(ENTRY\s+)?%([\w.\-]+)\s*\(.*\)\s*->\s*.*\{\s*$")
 _INSTRUCTION = re.compile(r"^\s*(ROOT\s+)?%([\w.\-]+)\s*=\s*(.*)$")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+_LAYOUT = re.compile(r"\{[^{}]*\}")
 _MIRROR = {"LT": "GT", "GT": "LT", "LE": "GE", "GE": "LE", "NE": "NE", "EQ": "EQ"}
 
 
@@ -429,14 +431,27 @@ class HbmBytes:
 
     def total(self, graph: CallGraph) -> float:
         """Bytes read from and written to HBM per execution, per device."""
-        total = 0.0
+        return sum(b for b, _ in self.breakdown(graph).values())
+
+    def breakdown(self, graph: CallGraph) -> dict[tuple[str, str, str], tuple[float, int]]:
+        """(bytes per execution, instructions) by (opcode, the jax op it came from, result shape without layouts):
+        where the bytes go (a copy of the whole KV cache, an attention score matrix written out)."""
+        out: dict[tuple[str, str, str], tuple[float, int]] = {}
         for name in graph.control:
             comp = self.module[name]
             times = graph.multipliers.get(name, 0.0)
             for inst in comp.instructions:
                 if inst.opcode not in _FREE and not inst.opcode.endswith("-done"):
-                    total += times * self.instruction(comp, inst)
-        return total
+                    key = (inst.opcode, _op_name(inst), _LAYOUT.sub("", inst.shape)[:120])
+                    b, n = out.get(key, (0.0, 0))
+                    out[key] = (b + times * self.instruction(comp, inst), n + 1)
+        return out
+
+
+def _op_name(inst: Instruction) -> str:
+    """The jax op an instruction came from (its metadata's op_name without the jit/loop path), or ""."""
+    m = _OP_NAME.search(inst.attrs)
+    return m.group(1).rsplit("/", 1)[-1] if m else ""
 
 
 # ------------------------------------------------------------------------------------------------------ together
@@ -446,6 +461,7 @@ class Analysis:
     hbm_bytes: float  # without the attention scores a flash kernel keeps on chip (`attention_len`)
     hbm_bytes_all: float  # with them
     unknown_loops: int
+    hbm_breakdown: dict[tuple[str, str, str], tuple[float, int]] = field(default_factory=dict)  # as hbm_bytes_all
 
     @property
     def ring_bytes(self) -> float:
@@ -453,6 +469,12 @@ class Analysis:
 
     def summary(self) -> dict[str, dict[str, float]]:
         return summarize(self.collectives)
+
+    def largest_hbm(self, k: int = 8) -> list[dict]:
+        """The k groups of instructions (`HbmBytes.breakdown`) that move the most HBM bytes per step."""
+        top = sorted(self.hbm_breakdown.items(), key=lambda kv: kv[1][0], reverse=True)[:k]
+        return [{"opcode": op, "op": name, "shape": shape, "instructions": n, "bytes_per_step": b}
+                for (op, name, shape), (b, n) in top]
 
     def largest(self, k: int = 8) -> list[dict]:
         """The k collectives that send the most per step, for the report."""
@@ -466,6 +488,7 @@ def analyze(text: str, num_devices: int, unknown_trips: int = 1, attention_len: 
     whose trip count cannot be read taken to run `unknown_trips` times; `attention_len` as `HbmBytes`."""
     module = parse_module(text)
     graph = call_graph(module, unknown_trips)
-    everything = HbmBytes(module).total(graph)
+    breakdown = HbmBytes(module).breakdown(graph)
+    everything = sum(b for b, _ in breakdown.values())
     kept = HbmBytes(module, attention_len).total(graph) if attention_len else everything
-    return Analysis(collectives(module, graph, num_devices), kept, everything, graph.unknown_loops)
+    return Analysis(collectives(module, graph, num_devices), kept, everything, graph.unknown_loops, breakdown)

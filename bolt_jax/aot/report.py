@@ -125,6 +125,7 @@ def compile_and_report(name: str, lower: Callable[[], Any], target: Target, *, f
         "xla_bytes_accessed": float(cost.get("bytes accessed", 0.0)),
         "tokens": tokens,
         "collectives": analysis.summary(), "largest_collectives": analysis.largest(),
+        "largest_hbm": analysis.largest_hbm(),
         "ring_bytes_per_chip": analysis.ring_bytes, "loops_of_unknown_trip_count": analysis.unknown_loops,
         "unknown_loops_taken_as": loop_trips,
         "roofline": roofline(target, flops=flops, hbm_bytes=analysis.hbm_bytes, ring_bytes=analysis.ring_bytes,
@@ -329,6 +330,11 @@ def _function_lines(f: dict[str, Any], target: Target) -> list[str]:
     lines.append(f"  FLOPs per chip {_si(f['flops_per_chip'])} (model count; XLA cost analysis "
                  f"{_si(f['xla_flops_per_chip'])}, loop bodies once), HBM bytes {_si(f['hbm_bytes_per_chip'], 'B')} "
                  f"(XLA {_si(f['xla_bytes_accessed'], 'B')}{kept})")
+    movers = f.get("largest_hbm", [])[:3]
+    if movers:
+        lines.append("  largest HBM movers per step: " + "; ".join(
+            f"{m['opcode']} {m['op'] or '?'} {m['shape']} x{m['instructions']} {_si(m['bytes_per_step'], 'B')}"
+            for m in movers))
     r = f["roofline"]
     lines.append(f"  roofline: compute {_seconds(r['compute_s'])}, memory {_seconds(r['memory_s'])}, "
                  f"interconnect {_seconds(r['comm_s'])} -> {_seconds(r['step_s_min'])} .. {_seconds(r['step_s_max'])}")
