@@ -4,6 +4,7 @@
     python bench/estep.py --smoke                          # a tiny model on CPU, the same long-tailed workload
     python bench/estep.py --scheduler static,continuous --overlap off,on --repeats 5 --decode_slots 64
     python bench/estep.py --scheduler continuous,shared --overlap auto   # prefix sharing against its absence
+    python bench/estep.py --scheduler per_batch,continuous --overlap auto   # one engine stream against one per batch
 
 The workload is the bootstrap's: K=4 posterior samples per chunk, prompts up to 1024 tokens, up to 1024 new tokens,
 the TinyLlama vocabulary with the four BoLT tokens (32004), joints scored up to 2048 tokens. Random weights do not
@@ -21,7 +22,9 @@ seconds of each phase (sampling, building joints, scoring, weighing, writing) as
 overlap they add up to more than 100%, the excess being the overlapped time. The merged datasets of all variants
 are compared byte for byte. `shared` is the continuous engine with prefix sharing (`estep.prefix_sharing`: the K
 thoughts of a chunk read its prompt's KV once per step; `--prompt_entries`, 0 = the engine's default): its datasets
-equal the others up to float rounding, so they are compared with every float dropped.
+equal the others up to float rounding, so they are compared with every float dropped. `per_batch` is the continuous
+engine started afresh for every batch of chunks (the E-step before it streamed its batches through one engine:
+each batch's long tail then left the slots idle until the batch was done).
 """
 
 from __future__ import annotations
@@ -52,18 +55,31 @@ class CountingBackend:
         self.inner = inner
         self.reset()
 
-    def reset(self) -> None:
+    def reset(self, streaming: bool = True) -> None:
+        """Zero the counts; `streaming=False` hides `sample_stream`, so the E-step calls `sample` once per batch."""
         self.slot_steps = self.useful = 0.0
         self.tokens = 0
+        self.sample_stream = self._stream if streaming else None
 
     def sample(self, prompts, *, n, seeds):
         out = self.inner.sample(prompts, n=n, seeds=seeds)
+        self._count_tokens(out)
+        self._add(self.inner.last_stats)
+        return out
+
+    def _stream(self, batches, *, n):
+        for key, out in self.inner.sample_stream(batches, n=n):
+            self._count_tokens(out)
+            yield key, out
+        self._add(self.inner.last_stats)  # the whole stream's statistics, once it is done
+
+    def _count_tokens(self, out) -> None:
         self.tokens += sum(len(x.tokens) + x.done for row in out for x in row)  # the stop token was sampled too
-        stats = self.inner.last_stats
+
+    def _add(self, stats) -> None:
         steps = stats["decode_steps"] * stats["slots"]
         self.slot_steps += steps
         self.useful += stats["slot_occupancy"] * steps
-        return out
 
     def score(self, sequences):
         return self.inner.score(sequences)
@@ -125,6 +141,7 @@ def build(a, work: str):
 
 
 SCHEDULERS = {"static": {"scheduler": "static"}, "continuous": {"scheduler": "continuous"},
+              "per_batch": {"scheduler": "continuous"},  # continuous, but one engine per batch (no stream)
               "shared": {"scheduler": "continuous", "prefix_sharing": True}}
 
 
@@ -139,7 +156,7 @@ def run_variant(a, c, scheduler: str, overlap: str, backend, tokenizer, model_id
         if scheduler == "shared":
             cfg.estep.prompt_entries = a.prompt_entries
         backend.inner.e = cfg.estep
-        backend.reset()
+        backend.reset(streaming=scheduler != "per_batch")
         t0 = time.perf_counter()
         result = run_estep(cfg, backend, tokenizer, model_id)
         total = time.perf_counter() - t0
@@ -177,6 +194,8 @@ def ratios(results: dict) -> dict:
     overlaps = ("off", "on", "auto")
     out = {f"continuous / static, overlap {o}": ratio(f"continuous, {o}", f"static, {o}") for o in overlaps}
     out.update({f"shared / continuous, overlap {o}": ratio(f"shared, {o}", f"continuous, {o}") for o in overlaps})
+    out.update({f"continuous (one stream) / per_batch, overlap {o}": ratio(f"continuous, {o}", f"per_batch, {o}")
+                for o in overlaps})
     out.update({f"overlap on / off, {s}": ratio(f"{s}, on", f"{s}, off") for s in SCHEDULERS})
     out["continuous + overlap / static without"] = ratio("continuous, on", "static, off")
     return {k: v for k, v in out.items() if v}

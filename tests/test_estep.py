@@ -96,15 +96,16 @@ def test_kill_and_resume_and_slices_give_the_same_dataset(setup, tmp_path):
     c = estep_config(root, tmp_path / "killed")
     backend, tokenizer, model_id = JaxBackend.from_config(c)
     calls = {"n": 0}
-    real_sample = backend.sample
+    real_stream = backend.sample_stream  # the continuous scheduler (the default) streams the batches
 
-    def dying_sample(prompts, *, n, seeds):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise Crash("killed")
-        return real_sample(prompts, n=n, seeds=seeds)
+    def dying_stream(batches, *, n):
+        for item in real_stream(batches, n=n):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise Crash("killed")
+            yield item
 
-    backend.sample = dying_sample
+    backend.sample_stream = dying_stream
     with pytest.raises(Crash):
         run_estep(c, backend, tokenizer, model_id)
     calls["n"] = -10**6  # no more crashes; count the sampler calls of the rerun

@@ -8,7 +8,7 @@ from flax import nnx
 
 from bolt_jax import parallel
 from bolt_jax.model import Llama, preset
-from bolt_jax.sampling import engine, generate
+from bolt_jax.sampling import engine, generate, generate_stream
 
 STOPS = list(range(3, 40))  # many stop ids, so lengths spread from 0 to max_new_tokens
 
@@ -109,6 +109,48 @@ def test_on_done_counts_every_request_and_changes_nothing(model, scheduler):
     for x, y in zip(watched.token_logq, plain.token_logq, strict=True):
         np.testing.assert_array_equal(x, y)
     np.testing.assert_array_equal(watched.done, plain.done)
+
+
+# ------------------------------------------------------------------------------------------------- streams
+def _stream_batches(seed: int = 0):
+    """Four batches of 3 prompts; the third has a prompt longer than the first batch's bucket (32)."""
+    batches = [(f"b{k}", _prompts(3, seed=seed + k, max_len=30), [100 * k + i for i in range(3)]) for k in range(4)]
+    batches[2][1][1] = list(range(40, 40 + 45))
+    return batches
+
+
+@pytest.mark.parametrize("sharing", [False, True])
+def test_stream_equals_each_batch_alone(model, sharing):
+    """Each batch of a stream gets what `generate` gives it alone (static path: the oracle), in order, including
+    a batch whose longest prompt needs a larger bucket (the engine drains and starts again)."""
+    kw = dict(n=2, max_new_tokens=20, temperature=1.0, top_k=50, stop_token_ids=STOPS, seed=5)
+    batches = _stream_batches()
+    got = list(generate_stream(model, batches, decode_slots=4, steps_per_sync=3, prefix_sharing=sharing, **kw))
+    assert [k for k, _ in got] == [k for k, _, _ in batches]
+    for (_, prompts, seeds), (_, result) in zip(batches, got, strict=True):
+        _same(generate(model, prompts, prompt_seeds=seeds, scheduler="static", **kw), result)
+    assert got[-1][1].stats["slots"] == 4
+    buckets = [r.stats["prompt_bucket"] for _, r in got]  # the stream's bucket when each batch was handed back
+    assert buckets[0] == 32 and buckets[-1] == 64  # the third batch's prompt of 45 made the engine start again
+
+
+def test_stream_keeps_slots_busier_than_a_call_per_batch(model):
+    """A batch's long tail no longer drains the slots: the stream takes fewer decode steps for the same samples
+    than one call per batch, and its useful slot occupancy is higher."""
+    kw = dict(n=2, max_new_tokens=24, temperature=1.0, stop_token_ids=STOPS[:6], seed=1, decode_slots=4,
+              steps_per_sync=2)
+    batches = [(k, _prompts(2, seed=k, max_len=16), None) for k in range(6)]
+    apart = [generate(model, p, scheduler="continuous", **kw).stats for _, p, _ in batches]
+    together = list(generate_stream(model, batches, **kw))[-1][1].stats
+    assert together["decode_steps"] < sum(s["decode_steps"] for s in apart)
+    useful_apart = sum(s["slot_occupancy"] * s["decode_steps"] * 4 for s in apart)
+    assert together["slot_occupancy"] > useful_apart / (4 * sum(s["decode_steps"] for s in apart))
+
+
+def test_stream_refuses_a_key_given_twice(model):
+    batches = [("a", [[5, 6]], None), ("a", [[7, 8]], None)]
+    with pytest.raises(ValueError, match="batch key 'a' given twice"):
+        list(generate_stream(model, batches, max_new_tokens=4, decode_slots=2))
 
 
 # ------------------------------------------------------------------------------------------------- prefix sharing

@@ -4,9 +4,9 @@ Tests and the toy diagnostics drive the E-step through the same interface with s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import ml_collections
 import numpy as np
@@ -67,11 +67,27 @@ class JaxBackend:
                      prefix_sharing=bool(self.e.get("prefix_sharing", False)),
                      prompt_entries=self.prompt_entries())
         self.last_stats = r.stats  # slots, decode steps, slot occupancy (bench/estep.py reads them)
-        out = []
-        for i in range(len(prompts)):
-            out.append([Sample(tokens=r.tokens[i * n + j], logq=float(r.logq[i * n + j]), done=bool(r.done[i * n + j]))
-                        for j in range(n)])
-        return out
+        return self._samples(r, len(prompts), n)
+
+    @staticmethod
+    def _samples(r, num_prompts: int, n: int) -> list[list[Sample]]:
+        return [[Sample(tokens=r.tokens[i * n + j], logq=float(r.logq[i * n + j]), done=bool(r.done[i * n + j]))
+                 for j in range(n)] for i in range(num_prompts)]
+
+    def sample_stream(self, batches: Iterable[tuple[Any, Sequence[Sequence[int]], Sequence[int]]], *,
+                      n: int) -> Iterator[tuple[Any, list[list[Sample]]]]:
+        """`sample` for a stream of (key, prompts, seeds) batches, yielding (key, samples) in order: one continuous
+        engine for all of them (`sampling.generate_stream`), so a batch's long tail does not leave the slots idle.
+        The same samples as one `sample` call per batch. `last_stats` holds the stream's statistics so far."""
+        from bolt_jax.sampling import generate_stream
+        requests = self.e.chunks_per_batch * n
+        for key, r in generate_stream(
+                self.model, batches, n=n, max_new_tokens=self.e.max_new_tokens, temperature=self.e.temperature,
+                top_k=self.e.top_k, top_p=self.e.top_p, stop_token_ids=self.stop_ids,
+                max_prompt_len=self.e.max_prompt_len, mesh=self.mesh, decode_slots=self.decode_slots(requests),
+                prefix_sharing=bool(self.e.get("prefix_sharing", False)), prompt_entries=self.prompt_entries()):
+            self.last_stats = r.stats
+            yield key, self._samples(r, len(r.prompt_lengths), n)
 
     def decode_slots(self, requests: int) -> int:
         """`estep.decode_slots`, or by default a quarter of a call's requests (at least 8): each slot then serves

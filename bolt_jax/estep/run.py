@@ -17,7 +17,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -159,6 +159,31 @@ def sample_batch(chunks: Sequence[Chunk], backend: ModelBackend, tokenizer,
     return SampledBatch(chunks, prompts, samples)
 
 
+def sampled_batches(work: Sequence[tuple[int, Sequence[Chunk]]], backend: ModelBackend, tokenizer,
+                    e: ml_collections.ConfigDict) -> Iterator[tuple[int, SampledBatch]]:
+    """(index, SampledBatch) for each batch of `work`, in order. With the continuous scheduler and a backend that
+    streams (`JaxBackend.sample_stream`), one engine samples all of them, the next batch's samples filling the slots
+    a batch's long tail leaves idle; otherwise one `sample_batch` per batch. The same samples either way (a chunk's
+    randomness is its own seed's)."""
+    stream = getattr(backend, "sample_stream", None) if e.get("scheduler", "static") == "continuous" else None
+    if stream is None:
+        for b, chunks in work:
+            yield b, sample_batch(chunks, backend, tokenizer, e)
+        return
+    taken: dict[int, tuple[Sequence[Chunk], list[Any]]] = {}
+
+    def requests():
+        for b, chunks in work:
+            prompts = [sequences.posterior_prompt_tokens(tokenizer, c.prefix, c.suffix, e.max_prompt_len)
+                       for c in chunks]
+            taken[b] = (chunks, prompts)
+            yield b, [p.tokens for p in prompts], [chunk_sampling_seed(e, c) for c in chunks]
+
+    for b, samples in stream(requests(), n=e.num_samples):
+        chunks, prompts = taken.pop(b)
+        yield b, SampledBatch(chunks, prompts, samples)
+
+
 def score_batch(batch: SampledBatch, backend: ModelBackend, tokenizer, e: ml_collections.ConfigDict,
                 phases: PhaseClock | None = None) -> list[dict[str, Any]]:
     """Joints built on the host, scored on the device, then weighed and one chosen per chunk: one row per chunk."""
@@ -296,9 +321,10 @@ def overlap_enabled(e: ml_collections.ConfigDict) -> bool:
 def _run_batches(work: list[tuple[int, Sequence[Chunk]]], backend: ModelBackend, tokenizer,
                  e: ml_collections.ConfigDict, clock: PhaseClock, overlap: bool, *, write, desc: str) -> int:
     """Samples, scores and writes every (index, chunks) batch; returns the number of sampled tokens. With `overlap`,
-    one worker thread scores and writes batch b while this thread samples batch b+1 (at most one batch in flight,
-    so a kill loses at most two batches of work and never a written shard). Every process runs every batch (each
-    holds its share of the global batch on the mesh); process 0 writes the shards."""
+    one worker thread scores and writes batch b while this thread samples batch b+1 (at most one batch in flight;
+    the continuous engine also holds the start of the batches after b+1 (`sampled_batches`), so a kill loses at most
+    about three batches of work and never a written shard). Every process runs every batch (each holds its share of
+    the global batch on the mesh); process 0 writes the shards."""
     import jax
 
     from bolt_jax.runtime import console
@@ -320,11 +346,15 @@ def _run_batches(work: list[tuple[int, Sequence[Chunk]]], backend: ModelBackend,
         bar.update(len(rows))
 
     pending = None
+    batches = sampled_batches(work, backend, tokenizer, e)
     with (ThreadPoolExecutor(max_workers=1, thread_name_prefix="estep-score") if overlap
           else contextlib.nullcontext()) as pool:
-        for b, chunks in work:
+        while True:
             with clock("sample"):
-                sampled = sample_batch(chunks, backend, tokenizer, e)
+                item = next(batches, None)
+            if item is None:
+                break
+            b, sampled = item
             if pending is not None:
                 done(pending.result())  # batch b-1, scored while batch b was sampled
                 pending = None

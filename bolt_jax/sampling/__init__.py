@@ -2,7 +2,7 @@
 training mesh with the training weights."""
 
 from bolt_jax.sampling.sampler import GenerationResult
-from bolt_jax.sampling.schedulers import SCHEDULERS, generate
+from bolt_jax.sampling.schedulers import SCHEDULERS, generate, generate_stream
 from bolt_jax.sampling.scorer import score, span_sums
 
-__all__ = ["SCHEDULERS", "GenerationResult", "generate", "score", "span_sums"]
+__all__ = ["SCHEDULERS", "GenerationResult", "generate", "generate_stream", "score", "span_sums"]

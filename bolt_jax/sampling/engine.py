@@ -28,10 +28,12 @@ so a request's tokens and log q depend on its seed alone, never on its slot, its
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -418,10 +420,11 @@ class EngineStats:
 class ContinuousEngine:
     """Runs a list of requests (prompt i, sample j) through the decode slots; see the module docstring."""
 
-    def __init__(self, model: Llama, settings: Settings, mesh=None):
+    def __init__(self, model: Llama, settings: Settings, mesh=None, max_cache_bytes: int | None = None):
         self.graphdef, state = nnx.split(model)
         self.params = pure_dict(state)
-        self.cfg, self.s, self.mesh = model.config, settings, mesh
+        self.cfg, self.s, self.mesh, self.max_cache_bytes = model.config, settings, mesh, max_cache_bytes
+        self._useful_before = 0  # useful slot-steps of the slot states before the current one (bucket changes)
         self.stats = EngineStats()
         self.entries: _Entries | None = None
 
@@ -431,28 +434,92 @@ class ContinuousEngine:
         ends a request early, e.g. on a stop string; the static path would cut the same tokens afterwards.
         `on_done(k)` is told after each chunk that k more requests finished (never with 0): it runs after `_collect`
         has read the slots, so it costs no device sync of its own."""
+        for _, results in self.stream([(None, prompts, keys_Px2)], n=n, stop_check=stop_check, on_done=on_done):
+            return results
+        return {}
+
+    def stream(self, batches: Iterable[tuple[Any, list[list[int]], np.ndarray]], *, n: int, stop_check=None,
+               on_done: DoneCallback | None = None) -> Iterator[tuple[Any, dict]]:
+        """`run` over a stream of (key, prompts, keys [P, 2]) batches through one set of slots: yields (key, results
+        as `run`'s) per batch, in order, as each batch's last request finishes. The next batch is taken in while
+        fewer requests wait than there are slots, so slots freed by one batch's long tail take the next batch's
+        samples instead of idling until the batch is done (a call per batch drains the slots at its end).
+
+        A batch whose longest prompt does not fit the prompt bucket waits until the slots drain, and the engine
+        starts again with a bucket that holds it (`Settings.prompt_len`; one more compile)."""
         s = self.s
-        queue = collections.deque(range(len(prompts)))
+        if s.sharing and n != s.samples_per_prompt:
+            raise ValueError(f"the engine shares prompts among {s.samples_per_prompt} samples; run asked n={n}")
+        prompts: list[list[int]] = []  # every batch taken in so far, end to end: request (i, j) is prompt i's sample j
+        keys: list[np.ndarray] = []
+        spans: collections.deque = collections.deque()  # (key, first prompt, end) of the batches not yet yielded
+        queue: collections.deque = collections.deque()
         pools: list[_Pool] = []
-        owner: list[tuple[int, int] | None] = [None] * s.slots
         results: dict[tuple[int, int], tuple[list[int], np.ndarray, bool]] = {}
-        if s.sharing:
-            if n != s.samples_per_prompt:
-                raise ValueError(f"the engine shares prompts among {s.samples_per_prompt} samples; run asked n={n}")
-            self.entries = _Entries(s.prompt_entries, n, s.slots, s.shards)
-        state = init_slots(self.graphdef, self.params, settings=s)
-        total = len(prompts) * n
-        while len(results) < total:
-            state = self._fill(state, prompts, keys_Px2, queue, pools, owner, n)
-            state, steps = decode_chunk(self.graphdef, self.params, state, settings=s)
-            self.stats.decode_steps += int(steps)
-            self.stats.slot_steps += int(steps) * s.slots
+        batches = iter(batches)
+        held = None  # a batch that needs a larger prompt bucket, taken in once the slots drain
+        owner: list[tuple[int, int] | None] = []
+        state = None
+
+        def take(batch) -> None:
+            key, batch_prompts, batch_keys = batch
+            spans.append((key, len(prompts), len(prompts) + len(batch_prompts)))
+            queue.extend(range(len(prompts), len(prompts) + len(batch_prompts)))
+            prompts.extend(batch_prompts)
+            keys.extend(np.asarray(batch_keys, np.uint32).reshape(len(batch_prompts), 2))
+
+        def waiting() -> int:
+            return len(queue) * n + sum(len(p.waiting) for p in pools)
+
+        while True:
+            busy = any(o is not None for o in owner)
+            if held is not None and not busy and not waiting():
+                self._useful_before = self.stats.useful_slot_steps  # the next state counts from zero
+                self._start_bucket(max(len(p) for p in held[1]))
+                state, owner = None, []
+                take(held)
+                held = None
+            while held is None and waiting() < self.s.slots:
+                batch = next(batches, None)
+                if batch is None:
+                    break
+                if batch[1] and max(len(p) for p in batch[1]) > self.s.prompt_len:
+                    held = batch
+                    break
+                take(batch)
+            while spans and all((i, j) in results for i in range(spans[0][1], spans[0][2]) for j in range(n)):
+                key, first, end = spans.popleft()
+                yield key, {(i - first, j): results.pop((i, j)) for i in range(first, end) for j in range(n)}
+            if not spans and held is None:
+                break
+            if state is None:
+                state, owner = self._start(n), [None] * self.s.slots
+            if not queue and not busy and not any(p.waiting for p in pools):
+                continue  # only the held batch is left: the loop above starts it
+            state = self._fill(state, prompts, keys, queue, pools, owner, n)
+            state, steps = decode_chunk(self.graphdef, self.params, state, settings=self.s)
+            steps, useful = (int(x) for x in _to_host(jnp.stack([steps, state.useful_steps])))
+            self.stats.decode_steps += steps
+            self.stats.slot_steps += steps * self.s.slots
+            self.stats.useful_slot_steps = self._useful_before + useful
             finished = len(results)
             state = self._collect(state, owner, results, stop_check)
             if on_done is not None and len(results) > finished:
                 on_done(len(results) - finished)
-        self.stats.useful_slot_steps = int(_to_host(state.useful_steps))
-        return results
+
+    def _start(self, n: int) -> SlotState:
+        """Empty slots (and prompt entries) for the current settings."""
+        s = self.s
+        if s.sharing:
+            self.entries = _Entries(s.prompt_entries, n, s.slots, s.shards)
+        return init_slots(self.graphdef, self.params, settings=s)
+
+    def _start_bucket(self, longest_prompt: int) -> None:
+        """Settings with a prompt bucket for `longest_prompt`, checked against the device's memory as at the start."""
+        self.s = dataclasses.replace(self.s, prompt_len=_bucket(longest_prompt))
+        check_cache_fits(self.cfg, rows=self.s.slots, time=self.s.cache_len, mesh=self.mesh,
+                         limit_bytes=self.max_cache_bytes, shared_rows=self.s.prompt_entries,
+                         shared_time=self.s.prompt_len)
 
     def _fill(self, state, prompts, keys_Px2, queue, pools, owner, n):
         """Free slots take waiting samples, prefilling the next group of prompts when the pools run dry. With prefix
@@ -616,50 +683,83 @@ def make_settings(*, n: int, slots: int, num_prompts: int, prompt_len: int, max_
                     shards=divisor if entries else 1)
 
 
-def generate_continuous(model: Llama, prompts: Sequence[Sequence[int]], *, n: int, max_new_tokens: int,
-                        temperature: float, top_k: int, top_p: float, greedy: bool, stop_token_ids: Sequence[int],
-                        stop_strings: Sequence[str], banned_token_ids: Sequence[int], max_prompt_len: int | None,
-                        seed: int, prompt_seeds: Sequence[int] | None, mesh, tokenizer, decode_slots: int | None,
-                        steps_per_sync: int, max_cache_bytes: int | None, on_done: DoneCallback | None = None,
-                        prefix_sharing: bool = False, prompt_entries: int | None = None):
+def generate_continuous(model: Llama, prompts: Sequence[Sequence[int]], *, prompt_seeds: Sequence[int] | None,
+                        **kwargs):
     """`sampler.generate(..., scheduler="continuous")`: same arguments and result as the static path; `on_done` is
     called as requests finish (`ContinuousEngine.run`); `prefix_sharing` with `prompt_entries` (None: automatic)
-    shares each prompt's KV among its samples (module docstring)."""
+    shares each prompt's KV among its samples (module docstring). A stream of one batch (`generate_stream`)."""
+    for _, result in generate_stream(model, [(None, prompts, prompt_seeds)], **kwargs):
+        return result
+    raise AssertionError("a stream of one batch yields one result")
+
+
+def generate_stream(model: Llama, batches: Iterable[tuple[Any, Sequence[Sequence[int]], Sequence[int] | None]], *,
+                    n: int, max_new_tokens: int, temperature: float, top_k: int, top_p: float, greedy: bool,
+                    stop_token_ids: Sequence[int], stop_strings: Sequence[str], banned_token_ids: Sequence[int],
+                    max_prompt_len: int | None, seed: int, mesh, tokenizer, decode_slots: int | None,
+                    steps_per_sync: int, max_cache_bytes: int | None, on_done: DoneCallback | None = None,
+                    prefix_sharing: bool = False, prompt_entries: int | None = None,
+                    requests_per_batch: int | None = None) -> Iterator[tuple[Any, Any]]:
+    """(key, GenerationResult) per (key, prompts, prompt_seeds) batch, in order, each equal to what `generate` gives
+    that batch alone (a request's samples depend on its seed only), from one engine whose slots move on to the next
+    batch while a batch's last samples finish (`ContinuousEngine.stream`). The first batch sets the prompt bucket
+    and, unless `decode_slots` is given, the slots (for `requests_per_batch`, default its own prompts x n)."""
     from bolt_jax.sampling.sampler import GenerationResult
     cfg = model.config
-    prompts, truncated = _truncate_prompts(cfg, prompts, max_new_tokens, max_prompt_len)
-    slots = decode_slots or default_slots(len(prompts) * n, mesh)
-    settings = make_settings(n=n, slots=slots, num_prompts=len(prompts), prompt_len=max(len(p) for p in prompts),
+    batches = iter(batches)
+    first = next(batches, None)
+    if first is None:
+        return
+
+    truncated: dict = {}
+
+    def prepared(batch):
+        key, batch_prompts, seeds = batch
+        if key in truncated:
+            raise ValueError(f"batch key {key!r} given twice: each batch of a stream needs its own key")
+        cut, truncated[key] = _truncate_prompts(cfg, batch_prompts, max_new_tokens, max_prompt_len)
+        return key, cut, _prompt_keys(len(cut), len(cut), seed, seeds)
+
+    key0, prompts0, keys0 = prepared(first)
+    slots = decode_slots or default_slots(requests_per_batch or len(prompts0) * n, mesh)
+    settings = make_settings(n=n, slots=slots, num_prompts=len(prompts0), prompt_len=max(len(p) for p in prompts0),
                              max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                              greedy=greedy, stop_token_ids=stop_token_ids, banned_token_ids=banned_token_ids,
                              steps_per_sync=steps_per_sync, mesh=mesh, prefix_sharing=prefix_sharing,
                              prompt_entries=prompt_entries)
-    entries = settings.prompt_entries
     check_cache_fits(cfg, rows=slots, time=settings.cache_len, mesh=mesh, limit_bytes=max_cache_bytes,
-                     shared_rows=entries, shared_time=settings.prompt_len)
-    keys = _prompt_keys(len(prompts), len(prompts), seed, prompt_seeds)
+                     shared_rows=settings.prompt_entries, shared_time=settings.prompt_len)
     stop_check = None
     if stop_strings and tokenizer is not None:
         def stop_check(seq: list[int]) -> bool:
             text = tokenizer.decode(seq)
             return any(x and x in text for x in stop_strings)
-    engine = ContinuousEngine(model, settings, mesh)
+    engine = ContinuousEngine(model, settings, mesh, max_cache_bytes=max_cache_bytes)
+    sizes: dict = {}
+
+    def feed():
+        for batch in itertools.chain([(key0, prompts0, keys0)], map(prepared, batches)):
+            sizes[batch[0]] = [len(p) for p in batch[1]]
+            yield batch
+
+    stop_set = set(settings.stop_ids)
     ctx = jax.set_mesh(mesh) if mesh is not None else _null()
     with ctx:
-        results = engine.run(prompts, keys, n=n, stop_check=stop_check, on_done=on_done)
-    stop_set = set(settings.stop_ids)
-    out = collections.defaultdict(list)
-    for i in range(len(prompts)):
-        for j in range(n):
-            seq, lq, done = results[(i, j)]
-            seq, lq, finished, text = _finish_row(seq, lq, done, stop_set, tokenizer, stop_strings)
-            for key, value in (("tokens", seq), ("token_logq", np.asarray(lq, np.float64)), ("done", finished),
-                               ("lengths", len(seq)), ("texts", text)):
-                out[key].append(value)
-    return GenerationResult(tokens=out["tokens"], token_logq=out["token_logq"],
-                            logq=np.array([x.sum() for x in out["token_logq"]]), done=np.array(out["done"]),
-                            lengths=np.array(out["lengths"]), texts=out["texts"] if tokenizer is not None else None,
-                            num_truncated_prompts=truncated, prompt_lengths=[len(p) for p in prompts],
-                            stats={"scheduler": "continuous", "slots": slots, "decode_steps": engine.stats.decode_steps,
-                                   "slot_occupancy": engine.stats.occupancy, "prefills": engine.stats.prefills,
-                                   "prompt_entries": entries, "entry_waits": engine.stats.entry_waits})
+        for key, results in engine.stream(feed(), n=n, stop_check=stop_check, on_done=on_done):
+            out = collections.defaultdict(list)
+            for i in range(len(sizes[key])):
+                for j in range(n):
+                    seq, lq, done = results[(i, j)]
+                    seq, lq, finished, text = _finish_row(seq, lq, done, stop_set, tokenizer, stop_strings)
+                    for name, value in (("tokens", seq), ("token_logq", np.asarray(lq, np.float64)),
+                                        ("done", finished), ("lengths", len(seq)), ("texts", text)):
+                        out[name].append(value)
+            yield key, GenerationResult(
+                tokens=out["tokens"], token_logq=out["token_logq"], logq=np.array([x.sum() for x in out["token_logq"]]),
+                done=np.array(out["done"]), lengths=np.array(out["lengths"]),
+                texts=out["texts"] if tokenizer is not None else None,
+                num_truncated_prompts=truncated.pop(key), prompt_lengths=sizes.pop(key),
+                stats={"scheduler": "continuous", "slots": engine.s.slots, "decode_steps": engine.stats.decode_steps,
+                       "slot_occupancy": engine.stats.occupancy, "prefills": engine.stats.prefills,
+                       "prompt_entries": engine.s.prompt_entries, "entry_waits": engine.stats.entry_waits,
+                       "prompt_bucket": engine.s.prompt_len})
