@@ -313,8 +313,8 @@ def test_tiny_model_compiles_for_cpu8_standing_in_for_h100s(tmp_path):
 
 
 def test_estep_shape_follows_the_estep_settings(tmp_path):
-    """Without an estep section: the E-step's defaults (64 chunks x K=4 -> 64 slots, prompts and thoughts of 1024);
-    slots and prefill group rounded up to the mesh's batch devices."""
+    """Without an estep section: the E-step's defaults (64 chunks x K=4 -> 64 slots per batch device, prompts and
+    thoughts of 1024); slots and prefill group rounded up to the mesh's batch devices."""
     import jax
 
     from bolt_jax import parallel
@@ -322,13 +322,14 @@ def test_estep_shape_follows_the_estep_settings(tmp_path):
     c = tiny_config(tmp_path, "cpu:8", "h100")
     mesh = parallel.make_mesh({"fsdp": -1}, jax.devices()[:8])
     s = estep_settings(c, mesh, llama_config(c.model))
-    assert (s.slots, s.prefill_group, s.prompt_len, s.max_new_tokens, s.cache_len) == (64, 16, 1024, 1024, 2048)
+    # 64 slots per batch device (a quarter of a batch's 256 requests, as one device alone); groups of a batch's prompts
+    assert (s.slots, s.prefill_group, s.prompt_len, s.max_new_tokens, s.cache_len) == (512, 64, 1024, 1024, 2048)
     from bolt_jax.estep.run import default_estep_config
     c.unlock()
     c.estep = default_estep_config()
     c.estep.chunks_per_batch, c.estep.num_samples, c.estep.max_prompt_len = 3, 2, 100
     s = estep_settings(c, mesh, llama_config(c.model))
-    assert (s.slots, s.prefill_group, s.prompt_len) == (8, 8, 128)
+    assert (s.slots, s.prefill_group, s.prompt_len) == (64, 8, 128)  # at least 8 slots per device
 
 
 def test_compile_time_oom_becomes_one_line():

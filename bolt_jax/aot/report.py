@@ -169,8 +169,9 @@ def estep_settings(config: ml_collections.ConfigDict, mesh, model_cfg):
     """The continuous engine's Settings for one E-step sampler call, by `engine.make_settings` with the decode slots
     and prompt entries `estep.backend.JaxBackend` derives, from `config.estep`, or where the config has none from
     `default_estep_config()`: K=4 samples of 64 chunks per call, prompts of up to 1024 tokens (the bucket: 1024),
-    thoughts of up to 1024 (cache 2048 positions); decode slots a quarter of the call's requests (64), prefill groups
-    of slots / K prompts, both rounded up to a multiple of the mesh's batch devices."""
+    thoughts of up to 1024 (cache 2048 positions); decode slots a quarter of a batch's requests (64) per batch device
+    of the sampling mesh, prefill groups of up to slots / K of a batch's prompts, both rounded up to a multiple of the
+    mesh's batch devices."""
     from bolt_jax.estep.backend import JaxBackend
     from bolt_jax.estep.run import default_estep_config
     from bolt_jax.sampling import engine

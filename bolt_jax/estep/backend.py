@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import ml_collections
 import numpy as np
 
+from bolt_jax import parallel
 from bolt_jax.data.formats import EOL
 
 
@@ -90,10 +91,13 @@ class JaxBackend:
             yield key, self._samples(r, len(r.prompt_lengths), n)
 
     def decode_slots(self, requests: int) -> int:
-        """`estep.decode_slots`, or by default a quarter of a call's requests (at least 8): each slot then serves
-        about four thoughts in turn, so the long tail of one leaves few rows idle. A multiple of the mesh's batch."""
+        """`estep.decode_slots`, or by default a quarter of a batch's requests (at least 8) per batch device of the
+        sampling mesh: each device decodes as many rows as one device alone would (fewer and every step would read
+        the whole model for a handful of rows); with the batches streamed through one engine (`sample_stream`),
+        slots beyond one batch's requests take the next batches'. A multiple of the mesh's batch devices."""
         from bolt_jax.sampling.engine import round_to_batch
-        return round_to_batch(self.e.get("decode_slots", 0) or max(8, requests // 4), self.mesh)
+        devices = parallel.batch_divisor(self.mesh) if self.mesh is not None else 1
+        return round_to_batch(self.e.get("decode_slots", 0) or max(8, requests // 4) * devices, self.mesh)
 
     def prompt_entries(self) -> int | None:
         """`estep.prompt_entries` rounded up to a multiple of the mesh's batch devices as decode_slots is (None: the

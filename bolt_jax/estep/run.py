@@ -61,7 +61,8 @@ def default_estep_config() -> ml_collections.ConfigDict:
         # finished thought's row taking the next waiting sample; "static" decodes each call as one batch until its
         # longest thought ends. Same samples either way (so not part of the store's settings).
         "scheduler": "continuous",
-        "decode_slots": 0,  # continuous: rows decoded together (0 = chunks_per_batch * num_samples / 4, at least 8)
+        "decode_slots": 0,  # continuous: rows decoded together (0 = chunks_per_batch * num_samples / 4, at least 8,
+        # per batch device of the sampling mesh)
         # continuous: the num_samples thoughts of a chunk read its prompt's KV once per step from one of
         # prompt_entries shared entries (0 = 2 x decode_slots / num_samples; both rounded up to a multiple of the mesh's
         # batch devices) instead of each slot holding a copy:
