@@ -238,6 +238,15 @@ def process_batch(chunks: Sequence[Chunk], backend: ModelBackend, tokenizer,
     return score_batch(sample_batch(chunks, backend, tokenizer, e), backend, tokenizer, e)
 
 
+def process_chunks(chunks: Sequence[Chunk], backend: ModelBackend, tokenizer,
+                   e: ml_collections.ConfigDict) -> list[dict[str, Any]]:
+    """`process_batch` over any number of chunks, in batches of `chunks_per_batch` sampled as one stream
+    (`sampled_batches`), without a store: one result row per chunk, in order (the toy diagnostics' E-step)."""
+    work = [(b, chunks[i:i + e.chunks_per_batch]) for b, i in enumerate(range(0, len(chunks), e.chunks_per_batch))]
+    return [row for _, sampled in sampled_batches(work, backend, tokenizer, e)
+            for row in score_batch(sampled, backend, tokenizer, e)]
+
+
 class PhaseClock:
     """Seconds per phase of the E-step (`with clock("score"): ...`), summed over batches. Phases that run in
     different threads add up to more than the wall time when they overlap: the excess is the overlap."""

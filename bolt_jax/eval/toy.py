@@ -85,20 +85,18 @@ def estep_correctness(store_rows: Sequence[dict], chunks) -> dict[str, float]:
 def posterior_diagnostics(backend, tokenizer, chunks, e) -> dict[str, Any]:
     """One model's posterior on held-out toy chunks (bolt_jax.estep.run.Chunk), through the E-step's own code.
 
-    For every chunk: K samples from q(z | prefix, x), scored under the joint (estep.run.process_batch); the true
+    For every chunk: K samples from q(z | prefix, x), scored under the joint (estep.run.process_chunks); the true
     thought scored the same way as a (K+1)-th candidate: log q(true) from the posterior prompt, log p(true, x) from
     its joint. Returns means over the chunks that state an answer (with bootstrap SEs): sample_correct,
     chosen_correct, true_top, ess, log_q_true (nats per thought); and ELBO_n per token over every chunk (the IWAE
     bound of the K samples, summed, divided by the text tokens scored: spec 7.3's normalisation)."""
     from bolt_jax.data.formats import EOL
     from bolt_jax.estep import sequences
-    from bolt_jax.estep.run import process_batch
+    from bolt_jax.estep.run import process_chunks
     from bolt_jax.estep.weights import chunk_rng, true_thought_diagnostics
 
     truth = true_thoughts(chunks)
-    rows = []
-    for i in range(0, len(chunks), e.chunks_per_batch):
-        rows += process_batch(chunks[i:i + e.chunks_per_batch], backend, tokenizer, e)
+    rows = process_chunks(chunks, backend, tokenizer, e)
     solved = [(c, r) for c, r in zip(chunks, rows) if truth[c.chunk_id]]
     q_seqs, q_from, joints = [], [], []
     for c, _ in solved:
