@@ -110,8 +110,8 @@ def markdown(runs: list[dict], commit: str) -> str:
            "interconnect = ring bytes of its collectives / one-way interconnect bandwidth (bolt_jax/aot). "
            "Train step: one optimizer step (no accumulation); prefill: one E-step group of prompts; decode step: one "
            "step of every slot, from a chunk of 16 with every slot live (tokens/s: decoded tokens of all slots). "
-           "The train step: fsdp over every chip; the E-step's sampler: on `sampling_mesh` (data parallel, bf16 weights in "
-           "full on every chip), at the E-step's default slots (64 per chip).", "", table(runs), ""]
+           "The train step: fsdp over every chip; the E-step's sampler: on `sampling_mesh` (data parallel, bf16 "
+           "weights in full on every chip), at the E-step's default slots (64 per chip).", "", table(runs), ""]
     for run in runs:
         out += [f"## {run['name']}: {run['topology']}, micro-batch {run['micro_batch_per_chip']} per chip, "
                 f"remat {run['remat']}", "", f"Why: {run['why']}.", "",

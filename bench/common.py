@@ -142,3 +142,11 @@ def write_json(path: str, obj: Any) -> None:
     """A bench script's machine-readable result (`--json PATH`), written whole or not at all."""
     from bolt_jax.runtime.atomic import atomic_write_json
     atomic_write_json(path, obj)
+
+
+def write_results(stem: str, obj: Any, text: str) -> None:
+    """`stem`.json (with `run_info()`) and `stem`.md: a bench script's results as it writes them itself."""
+    write_json(stem + ".json", {**run_info(), **obj})
+    with open(stem + ".md", "w") as f:
+        f.write(text)
+    print(f"wrote {stem}.json and .md")

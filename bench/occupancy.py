@@ -21,11 +21,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import statistics
 import time
 
 import numpy as np
-from common import header, run_info, write_json
+from common import Samples, header, write_results
 from prefix_entries import model_and_prompts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,10 +60,6 @@ def run(model, prompts, a, mode: str, seed: int) -> dict:
             "tokens_digest": hash(tuple(tuple(t) for t in tokens))}
 
 
-def spread(values: list[float]) -> dict:
-    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--slots", type=int, default=64, help="decode slots (the E-step's default for 64 chunks x K=4)")
@@ -90,11 +85,11 @@ def main() -> None:
             print(f"{r['mode']:9s} seed {seed}: occupancy {r['occupancy']:.3f}, {r['decode_steps']} decode steps, "
                   f"mean length {r['mean_length']:.0f}, {r['seconds']:.0f} s", flush=True)
         rows += pair
-    summary = {mode: {"occupancy": spread([r["occupancy"] for r in rows if r["mode"] == mode]),
-                      "decode_steps": spread([r["decode_steps"] for r in rows if r["mode"] == mode])}
+    summary = {mode: {"occupancy": Samples.of([r["occupancy"] for r in rows if r["mode"] == mode]).summary(),
+                      "decode_steps": Samples.of([r["decode_steps"] for r in rows if r["mode"] == mode]).summary()}
                for mode in ("per_batch", "stream")}
     ratio = [b["decode_steps"] / s["decode_steps"] for b, s in zip(rows[::2], rows[1::2])]
-    summary["per_batch_steps_over_stream"] = spread(ratio)
+    summary["per_batch_steps_over_stream"] = Samples.of(ratio).summary()
     lines = [header(), "", f"Useful slot occupancy: {a.batches} batches of {a.chunks_per_batch} prompts x K={a.k}, "
              f"{a.slots} slots, thoughts geometric with mean {a.vocab / a.stops:.0f} capped at {a.new}, chunks of "
              f"{a.steps_per_sync} steps, seeds {a.seeds}; min / median / max over the seeds. The same samples in "
@@ -112,10 +107,7 @@ def main() -> None:
     stem = os.path.join(a.out, f"occupancy-{datetime.date.today().isoformat()}")
     for r in rows:
         r.pop("tokens_digest")
-    write_json(stem + ".json", {**run_info(), "args": vars(a), "runs": rows, "summary": summary})
-    with open(stem + ".md", "w") as f:
-        f.write(text)
-    print(f"wrote {stem}.json and .md")
+    write_results(stem, {"args": vars(a), "runs": rows, "summary": summary}, text)
 
 
 if __name__ == "__main__":

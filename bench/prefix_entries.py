@@ -30,7 +30,7 @@ import statistics
 import time
 
 import numpy as np
-from common import header, run_info, write_json
+from common import Samples, header, write_results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,10 +58,6 @@ def run(model, prompts, a, entries: int, seed: int) -> dict:
             "occupancy": out.stats["slot_occupancy"], "decode_steps": out.stats["decode_steps"],
             "entry_waits": out.stats.get("entry_waits", 0), "sampled_tokens": int(out.lengths.sum()),
             "mean_length": float(out.lengths.mean())}
-
-
-def spread(values: list[float]) -> dict:
-    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
 def predicted(aot_path: str, occupancy: dict, slots_per_device: int) -> dict:
@@ -131,7 +127,7 @@ def main() -> None:
     summary = {}
     for e in entries:
         mine = [r for r in rows if r["entries"] == e]
-        summary[e] = {"occupancy": spread([r["occupancy"] for r in mine]),
+        summary[e] = {"occupancy": Samples.of([r["occupancy"] for r in mine]).summary(),
                       "decode_steps": statistics.median(r["decode_steps"] for r in mine),
                       "entry_waits": statistics.median(r["entry_waits"] for r in mine)}
         if str(e) in aot:
@@ -139,10 +135,7 @@ def main() -> None:
     text = markdown(a, rows, summary)
     print(text)
     stem = os.path.join(a.out, f"prefix_entries-{datetime.date.today().isoformat()}")
-    write_json(stem + ".json", {**run_info(), "args": vars(a), "runs": rows, "summary": summary})
-    with open(stem + ".md", "w") as f:
-        f.write(text)
-    print(f"wrote {stem}.json and .md")
+    write_results(stem, {"args": vars(a), "runs": rows, "summary": summary}, text)
 
 
 if __name__ == "__main__":
