@@ -114,6 +114,10 @@ def test_sampler_decodes_the_same_tokens_with_the_kernel(monkeypatch):
     jax.clear_caches()  # `auto` is resolved at trace time: retrace
     assert "bolt_decode_attention" in str(jax.make_jaxpr(
         lambda *a: kernels.decode_attention(*a[:3], kv_segment_ids_BxT=a[3], lengths_B=a[4]))(*cache()))
-    got = generate(model, prompts, max_new_tokens=6, greedy=True)
+    try:
+        got = generate(model, prompts, max_new_tokens=6, greedy=True)
+    finally:
+        monkeypatch.undo()
+        jax.clear_caches()  # or later programs of the same shapes would reuse these kernel traces as `auto`
     assert got.tokens == ref.tokens
     np.testing.assert_allclose(got.logq, ref.logq, atol=1e-4)

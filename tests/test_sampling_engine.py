@@ -147,6 +147,21 @@ def test_stream_keeps_slots_busier_than_a_call_per_batch(model):
     assert together["slot_occupancy"] > useful_apart / (4 * sum(s["decode_steps"] for s in apart))
 
 
+def test_a_stream_leaves_no_mesh_set_between_batches(model):
+    """The mesh is set only while the engine works: a stream suspended between batches, or abandoned after one (as
+    `generate` does), leaves the caller's thread without it (it once leaked, and every later compile in the process
+    was sharded over it)."""
+    import jax
+    mesh = parallel.make_mesh({"data": 2, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:2])
+    batches = [("a", [[5, 6]], None), ("b", [[7, 8]], None)]
+    stream = generate_stream(model, batches, max_new_tokens=4, decode_slots=2, mesh=mesh)
+    next(stream)
+    assert jax.sharding.get_abstract_mesh().empty
+    generate(model, [[5, 6]], max_new_tokens=4, scheduler="continuous", decode_slots=2, mesh=mesh)
+    assert jax.sharding.get_abstract_mesh().empty
+    assert [k for k, _ in stream] == ["b"]
+
+
 def test_stream_refuses_a_key_given_twice(model):
     batches = [("a", [[5, 6]], None), ("a", [[7, 8]], None)]
     with pytest.raises(ValueError, match="batch key 'a' given twice"):
@@ -189,15 +204,16 @@ def test_prefix_sharing_on_a_mesh_equals_static_on_one_device(model):
                    prefix_sharing=True, prompt_entries=4, **kw))
 
 
-def test_prefix_sharing_reads_fewer_bytes_per_step(model):
+def test_prefix_sharing_reads_fewer_bytes_per_step():
     """XLA's own count of the bytes one decode chunk touches: shared prompts (entries = slots / n) against each slot
-    holding its prompt, at a long prompt where prompt KV dominates."""
+    holding its prompt, at a long prompt where prompt KV dominates. The XLA decode attention, named (not `auto`,
+    which another test may have traced as the kernel for the same shapes)."""
     import jax
     from flax import nnx as nnx_
 
     from bolt_jax.model.llama import pure_dict
-    from bolt_jax.sampling import engine
-    graphdef, state = nnx_.split(model)
+    xla_model = Llama(preset("tiny", compute_dtype="float32", decode_impl="xla"), nnx.Rngs(0))
+    graphdef, state = nnx_.split(xla_model)
     params = pure_dict(state)
 
     def chunk_bytes(entries: int) -> float:

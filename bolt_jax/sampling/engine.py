@@ -743,23 +743,33 @@ def generate_stream(model: Llama, batches: Iterable[tuple[Any, Sequence[Sequence
             yield batch
 
     stop_set = set(settings.stop_ids)
-    ctx = jax.set_mesh(mesh) if mesh is not None else _null()
-    with ctx:
-        for key, results in engine.stream(feed(), n=n, stop_check=stop_check, on_done=on_done):
-            out = collections.defaultdict(list)
-            for i in range(len(sizes[key])):
-                for j in range(n):
-                    seq, lq, done = results[(i, j)]
-                    seq, lq, finished, text = _finish_row(seq, lq, done, stop_set, tokenizer, stop_strings)
-                    for name, value in (("tokens", seq), ("token_logq", np.asarray(lq, np.float64)),
-                                        ("done", finished), ("lengths", len(seq)), ("texts", text)):
-                        out[name].append(value)
-            yield key, GenerationResult(
-                tokens=out["tokens"], token_logq=out["token_logq"], logq=np.array([x.sum() for x in out["token_logq"]]),
-                done=np.array(out["done"]), lengths=np.array(out["lengths"]),
-                texts=out["texts"] if tokenizer is not None else None,
-                num_truncated_prompts=truncated.pop(key), prompt_lengths=sizes.pop(key),
-                stats={"scheduler": "continuous", "slots": engine.s.slots, "decode_steps": engine.stats.decode_steps,
-                       "slot_occupancy": engine.stats.occupancy, "prefills": engine.stats.prefills,
-                       "prompt_entries": engine.s.prompt_entries, "entry_waits": engine.stats.entry_waits,
-                       "prompt_bucket": engine.s.prompt_len})
+    for key, results in _under_mesh(engine.stream(feed(), n=n, stop_check=stop_check, on_done=on_done), mesh):
+        out = collections.defaultdict(list)
+        for i in range(len(sizes[key])):
+            for j in range(n):
+                seq, lq, done = results[(i, j)]
+                seq, lq, finished, text = _finish_row(seq, lq, done, stop_set, tokenizer, stop_strings)
+                for name, value in (("tokens", seq), ("token_logq", np.asarray(lq, np.float64)),
+                                    ("done", finished), ("lengths", len(seq)), ("texts", text)):
+                    out[name].append(value)
+        yield key, GenerationResult(
+            tokens=out["tokens"], token_logq=out["token_logq"], logq=np.array([x.sum() for x in out["token_logq"]]),
+            done=np.array(out["done"]), lengths=np.array(out["lengths"]),
+            texts=out["texts"] if tokenizer is not None else None,
+            num_truncated_prompts=truncated.pop(key), prompt_lengths=sizes.pop(key),
+            stats={"scheduler": "continuous", "slots": engine.s.slots, "decode_steps": engine.stats.decode_steps,
+                   "slot_occupancy": engine.stats.occupancy, "prefills": engine.stats.prefills,
+                   "prompt_entries": engine.s.prompt_entries, "entry_waits": engine.stats.entry_waits,
+                   "prompt_bucket": engine.s.prompt_len})
+
+
+def _under_mesh(items: Iterator, mesh) -> Iterator:
+    """`items`, each one computed with `mesh` set (`jax.set_mesh`) and handed on with it unset: a generator that
+    yielded inside `with jax.set_mesh(...)` would leave the mesh set in its consumer's thread while suspended (and
+    for good if abandoned), changing how everything the consumer compiles meanwhile is sharded."""
+    while True:
+        with jax.set_mesh(mesh) if mesh is not None else _null():
+            item = next(items, None)
+        if item is None:
+            return
+        yield item
