@@ -25,9 +25,7 @@ import time
 
 import numpy as np
 from common import Samples, header, write_results
-from prefix_entries import model_and_prompts
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from prefix_entries import add_workload_arguments, model_and_prompts
 
 
 def batches_of(prompts: list[list[int]], a, seed: int) -> list[tuple[int, list[list[int]], list[int]]]:
@@ -62,17 +60,9 @@ def run(model, prompts, a, mode: str, seed: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--slots", type=int, default=64, help="decode slots (the E-step's default for 64 chunks x K=4)")
+    add_workload_arguments(p)
     p.add_argument("--chunks_per_batch", type=int, default=64)
     p.add_argument("--batches", type=int, default=12)
-    p.add_argument("--k", type=int, default=4)
-    p.add_argument("--prompt_len", type=int, default=16)
-    p.add_argument("--new", type=int, default=1024)
-    p.add_argument("--vocab", type=int, default=3000)
-    p.add_argument("--stops", type=int, default=10, help="stop ids among the vocabulary: mean length vocab / stops")
-    p.add_argument("--steps_per_sync", type=int, default=16)
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
     a = p.parse_args()
     a.prompts = a.batches * a.chunks_per_batch
     model, prompts = model_and_prompts(a)

@@ -35,6 +35,19 @@ from common import Samples, header, write_results
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def add_workload_arguments(p: argparse.ArgumentParser) -> None:
+    """The long-tailed thought workload both occupancy benches use (see the module docstring)."""
+    p.add_argument("--slots", type=int, default=64, help="decode slots (one device's share at the E-step's defaults)")
+    p.add_argument("--k", type=int, default=4)
+    p.add_argument("--prompt_len", type=int, default=16)
+    p.add_argument("--new", type=int, default=1024)
+    p.add_argument("--vocab", type=int, default=3000)
+    p.add_argument("--stops", type=int, default=10, help="stop ids among the vocabulary: mean length vocab / stops")
+    p.add_argument("--steps_per_sync", type=int, default=16)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+
+
 def model_and_prompts(a):
     import jax.numpy as jnp
     from flax import nnx
@@ -99,18 +112,10 @@ def markdown(a, rows: list[dict], summary: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--slots", type=int, default=64, help="decode slots (one device's share at the AOT shape)")
-    p.add_argument("--k", type=int, default=4)
+    add_workload_arguments(p)
     p.add_argument("--entries", default="0,16,24,32", help="prompt entries to compare (0 = no prefix sharing)")
     p.add_argument("--prompts", type=int, default=128)
-    p.add_argument("--prompt_len", type=int, default=16)
-    p.add_argument("--new", type=int, default=1024)
-    p.add_argument("--vocab", type=int, default=3000)
-    p.add_argument("--stops", type=int, default=10, help="stop ids among the vocabulary: mean length vocab / stops")
-    p.add_argument("--steps_per_sync", type=int, default=16)
-    p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--aot", action="append", default=[], help="ENTRIES=report.json (entries as in --entries)")
-    p.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
     a = p.parse_args()
     entries = [int(x) for x in a.entries.split(",")]
     seeds = [int(x) for x in a.seeds.split(",")]

@@ -339,6 +339,8 @@ def evict(state: SlotState, slot_E) -> SlotState:
 
 # ---------------------------------------------------------------------------------------------- on the host
 _MAX_WAITING_POOLS = 2  # prefilled groups held while their samples wait (prefix sharing: for their prompts' device)
+
+
 @dataclass
 class _Pool:
     """A prefilled group on the device and the samples of its prompts not yet inserted: [(prompt, sample)]."""
@@ -375,7 +377,7 @@ class _Entries:
         shard = self.shard_of(prompt)
         if shard is not None:
             return (shard, self.of_prompt[prompt], False) if free_by_shard[shard] else None
-        open_ = [c for c, slots in enumerate(free_by_shard) if slots and self.free[c]]
+        open_ = self._open_shards(free_by_shard)
         if not open_:
             return None
         shard = max(open_, key=lambda c: len(free_by_shard[c]))
@@ -384,7 +386,11 @@ class _Entries:
         return shard, entry, True
 
     def can_admit_new(self, free_by_shard: list[list[int]]) -> bool:
-        return any(slots and self.free[c] for c, slots in enumerate(free_by_shard))
+        return bool(self._open_shards(free_by_shard))
+
+    def _open_shards(self, free_by_shard: list[list[int]]) -> list[int]:
+        """The devices with both a free slot and a free entry: where a new prompt can start."""
+        return [c for c, slots in enumerate(free_by_shard) if slots and self.free[c]]
 
     def join(self, slot: int, entry: int) -> None:
         local = entry % self.entries_per_shard
@@ -475,8 +481,8 @@ class ContinuousEngine:
             busy = any(o is not None for o in owner)
             if held is not None and not busy and not waiting():
                 self._useful_before = self.stats.useful_slot_steps  # the next state counts from zero
+                state, owner = None, []  # freed before the memory check of the larger bucket
                 self._start_bucket(max(len(p) for p in held[1]))
-                state, owner = None, []
                 take(held)
                 held = None
             while held is None and waiting() < self.s.slots:
@@ -492,10 +498,10 @@ class ContinuousEngine:
                 yield key, {(i - first, j): results.pop((i, j)) for i in range(first, end) for j in range(n)}
             if not spans and held is None:
                 break
-            if state is None:
-                state, owner = self._start(n), [None] * self.s.slots
             if not queue and not busy and not any(p.waiting for p in pools):
                 continue  # only the held batch is left: the loop above starts it
+            if state is None:
+                state, owner = self._start(n), [None] * self.s.slots
             state = self._fill(state, prompts, keys, queue, pools, owner, n)
             state, steps = decode_chunk(self.graphdef, self.params, state, settings=self.s)
             steps, useful = (int(x) for x in _to_host(jnp.stack([steps, state.useful_steps])))
@@ -698,12 +704,12 @@ def generate_stream(model: Llama, batches: Iterable[tuple[Any, Sequence[Sequence
                     stop_token_ids: Sequence[int], stop_strings: Sequence[str], banned_token_ids: Sequence[int],
                     max_prompt_len: int | None, seed: int, mesh, tokenizer, decode_slots: int | None,
                     steps_per_sync: int, max_cache_bytes: int | None, on_done: DoneCallback | None = None,
-                    prefix_sharing: bool = False, prompt_entries: int | None = None,
-                    requests_per_batch: int | None = None) -> Iterator[tuple[Any, Any]]:
+                    prefix_sharing: bool = False,
+                    prompt_entries: int | None = None) -> Iterator[tuple[Any, Any]]:
     """(key, GenerationResult) per (key, prompts, prompt_seeds) batch, in order, each equal to what `generate` gives
     that batch alone (a request's samples depend on its seed only), from one engine whose slots move on to the next
-    batch while a batch's last samples finish (`ContinuousEngine.stream`). The first batch sets the prompt bucket
-    and, unless `decode_slots` is given, the slots (for `requests_per_batch`, default its own prompts x n)."""
+    batch while a batch's last samples finish (`ContinuousEngine.stream`). The first batch sets the prompt bucket,
+    the prefill group and, unless `decode_slots` is given, the slots (for its prompts x n requests)."""
     from bolt_jax.sampling.sampler import GenerationResult
     cfg = model.config
     batches = iter(batches)
@@ -721,7 +727,7 @@ def generate_stream(model: Llama, batches: Iterable[tuple[Any, Sequence[Sequence
         return key, cut, _prompt_keys(len(cut), len(cut), seed, seeds)
 
     key0, prompts0, keys0 = prepared(first)
-    slots = decode_slots or default_slots(requests_per_batch or len(prompts0) * n, mesh)
+    slots = decode_slots or default_slots(len(prompts0) * n, mesh)
     settings = make_settings(n=n, slots=slots, num_prompts=len(prompts0), prompt_len=max(len(p) for p in prompts0),
                              max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                              greedy=greedy, stop_token_ids=stop_token_ids, banned_token_ids=banned_token_ids,

@@ -45,8 +45,7 @@ def generate(model: Llama, prompts: Sequence[Sequence[int]], *, n: int = 1, max_
                   on_done=on_done)
     if scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler={scheduler!r}; choose one of {SCHEDULERS}")
-    if prompt_entries is not None and (prompt_entries < 1 or not prefix_sharing):
-        raise ValueError(f"prompt_entries={prompt_entries} needs prefix_sharing=True and must be >= 1")
+    _check_prompt_entries(prefix_sharing, prompt_entries)
     if scheduler == "static":
         if prefix_sharing:
             raise ValueError("prefix_sharing needs scheduler=\"continuous\" (a static batch copies each prompt)")
@@ -65,19 +64,17 @@ def generate_stream(model: Llama, batches: Iterable[tuple[Any, Sequence[Sequence
                     max_prompt_len: int | None = None, seed: int = 0, mesh=None, tokenizer=None,
                     max_cache_bytes: int | None = None, decode_slots: int | None = None, steps_per_sync: int = 16,
                     on_done: DoneCallback | None = None, prefix_sharing: bool = False,
-                    prompt_entries: int | None = None,
-                    requests_per_batch: int | None = None) -> Iterator[tuple[Any, GenerationResult]]:
+                    prompt_entries: int | None = None) -> Iterator[tuple[Any, GenerationResult]]:
     """`generate(..., scheduler="continuous")` over a stream of batches, each (key, prompts, prompt_seeds or None):
     yields (key, the GenerationResult `generate` would give that batch alone) in order. One engine serves them all,
     its slots taking the next batch's samples while a batch's longest samples finish, so the slots do not drain at
-    every batch's end (the E-step's batches, `bolt_jax.estep.run`). `result.stats` are the stream's so far;
-    `requests_per_batch` sizes the default `decode_slots` (default: the first batch's prompts x n)."""
+    every batch's end (the E-step's batches, `bolt_jax.estep.run`). `result.stats` are the stream's so far; the
+    default `decode_slots` is sized for the first batch's prompts x n."""
     common = dict(n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                   greedy=greedy, stop_token_ids=stop_token_ids, stop_strings=stop_strings,
                   banned_token_ids=banned_token_ids, max_prompt_len=max_prompt_len, seed=seed, mesh=mesh,
                   tokenizer=tokenizer, max_cache_bytes=max_cache_bytes, on_done=on_done)
-    if prompt_entries is not None and (prompt_entries < 1 or not prefix_sharing):
-        raise ValueError(f"prompt_entries={prompt_entries} needs prefix_sharing=True and must be >= 1")
+    _check_prompt_entries(prefix_sharing, prompt_entries)
     _check_continuous(model, common, steps_per_sync, decode_slots)
     batches = iter(batches)
     for key, prompts, seeds in batches:
@@ -86,9 +83,13 @@ def generate_stream(model: Llama, batches: Iterable[tuple[Any, Sequence[Sequence
             continue
         yield from engine.generate_stream(
             model, itertools.chain([(key, prompts, seeds)], batches), decode_slots=decode_slots,
-            steps_per_sync=steps_per_sync, prefix_sharing=prefix_sharing, prompt_entries=prompt_entries,
-            requests_per_batch=requests_per_batch, **common)
+            steps_per_sync=steps_per_sync, prefix_sharing=prefix_sharing, prompt_entries=prompt_entries, **common)
         return
+
+
+def _check_prompt_entries(prefix_sharing: bool, prompt_entries: int | None) -> None:
+    if prompt_entries is not None and (prompt_entries < 1 or not prefix_sharing):
+        raise ValueError(f"prompt_entries={prompt_entries} needs prefix_sharing=True and must be >= 1")
 
 
 def _check_continuous(model: Llama, common: dict, steps_per_sync: int, decode_slots: int | None) -> None:
