@@ -2,6 +2,7 @@
 requests give the same tokens, log q and done flags whatever the slots, the chunking or the mesh; a reused slot
 carries nothing of its earlier occupant; slots are kept busy."""
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -9,6 +10,7 @@ from flax import nnx
 from bolt_jax import parallel
 from bolt_jax.model import Llama, preset
 from bolt_jax.sampling import engine, generate, generate_stream
+from bolt_jax.sampling.slots import Settings, lower_decode
 
 STOPS = list(range(3, 40))  # many stop ids, so lengths spread from 0 to max_new_tokens
 
@@ -208,7 +210,6 @@ def test_prefix_sharing_reads_fewer_bytes_per_step():
     """XLA's own count of the bytes one decode chunk touches: shared prompts (entries = slots / n) against each slot
     holding its prompt, at a long prompt where prompt KV dominates. The XLA decode attention, named (not `auto`,
     which another test may have traced as the kernel for the same shapes)."""
-    import jax
     from flax import nnx as nnx_
 
     from bolt_jax.model.llama import pure_dict
@@ -217,11 +218,10 @@ def test_prefix_sharing_reads_fewer_bytes_per_step():
     params = pure_dict(state)
 
     def chunk_bytes(entries: int) -> float:
-        s = engine.Settings(slots=16, prompt_len=512, max_new_tokens=128, temperature=1.0, top_k=0, top_p=1.0,
+        s = Settings(slots=16, prompt_len=512, max_new_tokens=128, temperature=1.0, top_k=0, top_p=1.0,
                             greedy=False, stop_ids=(3,), banned_ids=(), prefill_group=4, steps_per_sync=1,
                             prompt_entries=entries, samples_per_prompt=4 if entries else 1)
-        slots = jax.eval_shape(lambda p: engine.init_slots(graphdef, p, settings=s), params)
-        compiled = engine.decode_chunk.lower(graphdef, params, slots, settings=s).compile()
+        compiled = lower_decode(graphdef, params, s).compile()
         return compiled.cost_analysis()["bytes accessed"]
 
     own, shared = chunk_bytes(0), chunk_bytes(4)
@@ -259,8 +259,7 @@ def test_prefix_sharing_keeps_entries_on_their_slots_device(model):
         assert s.shards == (4 if sharing else 1)
         with jax.set_mesh(mesh):
             params = jax.device_put(pure_dict(state), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-            slots = engine.init_slots(graphdef, params, settings=s)
-            text = engine.decode_chunk.lower(graphdef, params, slots, settings=s).compile().as_text()
+            text = lower_decode(graphdef, params, s).compile().as_text()
         return hlo.analyze(text, 4, unknown_trips=2).ring_bytes
 
     own, shared = ring_bytes(False), ring_bytes(True)
@@ -297,3 +296,21 @@ def test_bad_scheduler_arguments_are_refused(model, kw, message):
         kw = dict(kw, mesh=parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}))
     with pytest.raises(ValueError, match=message):
         generate(model, [[1, 2, 3]], max_new_tokens=2, **kw)
+
+
+def test_engine_programs_are_compiled_once_per_settings(model):
+    """A second call with the same settings reuses the first one's programs (`slots.programs`): nothing compiles
+    again, and the slot state each program makes is in the layout the decode chunk was compiled for."""
+    from bolt_jax.sampling import slots
+    kw = dict(n=2, max_new_tokens=6, temperature=1.0, stop_token_ids=STOPS, seed=1, scheduler="continuous",
+              decode_slots=4)
+    generate(model, _prompts(3, seed=2, max_len=10), **kw)
+    kept = dict(slots._PROGRAMS)
+    generate(model, _prompts(3, seed=4, max_len=10), **kw)
+    assert slots._PROGRAMS == kept
+    (programs,) = [p for key, p in kept.items() if key[1].slots == 4 and key[1].max_new_tokens == 6]
+    graphdef, state = nnx.split(model)
+    from bolt_jax.model.llama import pure_dict
+    params = pure_dict(state)
+    empty = programs.init(params)
+    assert jax.tree.map(lambda x: x.format, empty) == programs.decode.input_formats[0][1]

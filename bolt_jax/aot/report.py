@@ -95,16 +95,17 @@ def roofline(target: Target, *, flops: float, hbm_bytes: float, ring_bytes: floa
 
 
 # ------------------------------------------------------------------------------------------------------ one function
-def compile_and_report(name: str, lower: Callable[[], Any], target: Target, *, flops: float, tokens: float,
+def compile_and_report(name: str, build: Callable[[], Any], target: Target, *, flops: float, tokens: float,
                        what: str, loop_trips: int = 1, attention_len: int = 0) -> dict[str, Any]:
-    """Compiles one lowered function for the target and reports it. A program the compiler refuses for memory is a
-    result ("does not fit"), not an error, so the other functions still compile; any other failure is a bug.
-    `loop_trips`: how many times a loop runs whose trip count the program does not hold (the decode chunk's).
+    """Compiles one function for the target (`build()` lowers and compiles it) and reports it. A program the compiler
+    refuses for memory is a result ("does not fit"), not an error, so the other functions still compile; any other
+    failure is a bug. `loop_trips`: how many times a loop runs whose trip count the program does not hold (the
+    decode chunk's).
     `attention_len`: for cpu:N, the sequence length whose [S, S] attention scores the XLA reference writes to memory
     and the GPUs' flash kernels do not: left out of the HBM bytes (the figure with them is reported beside)."""
     t0 = time.perf_counter()
     try:
-        compiled = lower().compile()
+        compiled = build()
     except Exception as e:  # noqa: BLE001 - re-raised unless it is the compiler's out-of-memory verdict
         refused = _does_not_fit(e)
         if refused is None:
@@ -150,12 +151,12 @@ def train_report(config: ml_collections.ConfigDict, setup, target: Target) -> di
     what = (f"global batch {batch} x {seq}, {setup.accum} micro-step(s), remat={setup.model_cfg.remat_policy}, "
             f"attention={setup.model_cfg.attention_impl}")
 
-    def lower():
+    def build():
         with setup.mesh_context():
-            return setup.train_step.lower(setup.abstract_state, setup.abstract_batch)
+            return setup.train_step.lower(setup.abstract_state, setup.abstract_batch).compile()
 
     flops = setup.model_cfg.flops_per_token(seq) * tokens / target.num_devices
-    return compile_and_report("train_step", lower, target, flops=flops, tokens=tokens, what=what, attention_len=seq)
+    return compile_and_report("train_step", build, target, flops=flops, tokens=tokens, what=what, attention_len=seq)
 
 
 # ------------------------------------------------------------------------------------------------------ sampler
@@ -220,8 +221,9 @@ def sampler_reports(config: ml_collections.ConfigDict, setup, target: Target) ->
     """The engine's `prefill_group` (one group of prompts) and `decode_chunk` (one chunk: its loop stops after
     `steps_per_sync` steps or when no slot is live, a count the program does not hold; taken as every slot live,
     all `steps_per_sync` steps) at the E-step's shape, on the sampling mesh with compute-dtype parameters
-    (`sampling_setup`). The decode state's shardings are those `init_slots` produces for it."""
-    from bolt_jax.sampling import engine
+    (`sampling_setup`). The decode chunk is compiled as the engine compiles it (`slots.compile_decode`: the slot
+    state sharded as `init_slots` makes it, in the layout that moves fewer bytes)."""
+    from bolt_jax.sampling import slots
     graphdef, mesh, params, context = sampling_setup(config, setup)
     cfg = setup.model_cfg
     s = estep_settings(config, mesh, cfg)
@@ -229,26 +231,24 @@ def sampler_reports(config: ml_collections.ConfigDict, setup, target: Target) ->
                                   sharding=parallel.batch_sharding(mesh, 2))
     pad = jax.ShapeDtypeStruct((s.prefill_group,), jnp.int32, sharding=parallel.batch_sharding(mesh, 1))
 
-    def lower_prefill():
+    def build_prefill():
         with context():
-            return engine.prefill_group.lower(graphdef, params, prompt, pad)
+            return slots.prefill_group.lower(graphdef, params, prompt, pad).compile()
 
-    def lower_decode():
+    def build_decode():
         with context():
-            init = engine.init_slots.lower(graphdef, params, settings=s)
-            state = _abstract(init.out_info, init.compile().output_shardings)
-            return engine.decode_chunk.lower(graphdef, params, state, settings=s)
+            return slots.compile_decode(graphdef, params, s)
 
     n, steps = target.num_devices, s.steps_per_sync
     prefill_tokens = s.prefill_group * s.prompt_len
     where = f", prefix sharing over {s.prompt_entries} prompt entries" if s.prompt_entries else ""
     where += " (sampling mesh " + " x ".join(f"{a}={mesh.shape[a]}" for a in parallel.MESH_AXES) + ")"
     return [
-        compile_and_report("prefill", lower_prefill, target, tokens=prefill_tokens, attention_len=s.prompt_len,
+        compile_and_report("prefill", build_prefill, target, tokens=prefill_tokens, attention_len=s.prompt_len,
                            flops=prefill_tokens * forward_flops_per_token(cfg, s.prompt_len) / n,
                            what=f"E-step prefill: a group of {s.prefill_group} prompts x {s.prompt_len} tokens"
                                 f"{where}"),
-        compile_and_report("decode", lower_decode, target, tokens=s.slots * steps, loop_trips=steps,
+        compile_and_report("decode", build_decode, target, tokens=s.slots * steps, loop_trips=steps,
                            flops=steps * s.slots * forward_flops_per_token(cfg, s.cache_len, causal=False) / n,
                            what=f"E-step decode, one chunk of {steps} steps with every slot live: {s.slots} slots, "
                                 f"cache {s.cache_len} positions ({s.prompt_len} prompt + {s.max_new_tokens} new)"
