@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from bolt_jax.aot import hlo
@@ -177,6 +178,21 @@ def test_hbm_bytes_count_slices_and_in_place_updates_per_trip():
     assert [(t["opcode"], t["shape"], t["bytes_per_step"]) for t in top] == [
         ("fusion", "f32[256]", 6 * row), ("fusion", "f32[6,256]", 6 * put)]
     assert sum(b for b, _ in a.hbm_breakdown.values()) == pytest.approx(a.hbm_bytes_all)
+
+
+@pytest.mark.parametrize("shape, stored", [
+    ("bf16[256,2048,4,64]{3,2,1,0:T(4,128)(2,1)}", (256, 2048, 4, 128)),  # head_dim 64 on 128 lanes: twice the bytes
+    ("bf16[256,2048,4,64]{1,3,2,0:T(8,128)(2,1)}", (256, 2048, 4, 64)),  # positions minor: whole tiles already
+    ("f32[256,4,8]{2,1,0:T(4,128)}", (256, 4, 128)),  # 8 of 128 lanes: 16 times
+    ("f32[300]{0:T(256)}", (512,)),  # a one-dim tile
+    ("s32[]{:T(128)}", None),  # a scalar
+    ("bf16[3,5]{1,0}", None),  # CPU and GPU layouts: no tiles
+])
+def test_tpu_tiles_pad_the_two_most_minor_dims(shape, stored):
+    (a,) = hlo.arrays_of(shape)
+    assert a.stored_dims == stored
+    dims = stored or a.dims
+    assert a.stored_nbytes == a.nbytes * np.prod(dims) / np.prod(a.dims)
 
 
 @pytest.mark.parametrize("dims, scores", [

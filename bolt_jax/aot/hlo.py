@@ -17,9 +17,10 @@ all-gather, reduce-scatter and all-to-all, all of it for collective-permute, ove
 
 HBM bytes are a roofline's: each instruction of a control-flow computation (ENTRY, loop bodies, branches) reads its
 operands and writes its result once; a fusion reads only the slice of an operand it dynamic-slices and writes only
-the update of a buffer it updates in place (dynamic-update-slice, scatter); arrays the layout places outside HBM
-(`S(n)` with n != 0: TPU VMEM, SMEM) are not counted, nor, on request (`attention_len`), the attention score
-matrices the XLA reference attention writes out where a GPU's flash kernel keeps them on chip. XLA's cost analysis
+the update of a buffer it updates in place (dynamic-update-slice, scatter); an array moves the bytes its layout
+stores (on a TPU its two most minor dims padded to whole tiles: `Array.stored_nbytes`); arrays the layout places
+outside HBM (`S(n)` with n != 0: TPU VMEM, SMEM) are not counted, nor, on request (`attention_len`), the attention
+score matrices the XLA reference attention writes out where a GPU's flash kernel keeps them on chip. XLA's cost analysis
 ("bytes accessed", printed beside it) is far higher on the TPU compiler (63 MB against 1.8 MB for the tiny test
 model's step, whose state is 0.6 MB per chip), which suggests it counts on-chip traffic too.
 """
@@ -56,14 +57,25 @@ class Array:
     dtype: str
     dims: tuple[int, ...]
     memory_space: int = 0
+    stored_dims: tuple[int, ...] | None = None  # the dims its layout's tiling pads them to (TPU), None: as `dims`
 
     @property
     def nbytes(self) -> float:
+        """Its logical bytes: every element once."""
+        return self._bytes(self.dims)
+
+    @property
+    def stored_nbytes(self) -> float:
+        """The bytes it takes in memory: on a TPU the tiled layout pads its two most minor dims to whole tiles (a bf16
+        [.., 4, 64] in T(4,128) tiles takes twice its logical bytes: head_dim 64 fills half of the 128 lanes)."""
+        return self._bytes(self.stored_dims or self.dims)
+
+    def _bytes(self, dims: tuple[int, ...]) -> float:
         if self.dtype in ("token", "opaque"):
             return 0.0
         bits = re.match(r"[a-z]+?(\d+)", self.dtype)
         size = 1
-        for d in self.dims:
+        for d in dims:
             size *= d
         return size * (int(bits.group(1)) if bits else 8) / 8  # pred: one byte
 
@@ -71,13 +83,27 @@ class Array:
         return f"{self.dtype}[{','.join(map(str, self.dims))}]"
 
 
+def _tiled(dims: tuple[int, ...], layout: str) -> tuple[int, ...] | None:
+    """`dims` padded to the layout's first tile, `{3,2,1,0:T(4,128)(2,1)}`: its last tile dim pads the most minor
+    dim (the first of minor_to_major), the one before it the next; None without a tile (CPU and GPU layouts)."""
+    m = re.match(r"\{([\d,]*):T\(([\d,]+)\)", layout)
+    if not m or not dims:
+        return None
+    minor_to_major = [int(x) for x in m.group(1).split(",") if x]
+    tile = [int(x) for x in m.group(2).split(",")]
+    out = list(dims)
+    for dim, t in zip(minor_to_major, reversed(tile), strict=False):
+        out[dim] = -(-out[dim] // t) * t
+    return tuple(out)
+
+
 def arrays_of(shape: str) -> list[Array]:
     """Every array in a shape string, tuples flattened in order: `(bf16[2,3]{1,0}, s32[])` -> two Arrays."""
     out = []
     for dtype, dims, layout in _ARRAY.findall(shape):
         space = re.search(r"S\((\d+)\)", layout or "")
-        out.append(Array(dtype, tuple(int(d.lstrip("<=")) for d in dims.split(",") if d.strip()),
-                         int(space.group(1)) if space else 0))
+        sizes = tuple(int(d.lstrip("<=")) for d in dims.split(",") if d.strip())
+        out.append(Array(dtype, sizes, int(space.group(1)) if space else 0, _tiled(sizes, layout or "")))
     return out
 
 
@@ -374,7 +400,7 @@ class HbmBytes:
         self.module, self.attention_len = module, attention_len
 
     def of(self, shape: str) -> float:
-        return sum(a.nbytes for a in arrays_of(shape) if a.memory_space == 0
+        return sum(a.stored_nbytes for a in arrays_of(shape) if a.memory_space == 0
                    and not (self.attention_len and attention_scores(a, self.attention_len)))
 
     def read(self, comp: Computation, name: str, full: float) -> float:
@@ -414,7 +440,7 @@ class HbmBytes:
         if fused is None:
             if inst.opcode == "slice-start":  # ((operand), slice, context): reads the slice, writes it where it goes
                 piece = arrays_of(inst.shape)[1]
-                return piece.nbytes * (1 + (piece.memory_space == 0))
+                return piece.stored_nbytes * (1 + (piece.memory_space == 0))
             if inst.opcode.endswith("-start"):  # the shape holds the operands and the results
                 return self.of(inst.shape)
             if inst.opcode in ("dynamic-slice", "slice"):

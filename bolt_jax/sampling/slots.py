@@ -330,22 +330,21 @@ def lower_decode(graphdef, params, settings: Settings, *, layout: str = "auto") 
 
 
 def compile_decode(graphdef, params, settings: Settings) -> jax.stages.Compiled:
-    """The decode chunk as the engine runs it. On a TPU the layout of the slot state matters: with the default one
-    the compiler copies every [S, T, K, D] cache buffer (head_dim 64 on 128 lanes) into its loop's layout at the
-    chunk's start and back at its end, the copies held beside the buffers (at the E-step's shape for TinyLlama on a
-    v5p, 101 GB of HBM traffic per chunk, 89 with the compiler's layout; SmolLM2-135M on a v5e, 27 against 15), yet
-    for some small models its own choice moves more. So on a TPU both are compiled and the one that moves fewer HBM
-    bytes per chunk (`bolt_jax.aot.hlo`, every step of the chunk counted) is kept. Elsewhere one compile, the
-    compiler's choice (on the CPU the default layout; GPUs not yet measured)."""
-    auto = lower_decode(graphdef, params, settings).compile()
-    leaf = jax.tree.leaves(params)[0]
-    if next(iter(leaf.sharding.device_set)).platform != "tpu":
-        return auto
+    """The decode chunk as the engine runs it. On a TPU the slot state's layout matters: in the default layout a
+    [S, T, K, D] cache buffer with head_dim 64 fills half of the 128 lanes, and the compiler copies every one into its
+    loop's layout at the chunk's start and back at its end, the copies held beside the buffers; in its own layout
+    (`Layout.AUTO`) it copies none, but for some models and shapes its choice moves more bytes elsewhere
+    (bench/decode_layout.py). So on a TPU both are compiled and the one that moves fewer HBM bytes per chunk
+    (`bolt_jax.aot.hlo`, every step of the chunk counted, tile padding included) is kept. Elsewhere the default
+    layout, one compile: the CPU compiler's own choice is the default, and the GPUs' is unmeasured."""
     default = lower_decode(graphdef, params, settings, layout="default").compile()
-    devices = len(leaf.sharding.device_set)
+    devices = jax.tree.leaves(params)[0].sharding.device_set
+    if next(iter(devices)).platform != "tpu":
+        return default
+    auto = lower_decode(graphdef, params, settings).compile()
 
     def hbm_bytes(compiled) -> float:
-        return hlo.analyze(compiled.as_text(), devices, unknown_trips=settings.steps_per_sync).hbm_bytes
+        return hlo.analyze(compiled.as_text(), len(devices), unknown_trips=settings.steps_per_sync).hbm_bytes
 
     return min((auto, default), key=hbm_bytes)
 

@@ -1,0 +1,153 @@
+"""The decode chunk's slot-state layout on TPUs: the default layout against the compiler's own, compiled ahead of time.
+
+    python bench/decode_layout.py                          # v5e:2x2 and v5p:2x2x1, three models, 64 and 256 slots/chip
+    python bench/decode_layout.py --topologies v5e:2x2 --models small_8x512 --slots_per_chip 16 \
+        --prompt_len 256 --new 256 --tag short                 # a shape where the compiler's layout moves more
+
+On a TPU a KV cache buffer [S, T, K, D] with head_dim 64 fills half of the 128 lanes in the default layout. With
+that layout at the decode chunk's entry and exit the compiler copies every cache buffer into its loop's layout and
+back; with `Layout.AUTO` it picks the layout itself and copies none, but for some models its choice moves more bytes.
+The engine compiles both on a TPU and keeps the one that moves fewer HBM bytes per chunk
+(`bolt_jax.sampling.slots.compile_decode`); this bench shows both, per model and shape, with the libtpu compiler on
+this CPU machine (nothing runs on a TPU):
+
+- HBM bytes per chunk per chip (`bolt_jax.aot.hlo`: every instruction's operands and result, each loop step counted;
+  logical bytes, not the lane padding the tiled layouts add) and XLA's own `bytes accessed` (which counts a loop body
+  once);
+- memory per chip: arguments + temporaries (the copies are temporaries);
+- cache copies outside the loop, and which layout `compile_decode` keeps.
+
+The E-step's shape: prompts of up to 1024 tokens, thoughts of up to 1024 (a 2048-position cache per slot),
+`--slots_per_chip` slots on each chip (batch over all chips, as the E-step's sampling mesh), 16 steps per chunk.
+Written to bench/results/decode_layout[_TAG]-<date>.{json,md}. A prediction from the compiled programs, not a
+measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import time
+
+from common import write_results
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+MODELS = {  # preset and overrides; SmolLM2-135M is the real-model issue's model (9 query / 3 KV heads of 64)
+    "tinyllama": ("tinyllama_1.1b_bolt", {}),
+    "smollm2_135m": ("tinyllama_1.1b", dict(vocab_size=49156, hidden_size=576, intermediate_size=1536,
+                                            num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                                            tie_word_embeddings=True)),
+    "small_8x512": ("tiny", dict(hidden_size=512, intermediate_size=1408, num_attention_heads=8,
+                                 num_key_value_heads=4, num_hidden_layers=8, vocab_size=4096,
+                                 max_position_embeddings=4096)),
+}
+
+
+def measure(topology: str, model: str, slots_per_chip: int, a) -> dict:
+    import jax
+    from flax import nnx
+
+    from bolt_jax import parallel
+    from bolt_jax.aot import hlo
+    from bolt_jax.aot.topology import devices, parse_target
+    from bolt_jax.model import Llama, preset
+    from bolt_jax.model.llama import pure_dict
+    from bolt_jax.sampling import engine, slots
+
+    target = parse_target(topology)
+    chips = target.num_devices
+    mesh = parallel.make_mesh({"data": chips, "fsdp": 1, "tensor": 1}, devices(target))
+    name, overrides = MODELS[model]
+    cfg = preset(name, param_dtype="bfloat16", compute_dtype="bfloat16", **overrides)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Llama(cfg, nnx.Rngs(0))))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), pure_dict(state))
+    s = engine.make_settings(n=4, slots=slots_per_chip * chips, num_prompts=slots_per_chip * chips // 4,
+                             prompt_len=a.prompt_len, max_new_tokens=a.new, temperature=1.0, top_k=0, top_p=1.0,
+                             greedy=False, stop_token_ids=(2,), banned_token_ids=(), steps_per_sync=a.steps,
+                             mesh=mesh)
+    per_chip_cache = f"[{slots_per_chip},{s.cache_len},{cfg.num_key_value_heads},{cfg.head_size}]"
+    row = {"topology": topology, "model": model, "slots_per_chip": slots_per_chip, "cache_len": s.cache_len,
+           "steps_per_chunk": s.steps_per_sync}
+    with jax.set_mesh(mesh):
+        for layout in ("default", "auto"):
+            t0 = time.perf_counter()
+            compiled = slots.lower_decode(graphdef, params, s, layout=layout).compile()
+            compile_s = time.perf_counter() - t0
+            text = compiled.as_text()
+            entry = next(c for c in hlo.parse_module(text).values() if c.entry)
+            mem = compiled.memory_analysis()
+            cost = compiled.cost_analysis() or {}
+            cost = cost[0] if isinstance(cost, list) else cost
+            row[layout] = {
+                "hbm_bytes_per_chip": hlo.analyze(text, chips, unknown_trips=s.steps_per_sync).hbm_bytes,
+                "xla_bytes_accessed": float(cost.get("bytes accessed", 0.0)),
+                "memory_bytes": float(mem.argument_size_in_bytes + mem.temp_size_in_bytes),
+                "cache_copies_outside_loop": sum(i.opcode == "copy" and per_chip_cache in i.shape
+                                                 for i in entry.instructions),
+                "compile_s": compile_s,
+            }
+    row["kept"] = min(("default", "auto"), key=lambda k: row[k]["hbm_bytes_per_chip"])  # compile_decode's rule
+    row["auto_over_default_bytes"] = row["auto"]["hbm_bytes_per_chip"] / row["default"]["hbm_bytes_per_chip"]
+    row["auto_over_default_memory"] = row["auto"]["memory_bytes"] / row["default"]["memory_bytes"]
+    return row
+
+
+def markdown(rows: list[dict], a) -> str:
+    lines = [
+        "# Decode chunk: default slot-state layout vs the compiler's (TPU, ahead of time)",
+        "",
+        f"`python bench/decode_layout.py --topologies {a.topologies} --models {a.models} "
+        f"--slots_per_chip {a.slots_per_chip}`: prompts {a.prompt_len} + new {a.new} positions, {a.steps} steps per "
+        "chunk, K=4. HBM GB per chunk per chip by `bolt_jax.aot.hlo` (logical bytes, each loop step counted); memory "
+        "= arguments + temporaries per chip; copies = KV cache buffers copied outside the decode loop. A prediction "
+        "from the compiled programs, not a measurement.",
+        "",
+        "| topology | model | slots/chip | HBM GB default | HBM GB auto | auto/default | memory GB default | "
+        "memory GB auto | copies default | copies auto | kept |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        d, u = r["default"], r["auto"]
+        lines.append(f"| {r['topology']} | {r['model']} | {r['slots_per_chip']} | {d['hbm_bytes_per_chip'] / 1e9:.2f} "
+                     f"| {u['hbm_bytes_per_chip'] / 1e9:.2f} | {r['auto_over_default_bytes']:.2f} | "
+                     f"{d['memory_bytes'] / 1e9:.2f} | {u['memory_bytes'] / 1e9:.2f} | "
+                     f"{d['cache_copies_outside_loop']} | {u['cache_copies_outside_loop']} | {r['kept']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--topologies", default="v5e:2x2,v5p:2x2x1")
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--slots_per_chip", default="64,256")
+    p.add_argument("--prompt_len", type=int, default=1024)
+    p.add_argument("--new", type=int, default=1024)
+    p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--tag", default="", help="appended to the results' file name (another shape on the same day)")
+    p.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    a = p.parse_args()
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    rows = []
+    for topology in a.topologies.split(","):
+        for model in a.models.split(","):
+            if model not in MODELS:
+                raise SystemExit(f"error: unknown model {model!r}; choose from {sorted(MODELS)}")
+            for per_chip in (int(x) for x in a.slots_per_chip.split(",")):
+                r = measure(topology, model, per_chip, a)
+                rows.append(r)
+                d, u = r["default"], r["auto"]
+                print(f"{topology:10s} {model:13s} {per_chip:4d} slots/chip: HBM GB per chunk default "
+                      f"{d['hbm_bytes_per_chip'] / 1e9:7.2f}, auto {u['hbm_bytes_per_chip'] / 1e9:7.2f} "
+                      f"({r['auto_over_default_bytes']:.2f}x); memory GB {d['memory_bytes'] / 1e9:.2f} -> "
+                      f"{u['memory_bytes'] / 1e9:.2f}; kept {r['kept']}", flush=True)
+    text = markdown(rows, a)
+    print(text)
+    stem = f"decode_layout{a.tag and '_' + a.tag}-{datetime.date.today()}"
+    write_results(os.path.join(a.out, stem), {"args": vars(a), "rows": rows}, text)
+
+
+if __name__ == "__main__":
+    main()
