@@ -11,9 +11,8 @@ The engine compiles both on a TPU and keeps the one that moves fewer HBM bytes p
 (`bolt_jax.sampling.slots.compile_decode`); this bench shows both, per model and shape, with the libtpu compiler on
 this CPU machine (nothing runs on a TPU):
 
-- HBM bytes per chunk per chip (`bolt_jax.aot.hlo`: every instruction's operands and result, each loop step counted;
-  logical bytes, not the lane padding the tiled layouts add) and XLA's own `bytes accessed` (which counts a loop body
-  once);
+- HBM bytes per chunk per chip (`bolt_jax.aot.hlo`: every instruction's operands and result, each loop step counted,
+  each array at the bytes its tiled layout stores) and XLA's own `bytes accessed` (which counts a loop body once);
 - memory per chip: arguments + temporaries (the copies are temporaries);
 - cache copies outside the loop, and which layout `compile_decode` keeps.
 
@@ -42,6 +41,9 @@ MODELS = {  # preset and overrides; SmolLM2-135M is the real-model issue's model
     "small_8x512": ("tiny", dict(hidden_size=512, intermediate_size=1408, num_attention_heads=8,
                                  num_key_value_heads=4, num_hidden_layers=8, vocab_size=4096,
                                  max_position_embeddings=4096)),
+    "small_2x512": ("tiny", dict(hidden_size=512, intermediate_size=1408, num_attention_heads=8,
+                                 num_key_value_heads=4, num_hidden_layers=2, vocab_size=512,
+                                 max_position_embeddings=4096)),
 }
 
 
@@ -51,6 +53,7 @@ def measure(topology: str, model: str, slots_per_chip: int, a) -> dict:
 
     from bolt_jax import parallel
     from bolt_jax.aot import hlo
+    from bolt_jax.aot.compiler import does_not_fit
     from bolt_jax.aot.topology import devices, parse_target
     from bolt_jax.model import Llama, preset
     from bolt_jax.model.llama import pure_dict
@@ -74,7 +77,13 @@ def measure(topology: str, model: str, slots_per_chip: int, a) -> dict:
     with jax.set_mesh(mesh):
         for layout in ("default", "auto"):
             t0 = time.perf_counter()
-            compiled = slots.lower_decode(graphdef, params, s, layout=layout).compile()
+            try:
+                compiled = slots.lower_decode(graphdef, params, s, layout=layout).compile()
+            except Exception as e:  # noqa: BLE001 - refused for memory: a result; anything else is a bug
+                if does_not_fit(e) is None:
+                    raise
+                row[layout] = {"does_not_fit": does_not_fit(e), "compile_s": time.perf_counter() - t0}
+                continue
             compile_s = time.perf_counter() - t0
             text = compiled.as_text()
             entry = next(c for c in hlo.parse_module(text).values() if c.entry)
@@ -89,9 +98,11 @@ def measure(topology: str, model: str, slots_per_chip: int, a) -> dict:
                                                  for i in entry.instructions),
                 "compile_s": compile_s,
             }
-    row["kept"] = min(("default", "auto"), key=lambda k: row[k]["hbm_bytes_per_chip"])  # compile_decode's rule
-    row["auto_over_default_bytes"] = row["auto"]["hbm_bytes_per_chip"] / row["default"]["hbm_bytes_per_chip"]
-    row["auto_over_default_memory"] = row["auto"]["memory_bytes"] / row["default"]["memory_bytes"]
+    fitting = [k for k in ("default", "auto") if "hbm_bytes_per_chip" in row[k]]
+    row["kept"] = min(fitting, key=lambda k: row[k]["hbm_bytes_per_chip"]) if fitting else None  # compile_decode's
+    if len(fitting) == 2:
+        row["auto_over_default_bytes"] = row["auto"]["hbm_bytes_per_chip"] / row["default"]["hbm_bytes_per_chip"]
+        row["auto_over_default_memory"] = row["auto"]["memory_bytes"] / row["default"]["memory_bytes"]
     return row
 
 
@@ -101,9 +112,9 @@ def markdown(rows: list[dict], a) -> str:
         "",
         f"`python bench/decode_layout.py --topologies {a.topologies} --models {a.models} "
         f"--slots_per_chip {a.slots_per_chip}`: prompts {a.prompt_len} + new {a.new} positions, {a.steps} steps per "
-        "chunk, K=4. HBM GB per chunk per chip by `bolt_jax.aot.hlo` (logical bytes, each loop step counted); memory "
-        "= arguments + temporaries per chip; copies = KV cache buffers copied outside the decode loop. A prediction "
-        "from the compiled programs, not a measurement.",
+        "chunk, K=4. HBM GB per chunk per chip by `bolt_jax.aot.hlo` (each loop step counted, arrays at their tiled "
+        "layouts' bytes); memory = arguments + temporaries per chip; copies = KV cache buffers copied outside the "
+        "decode loop. A prediction from the compiled programs, not a measurement.",
         "",
         "| topology | model | slots/chip | HBM GB default | HBM GB auto | auto/default | memory GB default | "
         "memory GB auto | copies default | copies auto | kept |",
@@ -111,11 +122,21 @@ def markdown(rows: list[dict], a) -> str:
     ]
     for r in rows:
         d, u = r["default"], r["auto"]
-        lines.append(f"| {r['topology']} | {r['model']} | {r['slots_per_chip']} | {d['hbm_bytes_per_chip'] / 1e9:.2f} "
-                     f"| {u['hbm_bytes_per_chip'] / 1e9:.2f} | {r['auto_over_default_bytes']:.2f} | "
-                     f"{d['memory_bytes'] / 1e9:.2f} | {u['memory_bytes'] / 1e9:.2f} | "
-                     f"{d['cache_copies_outside_loop']} | {u['cache_copies_outside_loop']} | {r['kept']} |")
+        ratio = f"{r['auto_over_default_bytes']:.2f}" if "auto_over_default_bytes" in r else "-"
+        lines.append(f"| {r['topology']} | {r['model']} | {r['slots_per_chip']} | {_gb(d, 'hbm_bytes_per_chip')} | "
+                     f"{_gb(u, 'hbm_bytes_per_chip')} | {ratio} | {_gb(d, 'memory_bytes')} | {_gb(u, 'memory_bytes')} "
+                     f"| {d.get('cache_copies_outside_loop', '-')} | {u.get('cache_copies_outside_loop', '-')} | "
+                     f"{r['kept'] or 'neither fits'} |")
+    refused = [(r, k) for r in rows for k in ("default", "auto") if "does_not_fit" in r[k]]
+    if refused:
+        lines += ["", "Refused by the compiler for memory (\"does not fit\"):", ""]
+        lines += [f"- {r['topology']} {r['model']} {r['slots_per_chip']} slots/chip, {k}: {r[k]['does_not_fit']}"
+                  for r, k in refused]
     return "\n".join(lines) + "\n"
+
+
+def _gb(result: dict, key: str) -> str:
+    return f"{result[key] / 1e9:.2f}" if key in result else "does not fit"
 
 
 def main() -> None:
@@ -140,9 +161,8 @@ def main() -> None:
                 rows.append(r)
                 d, u = r["default"], r["auto"]
                 print(f"{topology:10s} {model:13s} {per_chip:4d} slots/chip: HBM GB per chunk default "
-                      f"{d['hbm_bytes_per_chip'] / 1e9:7.2f}, auto {u['hbm_bytes_per_chip'] / 1e9:7.2f} "
-                      f"({r['auto_over_default_bytes']:.2f}x); memory GB {d['memory_bytes'] / 1e9:.2f} -> "
-                      f"{u['memory_bytes'] / 1e9:.2f}; kept {r['kept']}", flush=True)
+                      f"{_gb(d, 'hbm_bytes_per_chip')}, auto {_gb(u, 'hbm_bytes_per_chip')}; memory GB "
+                      f"{_gb(d, 'memory_bytes')} -> {_gb(u, 'memory_bytes')}; kept {r['kept']}", flush=True)
     text = markdown(rows, a)
     print(text)
     stem = f"decode_layout{a.tag and '_' + a.tag}-{datetime.date.today()}"

@@ -349,13 +349,13 @@ def test_estep_shape_follows_the_estep_settings(tmp_path):
 
 
 def test_compile_time_oom_becomes_one_line():
-    from bolt_jax.aot.report import _does_not_fit
+    from bolt_jax.aot.compiler import does_not_fit
     error = RuntimeError("RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: Ran out of memory on HBM, the total memory "
                          "required for HLO temporaries (32.00G) exceeds available HBM (15.75G). HLO module: jit_f.\n"
                          "See https://openxla.org/xla/errors/error_1000 for more details.")
-    assert _does_not_fit(error) == ("Ran out of memory on HBM, the total memory required for HLO temporaries "
+    assert does_not_fit(error) == ("Ran out of memory on HBM, the total memory required for HLO temporaries "
                                     "(32.00G) exceeds available HBM (15.75G)")
-    assert _does_not_fit(ValueError("Mosaic kernels cannot be automatically partitioned")) is None
+    assert does_not_fit(ValueError("Mosaic kernels cannot be automatically partitioned")) is None
 
 
 def test_two_processes_compile_for_a_tpu_at_once():

@@ -258,6 +258,22 @@ def test_prepare_reports_malformed_records(tmp_path, capsys):
     assert np.load(os.path.join(m["splits"]["warmstart"]["dir"], "warmstart.chunk.00.jsonl.idx.npy")).shape[1] == 2
 
 
+def test_prepare_shows_its_progress_while_indexing_a_real_source(tmp_path, caplog, monkeypatch):
+    """Indexing a JSONL source is a pass over the whole corpus (FineMath-4+: tens of GB): prepare shows it, in MiB
+    read; the training pipeline opens the same files quietly."""
+    from bolt_jax.data.readers import open_corpus
+    src = tmp_path / "src.jsonl"
+    src.write_text("".join(json.dumps({"text": "x" * 5000 + f" doc {i}."}) + "\n" for i in range(600)))  # 2.9 MiB
+    monkeypatch.setenv("BOLT_PROGRESS", "plain")
+    caplog.set_level(logging.INFO, logger="bolt_jax.progress")
+    _prepare(tmp_path, "c", source=str(src))
+    index = [r.getMessage() for r in caplog.records if r.getMessage().startswith("index ")]
+    assert index[0] == "index 0/3 MiB: started" and index[-1].startswith("index 3/3 (100%)"), index
+    caplog.clear()
+    assert len(open_corpus(str(src))) == 600
+    assert not [r for r in caplog.records if r.getMessage().startswith("index ")]
+
+
 def test_prepare_command_line_takes_bare_booleans_and_documents_every_flag(tmp_path, capsys):
     from bolt_jax.data.prepare import build_parser, main
     help_text = " ".join(build_parser().format_help().split())  # argparse wraps lines

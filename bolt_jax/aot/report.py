@@ -20,7 +20,6 @@ remat is not in it), with XLA's cost analysis beside it as a cross-check, which 
 from __future__ import annotations
 
 import inspect
-import re
 import time
 import types
 from collections.abc import Callable
@@ -32,6 +31,7 @@ import ml_collections
 
 from bolt_jax import kernels, parallel
 from bolt_jax.aot import hlo
+from bolt_jax.aot.compiler import does_not_fit
 from bolt_jax.aot.topology import Target, devices, target_of
 from bolt_jax.runtime.chips import GIB
 
@@ -50,16 +50,6 @@ def memory_bytes(compiled) -> dict[str, float] | None:
            "code": mem.generated_code_size_in_bytes}
     out["total"] = out["arguments"] + out["outputs"] - out["aliased"] + out["temps"] + out["code"]
     return {k: float(v) for k, v in out.items()}
-
-
-def _does_not_fit(error: Exception) -> str | None:
-    """The compiler's own words when it refused a program for memory (TPU: CompileTimeHbmOom), else None."""
-    text = str(error)
-    if not any(k in text for k in ("RESOURCE_EXHAUSTED", "HbmOom", "Ran out of memory")):
-        return None
-    m = (re.search(r"CompileTimeHbmOom:\s*(.*?)(?:\s*HLO module|\n|$)", text)
-         or re.search(r"RESOURCE_EXHAUSTED:\s*(.*?)(?:\n|$)", text))
-    return (m.group(1) if m else text.splitlines()[0]).strip().rstrip(".")
 
 
 def _fits(memory: dict[str, float] | None, target: Target) -> dict[str, Any]:
@@ -107,7 +97,7 @@ def compile_and_report(name: str, build: Callable[[], Any], target: Target, *, f
     try:
         compiled = build()
     except Exception as e:  # noqa: BLE001 - re-raised unless it is the compiler's out-of-memory verdict
-        refused = _does_not_fit(e)
+        refused = does_not_fit(e)
         if refused is None:
             raise
         return {"name": name, "what": what, "compile_s": time.perf_counter() - t0, "fits": False,

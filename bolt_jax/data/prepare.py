@@ -208,7 +208,8 @@ def _open_source(source: str, output_dir: str, strict: bool, tfds_data_dir: str)
     toy = source.startswith(("toy:", "toy_thoughts:"))
     log.info("prepare: indexing %s", source)
     start = time.perf_counter()
-    corpus = None if toy else open_corpus(source, strict=strict, tfds_data_dir=tfds_data_dir or None)
+    corpus = None if toy else open_corpus(source, strict=strict, tfds_data_dir=tfds_data_dir or None,
+                                          show_progress=True)
     os.makedirs(output_dir, exist_ok=True)
     if toy:
         corpus = open_corpus(_toy_source(source, output_dir), strict=strict)

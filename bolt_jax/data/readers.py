@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from bolt_jax.runtime.atomic import atomic_file
+from bolt_jax.runtime.console import progress
 
 log = logging.getLogger(__name__)
 
@@ -214,18 +215,30 @@ def index_path(jsonl_path: str) -> str:
     return jsonl_path + ".idx.npy"
 
 
-def build_line_index(path: str, report: ReadReport, strict: bool) -> np.ndarray:
-    """Byte offsets [start, end) of every usable line, as an int64 [N, 2] array (malformed lines reported)."""
+def build_line_index(path: str, report: ReadReport, strict: bool, bar=None) -> np.ndarray:
+    """Byte offsets [start, end) of every usable line, as an int64 [N, 2] array (malformed lines reported). `bar`
+    (a progress display counting MiB) advances as the file is read."""
     spans = []
+    shown = 0  # MiB told to the bar
     with open(path, "rb") as f:
         offset = 0
         for lineno, line in enumerate(f, 1):
             start, offset = offset, offset + len(line)
+            if bar is not None and offset >> 20 > shown:
+                bar.update((offset >> 20) - shown)
+                shown = offset >> 20
             if not line.strip():
                 continue
             if parse_jsonl_line(line, f"{path}:{lineno}", report, strict) is not None:
                 spans.append((start, offset))
+    if bar is not None:
+        bar.update(_mib(offset) - shown)
     return np.asarray(spans, np.int64).reshape(-1, 2)
+
+
+def _mib(size: int) -> int:
+    """Whole MiB a progress display counts for `size` bytes (a started one counts)."""
+    return -(-size // 2**20)
 
 
 def save_line_index(path: str, spans: np.ndarray) -> None:
@@ -275,7 +288,10 @@ class CorpusSource(Sequence[dict]):
     """Random access to the usable records of a corpus (len, [i]). Reads JSONL lines lazily by offset and Parquet
     records by row group (a few decoded groups cached), so a corpus larger than memory is fine."""
 
-    def __init__(self, source: str, strict: bool = False, tfds_data_dir: str | None = None):
+    def __init__(self, source: str, strict: bool = False, tfds_data_dir: str | None = None,
+                 show_progress: bool = False):
+        """`show_progress`: a progress display (MiB read) while files without a saved index are indexed, a pass
+        over the whole corpus (`prepare` shows it; a training process reads the index `prepare` saved)."""
         self.source, self.strict = source, strict
         self.report = ReadReport()
         self._files: list[str] = []
@@ -290,17 +306,21 @@ class CorpusSource(Sequence[dict]):
         if not self._parquet and not all(f.endswith(".jsonl") for f in files):
             raise ValueError(f"corpus {source!r}: mixed or unsupported files {files[:4]}; use .jsonl or .parquet")
         self._row_groups = _RowGroupCache()
-        for f in files:
-            if self._parquet:
-                spans = build_parquet_index(f, self.report, strict)
-            else:
-                spans = load_line_index(f)
-                if spans is None:
-                    spans = build_line_index(f, self.report, strict)
-                else:
+        saved = {f: None if self._parquet else load_line_index(f) for f in files}
+        unindexed = [f for f in files if saved[f] is None]
+        total = sum(_mib(os.path.getsize(f)) for f in unindexed)
+        with progress(total=total, desc="index", unit="MiB", enabled=show_progress and total > 0) as bar:
+            for f in files:
+                spans = saved[f]
+                if spans is not None:
                     self.report.num_read += len(spans)
-            self._files.append(f)
-            self._spans.append(spans)
+                elif self._parquet:
+                    spans = build_parquet_index(f, self.report, strict)
+                    bar.update(_mib(os.path.getsize(f)))
+                else:
+                    spans = build_line_index(f, self.report, strict, bar)
+                self._files.append(f)
+                self._spans.append(spans)
         self._starts = np.cumsum([0] + [len(s) for s in self._spans])
         self._length = int(self._starts[-1])
         if self.report.num_malformed:
@@ -328,5 +348,6 @@ class CorpusSource(Sequence[dict]):
             return json.loads(f.read(end - start))
 
 
-def open_corpus(source: str, strict: bool = False, tfds_data_dir: str | None = None) -> CorpusSource:
-    return CorpusSource(source, strict=strict, tfds_data_dir=tfds_data_dir)
+def open_corpus(source: str, strict: bool = False, tfds_data_dir: str | None = None,
+                show_progress: bool = False) -> CorpusSource:
+    return CorpusSource(source, strict=strict, tfds_data_dir=tfds_data_dir, show_progress=show_progress)
