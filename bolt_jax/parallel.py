@@ -64,6 +64,14 @@ def current_rules() -> tuple[tuple[str, Any], ...]:
     return _RULES.get()
 
 
+@contextlib.contextmanager
+def use_mesh(mesh, rules: Iterable[tuple[str, Any]] | Mapping[str, Any] | None = None):
+    """The mesh set (`jax.set_mesh`) and the logical-axis rules in force (`rules`, else the current ones): what every
+    program compiled for a mesh runs under."""
+    with jax.set_mesh(mesh), logical_rules(rules if rules is not None else current_rules()):
+        yield
+
+
 def normalize_rules(rules: Iterable[tuple[str, Any]] | Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:
     """Defaults, with the given names overridden; unknown mesh axes fail early."""
     merged = dict(DEFAULT_RULES)
@@ -250,7 +258,7 @@ def create_sharded(factory, mesh: Mesh, rules=None):
     def init():
         return nnx.state(factory())
 
-    with jax.set_mesh(mesh), logical_rules(rules if rules is not None else current_rules()):
+    with use_mesh(mesh, rules):
         state = jax.jit(init, out_shardings=shardings)()
     return nnx.merge(graphdef, state)
 

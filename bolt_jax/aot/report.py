@@ -185,7 +185,6 @@ def _abstract(tree, shardings):
 def sampling_setup(config: ml_collections.ConfigDict, setup):
     """(graphdef, mesh, abstract params, mesh context) the sampler runs with: `config.sampling_mesh` over the same
     chips, the parameters in the compute dtype, as the E-step loads them (`load_model(dtype="compute")`)."""
-    import contextlib
     import dataclasses
 
     from flax import nnx
@@ -198,13 +197,7 @@ def sampling_setup(config: ml_collections.ConfigDict, setup):
     params = _abstract(pure_dict(abstract_state), pure_dict(parallel.state_shardings(abstract_state, mesh,
                                                                                         setup.rules)))
 
-    def context():
-        stack = contextlib.ExitStack()
-        stack.enter_context(jax.set_mesh(mesh))
-        stack.enter_context(parallel.logical_rules(setup.rules))
-        return stack
-
-    return graphdef, mesh, params, context
+    return graphdef, mesh, params, lambda: parallel.use_mesh(mesh, setup.rules)
 
 
 def sampler_reports(config: ml_collections.ConfigDict, setup, target: Target) -> list[dict[str, Any]]:

@@ -255,11 +255,7 @@ class TrainSetup:
                                  out_shardings=replicated)
 
     def mesh_context(self):
-        import contextlib
-        stack = contextlib.ExitStack()
-        stack.enter_context(jax.set_mesh(self.mesh))
-        stack.enter_context(parallel.logical_rules(self.rules))
-        return stack
+        return parallel.use_mesh(self.mesh, self.rules)
 
     def init_state(self) -> dict[str, Any]:
         """Fresh state, every array created directly in its sharding."""

@@ -57,7 +57,7 @@ def model_summary(config: ml_collections.ConfigDict) -> dict:
     def forward(m, toks):
         return jnp.mean(m(toks))
 
-    with jax.set_mesh(mesh), parallel.logical_rules(rules):
+    with parallel.use_mesh(mesh, rules):
         t0 = time.perf_counter()
         forward(model, inputs["tokens"]).block_until_ready()
         compile_s = time.perf_counter() - t0
