@@ -20,9 +20,12 @@ two by their log-sum-exps (`decode.merge_attention`). A prompt holds its entry u
 free slot whose next sample's prompt has no entry waits for one (fewer entries: fewer bytes per step, more waiting).
 
 Every device function has fixed shapes (slots, prompt bucket, cache length, prefill group), so requests come and go
-without recompiling. Determinism: sample j of prompt i draws token t from fold_in(fold_in(key_i, j), t), as the static
-path does (`sampler._row_keys`), and the prompt sits at the same cache positions (left-padded to the same bucket),
-so a request's tokens and log q depend on its seed alone, never on its slot, its neighbours or the schedule.
+without recompiling; they live in `bolt_jax.sampling.slots` (the slot state, and the programs that keep it in one
+layout), this module is the host's side.
+
+Determinism: sample j of prompt i draws token t from fold_in(fold_in(key_i, j), t), as the static path does
+(`sampler._row_keys`), and the prompt sits at the same cache positions (left-padded to the same bucket), so a
+request's tokens and log q depend on its seed alone, never on its slot, its neighbours or the schedule.
 """
 
 from __future__ import annotations
