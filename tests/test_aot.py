@@ -379,11 +379,11 @@ def test_two_processes_compile_for_a_tpu_at_once():
 
 @needs_libtpu
 def test_decode_keeps_the_slot_state_in_the_layout_that_moves_fewer_bytes():
-    """The real TPU compiler (v5e:2x2), a model with TinyLlama's heads (4 KV heads of 64): with the slot state in the
-    default layout the decode chunk copies every KV cache buffer into its loop's layout before the loop and back after
-    it; in the compiler's own layout it copies none there and moves fewer bytes. `compile_decode` keeps the program that
-    moves fewer bytes (the engine's and the AOT report's decode), and its state layout is what init, insert and evict
-    then produce (`programs`)."""
+    """The real TPU compiler (v5e:2x2), a 2-layer model with TinyLlama's heads (4 KV heads of 64): with the slot state
+    in the default layout the decode chunk copies every KV cache buffer into its loop's layout before the loop and
+    back after it; `compile_decode` (the engine's and the AOT report's decode) compiles that and the compiler's own
+    layout, and keeps the latter here: no copies, fewer bytes. (bench/decode_layout.py: a shape where it keeps the
+    default.)"""
     import jax
     from flax import nnx
 
@@ -395,7 +395,7 @@ def test_decode_keeps_the_slot_state_in_the_layout_that_moves_fewer_bytes():
 
     mesh = parallel.make_mesh({"data": 4, "fsdp": 1, "tensor": 1}, devices(parse_target("v5e:2x2")))
     cfg = preset("tiny", param_dtype="bfloat16", compute_dtype="bfloat16", hidden_size=512, num_attention_heads=8,
-                 num_key_value_heads=4, num_hidden_layers=4)
+                 num_key_value_heads=4, num_hidden_layers=2)
     graphdef, state = nnx.split(nnx.eval_shape(lambda: Llama(cfg, nnx.Rngs(0))))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), pure_dict(state))
@@ -412,8 +412,6 @@ def test_decode_keeps_the_slot_state_in_the_layout_that_moves_fewer_bytes():
 
     with jax.set_mesh(mesh):
         default = measured(slots.lower_decode(graphdef, params, s, layout="default").compile())
-        auto = measured(slots.lower_decode(graphdef, params, s).compile())
-        kept = measured(slots.compile_decode(graphdef, params, s))
+        kept = measured(slots.compile_decode(graphdef, params, s))  # compiles both layouts, keeps the compiler's here
     assert default[0] >= 2 * 2 * cfg.num_hidden_layers, default  # k and v of every layer, in and out
-    assert auto[0] == 0 and auto[1] < 0.9 * default[1], (auto, default)
-    assert kept == auto
+    assert kept[0] == 0 and kept[1] < 0.95 * default[1], (kept, default)
