@@ -61,7 +61,9 @@ def _is_user_error(e: BaseException) -> bool:
         return False
     api = sys.modules.get("bolt_jax.synth.api")  # loaded by the synth workflow, the only one that raises it
     manifest = sys.modules.get("bolt_jax.workflows.manifest")  # a rerun under changed settings (bootstrap, demo)
+    fit = sys.modules.get("bolt_jax.aot.compiler")  # a KV cache or decode program too large for the device
     return (isinstance(e, USER_ERRORS) or (api is not None and isinstance(e, api.BudgetExceeded))
+            or (fit is not None and isinstance(e, fit.DoesNotFit))
             or (manifest is not None and isinstance(e, manifest.StaleStageError)))
 
 

@@ -6,6 +6,11 @@ from __future__ import annotations
 import re
 
 
+class DoesNotFit(MemoryError):
+    """A KV cache or a compiled program the device's memory cannot hold: the user's settings to lower, told in one
+    line without a traceback (bolt_jax.main)."""
+
+
 def does_not_fit(error: Exception) -> str | None:
     """The compiler's own words when it refused a program for memory (TPU: CompileTimeHbmOom), else None."""
     text = str(error)

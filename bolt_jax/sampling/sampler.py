@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 
 from bolt_jax import kernels, parallel
+from bolt_jax.aot.compiler import DoesNotFit
 from bolt_jax.model.llama import (
     Llama,
     attention_inputs,
@@ -434,7 +435,7 @@ def check_cache_fits(cfg, *, rows: int, time: int, mesh=None, limit_bytes: int |
         if "bytes_limit" in stats:
             limit_bytes = int(0.9 * (stats["bytes_limit"] - stats.get("bytes_in_use", 0)))
     if limit_bytes is not None and per_device > limit_bytes:
-        raise MemoryError(
+        raise DoesNotFit(
             f"the KV cache for {rows} rows x {time} positions needs {per_device / 2**30:.2f} GiB per device, more "
             f"than the {limit_bytes / 2**30:.2f} GiB available; lower the batch, max_new_tokens or the prompt length")
     return per_device

@@ -20,7 +20,7 @@ from jax.experimental.layout import Format, Layout
 
 from bolt_jax import kernels
 from bolt_jax.aot import hlo
-from bolt_jax.aot.compiler import does_not_fit
+from bolt_jax.aot.compiler import DoesNotFit, does_not_fit
 from bolt_jax.kernels import decode as decode_kernels
 from bolt_jax.model.llama import (
     Llama,
@@ -336,16 +336,15 @@ def compile_decode(graphdef, params, settings: Settings) -> jax.stages.Compiled:
     loop's layout at the chunk's start and back at its end, the copies held beside the buffers; in its own layout
     (`Layout.AUTO`) it copies none. At the E-step's shape (bench/decode_layout.py, per chip per 16-step chunk) that is
     155 against 137 GB of HBM traffic and 13.1 against 10.1 GB of memory for TinyLlama on a v5p, 159 against 137 GB
-    for SmolLM2-135M on a v5e; but for a 2-layer test-sized model the compiler's layout moves 1.2-1.5x more. So on a
-    TPU both are compiled and the one that moves fewer HBM bytes per chunk (`bolt_jax.aot.hlo`, every step of the
-    chunk counted, tile padding included) is kept, or the one that fits where the compiler refuses the other for
-    memory. Elsewhere the default layout, one compile: the CPU compiler's own choice is the default, and the GPUs'
-    is unmeasured."""
+    for SmolLM2-135M on a v5e; but for a 2-layer test-sized model at 512 positions the compiler's layout moves
+    1.2-1.5x more. So on a TPU both are compiled and the one that moves fewer HBM bytes per chunk (`bolt_jax.aot.hlo`,
+    every step of the chunk counted, tile padding included) is kept, or the one that fits where the compiler refuses
+    the other for memory (neither: `DoesNotFit`, in one line). Elsewhere the default layout, one compile: the CPU
+    compiler's own choice is the default, and the GPUs' is unmeasured."""
     devices = jax.tree.leaves(params)[0].sharding.device_set
-    if next(iter(devices)).platform != "tpu":
-        return lower_decode(graphdef, params, settings, layout="default").compile()
+    platform = next(iter(devices)).platform
     compiled, refusals = [], []
-    for layout in ("default", "auto"):
+    for layout in ("default", "auto") if platform == "tpu" else ("default",):
         try:
             compiled.append(lower_decode(graphdef, params, settings, layout=layout).compile())
         except Exception as e:  # noqa: BLE001 - a layout that does not fit leaves the other; anything else is a bug
@@ -353,7 +352,9 @@ def compile_decode(graphdef, params, settings: Settings) -> jax.stages.Compiled:
                 raise
             refusals.append(e)
     if not compiled:
-        raise refusals[0]
+        raise DoesNotFit(f"the decode chunk for {settings.slots} slots x {settings.cache_len} positions does not fit "
+                         f"on the {platform} ({does_not_fit(refusals[0])}); lower the decode slots, max_new_tokens or "
+                         f"the prompt length") from refusals[0]
 
     def hbm_bytes(program) -> float:
         return hlo.analyze(program.as_text(), len(devices), unknown_trips=settings.steps_per_sync).hbm_bytes
