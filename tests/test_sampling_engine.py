@@ -314,3 +314,7 @@ def test_engine_programs_are_compiled_once_per_settings(model):
     params = pure_dict(state)
     empty = programs.init(params)
     assert jax.tree.map(lambda x: x.format, empty) == programs.decode.input_formats[0][1]
+    settings = next(key[1] for key, p in kept.items() if p is programs)
+    with parallel.logical_rules({"cache_time": "fsdp"}):  # rules that would shard the caches otherwise: compiled anew
+        assert slots.programs(graphdef, params, settings) is not programs
+    assert slots.programs(graphdef, params, settings) is programs

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.experimental.layout import Format, Layout
 
-from bolt_jax import kernels
+from bolt_jax import kernels, parallel
 from bolt_jax.aot import hlo
 from bolt_jax.aot.compiler import DoesNotFit, does_not_fit
 from bolt_jax.kernels import decode as decode_kernels
@@ -369,11 +369,12 @@ _MAX_PROGRAMS = 8  # settings kept compiled at once (an engine's bucket change a
 def programs(graphdef, params, settings: Settings) -> Programs:
     """The engine's programs for these settings and parameters (their shapes, dtypes and shardings): the decode chunk
     with the slot state in the layout `compile_decode` picks, and init, insert and evict producing the state in that
-    layout and sharding, so it stays put between programs. Kept for reuse, keyed also by the decode attention the
-    `auto` kernel choice resolves to (`kernels.DECODE_AUTO`), which is read when a program is traced."""
+    layout and sharding, so it stays put between programs. Kept for reuse, keyed also by what is read when a program
+    is traced: the decode attention the `auto` kernel choice resolves to (`kernels.DECODE_AUTO`) and the logical-axis
+    rules in force (`parallel.current_rules()`, which shard the caches)."""
     key = (graphdef, settings, jax.tree.structure(params),
            tuple((x.shape, str(x.dtype), x.sharding) for x in jax.tree.leaves(params)),
-           tuple(sorted(kernels.DECODE_AUTO.items())))
+           tuple(sorted(kernels.DECODE_AUTO.items())), parallel.current_rules())
     if key not in _PROGRAMS:
         decode = compile_decode(graphdef, params, settings)
         formats = decode.input_formats[0][1]
