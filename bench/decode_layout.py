@@ -49,24 +49,21 @@ MODELS = {  # preset and overrides; SmolLM2-135M is the real-model issue's model
 
 def measure(topology: str, model: str, slots_per_chip: int, a) -> dict:
     import jax
-    from flax import nnx
 
     from bolt_jax import parallel
     from bolt_jax.aot import hlo
     from bolt_jax.aot.compiler import does_not_fit
+    from bolt_jax.aot.report import abstract_sampler_model
     from bolt_jax.aot.topology import devices, parse_target
-    from bolt_jax.model import Llama, preset
-    from bolt_jax.model.llama import pure_dict
+    from bolt_jax.model import preset
     from bolt_jax.sampling import engine, slots
 
     target = parse_target(topology)
     chips = target.num_devices
     mesh = parallel.make_mesh({"data": chips, "fsdp": 1, "tensor": 1}, devices(target))
     name, overrides = MODELS[model]
-    cfg = preset(name, param_dtype="bfloat16", compute_dtype="bfloat16", **overrides)
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: Llama(cfg, nnx.Rngs(0))))
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), pure_dict(state))
+    cfg = preset(name, compute_dtype="bfloat16", **overrides)
+    graphdef, params = abstract_sampler_model(cfg, mesh)
     s = engine.make_settings(n=4, slots=slots_per_chip * chips, num_prompts=slots_per_chip * chips // 4,
                              prompt_len=a.prompt_len, max_new_tokens=a.new, temperature=1.0, top_k=0, top_p=1.0,
                              greedy=False, stop_token_ids=(2,), banned_token_ids=(), steps_per_sync=a.steps,

@@ -385,20 +385,17 @@ def test_decode_keeps_the_slot_state_in_the_layout_that_moves_fewer_bytes():
     layout, and keeps the latter here: no copies, fewer bytes. (bench/decode_layout.py: a shape where it keeps the
     default.)"""
     import jax
-    from flax import nnx
 
     from bolt_jax import parallel
+    from bolt_jax.aot.report import abstract_sampler_model
     from bolt_jax.aot.topology import devices
-    from bolt_jax.model import Llama, preset
-    from bolt_jax.model.llama import pure_dict
+    from bolt_jax.model import preset
     from bolt_jax.sampling import engine, slots
 
     mesh = parallel.make_mesh({"data": 4, "fsdp": 1, "tensor": 1}, devices(parse_target("v5e:2x2")))
-    cfg = preset("tiny", param_dtype="bfloat16", compute_dtype="bfloat16", hidden_size=512, num_attention_heads=8,
+    cfg = preset("tiny", compute_dtype="bfloat16", hidden_size=512, num_attention_heads=8,
                  num_key_value_heads=4, num_hidden_layers=2)
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: Llama(cfg, nnx.Rngs(0))))
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), pure_dict(state))
+    graphdef, params = abstract_sampler_model(cfg, mesh)
     s = engine.make_settings(n=4, slots=256, num_prompts=64, prompt_len=512, max_new_tokens=512, temperature=1.0,
                              top_k=0, top_p=1.0, greedy=False, stop_token_ids=(2,), banned_token_ids=(),
                              steps_per_sync=4, mesh=mesh)
@@ -422,22 +419,19 @@ def test_decode_slots_that_fit_no_layout_fail_in_one_line():
     """More decode slots than a v5e chip holds in either layout: `DoesNotFit` (a MemoryError), one line naming the
     shape, the compiler's words and what to lower; bolt_jax.main reports it without a traceback."""
     import jax
-    from flax import nnx
 
     from bolt_jax import parallel
     from bolt_jax.aot.compiler import DoesNotFit
+    from bolt_jax.aot.report import abstract_sampler_model
     from bolt_jax.aot.topology import devices
     from bolt_jax.main import _is_user_error
-    from bolt_jax.model import Llama, preset
-    from bolt_jax.model.llama import pure_dict
+    from bolt_jax.model import preset
     from bolt_jax.sampling import engine, slots
 
     mesh = parallel.make_mesh({"data": 4, "fsdp": 1, "tensor": 1}, devices(parse_target("v5e:2x2")))
-    cfg = preset("tiny", param_dtype="bfloat16", compute_dtype="bfloat16", hidden_size=512, num_attention_heads=8,
+    cfg = preset("tiny", compute_dtype="bfloat16", hidden_size=512, num_attention_heads=8,
                  num_key_value_heads=4, max_position_embeddings=4096)
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: Llama(cfg, nnx.Rngs(0))))
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), pure_dict(state))
+    graphdef, params = abstract_sampler_model(cfg, mesh)
     s = engine.make_settings(n=4, slots=4 * 2048, num_prompts=64, prompt_len=2048, max_new_tokens=2048,
                              temperature=1.0, top_k=0, top_p=1.0, greedy=False, stop_token_ids=(2,),
                              banned_token_ids=(), steps_per_sync=4, mesh=mesh)  # 17 GB of KV cache per chip

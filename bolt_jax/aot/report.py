@@ -182,21 +182,28 @@ def _abstract(tree, shardings):
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
-def sampling_setup(config: ml_collections.ConfigDict, setup):
-    """(graphdef, mesh, abstract params, mesh context) the sampler runs with: `config.sampling_mesh` over the same
-    chips, the parameters in the compute dtype, as the E-step loads them (`load_model(dtype="compute")`)."""
+def abstract_sampler_model(model_cfg, mesh, rules=None):
+    """(graphdef, abstract params) as the E-step's sampler holds the model on `mesh`: in the compute dtype
+    (`load_model(dtype="compute")`), sharded by the logical-axis `rules` (None: the current ones); nothing
+    allocated."""
     import dataclasses
 
     from flax import nnx
 
-    from bolt_jax.config import make_sampling_mesh
     from bolt_jax.model.llama import Llama, pure_dict
-    mesh = make_sampling_mesh(config, list(setup.mesh.devices.flat))
-    cfg = dataclasses.replace(setup.model_cfg, param_dtype=setup.model_cfg.compute_dtype)
+    cfg = dataclasses.replace(model_cfg, param_dtype=model_cfg.compute_dtype)
     graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: Llama(cfg, nnx.Rngs(0))))
-    params = _abstract(pure_dict(abstract_state), pure_dict(parallel.state_shardings(abstract_state, mesh,
-                                                                                        setup.rules)))
+    rules = rules if rules is not None else parallel.current_rules()
+    shardings = pure_dict(parallel.state_shardings(abstract_state, mesh, rules))
+    return graphdef, _abstract(pure_dict(abstract_state), shardings)
 
+
+def sampling_setup(config: ml_collections.ConfigDict, setup):
+    """(graphdef, mesh, abstract params, mesh context) the sampler runs with: `config.sampling_mesh` over the same
+    chips, the parameters in the compute dtype, as the E-step loads them (`load_model(dtype="compute")`)."""
+    from bolt_jax.config import make_sampling_mesh
+    mesh = make_sampling_mesh(config, list(setup.mesh.devices.flat))
+    graphdef, params = abstract_sampler_model(setup.model_cfg, mesh, setup.rules)
     return graphdef, mesh, params, lambda: parallel.use_mesh(mesh, setup.rules)
 
 

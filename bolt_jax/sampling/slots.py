@@ -316,13 +316,14 @@ def abstract_state(graphdef, params, settings: Settings) -> SlotState:
     return jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), lowered.out_info, shardings)
 
 
-def lower_decode(graphdef, params, settings: Settings, *, layout: str = "auto") -> jax.stages.Lowered:
+def lower_decode(graphdef, params, settings: Settings, *, layout: str = "auto",
+                 state: SlotState | None = None) -> jax.stages.Lowered:
     """The decode chunk lowered for the slot state as `init_slots` shards it, in and out (the state is donated), with
     its layout `"auto"` (left to the compiler, `Layout.AUTO`, as MaxText's engine lowers its generate step) or
-    `"default"` (row-major)."""
+    `"default"` (row-major). `state`: `abstract_state`'s result when the caller has it already."""
     if layout not in ("auto", "default"):
         raise ValueError(f"layout={layout!r}: choose 'auto' or 'default'")
-    state = abstract_state(graphdef, params, settings)
+    state = state if state is not None else abstract_state(graphdef, params, settings)
     place = (lambda x: Format(Layout.AUTO, x.sharding)) if layout == "auto" else (lambda x: x.sharding)
     formats = jax.tree.map(place, state)
     step = jax.jit(functools.partial(decode_chunk, graphdef, settings=settings), in_shardings=(None, formats),
@@ -343,10 +344,17 @@ def compile_decode(graphdef, params, settings: Settings) -> jax.stages.Compiled:
     compiler's own choice is the default, and the GPUs' is unmeasured."""
     devices = jax.tree.leaves(params)[0].sharding.device_set
     platform = next(iter(devices)).platform
+    layouts = ("default", "auto") if platform == "tpu" else ("default",)
     compiled, refusals = [], []
-    for layout in ("default", "auto") if platform == "tpu" else ("default",):
+    try:
+        state = abstract_state(graphdef, params, settings)  # one init compile for both layouts
+    except Exception as e:  # noqa: BLE001 - the empty slots alone do not fit: no layout will
+        if does_not_fit(e) is None:
+            raise
+        layouts, refusals = (), [e]
+    for layout in layouts:
         try:
-            compiled.append(lower_decode(graphdef, params, settings, layout=layout).compile())
+            compiled.append(lower_decode(graphdef, params, settings, layout=layout, state=state).compile())
         except Exception as e:  # noqa: BLE001 - a layout that does not fit leaves the other; anything else is a bug
             if does_not_fit(e) is None:
                 raise
