@@ -180,6 +180,34 @@ def test_hbm_bytes_count_slices_and_in_place_updates_per_trip():
     assert sum(b for b, _ in a.hbm_breakdown.values()) == pytest.approx(a.hbm_bytes_all)
 
 
+# A matmul fusion whose weight passes through a nested fusion that only re-views it (as the TPU compiler nests one
+# around a decode step's weights): the weight is read whole by the dot, once per execution.
+NESTED_HLO = """HloModule jit_step
+
+%view (param_0.2: bf16[256,512]) -> bf16[256,512] {
+  %param_0.2 = bf16[256,512]{1,0} parameter(0)
+  ROOT %b = bf16[256,512]{1,0} bitcast(%param_0.2)
+}
+
+%fused_dot (param_0.1: bf16[256,512], param_1.1: bf16[8,256]) -> bf16[8,512] {
+  %param_0.1 = bf16[256,512]{1,0} parameter(0)
+  %param_1.1 = bf16[8,256]{1,0} parameter(1)
+  %w = bf16[256,512]{1,0} fusion(%param_0.1), kind=kLoop, calls=%view
+  ROOT %dot = bf16[8,512]{1,0} convolution(%param_1.1, %w), dim_labels=bf_io->bf
+}
+
+ENTRY %main (w: bf16[256,512], x: bf16[8,256]) -> bf16[8,512] {
+  %w0 = bf16[256,512]{1,0} parameter(0)
+  %x0 = bf16[8,256]{1,0} parameter(1)
+  ROOT %y = bf16[8,512]{1,0} fusion(%w0, %x0), kind=kOutput, calls=%fused_dot
+}
+"""
+
+
+def test_hbm_bytes_follow_a_value_through_a_nested_fusion_that_only_views_it():
+    assert hlo.analyze(NESTED_HLO, num_devices=1).hbm_bytes == 256 * 512 * 2 + 8 * 256 * 2 + 8 * 512 * 2
+
+
 @pytest.mark.parametrize("shape, stored", [
     ("bf16[256,2048,4,64]{3,2,1,0:T(4,128)(2,1)}", (256, 2048, 4, 128)),  # head_dim 64 on 128 lanes: twice the bytes
     ("bf16[256,2048,4,64]{1,3,2,0:T(8,128)(2,1)}", (256, 2048, 4, 64)),  # positions minor: whole tiles already
@@ -377,13 +405,10 @@ def test_two_processes_compile_for_a_tpu_at_once():
         holder.kill()
 
 
-@needs_libtpu
-def test_decode_keeps_the_slot_state_in_the_layout_that_moves_fewer_bytes():
-    """The real TPU compiler (v5e:2x2), a 2-layer model with TinyLlama's heads (4 KV heads of 64): with the slot state
-    in the default layout the decode chunk copies every KV cache buffer into its loop's layout before the loop and
-    back after it; `compile_decode` (the engine's and the AOT report's decode) compiles that and the compiler's own
-    layout, and keeps the latter here: no copies, fewer bytes. (bench/decode_layout.py: a shape where it keeps the
-    default.)"""
+def _tpu_decode_chunk(kv_heads: int, decode_impl: str, layout: str | None, prompt_len: int = 512):
+    """A 2-layer model with heads of 64 compiled for v5e:2x2 with the real TPU compiler: the decode chunk in the given
+    slot-state layout (None: as `compile_decode` keeps it). Returns (KV cache buffers copied outside the decode loop,
+    HBM bytes per chunk per chip, the program's text)."""
     import jax
 
     from bolt_jax import parallel
@@ -393,25 +418,45 @@ def test_decode_keeps_the_slot_state_in_the_layout_that_moves_fewer_bytes():
     from bolt_jax.sampling import engine, slots
 
     mesh = parallel.make_mesh({"data": 4, "fsdp": 1, "tensor": 1}, devices(parse_target("v5e:2x2")))
-    cfg = preset("tiny", compute_dtype="bfloat16", hidden_size=512, num_attention_heads=8,
-                 num_key_value_heads=4, num_hidden_layers=2)
+    cfg = preset("tiny", compute_dtype="bfloat16", hidden_size=2 * kv_heads * 64, num_attention_heads=2 * kv_heads,
+                 num_key_value_heads=kv_heads, num_hidden_layers=2, decode_impl=decode_impl)
     graphdef, params = abstract_sampler_model(cfg, mesh)
-    s = engine.make_settings(n=4, slots=256, num_prompts=64, prompt_len=512, max_new_tokens=512, temperature=1.0,
-                             top_k=0, top_p=1.0, greedy=False, stop_token_ids=(2,), banned_token_ids=(),
-                             steps_per_sync=4, mesh=mesh)
-    per_device = "[64,1024,4,64]"  # one layer's K or V cache on one chip
-
-    def measured(compiled) -> tuple[int, float]:
-        text = compiled.as_text()
-        entry = next(c for c in hlo.parse_module(text).values() if c.entry)  # outside the decode loop
-        copies = sum(inst.opcode == "copy" and per_device in inst.shape for inst in entry.instructions)
-        return copies, hlo.analyze(text, 4, unknown_trips=s.steps_per_sync).hbm_bytes
-
+    s = engine.make_settings(n=4, slots=256, num_prompts=64, prompt_len=prompt_len, max_new_tokens=prompt_len,
+                             temperature=1.0, top_k=0, top_p=1.0, greedy=False, stop_token_ids=(2,),
+                             banned_token_ids=(), steps_per_sync=4, mesh=mesh)
     with jax.set_mesh(mesh):
-        default = measured(slots.lower_decode(graphdef, params, s, layout="default").compile())
-        kept = measured(slots.compile_decode(graphdef, params, s))  # compiles both layouts, keeps the compiler's here
-    assert default[0] >= 2 * 2 * cfg.num_hidden_layers, default  # k and v of every layer, in and out
-    assert kept[0] == 0 and kept[1] < 0.95 * default[1], (kept, default)
+        compiled = (slots.compile_decode(graphdef, params, s) if layout is None
+                    else slots.lower_decode(graphdef, params, s, layout=layout).compile())
+    text = compiled.as_text()
+    entry = next(c for c in hlo.parse_module(text).values() if c.entry)  # outside the decode loop
+    per_device = f"[64,{2 * prompt_len},{kv_heads * 64}]"  # one layer's K or V cache on one chip
+    copies = sum(inst.opcode == "copy" and per_device in inst.shape for inst in entry.instructions)
+    return copies, hlo.analyze(text, 4, unknown_trips=s.steps_per_sync).hbm_bytes, text
+
+
+@needs_libtpu
+def test_decode_caches_fill_the_lanes_and_the_kept_layout_copies_none():
+    """The real TPU compiler (v5e:2x2). Caches hold a position's KV heads side by side ([S, T, K * D]): with 4 heads
+    of 64 (TinyLlama's) they fill the 128-lane tiles, and the decode chunk in the default layout copies no cache
+    buffer. With 3 heads of 64 (SmolLM2's, 192 lanes) the default layout pads them and copies every buffer before the
+    loop and back after it; `compile_decode` (the engine's and the AOT report's decode) compiles that and the
+    compiler's own layout and keeps the latter here: no copies, fewer bytes. (bench/decode_layout.py: every model,
+    and a shape where it keeps the default.)"""
+    assert _tpu_decode_chunk(4, "xla", "default")[0] == 0
+    default = _tpu_decode_chunk(3, "xla", "default", prompt_len=1024)
+    kept = _tpu_decode_chunk(3, "xla", None, prompt_len=1024)
+    assert default[0] >= 2 * 2 * 2, default[:2]  # k and v of both layers, in and out
+    assert kept[0] == 0 and kept[1] < 0.95 * default[1], (kept[:2], default[:2])
+
+
+@needs_libtpu
+def test_tpu_decode_kernel_compiles_into_the_decode_chunk():
+    """`decode_impl="pallas_tpu"` (what `auto` picks on a TPU): the decode chunk calls the Mosaic kernel once per layer
+    (the real Mosaic compiler accepted it) and, counted as reading its whole cache (it reads only the written blocks),
+    moves no more HBM bytes than the XLA attention."""
+    copies, kernel_bytes, text = _tpu_decode_chunk(4, "pallas_tpu", None)
+    assert text.count('custom_call_target="tpu_custom_call"') == 2 and copies == 0
+    assert kernel_bytes <= 1.02 * _tpu_decode_chunk(4, "xla", None)[1]
 
 
 @needs_libtpu

@@ -1,5 +1,6 @@
-"""Decode attention (one query per row against a KV cache with per-row lengths): the Pallas kernel in interpret mode
-against the XLA reference, and the sampler's greedy tokens unchanged when it decodes with the kernel."""
+"""Decode attention (one query per row against a KV cache [B, T, K * D] with per-row lengths): the GPU and TPU Pallas
+kernels in interpret mode against the XLA reference, the reference against a direct computation, and the sampler's
+greedy tokens unchanged when it decodes with either kernel."""
 
 import jax
 import jax.numpy as jnp
@@ -8,19 +9,24 @@ import pytest
 
 from bolt_jax import kernels
 from bolt_jax.kernels.decode import (
+    heads_of,
     merge_attention,
     pallas_decode_attention,
     xla_decode_attention,
     xla_decode_attention_lse,
 )
+from bolt_jax.kernels.decode_tpu import pallas_tpu_decode_attention
 from bolt_jax.kernels.xla import xla_attention
+
+KERNELS = {"pallas_gpu": lambda *a, **kw: pallas_decode_attention(*a, block=64, **kw),
+           "pallas_tpu": lambda *a, **kw: pallas_tpu_decode_attention(*a, block_t=128, block_rows=2, **kw)}
 
 
 def cache(b=3, t=256, h=8, k=2, d=32, dtype=jnp.float32, seed=0):
     rng = np.random.default_rng(seed)
     q = jnp.asarray(rng.normal(size=(b, 1, h, d)), dtype)
-    kc = jnp.asarray(rng.normal(size=(b, t, k, d)), dtype)
-    vc = jnp.asarray(rng.normal(size=(b, t, k, d)), dtype)
+    kc = jnp.asarray(rng.normal(size=(b, t, k * d)), dtype)  # a position's KV heads side by side
+    vc = jnp.asarray(rng.normal(size=(b, t, k * d)), dtype)
     seg = np.ones((b, t), np.int32)
     seg[0, :7] = 0  # left padding of a shorter prompt
     seg[2, :100] = 0
@@ -33,18 +39,35 @@ def test_reference_is_attention_over_the_visible_keys():
     got = xla_decode_attention(q, kc, vc, kv_segment_ids_BxT=seg, lengths_B=lengths)
     for r in range(q.shape[0]):
         keep = np.flatnonzero((np.asarray(seg[r]) != 0) & (np.arange(kc.shape[1]) < int(lengths[r])))
-        want = xla_attention(q[r:r + 1], kc[r:r + 1, keep], vc[r:r + 1, keep], causal=False)
+        k4, v4 = heads_of(kc[r:r + 1, keep], q.shape[-1]), heads_of(vc[r:r + 1, keep], q.shape[-1])
+        want = xla_attention(q[r:r + 1], k4, v4, causal=False)
         np.testing.assert_allclose(got[r:r + 1], want, atol=2e-6)
 
 
-@pytest.mark.parametrize("heads", [(8, 2), (4, 4), (32, 4)])
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
+@pytest.mark.parametrize("heads", [(8, 2), (4, 4), (32, 4), (9, 3)])
 @pytest.mark.parametrize("dtype,atol", [(jnp.float32, 2e-6), (jnp.bfloat16, 2e-2)])
-def test_pallas_kernel_matches_reference(heads, dtype, atol):
+def test_pallas_kernel_matches_reference(kernel, heads, dtype, atol):
     q, kc, vc, seg, lengths = cache(h=heads[0], k=heads[1], dtype=dtype)
     kw = dict(kv_segment_ids_BxT=seg, lengths_B=lengths)
-    got = pallas_decode_attention(q, kc, vc, block=64, **kw)
+    got = KERNELS[kernel](q, kc, vc, **kw)
     np.testing.assert_allclose(np.asarray(got, np.float32),
                                np.asarray(xla_decode_attention(q, kc, vc, **kw), np.float32), atol=atol)
+
+
+@pytest.mark.parametrize("t,block_rows,lengths", [(384, 2, [384, 5, 1, 0]), (384, 4, [129, 3, 256, 0]),
+                                                   (200, 2, [200, 77, 1, 199])])
+def test_tpu_kernel_row_and_time_blocks(t, block_rows, lengths):
+    """The TPU kernel's blocking: rows in blocks of `block_rows`, time in blocks of 128 (a row block fetches only up to
+    its longest row's last block, each row computes only up to its own) or one block of the whole cache when its
+    length is no multiple of 128; rows of length 0 give output 0."""
+    q = _queries(b=4, nq=2, h=8)
+    _, kc, vc, seg, _ = cache(b=4, t=t, seed=3)
+    kw = dict(kv_segment_ids_BxT=jnp.ones_like(seg), lengths_B=jnp.asarray(lengths, jnp.int32))
+    got, got_lse = pallas_tpu_decode_attention(q, kc, vc, block_t=128, block_rows=block_rows, return_lse=True, **kw)
+    want, want_lse = xla_decode_attention_lse(q, kc, vc, **kw)
+    np.testing.assert_allclose(got, want, atol=2e-6)
+    np.testing.assert_allclose(got_lse, want_lse, atol=2e-5)
 
 
 def _queries(b=3, nq=4, h=8, d=32, dtype=jnp.float32, seed=1):
@@ -57,7 +80,7 @@ def test_lse_reference_is_attention_and_log_sum_exp_over_the_visible_keys():
     q = _queries()
     _, kc, vc, seg, lengths = cache()
     out, lse = xla_decode_attention_lse(q, kc, vc, kv_segment_ids_BxT=seg, lengths_B=lengths)
-    qn, kn, vn = (np.asarray(x, np.float64) for x in (q, kc, vc))
+    qn, kn, vn = (np.asarray(x, np.float64) for x in (q, heads_of(kc, q.shape[-1]), heads_of(vc, q.shape[-1])))
     for r in range(q.shape[0]):
         keep = np.flatnonzero((np.asarray(seg[r]) != 0) & (np.arange(kc.shape[1]) < int(lengths[r])))
         for i in range(q.shape[1]):
@@ -69,12 +92,13 @@ def test_lse_reference_is_attention_and_log_sum_exp_over_the_visible_keys():
                 np.testing.assert_allclose(out[r, i, hh], want, atol=2e-5)
 
 
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
 @pytest.mark.parametrize("nq", [1, 3, 4])
-def test_pallas_kernel_with_several_queries_and_lse_matches_reference(nq):
+def test_pallas_kernel_with_several_queries_and_lse_matches_reference(kernel, nq):
     q = _queries(nq=nq)
     _, kc, vc, seg, lengths = cache()
-    kw = dict(kv_segment_ids_BxT=seg, lengths_B=lengths)
-    got, got_lse = pallas_decode_attention(q, kc, vc, block=64, return_lse=True, **kw)
+    kw = dict(kv_segment_ids_BxT=seg, lengths_B=lengths.at[0].set(0))  # a row without keys: output 0, lse NEG
+    got, got_lse = KERNELS[kernel](q, kc, vc, return_lse=True, **kw)
     want, want_lse = xla_decode_attention_lse(q, kc, vc, **kw)
     np.testing.assert_allclose(got, want, atol=2e-6)
     np.testing.assert_allclose(got_lse, want_lse, atol=2e-5)
@@ -98,11 +122,14 @@ def test_bad_inputs_are_refused():
     q, kc, vc, seg, lengths = cache(t=200)
     with pytest.raises(ValueError, match="multiple of the block"):
         pallas_decode_attention(q, kc, vc, kv_segment_ids_BxT=seg, lengths_B=lengths, block=64)
+    with pytest.raises(ValueError, match="whole heads"):
+        kernels.decode_attention(q, kc[..., :-1], vc[..., :-1], kv_segment_ids_BxT=seg, lengths_B=lengths)
     with pytest.raises(ValueError, match="unknown decode attention impl"):
         kernels.decode_attention(q, kc, vc, kv_segment_ids_BxT=seg, lengths_B=lengths, impl="flash")
 
 
-def test_sampler_decodes_the_same_tokens_with_the_kernel(monkeypatch):
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
+def test_sampler_decodes_the_same_tokens_with_the_kernel(monkeypatch, kernel):
     from flax import nnx
 
     from bolt_jax.model import Llama, preset
@@ -110,7 +137,7 @@ def test_sampler_decodes_the_same_tokens_with_the_kernel(monkeypatch):
     model = Llama(preset("tiny", compute_dtype="float32"), nnx.Rngs(0))
     prompts = [[1, 5, 9, 33, 7], [1, 100, 200]]
     ref = generate(model, prompts, max_new_tokens=6, greedy=True)
-    monkeypatch.setitem(kernels.DECODE_AUTO, "cpu", "pallas_gpu")  # the kernel, in interpret mode
+    monkeypatch.setitem(kernels.DECODE_AUTO, "cpu", kernel)  # the kernel, in interpret mode
     jax.clear_caches()  # `auto` is resolved at trace time: retrace
     assert "bolt_decode_attention" in str(jax.make_jaxpr(
         lambda *a: kernels.decode_attention(*a[:3], kv_segment_ids_BxT=a[3], lengths_B=a[4]))(*cache()))

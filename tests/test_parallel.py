@@ -138,17 +138,18 @@ def test_custom_call_kernels_run_per_shard_on_a_mesh(impl):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=5e-5)
 
 
-def test_decode_kernel_runs_per_shard_on_a_mesh():
+@pytest.mark.parametrize("impl", ["pallas_gpu", "pallas_tpu"])
+def test_decode_kernel_runs_per_shard_on_a_mesh(impl):
     from bolt_jax import kernels
     from bolt_jax.kernels.decode import xla_decode_attention
     rng = np.random.default_rng(1)
     q = jnp.asarray(rng.normal(size=(4, 1, 8, 32)), jnp.float32)
-    kc, vc = (jnp.asarray(rng.normal(size=(4, 128, 2, 32)), jnp.float32) for _ in range(2))
+    kc, vc = (jnp.asarray(rng.normal(size=(4, 128, 2 * 32)), jnp.float32) for _ in range(2))
     seg = jnp.ones((4, 128), jnp.int32).at[1, :9].set(0)
     lengths = jnp.asarray([128, 40, 1, 77], jnp.int32)
     kw = dict(kv_segment_ids_BxT=seg, lengths_B=lengths)
     with jax.set_mesh(parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})):
-        got = jax.jit(lambda *a: kernels.decode_attention(*a, impl="pallas_gpu", **kw))(q, kc, vc)
+        got = jax.jit(lambda *a: kernels.decode_attention(*a, impl=impl, **kw))(q, kc, vc)
     np.testing.assert_allclose(np.asarray(got), np.asarray(xla_decode_attention(q, kc, vc, **kw)), atol=2e-6)
 
 

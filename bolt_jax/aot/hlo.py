@@ -418,7 +418,12 @@ class HbmBytes:
             elif user.opcode == "fusion" and user.callees() and user.callees()[0] in self.module:
                 inner = self.module[user.callees()[0]]
                 param = inner.parameter(user.operands.index(name))
-                total += full if param is None else self.read(inner, param.name, full)
+                if param is None:
+                    total += full
+                elif _forwards(inner, param.name):  # a nested fusion that only re-views it: as its users read it
+                    total += self.read(comp, user.name, full)
+                else:
+                    total += self.read(inner, param.name, full)
             else:
                 return full
         return min(total, full)
@@ -472,6 +477,18 @@ class HbmBytes:
                     b, n = out.get(key, (0.0, 0))
                     out[key] = (b + times * self.instruction(comp, inst), n + 1)
         return out
+
+
+def _forwards(comp: Computation, name: str) -> bool:
+    """Whether `name` reaches the computation's root through bitcasts alone (a fusion that returns its operand re-viewed,
+    as the TPU compiler nests one around a matmul's weight): the bytes read are then decided where its result is used."""
+    root = comp.root.name
+    while name != root:
+        users = list(comp.users(name))
+        if len(users) != 1 or users[0].opcode != "bitcast":
+            return False
+        name = users[0].name
+    return True
 
 
 def _op_name(inst: Instruction) -> str:

@@ -149,40 +149,54 @@ def attention(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, *, segment_ids=None, causal: bool
     return _REGISTRY[chosen](q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, **kwargs)
 
 
-DECODE_IMPLS = ("auto", "xla", "pallas_gpu")
-DECODE_AUTO = {"gpu": "pallas_gpu", "cuda": "pallas_gpu"}
+DECODE_IMPLS = ("auto", "xla", "pallas_gpu", "pallas_tpu")
+# GPUs: the Triton-lowered kernel took an H100's sampler from 41.4k to 57.3k tokens/s at batch 256 (BENCHMARKS.md).
+# TPUs: the Mosaic kernel, compiled ahead of time but not yet run on a TPU; by the compiled decode chunk's HBM bytes
+# (bench/decode_layout.py) it moves what the XLA attention moves on a full cache and reads only the written blocks.
+DECODE_AUTO = {"gpu": "pallas_gpu", "cuda": "pallas_gpu", "tpu": "pallas_tpu"}
+_DECODE_KERNELS = {"pallas_gpu": ("bolt_jax.kernels.decode", "pallas_decode_attention"),
+                   "pallas_tpu": ("bolt_jax.kernels.decode_tpu", "pallas_tpu_decode_attention")}
 
 
-def decode_attention(q_BxQxHxD, k_cache_BxTxKxD, v_cache_BxTxKxD, *, kv_segment_ids_BxT, lengths_B,
+def target_platform() -> str:
+    """The platform a program is compiled for: the active mesh's devices' (an ahead-of-time compile for a TPU topology
+    runs on a CPU host and must pick, and emit, the TPU's kernels: bolt_jax.aot), else the default backend's."""
+    device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
+    return device.platform if device is not None else jax.default_backend()
+
+
+def decode_attention(q_BxQxHxD, k_cache_BxTxKD, v_cache_BxTxKD, *, kv_segment_ids_BxT, lengths_B,
                      sm_scale: float | None = None, impl: str = "auto", return_lse: bool = False):
-    """New queries (Q per row, all seeing the row's keys) against a KV cache: keys at positions [0, lengths[b]) whose
-    segment id is not 0. `auto`: the Pallas kernel on GPUs (it reads only the written part of the cache), XLA
-    elsewhere. `return_lse`: also each query's log-sum-exp [B, Q, H] (fp32), for `decode.merge_attention`."""
+    """New queries (Q per row, all seeing the row's keys) against a KV cache [B, T, K * D] (a position's KV heads
+    side by side): keys at positions [0, lengths[b]) whose segment id is not 0. `auto`: a Pallas kernel on GPUs and
+    TPUs (each reads only the written part of the cache), XLA elsewhere. `return_lse`: also each query's log-sum-exp
+    [B, Q, H] (fp32), for `decode.merge_attention`."""
     if impl not in DECODE_IMPLS:
         raise ValueError(f"unknown decode attention impl {impl!r}; choose one of {DECODE_IMPLS}")
     from bolt_jax.kernels import decode
     if impl == "auto":
-        impl = DECODE_AUTO.get(jax.default_backend(), "xla")
+        impl = DECODE_AUTO.get(target_platform(), "xla")
     if impl == "xla":
         if return_lse:
-            return decode.xla_decode_attention_lse(q_BxQxHxD, k_cache_BxTxKxD, v_cache_BxTxKxD,
+            return decode.xla_decode_attention_lse(q_BxQxHxD, k_cache_BxTxKD, v_cache_BxTxKD,
                                                    kv_segment_ids_BxT=kv_segment_ids_BxT, lengths_B=lengths_B,
                                                    sm_scale=sm_scale)
-        return decode.xla_decode_attention(q_BxQxHxD, k_cache_BxTxKxD, v_cache_BxTxKxD,
+        return decode.xla_decode_attention(q_BxQxHxD, k_cache_BxTxKD, v_cache_BxTxKD,
                                            kv_segment_ids_BxT=kv_segment_ids_BxT, lengths_B=lengths_B,
                                            sm_scale=sm_scale)
+    chosen = _lazy(*_DECODE_KERNELS[impl])
 
     def kernel(q, k, v, seg, lengths):
-        return decode.pallas_decode_attention(q, k, v, kv_segment_ids_BxT=seg, lengths_B=lengths, sm_scale=sm_scale,
-                                              return_lse=return_lse)
+        return chosen(q, k, v, kv_segment_ids_BxT=seg, lengths_B=lengths, sm_scale=sm_scale, return_lse=return_lse)
 
     mesh = _mesh()
     if mesh is None:
-        return kernel(q_BxQxHxD, k_cache_BxTxKxD, v_cache_BxTxKxD, kv_segment_ids_BxT, lengths_B)
+        return kernel(q_BxQxHxD, k_cache_BxTxKD, v_cache_BxTxKD, kv_segment_ids_BxT, lengths_B)
     from jax.sharding import PartitionSpec as P
-    batch, heads = _row_and_head_specs(mesh, q_BxQxHxD.shape[0], k_cache_BxTxKxD.shape[2])
-    qkv_spec = P(batch, None, heads, None)
-    out_specs = (qkv_spec, P(batch, None, heads)) if return_lse else qkv_spec
-    return jax.shard_map(kernel, mesh=mesh, in_specs=(qkv_spec,) * 3 + (P(batch, None), P(batch)),
-                         out_specs=out_specs, check_vma=False)(q_BxQxHxD, k_cache_BxTxKxD, v_cache_BxTxKxD,
+    kv_heads = decode.heads_of(k_cache_BxTxKD, q_BxQxHxD.shape[-1]).shape[2]
+    batch, heads = _row_and_head_specs(mesh, q_BxQxHxD.shape[0], kv_heads)
+    q_spec, cache_spec = P(batch, None, heads, None), P(batch, None, heads)  # whole KV heads per device
+    out_specs = (q_spec, P(batch, None, heads)) if return_lse else q_spec
+    return jax.shard_map(kernel, mesh=mesh, in_specs=(q_spec, cache_spec, cache_spec, P(batch, None), P(batch)),
+                         out_specs=out_specs, check_vma=False)(q_BxQxHxD, k_cache_BxTxKD, v_cache_BxTxKD,
                                                                kv_segment_ids_BxT, lengths_B)

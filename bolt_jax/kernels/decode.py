@@ -6,14 +6,17 @@ query rows; the Pallas kernel reads only the first `lengths[b]` positions of eac
 its whole query group, and keeps the softmax online in fp32.
 
 Layout: q [B, Q, H, D] (Q = 1 for a row's own cache; Q = the samples that share a prompt when the continuous engine
-reads a shared prompt once for all of them); caches [B, T, K, D]; kv_segment_ids [B, T] (0 = not a key: left
-padding, unwritten slots); lengths [B] (positions [0, lengths[b]) may hold keys). The Q x H / K queries of a KV head
-(padded to 16 rows for the tensor-core tile) are one block: grid (B, K). With `return_lse` the kernels also return
-each query's log-sum-exp, so two partial attentions (prompt and own tokens) merge exactly (`merge_attention`).
+reads a shared prompt once for all of them); caches [B, T, K * D], a position's KV heads side by side (on a TPU the
+heads then fill the 128 lanes that one head of 64 would leave half empty; elsewhere the same bytes as [B, T, K, D],
+which the XLA path views them as); kv_segment_ids [B, T] (0 = not a key: left padding, unwritten slots); lengths [B]
+(positions [0, lengths[b]) may hold keys). The Q x H / K queries of a KV head (padded to 16 rows for the tensor-core
+tile) are one block: grid (B, K). With `return_lse` the kernels also return each query's log-sum-exp, so two partial
+attentions (prompt and own tokens) merge exactly (`merge_attention`). The TPU kernel is `decode_tpu`.
 
 Status: checked against the XLA reference in interpret mode on CPU (tests/test_kernels_decode.py, which on a GPU
 compiles it for real); on an H100 it took the sampler from 41.4k to 57.3k decoded tokens/s at batch 256
-(BENCHMARKS.md), but its outputs have not been compared with the XLA path on a GPU yet.
+(BENCHMARKS.md), but its outputs have not been compared with the XLA path on a GPU yet. Its memory access is the same
+over [B, T, K * D] caches as over the [B, T, K, D] ones it was measured on (a block of KV head k is its D lanes).
 """
 
 from __future__ import annotations
@@ -30,9 +33,19 @@ NEG = -1e30
 MIN_ROWS = 16  # the smallest M of a tensor-core dot in the Triton lowering (rows are padded to a power of two)
 
 
-def xla_decode_attention(q_Bx1xHxD, k_cache_BxTxKxD, v_cache_BxTxKxD, *, kv_segment_ids_BxT, lengths_B,
+def heads_of(x_BxTxKD, head_dim: int):
+    """A cache [B, T, K * D] viewed as [B, T, K, D] (a bitcast where the layout is row-major: CPU, GPU)."""
+    b, t, kd = x_BxTxKD.shape
+    if kd % head_dim:
+        raise ValueError(f"decode attention: a cache of width {kd} does not hold whole heads of {head_dim}")
+    return x_BxTxKD.reshape(b, t, kd // head_dim, head_dim)
+
+
+def xla_decode_attention(q_Bx1xHxD, k_cache_BxTxKD, v_cache_BxTxKD, *, kv_segment_ids_BxT, lengths_B,
                          sm_scale: float | None = None):
     """The reference: attends over the whole buffer, masking unwritten positions and segment 0."""
+    d = q_Bx1xHxD.shape[-1]
+    k_cache_BxTxKxD, v_cache_BxTxKxD = heads_of(k_cache_BxTxKD, d), heads_of(v_cache_BxTxKD, d)
     t = k_cache_BxTxKxD.shape[1]
     visible = (kv_segment_ids_BxT != 0) & (jnp.arange(t)[None, :] < lengths_B[:, None])
     q_seg = jnp.ones(q_Bx1xHxD.shape[:2], jnp.int32)
@@ -40,12 +53,13 @@ def xla_decode_attention(q_Bx1xHxD, k_cache_BxTxKxD, v_cache_BxTxKxD, *, kv_segm
                          kv_segment_ids_BxT=visible.astype(jnp.int32), causal=False, sm_scale=sm_scale)
 
 
-def xla_decode_attention_lse(q_BxQxHxD, k_cache_BxTxKxD, v_cache_BxTxKxD, *, kv_segment_ids_BxT, lengths_B,
+def xla_decode_attention_lse(q_BxQxHxD, k_cache_BxTxKD, v_cache_BxTxKD, *, kv_segment_ids_BxT, lengths_B,
                              sm_scale: float | None = None):
     """Each of a row's Q queries attends that row's visible keys (no causality among them); also returns the
     log-sum-exp of the scores, so that attention over two sets of keys (a shared prompt and a row's own tokens) can
     be merged exactly (`merge_attention`). Returns (out [B, Q, H, D] fp32, lse [B, Q, H] fp32; NEG without keys)."""
     b, nq, h, d = q_BxQxHxD.shape
+    k_cache_BxTxKxD, v_cache_BxTxKxD = heads_of(k_cache_BxTxKD, d), heads_of(v_cache_BxTxKD, d)
     t, kvh = k_cache_BxTxKxD.shape[1], k_cache_BxTxKxD.shape[2]
     scale = sm_scale if sm_scale is not None else d ** -0.5
     q_BxQxKxGxD = q_BxQxHxD.reshape(b, nq, kvh, h // kvh, d)
@@ -100,14 +114,14 @@ def _decode_kernel(len_ref, q_ref, k_ref, v_ref, seg_ref, o_ref, *lse_ref, scale
         lse_ref[0][...] = jnp.where(l > 0.0, m + jnp.log(jnp.where(l > 0.0, l, 1.0)), NEG)
 
 
-def pallas_decode_attention(q_BxQxHxD, k_cache_BxTxKxD, v_cache_BxTxKxD, *, kv_segment_ids_BxT, lengths_B,
+def pallas_decode_attention(q_BxQxHxD, k_cache_BxTxKD, v_cache_BxTxKD, *, kv_segment_ids_BxT, lengths_B,
                             sm_scale: float | None = None, block: int = 128, interpret: bool | None = None,
                             num_warps: int = 4, num_stages: int = 2, return_lse: bool = False):
     """The kernel: grid (rows, KV heads); each program reads its row's written blocks of one KV head once for all the
     query heads of that KV head and all the row's Q queries (Q > 1: the samples that share a prompt, read once).
     With `return_lse`: (out, lse [B, Q, H] fp32), as `xla_decode_attention_lse`."""
     b, nq, h, d = q_BxQxHxD.shape
-    t, kvh = k_cache_BxTxKxD.shape[1], k_cache_BxTxKxD.shape[2]
+    t, kvh = k_cache_BxTxKD.shape[1], heads_of(k_cache_BxTxKD, d).shape[2]
     block = min(block, t)
     if t % block:
         raise ValueError(f"decode attention: the cache length {t} must be a multiple of the block ({block}); the "
@@ -134,12 +148,12 @@ def pallas_decode_attention(q_BxQxHxD, k_cache_BxTxKxD, v_cache_BxTxKxD, *, kv_s
         grid=(b, kvh),
         in_specs=[pl.BlockSpec((1,), lambda bi, ki: (bi,)),
                   pl.BlockSpec((None, None, rows, d), lambda bi, ki: (bi, ki, 0, 0)),
-                  pl.BlockSpec((None, t, None, d), lambda bi, ki: (bi, 0, ki, 0)),
-                  pl.BlockSpec((None, t, None, d), lambda bi, ki: (bi, 0, ki, 0)),
+                  pl.BlockSpec((None, t, d), lambda bi, ki: (bi, 0, ki)),  # KV head ki's D lanes
+                  pl.BlockSpec((None, t, d), lambda bi, ki: (bi, 0, ki)),
                   pl.BlockSpec((None, t), lambda bi, ki: (bi, 0))],
         out_specs=out_specs, out_shape=out_shape,
         interpret=interpret, compiler_params=params, name="bolt_decode_attention",
-    )(lengths_B.astype(jnp.int32), q_BxKxRxD, k_cache_BxTxKxD, v_cache_BxTxKxD, kv_segment_ids_BxT.astype(jnp.int32))
+    )(lengths_B.astype(jnp.int32), q_BxKxRxD, k_cache_BxTxKD, v_cache_BxTxKD, kv_segment_ids_BxT.astype(jnp.int32))
     out = outs[0][:, :, :used].reshape(b, kvh, nq, group, d).transpose(0, 2, 1, 3, 4).reshape(b, nq, h, d)
     if not return_lse:
         return out

@@ -14,6 +14,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from bolt_jax.kernels import target_platform
+
 
 @functools.lru_cache(maxsize=32)
 def _kernel(seq_q: int, seq_k: int, group: int, causal: bool, block: int, interpret: bool):
@@ -25,14 +27,6 @@ def _kernel(seq_q: int, seq_k: int, group: int, causal: bool, block: int, interp
     sizes = sk.BlockSizes(block_q=bq, block_kv=bk, block_kv_compute=bk, block_q_dkv=bq, block_kv_dkv=bk,
                           block_kv_dkv_compute=bk, block_q_dq=bq, block_kv_dq=bk)
     return sk.make_splash_mqa_single_device(mask, block_sizes=sizes, interpret=interpret)
-
-
-def _target_platform() -> str:
-    """The platform the program is compiled for: the active mesh's devices' (an ahead-of-time compile for a TPU
-    topology runs on a CPU host and must emit the Mosaic kernel, not the interpreter: bolt_jax.aot), else the default
-    backend's."""
-    device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
-    return device.platform if device is not None else jax.default_backend()
 
 
 def pallas_tpu_attention(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, *, q_segment_ids_BxS=None, kv_segment_ids_BxT=None,
@@ -47,7 +41,7 @@ def pallas_tpu_attention(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, *, q_segment_ids_BxS=N
     group = h // kvh
     if s % 128 or t % 128:
         raise ValueError(f"pallas_tpu needs sequence lengths that are multiples of 128, got {s} and {t}")
-    interpret = _target_platform() != "tpu" if interpret is None else interpret
+    interpret = target_platform() != "tpu" if interpret is None else interpret
     scale = sm_scale if sm_scale is not None else d ** -0.5
     kernel = _kernel(s, t, group, causal, block, interpret)
     q_seg = jnp.zeros((b, s), jnp.int32) if q_segment_ids_BxS is None else q_segment_ids_BxS.astype(jnp.int32)

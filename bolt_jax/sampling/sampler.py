@@ -4,11 +4,12 @@
 
 Prompts are left-padded to a bucketed length so every row writes the same cache slot at each step; pad positions
 carry segment id 0 and are never attended to. The n samples of a prompt share its prefill: the cache is computed
-once per prompt and repeated n times along the batch. Each layer's cache `[batch, time, kv_heads, head_dim]` is
-sharded over the batch like the training activations. Each row draws from its own key (seed, row, step), so results
-do not depend on how the batch is sharded. log q of every token is that of the distribution actually sampled from
-(bolt_jax.sampling.transforms). Each step attends with `kernels.decode_attention` (on GPUs a Pallas kernel that reads
-only the cache written so far), and the layers' q/k/v and gate/up weights are concatenated once before the loop.
+once per prompt and repeated n times along the batch. Each layer's cache `[batch, time, kv_heads * head_dim]` (a
+position's KV heads side by side: `cache_layout`) is sharded over the batch like the training activations. Each row
+draws from its own key (seed, row, step), so results do not depend on how the batch is sharded. log q of every token
+is that of the distribution actually sampled from (bolt_jax.sampling.transforms). Each step attends with
+`kernels.decode_attention` (on GPUs and TPUs a Pallas kernel that reads only the cache written so far), and the
+layers' q/k/v and gate/up weights are concatenated once before the loop.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ from bolt_jax.model.llama import (
     rope_cos_sin,
     unstack_layers,
 )
-from bolt_jax.parallel import constrain
 from bolt_jax.sampling.transforms import sample_tokens, transform_logits
 
 # Called from the host loop with how many requests (prompt x sample) just finished: a caller's progress display
@@ -83,17 +83,39 @@ def _place(array: np.ndarray, mesh) -> jax.Array:
 CACHE_BLOCK = 128  # the cache is allocated in whole blocks of the decode kernel (unused slots: segment 0)
 
 
+CACHE_AXES = ("batch", "cache_time", "act_kv_heads")
+
+
 def cache_time(prompt_len: int, max_new_tokens: int) -> int:
     """Cache positions per row: prompt and new tokens, rounded up to whole decode-kernel blocks."""
     return -(-(prompt_len + max_new_tokens) // CACHE_BLOCK) * CACHE_BLOCK
 
 
-def decode_step_layer(cfg, h_Bx1xD, p, cos, sin, k_cache_BxTxKxD, v_cache_BxTxKxD, kv_seg_BxT, write_index,
+def cache_layout(x_BxTxKxD):
+    """K or V [B, T, K, D] as the caches hold it: [B, T, K * D], a position's KV heads side by side. On a TPU a
+    [.., K, D] buffer with head_dim 64 fills half of the 128 lanes (stored, read and copied at twice its size); side
+    by side they fill them (kernels.decode_tpu). On CPUs and GPUs the same bytes as [B, T, K, D]."""
+    return x_BxTxKxD.reshape(*x_BxTxKxD.shape[:-2], x_BxTxKxD.shape[-2] * x_BxTxKxD.shape[-1])
+
+
+def constrain_cache(x_BxTxKD, kv_heads: int):
+    """A cache buffer's sharding: rows over the batch axes, and KV heads over `tensor` only where it divides the
+    heads (never a head split across devices: the decode kernels run on whole heads per device)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty:
+        return x_BxTxKD
+    spec = parallel.logical_to_spec(CACHE_AXES, mesh=mesh, shape=x_BxTxKD.shape[:2] + (kv_heads,))
+    return jax.lax.with_sharding_constraint(x_BxTxKD, spec)
+
+
+def decode_step_layer(cfg, h_Bx1xD, p, cos, sin, k_cache_BxTxKD, v_cache_BxTxKD, kv_seg_BxT, write_index,
                       decode_impl: str = "auto"):
     """One layer for one new token: project, write k/v into the cache slot, attend over the cache written so far."""
     q, k, v = attention_inputs(cfg, h_Bx1xD, p, cos, sin)
-    k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache_BxTxKxD, k.astype(k_cache_BxTxKxD.dtype), write_index, 1)
-    v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache_BxTxKxD, v.astype(v_cache_BxTxKxD.dtype), write_index, 1)
+    k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache_BxTxKD, cache_layout(k).astype(k_cache_BxTxKD.dtype),
+                                                  write_index, 1)
+    v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache_BxTxKD, cache_layout(v).astype(v_cache_BxTxKD.dtype),
+                                                  write_index, 1)
     lengths = jnp.full(h_Bx1xD.shape[:1], write_index + 1, jnp.int32)
     attn = kernels.decode_attention(q, k_cache, v_cache, kv_segment_ids_BxT=kv_seg_BxT, lengths_B=lengths,
                                     sm_scale=cfg.head_size ** -0.5, impl=decode_impl)
@@ -112,7 +134,7 @@ class _DecodeState(NamedTuple):
     """The `lax.while_loop` carry: step t samples token t (token 0 came from the prefill's last logits)."""
     t: jax.Array
     last_tok_B: jax.Array
-    k_cache: tuple[jax.Array, ...]  # one [B, T, K, D] buffer per layer
+    k_cache: tuple[jax.Array, ...]  # one [B, T, K * D] buffer per layer
     v_cache: tuple[jax.Array, ...]
     kv_seg_BxT: jax.Array
     out_tokens: jax.Array  # [B, max_new_tokens]
@@ -124,8 +146,8 @@ class _DecodeState(NamedTuple):
 def _prefill(model: Llama, layer_params, prompt_BxP, pad_B):
     """Runs the left-padded prompts through the model with the training attention kernel (segment 0 = padding).
 
-    Returns the last position's logits [B, V], every layer's k and v [L, B, P, K, D] in the compute dtype, and the
-    prompt's segment ids [B, P]."""
+    Returns the last position's logits [B, V], every layer's k and v [L, B, P, K * D] (`cache_layout`) in the compute
+    dtype, and the prompt's segment ids [B, P]."""
     cfg = model.config
     p_len = prompt_BxP.shape[1]
     dtype = cfg.jnp_compute_dtype
@@ -137,15 +159,15 @@ def _prefill(model: Llama, layer_params, prompt_BxP, pad_B):
 
     def prefill_layer(h, p):
         h, (k, v) = decoder_layer(cfg, h, p, cos, sin, seg_BxP)
-        return h, (k.astype(dtype), v.astype(dtype))
+        return h, (cache_layout(k).astype(dtype), cache_layout(v).astype(dtype))
 
-    h, (k_LxBxPxKxD, v_LxBxPxKxD) = jax.lax.scan(prefill_layer, h, layer_params)
+    h, (k_LxBxPxKD, v_LxBxPxKD) = jax.lax.scan(prefill_layer, h, layer_params)
     last = rms_norm(h[:, -1:], model.norm.weight[...], cfg.rms_norm_eps)
     logits_BxV = model.logits_from_hidden(last)[:, 0]
-    return logits_BxV, k_LxBxPxKxD, v_LxBxPxKxD, seg_BxP
+    return logits_BxV, k_LxBxPxKD, v_LxBxPxKD, seg_BxP
 
 
-def _share_prefill(cfg, k_LxBxPxKxD, v_LxBxPxKxD, seg_BxP, *, n: int, max_new_tokens: int):
+def _share_prefill(cfg, k_LxBxPxKD, v_LxBxPxKD, seg_BxP, *, n: int, max_new_tokens: int):
     """The prefill's cache repeated for the n samples of each prompt: one buffer per layer, sharded over the batch
     and padded to whole decode-kernel blocks. Returns (k_cache, v_cache, kv_seg [B * n, T])."""
     rep = lambda x, axis: jnp.repeat(x, n, axis=axis)  # noqa: E731
@@ -154,11 +176,11 @@ def _share_prefill(cfg, k_LxBxPxKxD, v_LxBxPxKxD, seg_BxP, *, n: int, max_new_to
     # step (the scan's stacked outputs): on an H100 that reached 7% of the memory-bandwidth bound, this 32%.
     n_layers = cfg.num_hidden_layers
     p_len = seg_BxP.shape[1]
-    cache_axes = ("batch", "cache_time", "act_kv_heads", "act_head_dim")
     cache_pad = cache_time(p_len, max_new_tokens) - p_len
-    pad_time = ((0, 0), (0, cache_pad), (0, 0), (0, 0))
-    k_cache = tuple(constrain(jnp.pad(rep(k_LxBxPxKxD[i], 0), pad_time), cache_axes) for i in range(n_layers))
-    v_cache = tuple(constrain(jnp.pad(rep(v_LxBxPxKxD[i], 0), pad_time), cache_axes) for i in range(n_layers))
+    pad_time = ((0, 0), (0, cache_pad), (0, 0))
+    kvh = cfg.num_key_value_heads
+    k_cache = tuple(constrain_cache(jnp.pad(rep(k_LxBxPxKD[i], 0), pad_time), kvh) for i in range(n_layers))
+    v_cache = tuple(constrain_cache(jnp.pad(rep(v_LxBxPxKD[i], 0), pad_time), kvh) for i in range(n_layers))
     kv_seg = jnp.pad(rep(seg_BxP, 0), ((0, 0), (0, cache_pad)))
     return k_cache, v_cache, kv_seg
 
@@ -230,12 +252,12 @@ def _generate_core(graphdef, params, prompt_BxP, pad_B, prompt_keys_Bx2, *, n: i
     cfg = model.config
     b, p_len = prompt_BxP.shape
     layer_params = model.layers.stacked_params()
-    logits_BxV, k_LxBxPxKxD, v_LxBxPxKxD, seg_BxP = _prefill(model, layer_params, prompt_BxP, pad_B)
+    logits_BxV, k_LxBxPxKD, v_LxBxPxKD, seg_BxP = _prefill(model, layer_params, prompt_BxP, pad_B)
 
     # ---- share the prefill among the n samples of each prompt
     bn = b * n
     layers = [fuse_projections(p) for p in unstack_layers(layer_params, cfg.num_hidden_layers)]
-    k_cache, v_cache, kv_seg = _share_prefill(cfg, k_LxBxPxKxD, v_LxBxPxKxD, seg_BxP, n=n,
+    k_cache, v_cache, kv_seg = _share_prefill(cfg, k_LxBxPxKD, v_LxBxPxKD, seg_BxP, n=n,
                                               max_new_tokens=max_new_tokens)
     logits_BxV = jnp.repeat(logits_BxV, n, axis=0)
     first_pos = jnp.repeat(p_len - pad_B, n, axis=0)

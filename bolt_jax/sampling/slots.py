@@ -3,7 +3,8 @@
 goes where, is `bolt_jax.sampling.engine`; its docstring describes the scheme.
 
 The slot state stays on the device between programs in one layout and sharding, the decode chunk's (`programs`,
-`compile_decode`): on a TPU the default layout makes the compiler copy every cache buffer at each chunk's start and end.
+`compile_decode`): on a TPU a layout that pads the caches makes the compiler copy every cache buffer at each chunk's
+start and end.
 """
 
 from __future__ import annotations
@@ -32,15 +33,13 @@ from bolt_jax.model.llama import (
     unstack_layers,
 )
 from bolt_jax.parallel import constrain
-from bolt_jax.sampling.sampler import _prefill, cache_time, decode_impl_of
+from bolt_jax.sampling.sampler import _prefill, cache_layout, cache_time, constrain_cache, decode_impl_of
 from bolt_jax.sampling.transforms import sample_tokens, transform_logits
-
-CACHE_AXES = ("batch", "cache_time", "act_kv_heads", "act_head_dim")
 
 
 class SlotState(NamedTuple):
     """Everything the decode slots hold on the device; row s is slot s."""
-    k_cache: tuple[jax.Array, ...]  # one [S, T, K, D] buffer per layer
+    k_cache: tuple[jax.Array, ...]  # one [S, T, K * D] buffer per layer (`sampler.cache_layout`)
     v_cache: tuple[jax.Array, ...]
     kv_seg_SxT: jax.Array  # 1 where the cache holds the slot's prompt or generated tokens, 0 elsewhere
     row_key_Sx2: jax.Array  # raw key data of fold_in(prompt key, sample index)
@@ -52,7 +51,7 @@ class SlotState(NamedTuple):
     live_S: jax.Array  # holds a request that is still decoding
     useful_steps: jax.Array  # slot-steps that decoded a live request (for the occupancy statistic)
     # prefix sharing only (None otherwise): the shared prompt entries and who reads them
-    prompt_k: tuple[jax.Array, ...] | None = None  # one [E, P, K, D] buffer per layer
+    prompt_k: tuple[jax.Array, ...] | None = None  # one [E, P, K * D] buffer per layer
     prompt_v: tuple[jax.Array, ...] | None = None
     prompt_seg_ExP: jax.Array | None = None
     members_ExM: jax.Array | None = None  # the slots reading entry e (slots = nobody), M = samples per prompt
@@ -111,14 +110,15 @@ def init_slots(graphdef, params, *, settings: Settings) -> SlotState:
     """Empty slots: zero caches, nothing live."""
     cfg = nnx.merge(graphdef, params).config
     sl, t, n = settings.slots, settings.cache_len, settings.max_new_tokens
-    shape = (sl, t, cfg.num_key_value_heads, cfg.head_size)
-    cache = tuple(constrain(jnp.zeros(shape, cfg.jnp_compute_dtype), CACHE_AXES) for _ in range(cfg.num_hidden_layers))
+    kvh, kd = cfg.num_key_value_heads, cfg.num_key_value_heads * cfg.head_size
+    cache = tuple(constrain_cache(jnp.zeros((sl, t, kd), cfg.jnp_compute_dtype), kvh)
+                  for _ in range(cfg.num_hidden_layers))
     zeros = functools.partial(jnp.zeros, (sl,), jnp.int32)
     shared = {}
     if settings.sharing:
         e, p = settings.prompt_entries, settings.prompt_len
-        prompt = tuple(constrain(jnp.zeros((e, p, cfg.num_key_value_heads, cfg.head_size), cfg.jnp_compute_dtype),
-                                 CACHE_AXES) for _ in range(cfg.num_hidden_layers))
+        prompt = tuple(constrain_cache(jnp.zeros((e, p, kd), cfg.jnp_compute_dtype), kvh)
+                       for _ in range(cfg.num_hidden_layers))
         shared = dict(prompt_k=prompt, prompt_v=prompt, prompt_seg_ExP=jnp.zeros((e, p), jnp.int32),
                       members_ExM=jnp.full((e, settings.samples_per_prompt), sl // settings.shards, jnp.int32),
                       entry_S=zeros(), member_S=zeros())
@@ -132,21 +132,21 @@ def init_slots(graphdef, params, *, settings: Settings) -> SlotState:
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def prefill_group(graphdef, params, prompt_GxP, pad_G):
-    """A group of left-padded prompts through the model: (last logits [G, V], k and v [L, G, P, K, D], seg [G, P])."""
+    """A group of left-padded prompts through the model: (last logits [G, V], k and v [L, G, P, K * D], seg [G, P])."""
     model: Llama = nnx.merge(graphdef, params)
     return _prefill(model, model.layers.stacked_params(), prompt_GxP, pad_G)
 
 
-def _share_prompts(state: SlotState, sharing, k_LxGxPxKxD, v_LxGxPxKxD, seg_GxP, src_A) -> SlotState:
+def _share_prompts(state: SlotState, sharing, k_LxGxPxKD, v_LxGxPxKD, seg_GxP, src_A, kv_heads: int) -> SlotState:
     """Prefix sharing: copies newly admitted prompts into their entries and takes the host's membership tables."""
     new_entry_A, members_ExM, entry_S, member_S = sharing
 
     def put(buffer, rows):
-        return constrain(buffer.at[new_entry_A].set(rows.astype(buffer.dtype), mode="drop"), CACHE_AXES)
+        return constrain_cache(buffer.at[new_entry_A].set(rows.astype(buffer.dtype), mode="drop"), kv_heads)
 
     return state._replace(
-        prompt_k=tuple(put(b, k_LxGxPxKxD[i][src_A]) for i, b in enumerate(state.prompt_k)),
-        prompt_v=tuple(put(b, v_LxGxPxKxD[i][src_A]) for i, b in enumerate(state.prompt_v)),
+        prompt_k=tuple(put(b, k_LxGxPxKD[i][src_A]) for i, b in enumerate(state.prompt_k)),
+        prompt_v=tuple(put(b, v_LxGxPxKD[i][src_A]) for i, b in enumerate(state.prompt_v)),
         prompt_seg_ExP=state.prompt_seg_ExP.at[new_entry_A].set(seg_GxP[src_A], mode="drop"),
         members_ExM=members_ExM, entry_S=entry_S, member_S=member_S)
 
@@ -160,23 +160,24 @@ def insert(graphdef, params, state: SlotState, pool, slot_A, src_A, prompt_key_A
     `sharing` (prefix sharing only): (new_entry_A: the entry to copy prompt `src_A[a]` into, entries = none; the
     host's members_ExM, entry_S, member_S after this insert)."""
     cfg = nnx.merge(graphdef, params).config
-    logits_GxV, k_LxGxPxKxD, v_LxGxPxKxD, seg_GxP, first_pos_G = pool
-    own = ((0, 0), (0, settings.cache_len - settings.prompt_len), (0, 0), (0, 0))
+    logits_GxV, k_LxGxPxKD, v_LxGxPxKD, seg_GxP, first_pos_G = pool
+    own = ((0, 0), (0, settings.cache_len - settings.prompt_len), (0, 0))
+    kvh = cfg.num_key_value_heads
 
     def put(buffer, rows):
-        return constrain(buffer.at[slot_A].set(rows.astype(buffer.dtype), mode="drop"), CACHE_AXES)
+        return constrain_cache(buffer.at[slot_A].set(rows.astype(buffer.dtype), mode="drop"), kvh)
 
-    def own_rows(x_GxPxKxD):
+    def own_rows(x_GxPxKD):
         """A slot's new cache row: its prompt's KV then zeros, or only zeros when the prompt lives in an entry."""
         if settings.sharing:
-            return jnp.zeros((len(slot_A), settings.cache_len) + x_GxPxKxD.shape[2:], x_GxPxKxD.dtype)
-        return jnp.pad(x_GxPxKxD[src_A], own)
+            return jnp.zeros((len(slot_A), settings.cache_len) + x_GxPxKD.shape[2:], x_GxPxKD.dtype)
+        return jnp.pad(x_GxPxKD[src_A], own)
 
-    k_cache = tuple(put(kc, own_rows(k_LxGxPxKxD[i])) for i, kc in enumerate(state.k_cache))
-    v_cache = tuple(put(vc, own_rows(v_LxGxPxKxD[i])) for i, vc in enumerate(state.v_cache))
+    k_cache = tuple(put(kc, own_rows(k_LxGxPxKD[i])) for i, kc in enumerate(state.k_cache))
+    v_cache = tuple(put(vc, own_rows(v_LxGxPxKD[i])) for i, vc in enumerate(state.v_cache))
     if settings.sharing:
         kv_seg = jnp.zeros((len(slot_A), settings.cache_len), jnp.int32)
-        state = _share_prompts(state, sharing, k_LxGxPxKxD, v_LxGxPxKxD, seg_GxP, src_A)
+        state = _share_prompts(state, sharing, k_LxGxPxKD, v_LxGxPxKD, seg_GxP, src_A, kvh)
     else:
         kv_seg = jnp.pad(seg_GxP[src_A], ((0, 0), (0, settings.cache_len - settings.prompt_len)))
     row_keys = jax.vmap(lambda k, j: jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(k), j)))(
@@ -199,8 +200,8 @@ def _slot_layer(cfg, h_Sx1xD, p, cos, sin, k_cache, v_cache, kv_seg_SxT, write_S
     tokens and `_own_and_shared_attention` adds its prompt from the shared entry."""
     q, k, v = attention_inputs(cfg, h_Sx1xD, p, cos, sin)
     rows = jnp.arange(h_Sx1xD.shape[0])
-    k_cache = k_cache.at[rows, write_S].set(k[:, 0].astype(k_cache.dtype))
-    v_cache = v_cache.at[rows, write_S].set(v[:, 0].astype(v_cache.dtype))
+    k_cache = k_cache.at[rows, write_S].set(cache_layout(k[:, 0]).astype(k_cache.dtype))
+    v_cache = v_cache.at[rows, write_S].set(cache_layout(v[:, 0]).astype(v_cache.dtype))
     kw = dict(kv_segment_ids_BxT=kv_seg_SxT, lengths_B=write_S + 1, sm_scale=cfg.head_size ** -0.5, impl=decode_impl)
     if shared is None:
         attn = kernels.decode_attention(q, k_cache, v_cache, **kw)
@@ -260,8 +261,8 @@ def _decode_one(model: Llama, layers, settings: Settings, s: SlotState) -> SlotS
     for i, (p, kc, vc) in enumerate(zip(layers, s.k_cache, s.v_cache, strict=True)):
         shared = (s.prompt_k[i], s.prompt_v[i], s, settings.shards) if settings.sharing else None
         h, kc, vc = _slot_layer(cfg, h, p, cos, sin, kc, vc, kv_seg, write, decode_impl_of(cfg), shared)
-        new_k.append(constrain(kc, CACHE_AXES))
-        new_v.append(constrain(vc, CACHE_AXES))
+        new_k.append(constrain_cache(kc, cfg.num_key_value_heads))
+        new_v.append(constrain_cache(vc, cfg.num_key_value_heads))
     h = rms_norm(h, model.norm.weight[...], cfg.rms_norm_eps)
     t_safe = jnp.minimum(s.t_S, settings.max_new_tokens - 1)
     tok, lq = _pick(cfg, settings, s.row_key_Sx2, t_safe, model.logits_from_hidden(h)[:, 0])
@@ -332,16 +333,16 @@ def lower_decode(graphdef, params, settings: Settings, *, layout: str = "auto",
 
 
 def compile_decode(graphdef, params, settings: Settings) -> jax.stages.Compiled:
-    """The decode chunk as the engine runs it. On a TPU the slot state's layout matters: in the default layout a
-    [S, T, K, D] cache buffer with head_dim 64 fills half of the 128 lanes, and the compiler copies every one into its
-    loop's layout at the chunk's start and back at its end, the copies held beside the buffers; in its own layout
-    (`Layout.AUTO`) it copies none. At the E-step's shape (bench/decode_layout.py, per chip per 16-step chunk) that is
-    155 against 137 GB of HBM traffic and 13.1 against 10.1 GB of memory for TinyLlama on a v5p, 159 against 137 GB
-    for SmolLM2-135M on a v5e; but for a 2-layer test-sized model at 512 positions the compiler's layout moves
-    1.2-1.5x more. So on a TPU both are compiled and the one that moves fewer HBM bytes per chunk (`bolt_jax.aot.hlo`,
-    every step of the chunk counted, tile padding included) is kept, or the one that fits where the compiler refuses
-    the other for memory (neither: `DoesNotFit`, in one line). Elsewhere the default layout, one compile: the CPU
-    compiler's own choice is the default, and the GPUs' is unmeasured."""
+    """The decode chunk as the engine runs it. On a TPU the slot state's layout matters: the caches [S, T, K * D] fill
+    the 128-lane tiles when K * D is a multiple of 128 (TinyLlama: 4 heads of 64), but in the default layout a cache of
+    3 heads of 64 (SmolLM2-135M, 192 lanes) is padded and the compiler copies every buffer into its loop's layout at
+    the chunk's start and back at its end, the copies held beside the buffers; in its own layout (`Layout.AUTO`) it
+    copies none (bench/decode_layout.py: SmolLM2-135M's E-step chunk on a v5e 83 against 69 GB of HBM traffic and 7.7
+    against 4.6 GB of memory per chip). For some shapes the compiler's layout moves more (a 2-layer model at 512
+    positions and 16 slots per chip: 0.06 against 0.17 GB). So on a TPU both are compiled and the one that moves fewer
+    HBM bytes per chunk (`bolt_jax.aot.hlo`, every step of the chunk counted, tile padding included) is kept, or the
+    one that fits where the compiler refuses the other for memory (neither: `DoesNotFit`, in one line). Elsewhere
+    the default layout, one compile: the CPU compiler's own choice is the default, and the GPUs' is unmeasured."""
     devices = jax.tree.leaves(params)[0].sharding.device_set
     platform = next(iter(devices)).platform
     layouts = ("default", "auto") if platform == "tpu" else ("default",)
