@@ -480,8 +480,9 @@ class HbmBytes:
 
 
 def _forwards(comp: Computation, name: str) -> bool:
-    """Whether `name` reaches the computation's root through bitcasts alone (a fusion that returns its operand re-viewed,
-    as the TPU compiler nests one around a matmul's weight): the bytes read are then decided where its result is used."""
+    """Whether `name` reaches the computation's root through bitcasts alone (a fusion that returns its operand
+    re-viewed, as the TPU compiler nests one around a matmul's weight): the bytes read are decided where its result
+    is used."""
     root = comp.root.name
     while name != root:
         users = list(comp.users(name))
