@@ -54,7 +54,7 @@ def kernels() -> dict[str, str]:
 
     out["pallas_gpu_attention[fwd+bwd]"] = fingerprint(pallas_fwd_bwd, q, k, k, seg)
     q1 = jax.ShapeDtypeStruct((8, 1, h, d), jnp.bfloat16)
-    cache = jax.ShapeDtypeStruct((8, 1024, kvh, d), jnp.bfloat16)
+    cache = jax.ShapeDtypeStruct((8, 1024, kvh * d), jnp.bfloat16)  # a position's KV heads side by side
     out["pallas_decode_attention"] = fingerprint(
         lambda q, kc, vc, sg, ln: decode.pallas_decode_attention(q, kc, vc, kv_segment_ids_BxT=sg, lengths_B=ln),
         q1, cache, cache, jax.ShapeDtypeStruct((8, 1024), jnp.int32), jax.ShapeDtypeStruct((8,), jnp.int32))

@@ -50,7 +50,7 @@ def decode_kernel_error(cfg, batch: int, time_len: int, seed: int = 0) -> dict:
     t = math.ceil(time_len / 128) * 128
     h, kvh, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_size
     q = jnp.asarray(rng.normal(size=(batch, 1, h, d)), jnp.bfloat16)
-    k, v = (jnp.asarray(rng.normal(size=(batch, t, kvh, d)), jnp.bfloat16) for _ in range(2))
+    k, v = (jnp.asarray(rng.normal(size=(batch, t, kvh * d)), jnp.bfloat16) for _ in range(2))  # heads side by side
     lengths = rng.integers(1, t + 1, batch)
     pad = rng.integers(0, lengths)  # left padding of each row, below its length
     seg = ((np.arange(t)[None] >= pad[:, None]) & (np.arange(t)[None] < lengths[:, None])).astype(np.int32)

@@ -228,15 +228,16 @@ def test_prefix_sharing_reads_fewer_bytes_per_step():
     assert shared < 0.6 * own, (shared, own)
 
 
-def test_prefix_sharing_with_the_pallas_decode_kernel_equals_static():
-    """The GPU decode kernel (interpret mode on CPU) under prefix sharing, with more entries than prompts so some are
+@pytest.mark.parametrize("kernel", ["pallas_gpu", "pallas_tpu"])
+def test_prefix_sharing_with_the_pallas_decode_kernel_equals_static(kernel):
+    """Each decode kernel (interpret mode on CPU) under prefix sharing, with more entries than prompts so some are
     free: a free entry is given length 0 (the kernel reads none of it) and the samples still equal the static path."""
     cfg = preset("tiny", compute_dtype="float32")
     kw = dict(n=2, max_new_tokens=8, temperature=1.0, stop_token_ids=STOPS, seed=3)
     prompts = _prompts(3, seed=6, max_len=12)
     static = generate(Llama(cfg, nnx.Rngs(0)), prompts, scheduler="static", **kw)
-    kernel = Llama(cfg.replace(decode_impl="pallas_gpu"), nnx.Rngs(0))
-    _same(static, generate(kernel, prompts, scheduler="continuous", decode_slots=4, steps_per_sync=3,
+    with_kernel = Llama(cfg.replace(decode_impl=kernel), nnx.Rngs(0))
+    _same(static, generate(with_kernel, prompts, scheduler="continuous", decode_slots=4, steps_per_sync=3,
                            prefix_sharing=True, prompt_entries=4, **kw))
 
 

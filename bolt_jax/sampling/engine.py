@@ -13,7 +13,7 @@ until its longest row is done while most rows idle. Here, as in JetStream (prefi
   request, in the same order and form as the static path.
 
 **Prefix sharing** (`prompt_entries > 0`): the n samples of a prompt read its KV once per step instead of n times.
-The prompts' KV then lives in `prompt_entries` shared *entries* [E, P, K, D] and each slot's own cache holds only its
+The prompts' KV then lives in `prompt_entries` shared *entries* [E, P, K * D] and each slot's own cache holds only its
 generated tokens; a step attends each entry's prompt with the queries of all its member slots in one block
 (`kernels.decode_attention` with Q = n queries per entry), attends each slot's own tokens separately, and merges the
 two by their log-sum-exps (`decode.merge_attention`). A prompt holds its entry until its last sample finishes; a

@@ -439,7 +439,7 @@ def generate(model: Llama, prompts: Sequence[Sequence[int]], *, n: int = 1, max_
 
 
 def cache_bytes(cfg, rows: int, time: int) -> int:
-    """Bytes of the K and V caches [layers, rows, time, kv_heads, head_dim] in the compute dtype."""
+    """Bytes of the K and V caches [layers, rows, time, kv_heads * head_dim] in the compute dtype."""
     return 2 * cfg.num_hidden_layers * rows * time * cfg.kv_size * jnp.dtype(cfg.jnp_compute_dtype).itemsize
 
 
