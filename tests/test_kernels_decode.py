@@ -148,3 +148,14 @@ def test_sampler_decodes_the_same_tokens_with_the_kernel(monkeypatch, kernel):
         jax.clear_caches()  # or later programs of the same shapes would reuse these kernel traces as `auto`
     assert got.tokens == ref.tokens
     np.testing.assert_allclose(got.logq, ref.logq, atol=1e-4)
+
+
+@pytest.mark.parametrize("b,t,kd,want", [(64, 2048, 256, (8, 512)),  # TinyLlama: the asked blocks fit
+                                         (64, 2048, 1024, (8, 128)),  # 8 KV heads of 128: shorter time blocks
+                                         (64, 2048, 2048, (4, 128)),  # then fewer rows
+                                         (3, 200, 64, (3, 200))])  # no multiple of 128: one block of the whole cache
+def test_tpu_kernel_blocks_divide_the_cache_and_fit_vmem(b, t, kd, want):
+    from bolt_jax.kernels.decode_tpu import KV_VMEM_BUDGET, _blocks
+    bb, bt = _blocks(b, t, kd, 2, 8, 512)
+    assert (bb, bt) == want and b % bb == 0 and t % bt == 0
+    assert 4 * bb * bt * kd * 2 <= KV_VMEM_BUDGET

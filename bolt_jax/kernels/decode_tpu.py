@@ -38,6 +38,24 @@ def _divisor_at_most(n: int, most: int, step: int = 1) -> int:
     return max(fits) if fits else n
 
 
+KV_VMEM_BUDGET = 8 * 2**20  # the K and V blocks, double-buffered: half of the smallest default scoped VMEM (16 MiB)
+
+
+def _blocks(b: int, t: int, kd: int, itemsize: int, block_rows: int, block_t: int) -> tuple[int, int]:
+    """(rows, positions) per block: at most the asked ones, time in multiples of 128 (the segment ids' lane blocks),
+    shrunk (time first, down to 128, then rows) until the double-buffered K and V blocks fit `KV_VMEM_BUDGET`."""
+    bb = _divisor_at_most(b, block_rows)
+    bt = _divisor_at_most(t, block_t, step=128)
+    while 4 * bb * bt * kd * itemsize > KV_VMEM_BUDGET and (bt > 128 or bb > 1):
+        if bt > 128 and _divisor_at_most(t, bt - 128, step=128) < bt:
+            bt = _divisor_at_most(t, bt - 128, step=128)
+        elif bb > 1:
+            bb = _divisor_at_most(b, bb - 1)
+        else:
+            break
+    return bb, bt
+
+
 def _kernel(len_ref, nblk_ref, q_ref, k_ref, v_ref, seg_ref, o_ref, lse_ref, m_sc, l_sc, acc_sc, *, scale: float,
             rows: int, block_t: int):
     """One (row block, time block) step: for each of the block's rows, scores against the time block's keys and
@@ -91,8 +109,7 @@ def pallas_tpu_decode_attention(q_BxQxHxD, k_cache_BxTxKD, v_cache_BxTxKD, *, kv
     group = h // kvh
     rows_q = nq * h
     r_pad = -(-rows_q // SUBLANES) * SUBLANES
-    bb = _divisor_at_most(b, block_rows)
-    bt = _divisor_at_most(t, block_t, step=128)  # lane-dim blocks of the segment ids: whole multiples of 128
+    bb, bt = _blocks(b, t, kd, k_cache_BxTxKD.dtype.itemsize, block_rows, block_t)
     scale = sm_scale if sm_scale is not None else d ** -0.5
     interpret = target_platform() != "tpu" if interpret is None else interpret
 
