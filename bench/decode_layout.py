@@ -144,7 +144,8 @@ def markdown(rows: list[dict], a) -> str:
     refused = [(r, k) for r in rows for k in ("default", "auto") if "does_not_fit" in r[k]]
     if refused:
         lines += ["", "Refused by the compiler for memory (\"does not fit\"):", ""]
-        lines += [f"- {r['topology']} {r['model']} {r['slots_per_chip']} slots/chip, {k}: {r[k]['does_not_fit']}"
+        lines += [f"- {r['topology']} {r['model']} {r['slots_per_chip']} slots/chip, {r['decode_impl']}, {k}: "
+                  f"{r[k]['does_not_fit']}"
                   for r, k in refused]
     return "\n".join(lines) + "\n"
 
