@@ -341,6 +341,7 @@ def test_tiny_model_compiles_for_a_v5e_slice(tmp_path, capsys):
     # bolt_jax.runtime.distributed, here and in every process started after
     assert {k: os.environ.get(k) for k in before} == before
     assert report["chip_figures"]["peak_bf16_flops"] == 197e12 and report["mesh"]["fsdp"] == 4
+    assert "decode attention pallas_tpu (its reads counted as every cache position" in report["functions"][2]["what"]
     out = capsys.readouterr().out
     assert "ahead-of-time compile for v5e:2x2: 4 TPU v5 lite chips" in out and "not a measurement" in out
     assert "attention=pallas_tpu" in out and "largest HBM movers per step: " in out
@@ -353,6 +354,7 @@ def test_tiny_model_compiles_for_cpu8_standing_in_for_h100s(tmp_path):
     c = tiny_config(tmp_path, "cpu:8", "h100")
     report = dry_run(c)
     check_report(report, chips=8)
+    assert report["functions"][2]["what"].endswith("; decode attention xla")
     assert report["chip"] == "h100" and report["mesh"]["fsdp"] == 8
 
 

@@ -231,6 +231,10 @@ def sampler_reports(config: ml_collections.ConfigDict, setup, target: Target) ->
 
     n, steps = target.num_devices, s.steps_per_sync
     prefill_tokens = s.prefill_group * s.prompt_len
+    from bolt_jax import kernels
+    impl = kernels.DECODE_AUTO.get(target.platform, "xla") if cfg.decode_impl == "auto" else cfg.decode_impl
+    attention = f"; decode attention {impl}" + ("" if impl == "xla" else " (its reads counted as every cache "
+                                                "position: an upper bound, it reads only the written blocks)")
     where = f", prefix sharing over {s.prompt_entries} prompt entries" if s.prompt_entries else ""
     where += " (sampling mesh " + " x ".join(f"{a}={mesh.shape[a]}" for a in parallel.MESH_AXES) + ")"
     return [
@@ -242,7 +246,7 @@ def sampler_reports(config: ml_collections.ConfigDict, setup, target: Target) ->
                            flops=steps * s.slots * forward_flops_per_token(cfg, s.cache_len, causal=False) / n,
                            what=f"E-step decode, one chunk of {steps} steps with every slot live: {s.slots} slots, "
                                 f"cache {s.cache_len} positions ({s.prompt_len} prompt + {s.max_new_tokens} new)"
-                                f"{where}"),
+                                f"{where}{attention}"),
     ]
 
 
