@@ -1,10 +1,12 @@
 """Decode attention on TPU: a Pallas (Mosaic) kernel over caches whose heads share the lane dimension.
 
-Why: a decode step is bandwidth-bound and most of its bytes are the KV cache. A cache laid out [B, T, K, D] with
-head_dim 64 fills half of a TPU vreg's 128 lanes, so the XLA path reads (and the compiler copies) buffers padded to
-twice their size, and keeps its fp32 scores in HBM. This kernel reads the cache as [B, T, K * D] (K * D = 256 lanes
-for TinyLlama: no padding), only the blocks a row block has written (block indices are clamped to the last needed
-one, so the pipeline fetches nothing past it), and keeps scores and the online softmax in VMEM.
+Why: a decode step is bandwidth-bound and most of its bytes are the KV cache. The caches are [B, T, K * D]
+(`sampling.sampler.cache_layout`: with head_dim 64, one head per [.., K, D] row would fill half of a vreg's 128 lanes;
+side by side, TinyLlama's 4 heads fill 256). The XLA attention views them as [B, T, K, D]: when a layer's cache fits
+in VMEM the compiler copies it there whole every step, otherwise it writes its fp32 scores to HBM
+(bench/decode_layout.py: 0.33-0.48x the bytes with this kernel at 256 slots per chip, a tie at 64 on a v5e). This
+kernel reads the caches as they lie, only the blocks a row block has written (block indices are clamped to the last
+needed one, so the pipeline fetches nothing past it), and keeps scores and the online softmax in VMEM.
 
 How the heads meet their keys without splitting lanes: each query head's vector is placed in its KV head's D lanes of
 a K * D row and zeros elsewhere (block-diagonal q, [R = Q * H, K * D]); then q @ k^T gives every head its own scores
