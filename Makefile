@@ -10,8 +10,9 @@ CONSTRAINTS ?= constraints/cpu.txt
 # 8 simulated CPU devices, so every test can build 2x2x2 meshes.
 TEST_ENV := JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 PYTEST_ARGS ?=
-# `make test` runs its files on this many pytest-xdist workers (a file stays on one worker: module fixtures are built
-# once); 2 takes the suite from about 16 to 12 minutes on the 2-core CI machine. PYTEST_WORKERS=0 runs it serially.
+# `make test` and `make test-slow` run their files on this many pytest-xdist workers (a file stays on one worker:
+# module fixtures are built once); on the 2-core CI machine 2 takes `make test` from about 16 to 13 minutes and
+# `make test-slow` from 26 to 19. PYTEST_WORKERS=0 runs them in one process.
 PYTEST_WORKERS ?= 2
 DEMO_ARGS ?=
 
@@ -44,7 +45,7 @@ lint: $(VENV)/.installed-test
 	$(PY) -m ruff check .
 
 test-slow: $(VENV)/.installed-test
-	$(TEST_ENV) $(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest -q -m slow -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 demo: $(VENV)/.installed-demo
 	JAX_PLATFORMS=cpu $(PY) -m bolt_jax.main --config configs/demo.py $(DEMO_ARGS)
