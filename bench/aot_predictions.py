@@ -5,6 +5,7 @@ CPU machine (bolt_jax.aot): 8 x H100 (cpu:8 with the H100's figures), a v5e-64 s
     python bench/aot_predictions.py                          # all three, one after another (minutes each)
     python bench/aot_predictions.py --only v5e-64 --timeout 3600
     python bench/aot_predictions.py --only v5e-64,v5p-128 --decode_slots_per_chip 256 --tag slots256
+    python bench/aot_predictions.py --only v5e-64,v5p-128 --decode_slots_per_chip 256 --prefix_sharing --tag slots256_shared
 
 Each cluster runs `python -m bolt_jax.main --config configs/train_synthetic.py:tinyllama_1.1b_bolt
 --config.dry_run=True --config.aot_topology=...` in its own process with a timeout (fsdp over every chip, no
@@ -39,8 +40,9 @@ CLUSTERS = {
 
 
 def command(topology: str, chip: str, micro_batch: int, remat: str, chips: int, report: str,
-            decode_slots_per_chip: int = 0) -> list[str]:
+            decode_slots_per_chip: int = 0, prefix_sharing: bool = False) -> list[str]:
     slots = [f"--config.estep.decode_slots={decode_slots_per_chip * chips}"] if decode_slots_per_chip else []
+    slots += ["--config.estep.prefix_sharing=True"] if prefix_sharing else []
     return [sys.executable, "-m", "bolt_jax.main", "--config", "configs/train_synthetic.py:tinyllama_1.1b_bolt",
             "--config.dry_run=True", f"--config.aot_topology={topology}", f"--config.aot_chip={chip}",
             "--config.data.seq_len=2048", "--config.data.synthetic_docs_per_row=4",
@@ -48,13 +50,13 @@ def command(topology: str, chip: str, micro_batch: int, remat: str, chips: int, 
             f"--config.aot_report={report}", f"--config.run_dir={os.path.dirname(report)}/run"] + slots
 
 
-def run_one(name: str, timeout: int, decode_slots_per_chip: int = 0) -> dict:
+def run_one(name: str, timeout: int, decode_slots_per_chip: int = 0, prefix_sharing: bool = False) -> dict:
     from bolt_jax.aot.topology import parse_target
     topology, chip, micro_batch, remat, why = CLUSTERS[name]
     chips = parse_target(topology, chip).num_devices
     with tempfile.TemporaryDirectory() as tmp:
         report_path = os.path.join(tmp, "report.json")
-        cmd = command(topology, chip, micro_batch, remat, chips, report_path, decode_slots_per_chip)
+        cmd = command(topology, chip, micro_batch, remat, chips, report_path, decode_slots_per_chip, prefix_sharing)
         env = dict(os.environ, JAX_PLATFORMS="cpu")
         t0 = time.perf_counter()
         try:
@@ -129,6 +131,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per cluster")
     parser.add_argument("--decode_slots_per_chip", type=int, default=0,
                         help="the E-step's decode slots per chip (0: the E-step's default, 64 at this shape)")
+    parser.add_argument("--prefix_sharing", action="store_true", help="the E-step's sampler with prefix sharing")
     parser.add_argument("--tag", default="", help="appended to the results' file name (another setting, same day)")
     args = parser.parse_args()
     names = [n.strip() for n in args.only.split(",") if n.strip()]
@@ -137,7 +140,7 @@ def main() -> None:
         parser.error(f"unknown cluster(s) {unknown}; choose from {list(CLUSTERS)}")
     sys.path.insert(0, ROOT)
     from bench.common import commit
-    runs = [run_one(name, args.timeout, args.decode_slots_per_chip) for name in names]
+    runs = [run_one(name, args.timeout, args.decode_slots_per_chip, args.prefix_sharing) for name in names]
     stem = f"aot_predictions{args.tag and '_' + args.tag}-{datetime.date.today()}"
     out = os.path.join(ROOT, "bench", "results", stem)
     with open(out + ".json", "w") as f:
