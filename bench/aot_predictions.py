@@ -5,7 +5,8 @@ CPU machine (bolt_jax.aot): 8 x H100 (cpu:8 with the H100's figures), a v5e-64 s
     python bench/aot_predictions.py                          # all three, one after another (minutes each)
     python bench/aot_predictions.py --only v5e-64 --timeout 3600
     python bench/aot_predictions.py --only v5e-64,v5p-128 --decode_slots_per_chip 256 --tag slots256
-    python bench/aot_predictions.py --only v5e-64,v5p-128 --decode_slots_per_chip 256 --prefix_sharing --tag slots256_shared
+    python bench/aot_predictions.py --only v5e-64,v5p-128 --decode_slots_per_chip 256 --prefix_sharing \
+        --tag slots256_shared
 
 Each cluster runs `python -m bolt_jax.main --config configs/train_synthetic.py:tinyllama_1.1b_bolt
 --config.dry_run=True --config.aot_topology=...` in its own process with a timeout (fsdp over every chip, no
