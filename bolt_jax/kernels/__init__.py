@@ -3,7 +3,8 @@
 `attention(q, k, v, *, segment_ids, causal, sm_scale, impl)` with q [B, S, H, D], k/v [B, T, K, D] (K divides H:
 grouped-query attention without repeating K/V). `segment_ids` is [B, S] for self-attention over packed documents
 (a token attends only within its own document), or a (q_segment_ids [B, S], kv_segment_ids [B, T]) pair.
-`decode_attention` is the sampler's: one new query per row against a KV cache with per-row lengths.
+`decode_attention` is the sampler's: new queries per row against a KV cache [B, T, K * D] (a position's KV heads side
+by side) with per-row lengths; `auto` picks the platform's Pallas kernel (decode.py on GPUs, decode_tpu.py on TPUs).
 """
 
 from __future__ import annotations
