@@ -159,3 +159,20 @@ def test_tpu_kernel_blocks_divide_the_cache_and_fit_vmem(b, t, kd, want):
     bb, bt = _blocks(b, t, kd, 2, 8, 512)
     assert (bb, bt) == want and b % bb == 0 and t % bt == 0
     assert 4 * bb * bt * kd * 2 <= KV_VMEM_BUDGET
+
+
+def test_a_kernel_on_another_accelerator_is_said_to_be_interpreted(monkeypatch, caplog):
+    """decode_impl=pallas_tpu where the program is compiled for a GPU runs in the Pallas interpreter: one warning
+    (and none on CPU, where the tests interpret the kernels on purpose)."""
+    import logging
+    q, kc, vc, seg, lengths = cache()
+    kw = dict(kv_segment_ids_BxT=seg, lengths_B=lengths, impl="pallas_tpu")
+    with caplog.at_level(logging.WARNING, logger="bolt_jax.kernels"):
+        kernels.decode_attention(q, kc, vc, **kw)
+        assert not caplog.records
+        monkeypatch.setattr(kernels, "target_platform", lambda: "gpu")
+        kernels.decode_attention(q, kc, vc, **kw)
+        kernels.decode_attention(q, kc, vc, **kw)
+    assert [r.getMessage() for r in caplog.records] == [
+        "decode_impl=pallas_tpu on gpu runs in the Pallas interpreter (it is a tpu kernel): correct but very slow; "
+        "use 'auto'"]

@@ -166,6 +166,19 @@ def target_platform() -> str:
     return device.platform if device is not None else jax.default_backend()
 
 
+_DECODE_KERNEL_PLATFORMS = {"pallas_gpu": ("gpu", "cuda", "rocm"), "pallas_tpu": ("tpu",)}
+
+
+def _warn_if_interpreted(impl: str, platform: str) -> None:
+    """A decode kernel asked for on another accelerator than its own runs in the Pallas interpreter: correct, and
+    orders of magnitude slower. Said once (on CPU the interpreter is how the tests check the kernels: silent)."""
+    home = _DECODE_KERNEL_PLATFORMS.get(impl)
+    if home and platform not in home and platform != "cpu" and (impl, platform) not in _announced:
+        _announced.add((impl, platform))
+        _log.warning("decode_impl=%s on %s runs in the Pallas interpreter (it is a %s kernel): correct but very slow; "
+                     "use 'auto'", impl, platform, "/".join(home))
+
+
 def decode_attention(q_BxQxHxD, k_cache_BxTxKD, v_cache_BxTxKD, *, kv_segment_ids_BxT, lengths_B,
                      sm_scale: float | None = None, impl: str = "auto", return_lse: bool = False):
     """New queries (Q per row, all seeing the row's keys) against a KV cache [B, T, K * D] (a position's KV heads
@@ -175,8 +188,10 @@ def decode_attention(q_BxQxHxD, k_cache_BxTxKD, v_cache_BxTxKD, *, kv_segment_id
     if impl not in DECODE_IMPLS:
         raise ValueError(f"unknown decode attention impl {impl!r}; choose one of {DECODE_IMPLS}")
     from bolt_jax.kernels import decode
+    platform = target_platform()
     if impl == "auto":
-        impl = DECODE_AUTO.get(target_platform(), "xla")
+        impl = DECODE_AUTO.get(platform, "xla")
+    _warn_if_interpreted(impl, platform)
     if impl == "xla":
         if return_lse:
             return decode.xla_decode_attention_lse(q_BxQxHxD, k_cache_BxTxKD, v_cache_BxTxKD,
