@@ -28,6 +28,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from bolt_jax.kernels import target_platform
+from bolt_jax.kernels.decode import heads_of
 
 NEG = -1e30
 SUBLANES = 16  # bf16 sublane tile: q's rows are padded to a multiple of it
@@ -105,9 +106,9 @@ def pallas_tpu_decode_attention(q_BxQxHxD, k_cache_BxTxKD, v_cache_BxTxKD, *, kv
     the log-sum-exp [B, Q, H] (fp32; NEG for a row without keys)."""
     b, nq, h, d = q_BxQxHxD.shape
     t, kd = k_cache_BxTxKD.shape[1], k_cache_BxTxKD.shape[2]
-    kvh = kd // d
-    if kvh * d != kd or h % kvh:
-        raise ValueError(f"decode attention: caches of width {kd} do not hold whole heads of {d} for {h} query heads")
+    kvh = heads_of(k_cache_BxTxKD, d).shape[2]  # refuses a width that holds no whole heads
+    if h % kvh:
+        raise ValueError(f"decode attention: {h} query heads are not a multiple of the caches' {kvh} KV heads")
     group = h // kvh
     rows_q = nq * h
     r_pad = -(-rows_q // SUBLANES) * SUBLANES
