@@ -13,12 +13,13 @@ import pytest
 
 from bolt_jax.aot import hlo
 from bolt_jax.aot.report import estep_settings
-from bolt_jax.aot.topology import parse_target
+from bolt_jax.aot.topology import cuda_plugin, parse_target
 from bolt_jax.runtime.chips import CHIPS
 from tests.helpers import repo_root
 
 ROOT = repo_root()
 needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu is not installed")
+needs_cuda_plugin = pytest.mark.skipif(cuda_plugin() is None, reason="jax's CUDA plugin is not installed")
 
 # An outer loop of 6 trips (the CPU compiler's known_trip_count) holding an all-gather, an async all-reduce and an
 # inner loop whose condition is `i < 3` from i = 0 (the TPU compiler writes no trip count) holding a reduce-scatter;
@@ -112,6 +113,40 @@ def test_collectives_count_loop_trips_and_ring_bytes():
     # collective-permute of bf16[32] = 64 B, once, all of it sent
     assert s["collective-permute"] == {"ops": 1, "executions": 1, "bytes": 64, "ring_bytes": 64}
     assert a.ring_bytes == pytest.approx(9216 + 10752 + 13824 + 64)
+
+
+# What XLA's GPU compiler writes: two gradients reduce-scattered by one async combined op (its shape: the operands,
+# then the shards), and a cuBLAS matmul whose second result is its 32 MiB workspace. (A backslash joins two lines.)
+GPU_HLO = """HloModule jit_step
+
+%add (x: f32[], y: f32[]) -> f32[] {
+  %x = f32[] parameter(0)
+  %y = f32[] parameter(1)
+  ROOT %sum = f32[] add(%x, %y)
+}
+
+ENTRY %main (a: bf16[1024,512], b: bf16[2048,512], w: bf16[512,256]) -> bf16[1024,256] {
+  %a = bf16[1024,512]{1,0} parameter(0)
+  %b = bf16[2048,512]{1,0} parameter(1)
+  %w = bf16[512,256]{1,0} parameter(2)
+  %rss = ((bf16[1024,512]{1,0}, bf16[2048,512]{1,0}), (bf16[128,512]{1,0}, bf16[256,512]{1,0})) \
+reduce-scatter-start(%a, %b), channel_id=7, replica_groups=mesh['fsdp'=8] {'fsdp'}, use_global_device_ids=true, \
+dimensions={0}, to_apply=%add
+  %rsd = (bf16[128,512]{1,0}, bf16[256,512]{1,0}) reduce-scatter-done(%rss)
+  %mm = (bf16[1024,256]{1,0}, s8[33554432]{0}) custom-call(%a, %w), custom_call_target="__cublas$gemm"
+  ROOT %out = bf16[1024,256]{1,0} get-tuple-element(%mm), index=0
+}
+"""
+
+
+def test_gpu_async_reduce_scatter_and_cublas_workspace():
+    a = hlo.analyze(GPU_HLO, num_devices=8)
+    # the full operands, 1 MiB + 2 MiB, once (not the shards too, nor times the group); ring 7/8 of it
+    assert a.summary()["reduce-scatter"] == {"ops": 1, "executions": 1, "bytes": 3 * 2 ** 20,
+                                             "ring_bytes": 7 / 8 * 3 * 2 ** 20}
+    # HBM: the reduce-scatter reads its operands (3 MiB) and writes the shards (384 KiB); the matmul reads a (1 MiB)
+    # and w (256 KiB) and writes 512 KiB, its workspace being scratch, not an output
+    assert a.hbm_bytes == pytest.approx(3 * 2 ** 20 + 3 * 2 ** 17 + 2 ** 20 + 2 ** 18 + 2 ** 19)
 
 
 # A stacked [6, 256] f32 buffer read one row per trip by a fusion that dynamic-slices it, and a [6, 256] buffer
@@ -254,6 +289,10 @@ def test_replica_group_spellings():
     ("cpu:8", "", "--config.aot_chip=h100"),
     ("cpu:8", "a100", "is not a known chip"),
     ("v5e:2x2", "v5p", "contradicts"),
+    ("h100:0", "", "names no GPUs"),
+    ("h100:64x8", "", "has 512 chips"),
+    ("h200:8", "h100", "contradicts"),
+    ("a100:8", "", "is not a known topology"),
 ])
 def test_bad_topology_names_fail_in_one_line(topology, chip, needle):
     with pytest.raises(ValueError, match=needle) as e:
@@ -274,6 +313,22 @@ def test_names_libtpu_accepts():
     assert parse_target("v5p=4x4x8").num_devices == 128
     assert parse_target("v5e:16x16").chip is CHIPS["v5e"]
     assert parse_target("cpu:64", "h200").chip.name == "h200"
+    gpus = parse_target("h100:4x8")
+    assert (gpus.platform, gpus.num_devices, gpus.hosts, gpus.chip) == ("gpu", 32, 4, CHIPS["h100"])
+    assert parse_target("H200_8").describe() == "H200_8: 8 NVIDIA H200 GPUs"
+
+
+def test_a_gpu_topology_without_the_cuda_plugin_or_with_cudnn_fails_in_one_line(tmp_path, monkeypatch):
+    from bolt_jax.aot import topology
+    from bolt_jax.config import validate_common
+    c = tiny_config(tmp_path, "h100:8")
+    c.model.attention_impl = "cudnn"
+    with pytest.raises(ValueError, match="attention_impl=cudnn does not compile without a GPU") as e:
+        validate_common(c)
+    monkeypatch.setattr(topology, "cuda_plugin", lambda: None)
+    with pytest.raises(ValueError, match=r"h100:3 needs XLA's GPU compiler.*pip install 'bolt_jax\[gpu-aot\]'") as e:
+        topology.devices(parse_target("h100:3"))
+    assert "\n" not in str(e.value)
 
 
 def tiny_config(tmp_path, topology: str, chip: str = ""):
@@ -356,6 +411,71 @@ def test_tiny_model_compiles_for_cpu8_standing_in_for_h100s(tmp_path):
     check_report(report, chips=8)
     assert report["functions"][2]["what"].endswith("; decode attention xla")
     assert report["chip"] == "h100" and report["mesh"]["fsdp"] == 8
+
+
+def gpu_config(tmp_path, topology: str):
+    """The tiny model in bf16 with heads of 64 (what the Mosaic GPU attention takes), for GPUs."""
+    c = tiny_config(tmp_path, topology)
+    c.model.compute_dtype, c.model.hidden_size, c.model.num_attention_heads = "bfloat16", 256, 4
+    return c
+
+
+@needs_cuda_plugin
+def test_tiny_model_compiles_for_h100s(tmp_path, capsys, caplog):
+    """The train step, prefill and decode compiled by XLA's GPU compiler for 2 H100s on this CPU machine, nothing
+    allocated: our GPU kernels, not the interpreter this machine would otherwise pick (packed documents: the Mosaic
+    GPU attention on Hopper; decode: the Triton-lowered kernel), and memory judged against the H100's."""
+    from bolt_jax.train.loop import dry_run
+    caplog.set_level("INFO", logger="bolt_jax.kernels")
+    report = dry_run(gpu_config(tmp_path, "h100:2"))
+    check_report(report, chips=2)
+    assert report["platform"] == "gpu" and report["chip_figures"]["peak_bf16_flops"] == 989e12
+    assert "attention impl 'auto' on gpu with packed documents -> mosaic_gpu" in caplog.text
+    assert report["functions"][2]["what"].endswith("it reads only the written blocks)")
+    assert "decode attention pallas_gpu" in report["functions"][2]["what"]
+    out = capsys.readouterr().out
+    assert "ahead-of-time compile for h100:2: 2 NVIDIA H100 80GB HBM3 GPUs" in out
+    assert "compiled by XLA's GPU compiler without a GPU" in out
+
+
+def _h100_compile(fn, *shapes):
+    """fn jitted and compiled for one H100 on this CPU machine: (its HLO text, its serialized executable)."""
+    import jax
+    from jax.experimental.serialize_executable import serialize
+
+    from bolt_jax.aot.topology import devices
+    mesh = jax.sharding.Mesh(devices(parse_target("h100:1")), ("x",))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    args = [jax.ShapeDtypeStruct(shape, dtype, sharding=replicated) for shape, dtype in shapes]
+    with jax.set_mesh(mesh):
+        compiled = jax.jit(fn).lower(*args).compile()
+    return compiled.as_text(), serialize(compiled)[0]
+
+
+@needs_cuda_plugin
+def test_gpu_kernels_compile_to_sm90_cubins_without_a_gpu():
+    """The Triton-lowered kernels go through XLA and ptxas to a cubin for compute capability 9.0: the decode kernel
+    (several queries per row, with the log-sum-exp) and the flash attention's forward and backward. The Mosaic GPU
+    kernel is a custom call whose cubin is built when it first runs (on the GPU): here it is lowered and placed."""
+    import jax
+    import jax.numpy as jnp
+
+    from bolt_jax.kernels.decode import pallas_decode_attention
+    from bolt_jax.kernels.pallas_gpu import mosaic_gpu_attention, pallas_gpu_attention
+    b, t, h, k, d, bf16, i32 = 4, 512, 8, 2, 64, jnp.bfloat16, jnp.int32
+
+    def decode(q, kc, vc, seg, lengths):
+        return pallas_decode_attention(q, kc, vc, kv_segment_ids_BxT=seg, lengths_B=lengths, return_lse=True)
+
+    text, exe = _h100_compile(decode, ((b, 4, h, d), bf16), ((b, t, k * d), bf16), ((b, t, k * d), bf16),
+                              ((b, t), i32), ((b,), i32))
+    assert 'custom_call_target="__gpu$xla.gpu.triton"' in text and b"\x7fELF" in exe and b"sm_90" in exe
+    qkv = [((2, 256, h, d), bf16), ((2, 256, k, d), bf16), ((2, 256, k, d), bf16)]
+    grad = jax.grad(lambda q, kk, v: pallas_gpu_attention(q, kk, v).astype(jnp.float32).sum(), argnums=(0, 1, 2))
+    text, exe = _h100_compile(grad, *qkv)
+    assert text.count('custom_call_target="__gpu$xla.gpu.triton"') == 3 and b"\x7fELF" in exe  # fwd, dk/dv, dq
+    text, _ = _h100_compile(lambda q, kk, v: mosaic_gpu_attention(q, kk, v), *qkv)
+    assert 'custom_call_target="mosaic_gpu' in text
 
 
 def test_estep_shape_follows_the_estep_settings(tmp_path):

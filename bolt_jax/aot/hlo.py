@@ -337,10 +337,12 @@ def _collective_arrays(inst: Instruction, kind: str, group: int) -> tuple[list[A
     arrays = arrays_of(inst.shape)
     if kind == "collective-permute":  # -start: (operand, output, contexts); sync: the output, as big as the operand
         arrays = arrays[:1]
-    elif kind == "all-gather" and inst.opcode.endswith("-start"):  # (operands..., outputs...)
+    elif kind == "all-gather" and inst.opcode.endswith("-start"):  # ((operands...), (outputs...)): the outputs
         arrays = arrays[len(arrays) // 2:]
+    elif kind == "reduce-scatter" and inst.opcode.endswith("-start"):  # ((operands...), (outputs...)): the operands
+        return arrays[:len(arrays) // 2], sum(a.nbytes for a in arrays[:len(arrays) // 2])
     size = sum(a.nbytes for a in arrays)
-    return arrays, size * group if kind == "reduce-scatter" else size
+    return arrays, size * group if kind == "reduce-scatter" else size  # a sync reduce-scatter's shape: its shard
 
 
 def collectives(module: dict[str, Computation], graph: CallGraph, num_devices: int) -> list[Collective]:
@@ -383,6 +385,9 @@ def summarize(found: list[Collective]) -> dict[str, dict[str, float]]:
 
 
 # ------------------------------------------------------------------------------------------------------ HBM bytes
+_SCRATCH_TARGETS = ("__cublas$", "__cudnn$")  # custom-call targets whose last result is a workspace
+
+
 def attention_scores(a: Array, seq_len: int) -> bool:
     """An attention score matrix (or its mask, or its probabilities) of sequences of `seq_len`: an array of 4 or more
     dims (a head axis beside batch and the two positions) of which two are multiples of `seq_len`, whatever the
@@ -400,8 +405,20 @@ class HbmBytes:
         self.module, self.attention_len = module, attention_len
 
     def of(self, shape: str) -> float:
-        return sum(a.stored_nbytes for a in arrays_of(shape) if a.memory_space == 0
+        return self._count(arrays_of(shape))
+
+    def _count(self, arrays: list[Array]) -> float:
+        return sum(a.stored_nbytes for a in arrays if a.memory_space == 0
                    and not (self.attention_len and attention_scores(a, self.attention_len)))
+
+    def result(self, inst: Instruction) -> float:
+        """Bytes of an instruction's result, less the workspace a GPU library call (cuBLAS, cuDNN) returns as its
+        last result (`s8[n]`, 32 MiB per matmul on an H100): scratch it may touch a little of, not an output."""
+        arrays = arrays_of(inst.shape)
+        if (inst.opcode == "custom-call" and len(arrays) > 1 and arrays[-1].dtype == "s8"
+                and any(f'custom_call_target="{t}' in inst.attrs for t in _SCRATCH_TARGETS)):
+            arrays = arrays[:-1]
+        return self._count(arrays)
 
     def read(self, comp: Computation, name: str, full: float) -> float:
         """Bytes a fused computation reads of its value `name` (a parameter, or a bitcast of one): the slices it
@@ -437,7 +454,7 @@ class HbmBytes:
         update = _IN_PLACE.get(inst.opcode)
         if update is not None and len(inst.operands) > update and inst.operands[update] in comp.by_name:
             return self.of(comp.by_name[inst.operands[update]].shape)
-        return self.of(inst.shape)
+        return self.result(inst)
 
     def instruction(self, comp: Computation, inst: Instruction) -> float:
         operands = [comp.by_name[o] for o in inst.operands if o in comp.by_name]
@@ -452,7 +469,7 @@ class HbmBytes:
                 return 2 * self.of(inst.shape)
             if inst.opcode in _IN_PLACE and len(operands) > _IN_PLACE[inst.opcode]:
                 return 2 * self.of(operands[_IN_PLACE[inst.opcode]].shape)
-            return self.of(inst.shape) + sum(self.of(o.shape) for o in operands)
+            return self.result(inst) + sum(self.of(o.shape) for o in operands)
         read = 0.0
         for i, operand in enumerate(operands):
             param = fused.parameter(i)

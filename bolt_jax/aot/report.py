@@ -127,9 +127,11 @@ def compile_and_report(name: str, build: Callable[[], Any], target: Target, *, f
 # ------------------------------------------------------------------------------------------------------ train step
 def config_for(config: ml_collections.ConfigDict, target: Target) -> ml_collections.ConfigDict:
     """The config with attention `auto` resolved for the target's platform, not this machine's: the TPU compile gets
-    the splash kernel (pallas_tpu), cpu:N the XLA reference."""
+    the splash kernel (pallas_tpu), cpu:N the XLA reference. On GPUs `auto` stays, to be resolved where the model
+    traces under the GPUs' mesh (`kernels.resolve_impl`): its choice there depends on whether the rows hold packed
+    documents."""
     from bolt_jax.config import derive
-    if config.model.attention_impl != "auto":
+    if config.model.attention_impl != "auto" or target.platform == "gpu":
         return config
     return derive(config, {"model.attention_impl": kernels.resolve_impl("auto", backend=target.platform)})
 
@@ -351,6 +353,9 @@ def format_report(report: dict[str, Any], target: Target) -> str:
         lines.append("  compiled by the CPU compiler as a stand-in: memory is its buffer assignment, attention the XLA "
                      "reference (no GPU kernels), whose scores are left out of the HBM bytes as a flash kernel keeps "
                      "them on chip")
+    if target.platform == "gpu":
+        lines.append("  compiled by XLA's GPU compiler without a GPU: nothing autotuned (its default tilings), which a "
+                     "run on the GPUs may change")
     for f in report["functions"]:
         lines += _function_lines(f, target)
     return "\n".join(lines)

@@ -1,13 +1,19 @@
-"""The hardware an ahead-of-time dry run compiles for: a named TPU slice, or N simulated CPU devices standing in for a
-GPU cluster, with the chip whose published figures (bolt_jax.runtime.chips) the roofline prediction uses.
+"""The hardware an ahead-of-time dry run compiles for: a named TPU slice, N NVIDIA GPUs, or N simulated CPU devices
+standing in for a GPU cluster, with the chip whose published figures (bolt_jax.runtime.chips) the roofline prediction
+uses.
 
 `config.aot_topology` takes the names libtpu takes (`v5e:2x2`, `v5e:16x16`, `v5p:2x2x1`, `v5p:4x4x8`; the separator
-may also be `_` or `=`, a v5p name may end in `_twisted`) for slices of the generations in CHIPS up to 256 chips,
-or `cpu:N`. For a TPU slice, `jax.experimental.topologies` gives the slice's devices and the real TPU compiler
-compiles for them without a TPU (libtpu must be installed: `pip install 'bolt_jax[tpu]'`, or the test extra on
-Linux x86_64). `cpu:N` compiles with the CPU compiler on N CPU devices and predicts with the figures of
-`config.aot_chip` (h100, h200): the program, sharding and collectives are the ones the GPUs would run, the memory
-is the CPU compiler's buffer assignment and attention is the XLA reference (the GPU kernels do not compile on a CPU).
+may also be `_` or `=`, a v5p name may end in `_twisted`) for slices of the generations in CHIPS up to 256 chips;
+`h100:N` / `h200:N` (N GPUs in one host) or `h100:HxN` (H hosts of N); or `cpu:N`. For a TPU slice,
+`jax.experimental.topologies` gives the slice's devices and the real TPU compiler compiles for them without a TPU
+(libtpu must be installed: `pip install 'bolt_jax[tpu]'`, or the test extra on Linux x86_64). For GPUs, XLA's GPU
+compiler does the same without a GPU (a compile-only client of the CUDA plugin, `pip install 'bolt_jax[gpu-aot]'`
+or the test extra), told the device by a target description built from CHIPS (`gpu_target_config`): the program
+is the one the GPUs would run, our Pallas and Mosaic GPU kernels included, compiled to PTX and cubins with the
+machine's ptxas; what it cannot do without the device is autotune (it takes its default tilings) or ask cuDNN for
+an execution plan (attention `cudnn` does not compile this way). `cpu:N` compiles with the CPU compiler on N CPU
+devices and predicts with the figures of `config.aot_chip` (h100, h200): the program, sharding and collectives are
+the ones the GPUs would run, the memory is the CPU compiler's buffer assignment and attention is the XLA reference.
 
 The chips' figures live in bolt_jax.runtime.chips. Nothing here imports bolt_jax beyond it, so config validation
 (`bolt_jax.config.validate_mesh`) can use this module.
@@ -31,20 +37,29 @@ MAX_CHIPS = 256
 # libtpu's own pattern for topology names (its error message quotes it)
 _TPU_NAME = re.compile(r"^([a-zA-Z0-9_ ]+?)[=_:]([0-9]+(?:x[0-9]+)*)(_twisted|_untwisted)?$")
 _CPU_NAME = re.compile(r"^cpu:([0-9]+)$")
+_GPU_NAME = re.compile(r"^([a-zA-Z0-9]+)[=_:]([0-9]+)(?:x([0-9]+))?$")
 TPU_GENERATIONS = ("v5e", "v5p")  # the TPU chips of CHIPS, named as libtpu names them
+GPUS = tuple(name for name, chip in CHIPS.items() if chip.compute_capability)  # the GPUs of CHIPS
+CUDA_PLUGINS = (("xla_cuda13", 13), ("xla_cuda12", 12))  # jax's CUDA plugins, the CUDA major each is built for
 
 
 @dataclass(frozen=True)
 class Target:
     """A named topology resolved: which compiler (`platform`), how many devices, and whose figures."""
     name: str
-    platform: str  # "tpu" or "cpu"
+    platform: str  # "tpu", "gpu" or "cpu"
     num_devices: int
     chip: Chip
+    hosts: int = 1  # GPUs: the hosts the devices are spread over (num_devices / hosts each)
 
     def describe(self) -> str:
-        what = f"{self.num_devices} {self.chip.device_kind} chips" if self.platform == "tpu" else (
-            f"{self.num_devices} CPU devices standing in for {self.num_devices} x {self.chip.name}")
+        if self.platform == "tpu":
+            what = f"{self.num_devices} {self.chip.device_kind} chips"
+        elif self.platform == "gpu":
+            what = f"{self.num_devices} {self.chip.device_kind} GPUs" + (
+                f" ({self.hosts} hosts of {self.num_devices // self.hosts})" if self.hosts > 1 else "")
+        else:
+            what = f"{self.num_devices} CPU devices standing in for {self.num_devices} x {self.chip.name}"
         return f"{self.name}: {what}"
 
 
@@ -60,11 +75,22 @@ def parse_target(topology: str, chip: str = "") -> Target:
             raise ValueError(f"config.aot_topology={name} compiles on CPU devices standing in for accelerators: name "
                              f"the chip to predict with, e.g. --config.aot_chip=h100 (one of {sorted(CHIPS)})")
         return Target(name, "cpu", _check_count(name, n), CHIPS[chip])
+    gpu = _GPU_NAME.match(name)
+    if gpu and gpu.group(1).lower() in GPUS:
+        kind = gpu.group(1).lower()
+        if chip and chip != kind:
+            raise ValueError(f"config.aot_chip={chip} contradicts config.aot_topology={name} ({kind} GPUs); leave "
+                             f"aot_chip empty for a GPU topology")
+        hosts, per_host = (int(gpu.group(2)), int(gpu.group(3))) if gpu.group(3) else (1, int(gpu.group(2)))
+        if hosts < 1 or per_host < 1:
+            raise ValueError(f"config.aot_topology={name} names no GPUs; write {kind}:N or {kind}:HOSTSxN")
+        return Target(name, "gpu", _check_count(name, hosts * per_host), CHIPS[kind], hosts=hosts)
     tpu = _TPU_NAME.match(name)
     generation = tpu.group(1).lower() if tpu else ""
     if generation not in TPU_GENERATIONS:
         raise ValueError(f"config.aot_topology={name!r} is not a known topology; write <generation>:<chips per "
-                         f"axis> with generation {' or '.join(TPU_GENERATIONS)} (e.g. v5e:2x2, v5p:4x4x8), or cpu:N")
+                         f"axis> with generation {' or '.join(TPU_GENERATIONS)} (e.g. v5e:2x2, v5p:4x4x8), "
+                         f"{' or '.join(GPUS)}:N GPUs (h100:8, h100:4x8 for 4 hosts of 8), or cpu:N")
     if chip and chip != generation:
         raise ValueError(f"config.aot_chip={chip} contradicts config.aot_topology={name} (a {generation} slice); "
                          f"leave aot_chip empty for a TPU topology")
@@ -97,15 +123,20 @@ def validate(config: Any) -> Target | None:
         return None
     if not config.get("dry_run", False):
         raise ValueError(f"config.aot_topology={target.name} compiles ahead of time only: add --config.dry_run=True")
-    _check_tpu_attention(config, target)
+    _check_attention(config, target)
     devices(target)
     return target
 
 
-def _check_tpu_attention(config: Any, target: Target) -> None:
-    """On a TPU, attention `auto` is the splash kernel (pallas_tpu), which takes sequences of whole 128-blocks."""
+def _check_attention(config: Any, target: Target) -> None:
+    """On a TPU, attention `auto` is the splash kernel (pallas_tpu), which takes sequences of whole 128-blocks. For
+    GPUs, cuDNN's attention needs the cuDNN library and a device to plan on, neither of which a compile without a GPU
+    has (`auto` falls back to our kernels there, saying so, as it does where cuDNN refuses a shape)."""
     impl = config.model.get("attention_impl", "auto") if "model" in config else ""
     seq = config.data.get("seq_len", 0) if "data" in config else 0
+    if target.platform == "gpu" and impl == "cudnn":
+        raise ValueError(f"config.model.attention_impl=cudnn does not compile without a GPU ({target.name}): cuDNN "
+                         f"plans its kernels on the device; use auto, mosaic_gpu or pallas_gpu")
     if target.platform == "tpu" and impl in ("auto", "pallas_tpu") and seq % 128:
         raise ValueError(f"config.data.seq_len={seq}: the TPU attention kernel (pallas_tpu, what attention_impl="
                          f"{impl} runs on {target.name}) takes multiples of 128; change seq_len or set "
@@ -175,11 +206,72 @@ def _tpu_devices(target: Target) -> tuple:
         raise ValueError(f"config.aot_topology={name}: libtpu refuses it: {text}") from None
 
 
+def cuda_plugin() -> tuple[str, int] | None:
+    """(module, CUDA major) of the installed jax CUDA plugin, the newest CUDA first; None without one."""
+    for module, major in CUDA_PLUGINS:
+        if importlib.util.find_spec(f"jax_plugins.{module}") is not None:
+            return module, major
+    return None
+
+
+def gpu_target_config(chip: Chip, cuda_major: int) -> str:
+    """What XLA's GPU compiler knows of a device when it compiles without one (a GpuTargetConfigProto in text form):
+    the chip's figures from CHIPS and the CUDA of the plugin. The per-block limits are those of every GPU since
+    Volta; shared memory per SM and per block (opt-in) are Hopper's (228 KiB, 227 KiB), the only compute capability
+    CHIPS has. cuDNN 9.x (`dnn_version_info`) only gates which cuDNN fusions XLA may emit."""
+    major, minor = chip.compute_capability.split(".")
+    return f"""gpu_device_info {{
+  threads_per_block_limit: 1024
+  threads_per_warp: 32
+  shared_memory_per_block: 49152
+  shared_memory_per_core: 233472
+  threads_per_core_limit: 2048
+  core_count: {chip.sms}
+  fpus_per_core: 128
+  block_dim_limit_x: 2147483647
+  block_dim_limit_y: 65535
+  block_dim_limit_z: 65535
+  memory_bandwidth: {int(chip.hbm_bytes_per_s)}
+  l2_cache_size: {chip.l2_bytes}
+  clock_rate_ghz: {chip.clock_ghz}
+  device_memory_size: {chip.device_memory_bytes}
+  shared_memory_per_block_optin: 232448
+  cuda_compute_capability {{ major: {major} minor: {minor} }}
+  registers_per_core_limit: 65536
+  registers_per_block_limit: 65536
+}}
+platform_name: "CUDA"
+dnn_version_info {{ major: 9 minor: 8 }}
+runtime_version {{ major: {cuda_major} minor: 0 }}
+device_description_str: "{chip.device_kind}"
+"""
+
+
+@functools.cache
+def _gpu_devices(target: Target) -> tuple:
+    plugin = cuda_plugin()
+    if plugin is None:
+        raise ValueError(f"config.aot_topology={target.name} needs XLA's GPU compiler, jax's CUDA plugin, which is not "
+                         f"installed: pip install 'bolt_jax[gpu-aot]' (or the test extra), or compile for cpu:"
+                         f"{target.num_devices} with --config.aot_chip={target.chip.name}")
+    from jax.experimental import topologies
+    per_host = target.num_devices // target.hosts
+    try:
+        return tuple(topologies.get_topology_desc(platform="cuda", topology=f"1x{target.hosts}x{per_host}",
+                                                  target_config=gpu_target_config(target.chip, plugin[1])).devices)
+    except Exception as e:  # noqa: BLE001 - the plugin's refusals arrive as JaxRuntimeError
+        text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"config.aot_topology={target.name}: the CUDA plugin refuses it: {text}") from None
+
+
 def devices(target: Target) -> list:
-    """The devices to build the mesh from: the TPU slice's (no TPU needed), or the first N CPU devices."""
+    """The devices to build the mesh from: the TPU slice's or the GPUs' (no accelerator needed), or the first N CPU
+    devices."""
     import jax
     if target.platform == "tpu":
         return list(_tpu_devices(target))
+    if target.platform == "gpu":
+        return list(_gpu_devices(target))
     prepare_process(target)
     cpus = jax.devices("cpu")
     if len(cpus) < target.num_devices:

@@ -50,8 +50,16 @@ HOPPER_WITH_DOCUMENTS = "mosaic_gpu"  # wgmma is sm_90a only: not Ampere, not Bl
 
 
 def gpu_arch() -> str | None:
-    """The first device's compute capability ("9.0" on an H100 / H200), None off NVIDIA GPUs."""
-    return getattr(jax.devices()[0], "compute_capability", None)
+    """The compute capability ("9.0" on an H100 / H200) of the GPUs a program is compiled for: the active mesh's
+    (an ahead-of-time compile for GPUs runs on a CPU host: bolt_jax.aot), else the first device's; None off NVIDIA
+    GPUs."""
+    device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
+    local = jax.devices()[0]
+    if device is not None and device.device_kind != local.device_kind:
+        from bolt_jax.runtime.chips import CHIPS
+        return next((c.compute_capability for c in CHIPS.values()
+                     if c.compute_capability and c.device_kind == device.device_kind), None)
+    return getattr(local, "compute_capability", None)
 
 
 # Kernels that are custom calls: XLA cannot partition them, and on a mesh it would gather their inputs onto every
@@ -103,7 +111,7 @@ def resolve_impl(impl: str, backend: str | None = None, documents: bool = False,
         raise ValueError(f"unknown attention impl {impl!r}; choose one of {IMPLS}")
     if impl != "auto":
         return impl
-    backend = backend or jax.default_backend()
+    backend = backend or target_platform()
     chosen = (documents and AUTO_WITH_DOCUMENTS.get(backend)) or AUTO.get(backend, "xla")
     if chosen == "pallas_gpu" and backend in ("gpu", "cuda") and (arch or gpu_arch()) == "9.0":
         chosen = HOPPER_WITH_DOCUMENTS

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from bolt_jax.kernels import target_platform
 from bolt_jax.kernels.xla import xla_attention
 
 NEG = -1e30
@@ -129,7 +130,7 @@ def pallas_decode_attention(q_BxQxHxD, k_cache_BxTxKD, v_cache_BxTxKD, *, kv_seg
     group = h // kvh
     used = nq * group
     rows = max(1 << (used - 1).bit_length(), MIN_ROWS)  # Triton blocks are powers of two
-    interpret = jax.default_backend() != "gpu" if interpret is None else interpret
+    interpret = target_platform() != "gpu" if interpret is None else interpret
     scale = sm_scale if sm_scale is not None else d ** -0.5
     q_BxKxRxD = q_BxQxHxD.reshape(b, nq, kvh, group, d).transpose(0, 2, 1, 3, 4).reshape(b, kvh, used, d)
     if rows > used:

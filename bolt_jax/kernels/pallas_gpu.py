@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from bolt_jax.kernels import mosaic_gpu, mosaic_gpu_bwd
+from bolt_jax.kernels import mosaic_gpu, mosaic_gpu_bwd, target_platform
 from bolt_jax.kernels.mosaic_gpu import MosaicBlocks, ptxas_miscompiles_causal
 
 NEG = -1e30
@@ -349,7 +349,7 @@ def pallas_gpu_attention(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, *, q_segment_ids_BxS=N
     t = k_BxTxKxD.shape[1]
     if causal and s != t:
         raise NotImplementedError("pallas_gpu: causal attention needs S == T")
-    interpret = jax.default_backend() != "gpu" if interpret is None else interpret
+    interpret = target_platform() != "gpu" if interpret is None else interpret
     scale = sm_scale if sm_scale is not None else d ** -0.5
     # self-attention over packed documents (one segment-id array for both sides): blocks of other documents are
     # skipped. Separate q / kv ids (or none) visit every block that causality allows.
@@ -387,7 +387,7 @@ def mosaic_gpu_attention(*args, blocks: Blocks | None = None, **kwargs):
     if blocks.mosaic is None:
         blocks = dataclasses.replace(blocks, mosaic=MosaicBlocks())
     interpret = kwargs.get("interpret")
-    if kwargs.get("causal", True) and not interpret and jax.default_backend() == "gpu" and ptxas_miscompiles_causal():
+    if kwargs.get("causal", True) and not interpret and target_platform() == "gpu" and ptxas_miscompiles_causal():
         raise ValueError("mosaic_gpu: causal attention is miscompiled by ptxas in CUDA 12.8.0-12.9.0; upgrade CUDA "
                          "(12.9.1 or newer) or use impl='pallas_gpu' or 'cudnn'")
     return pallas_gpu_attention(*args, blocks=blocks, **kwargs)

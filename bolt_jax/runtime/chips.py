@@ -29,6 +29,13 @@ class Chip:
     hbm_bytes_per_s: float
     link_bytes_per_s: float
     link: str  # the interconnect's name
+    # GPUs only, what XLA's GPU compiler reads of the device when it compiles without one (bolt_jax.aot.topology):
+    # streaming multiprocessors, L2 bytes, boost clock, compute capability, and the memory the driver reports
+    sms: int = 0
+    l2_bytes: int = 0
+    clock_ghz: float = 0.0
+    compute_capability: str = ""
+    device_memory_bytes: int = 0
 
     @property
     def peak_flops(self) -> float:
@@ -48,8 +55,13 @@ CHIPS: dict[str, Chip] = {
     "v5p": Chip("v5p", "TPU v5", "tpu v5p", 95 * GIB, 2765e9, 600e9, "ICI"),
     # NVIDIA H100 Tensor Core GPU datasheet, SXM5: 989 TFLOP/s bf16 dense (1979 with sparsity); 80 GB HBM3 at
     # 3.35 TB/s (nvidia-smi: 81,559 MiB, so GB here are GiB); NVLink 900 GB/s bidirectional (NVSwitch, 8 per node).
-    "h100": Chip("h100", "NVIDIA H100 80GB HBM3", "h100", 80 * GIB, 3.35e12, 450e9, "NVLink"),
+    # 132 SMs, 50 MB L2, 1980 MHz boost (the datasheet's; nvidia-smi's clocks.max.sm on our H100), compute 9.0.
+    "h100": Chip("h100", "NVIDIA H100 80GB HBM3", "h100", 80 * GIB, 3.35e12, 450e9, "NVLink", sms=132,
+                 l2_bytes=50 * 1024 ** 2, clock_ghz=1.98, compute_capability="9.0",
+                 device_memory_bytes=81559 * 1024 ** 2),
     # NVIDIA H200 datasheet, SXM: 989 TFLOP/s bf16 dense; 141 GB HBM3e at 4.8 TB/s (nvidia-smi: 143,771 MiB);
     # NVLink 900 GB/s bidirectional.
-    "h200": Chip("h200", "NVIDIA H200", "h200", 141 * GIB, 4.8e12, 450e9, "NVLink"),
+    # The same GH100 die as the H100: 132 SMs, 50 MB L2, 1980 MHz, compute 9.0.
+    "h200": Chip("h200", "NVIDIA H200", "h200", 141 * GIB, 4.8e12, 450e9, "NVLink", sms=132, l2_bytes=50 * 1024 ** 2,
+                 clock_ghz=1.98, compute_capability="9.0", device_memory_bytes=143771 * 1024 ** 2),
 }
