@@ -1,6 +1,7 @@
 """Predicted step times of TinyLlama's train step and E-step sampler on clusters, from ahead-of-time compiles on this
-CPU machine (bolt_jax.aot): 8 x H100 (cpu:8 with the H100's figures), a v5e-64 slice (v5e:8x8), a v5p-128 slice
-(v5p:4x4x8). Roofline bounds from the compiled programs, not measurements.
+CPU machine (bolt_jax.aot): 8 x H100 (h100:8, XLA's GPU compiler through jax's CUDA plugin), a v5e-64 slice
+(v5e:8x8), a v5p-128 slice (v5p:4x4x8); `--only 8xH100-cpu` the older stand-in, 8 CPU devices with the H100's
+figures. Roofline bounds from the compiled programs, not measurements.
 
     python bench/aot_predictions.py                          # all three, one after another (minutes each)
     python bench/aot_predictions.py --only v5e-64 --timeout 3600
@@ -32,9 +33,12 @@ GIB = 1024 ** 3
 
 # name -> (topology, chip, micro-batch per chip, remat, why)
 CLUSTERS = {
-    "8xH100": ("cpu:8", "h100", 16, "none",
-               "as measured on one H100 in BENCHMARKS.md, 57 GiB with its flash attention; the CPU compiler's memory, "
-               "with the XLA reference attention, does not apply to the GPUs"),
+    "8xH100": ("h100:8", "", 16, "none",
+               "as measured on one H100 in BENCHMARKS.md (57 GiB at micro-batch 16, which the GPU compiler predicts "
+               "without a GPU: bench/gpu_aot_memory.py); our GPU kernels, compiled without autotuning"),
+    "8xH100-cpu": ("cpu:8", "h100", 16, "none",
+                   "the stand-in used before GPU topologies: the CPU compiler's memory, with the XLA reference "
+                   "attention, does not apply to the GPUs"),
     "v5e-64": ("v5e:8x8", "", 8, "full", "16 GiB per chip, so full remat"),
     "v5p-128": ("v5p:4x4x8", "", 8, "dots", "95 GiB per chip, so only the matmul outputs are kept"),
 }
@@ -128,7 +132,7 @@ def markdown(runs: list[dict], commit: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default=",".join(CLUSTERS), help=f"comma list of {', '.join(CLUSTERS)}")
+    parser.add_argument("--only", default="8xH100,v5e-64,v5p-128", help=f"comma list of {', '.join(CLUSTERS)}")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per cluster")
     parser.add_argument("--decode_slots_per_chip", type=int, default=0,
                         help="the E-step's decode slots per chip (0: the E-step's default, 64 at this shape)")

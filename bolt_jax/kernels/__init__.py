@@ -16,6 +16,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from bolt_jax.kernels.platform import gpu_arch, target_platform  # noqa: F401 - re-exported
 from bolt_jax.kernels.xla import xla_attention
 
 IMPLS = ("auto", "xla", "cudnn", "pallas_gpu", "mosaic_gpu", "pallas_tpu", "tokamax")
@@ -49,17 +50,6 @@ AUTO_WITH_DOCUMENTS = {"gpu": "pallas_gpu", "cuda": "pallas_gpu"}
 HOPPER_WITH_DOCUMENTS = "mosaic_gpu"  # wgmma is sm_90a only: not Ampere, not Blackwell
 
 
-def gpu_arch() -> str | None:
-    """The compute capability ("9.0" on an H100 / H200) of the GPUs a program is compiled for: the active mesh's
-    (an ahead-of-time compile for GPUs runs on a CPU host: bolt_jax.aot), else the first device's; None off NVIDIA
-    GPUs."""
-    device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
-    local = jax.devices()[0]
-    if device is not None and device.device_kind != local.device_kind:
-        from bolt_jax.runtime.chips import CHIPS
-        return next((c.compute_capability for c in CHIPS.values()
-                     if c.compute_capability and c.device_kind == device.device_kind), None)
-    return getattr(local, "compute_capability", None)
 
 
 # Kernels that are custom calls: XLA cannot partition them, and on a mesh it would gather their inputs onto every
@@ -167,20 +157,12 @@ _DECODE_KERNELS = {"pallas_gpu": ("bolt_jax.kernels.decode", "pallas_decode_atte
                    "pallas_tpu": ("bolt_jax.kernels.decode_tpu", "pallas_tpu_decode_attention")}
 
 
-def target_platform() -> str:
-    """The platform a program is compiled for: the active mesh's devices' (an ahead-of-time compile for a TPU topology
-    runs on a CPU host and must pick, and emit, the TPU's kernels: bolt_jax.aot), else the default backend's."""
-    device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
-    return device.platform if device is not None else jax.default_backend()
-
-
-_DECODE_KERNEL_PLATFORMS = {"pallas_gpu": ("gpu", "cuda", "rocm"), "pallas_tpu": ("tpu",)}
 
 
 def _warn_if_interpreted(impl: str, platform: str) -> None:
     """A decode kernel asked for on another accelerator than its own runs in the Pallas interpreter: correct, and
     orders of magnitude slower. Said once (on CPU the interpreter is how the tests check the kernels: silent)."""
-    home = _DECODE_KERNEL_PLATFORMS.get(impl)
+    home = tuple(p for p, kernel in DECODE_AUTO.items() if kernel == impl)
     if home and platform not in home and platform != "cpu" and (impl, platform) not in _announced:
         _announced.add((impl, platform))
         _log.warning("decode_impl=%s on %s runs in the Pallas interpreter (it is a %s kernel): correct but very slow; "

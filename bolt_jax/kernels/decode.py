@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from bolt_jax.kernels import target_platform
+from bolt_jax.kernels.platform import target_platform
 from bolt_jax.kernels.xla import xla_attention
 
 NEG = -1e30

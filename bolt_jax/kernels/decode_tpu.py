@@ -27,8 +27,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from bolt_jax.kernels import target_platform
 from bolt_jax.kernels.decode import heads_of
+from bolt_jax.kernels.platform import target_platform
 
 NEG = -1e30
 SUBLANES = 16  # bf16 sublane tile: q's rows are padded to a multiple of it

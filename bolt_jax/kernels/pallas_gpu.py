@@ -35,8 +35,9 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from bolt_jax.kernels import mosaic_gpu, mosaic_gpu_bwd, target_platform
+from bolt_jax.kernels import mosaic_gpu, mosaic_gpu_bwd
 from bolt_jax.kernels.mosaic_gpu import MosaicBlocks, ptxas_miscompiles_causal
+from bolt_jax.kernels.platform import target_platform
 
 NEG = -1e30
 

@@ -14,7 +14,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from bolt_jax.kernels import target_platform
+from bolt_jax.kernels.platform import target_platform
 
 
 @functools.lru_cache(maxsize=32)

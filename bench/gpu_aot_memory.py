@@ -1,0 +1,111 @@
+"""How far an H100's memory can be known without an H100: the TinyLlama train step compiled by XLA's GPU compiler on
+this CPU machine (`--config.aot_topology=h100:1`, bolt_jax.aot: jax's CUDA plugin, no GPU), its per-device memory
+from the compiler's buffer assignment, against the peak the same configuration reached on a real H100 on
+2026-11-22 (`peak_bytes_in_use` after the timed steps, read here from that day's raw logs in
+bench/results/2026-11-22-h100/, never copied by hand).
+
+    python bench/gpu_aot_memory.py                 # every row (about a minute of compile each on 2 cores)
+    python bench/gpu_aot_memory.py --rows 0,1
+
+The configurations are those bench/train_step.py measured (`build_config`: seq 2048, remat none, bf16 compute, one
+device), compiled as it runs them. Rows with attention `auto` on rows without packed documents (cuDNN there) are left
+out: cuDNN plans its kernels on the device, so they do not compile without one. The measured peak also holds what the
+step does not (the initial state's buffers, two batches), and some rows were measured at older commits, as each row
+says. Writes bench/results/gpu_aot_memory-<date>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import re
+import sys
+import time
+
+from common import commit, write_results
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+MEASURED = os.path.join(RESULTS, "2026-11-22-h100")
+GIB = 1024 ** 3
+
+# (log file, micro-batch, documents per row, attention as measured, layers): each a row of that log
+ROWS = (
+    ("run16_train_docs_auto.log", 16, 4, "auto", "unrolled"),
+    ("run15_train_concat.log", 16, 1, "mosaic_gpu", "unrolled"),
+    ("run12_train_docs.log", 16, 4, "pallas_gpu", "unrolled"),
+    ("run3_train.log", 8, 1, "pallas_gpu", "unrolled"),
+    ("run3_train.log", 8, 1, "pallas_gpu", "scan"),
+)
+
+
+def measured(log: str, batch: int, attention: str, layers: str) -> dict:
+    """The row of `log` with these settings: its peak GiB and tokens/s, and the log's commit."""
+    text = open(os.path.join(MEASURED, log)).read()
+    head = re.search(r"commit (\w+)", text)
+    for line in text.splitlines():
+        if line.startswith("{'batch'"):
+            r = ast.literal_eval(line)
+            if (r["batch"], r["attention"], r.get("layers")) == (batch, attention, layers):
+                return {"peak_gib": r["peak_mem_gib"], "tokens_per_s": r["tokens_per_s"],
+                        "commit": head.group(1) if head else "?"}
+    raise ValueError(f"{log} has no row for micro-batch {batch}, attention {attention}, layers {layers}")
+
+
+def predicted(batch: int, docs: int, attention: str, layers: str, devices) -> dict:
+    """The train step compiled for one H100 without one: the compiler's memory and the compile's seconds."""
+    from train_step import build_config
+
+    from bolt_jax.aot.report import memory_bytes
+    from bolt_jax.train.loop import TrainSetup
+    c = build_config("tinyllama_1.1b_bolt", 2048, batch, "none", attention, steps=10, scan=layers == "scan",
+                     docs=docs)
+    t0 = time.perf_counter()
+    setup = TrainSetup(c, devices)
+    with setup.mesh_context():
+        compiled = setup.train_step.lower(setup.abstract_state, setup.abstract_batch).compile()
+    return {"memory_bytes": memory_bytes(compiled), "compile_s": time.perf_counter() - t0}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", default="", help="comma list of row indices (default: all)")
+    a = p.parse_args()
+    import jax
+    if jax.default_backend() != "cpu":
+        sys.exit("run this on a machine without a GPU (JAX_PLATFORMS=cpu): it compiles for one")
+    from bolt_jax.aot.topology import devices, parse_target
+    target = devices(parse_target("h100:1"))
+    picked = [int(i) for i in a.rows.split(",")] if a.rows else range(len(ROWS))
+    rows = []
+    for i in picked:
+        log, batch, docs, attention, layers = ROWS[i]
+        m = measured(log, batch, attention, layers)
+        p_ = predicted(batch, docs, attention, layers, target)
+        total = p_["memory_bytes"]["total"] / GIB
+        row = {"log": log, "micro_batch": batch, "docs": docs, "attention": attention, "layers": layers,
+               "predicted_gib": total, "measured_peak_gib": m["peak_gib"], "ratio": total / m["peak_gib"],
+               "measured_commit": m["commit"], "measured_tokens_per_s": m["tokens_per_s"], **p_}
+        rows.append(row)
+        print(f"[{i}] micro-batch {batch}, {docs} doc(s)/row, {attention}, {layers}: predicted {total:.2f} GiB, "
+              f"measured {m['peak_gib']:.2f} GiB (x{row['ratio']:.3f}; compile {p_['compile_s']:.0f} s)", flush=True)
+    ratios = [r["ratio"] for r in rows]
+    lines = [
+        "# H100 memory without an H100: XLA's GPU compiler on a CPU against the measured peak", "",
+        f"Commit {commit()}, {time.strftime('%Y-%m-%d')}, jax {jax.__version__}: `python bench/gpu_aot_memory.py` "
+        f"(bench/gpu_aot_memory.py's docstring says what is compared). Predicted: the compiled train step's "
+        "arguments + outputs - aliased + temporaries, per device. Measured: `peak_bytes_in_use` on one H100 80GB "
+        "HBM3 (jax 0.11.2) after the timed steps, from the named log.", "",
+        "| micro-batch | docs/row | attention | layers | predicted GiB | measured peak GiB | predicted / measured | "
+        "measured at | log |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['micro_batch']} | {r['docs']} | {r['attention']} | {r['layers']} | {r['predicted_gib']:.2f} | "
+              f"{r['measured_peak_gib']:.2f} | {r['ratio']:.3f} | {r['measured_commit']} | {r['log']} |" for r in rows]
+    if ratios:
+        lines += ["", f"Predicted / measured over {len(ratios)} rows: min {min(ratios):.3f}, median "
+                      f"{sorted(ratios)[len(ratios) // 2]:.3f}, max {max(ratios):.3f}."]
+    write_results(os.path.join(RESULTS, f"gpu_aot_memory-{time.strftime('%Y-%m-%d')}"), {"rows": rows},
+                  "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
