@@ -36,6 +36,8 @@ CLUSTERS = {
     "8xH100": ("h100:8", "", 16, "none",
                "as measured on one H100 in BENCHMARKS.md (57 GiB at micro-batch 16, which the GPU compiler predicts "
                "without a GPU: bench/gpu_aot_memory.py); our GPU kernels, compiled without autotuning"),
+    "1xH100": ("h100:1", "", 16, "none", "the headline's train step (measured: 78.5k tokens/s), and the E-step's "
+               "sampler on one GPU, the shape of issue 18's target"),
     "8xH100-cpu": ("cpu:8", "h100", 16, "none",
                    "the stand-in used before GPU topologies: the CPU compiler's memory, with the XLA reference "
                    "attention, does not apply to the GPUs"),

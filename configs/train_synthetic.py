@@ -21,8 +21,9 @@ def get_config(preset: str = "tiny"):
     c.optim.warmup_steps = 5
     c.data = ml_collections.ConfigDict({"source": "synthetic", "seq_len": 64, "synthetic_docs_per_row": 2})
     c.dry_run = False  # True: compile the step and print per-device memory, run nothing
-    # With dry_run: compile for this topology instead of the local devices (v5e:8x8, v5p:4x4x8, up to 256 chips; or
-    # cpu:N standing in for N GPUs), the E-step sampler too; memory, collectives, roofline step time (bolt_jax.aot)
+    # With dry_run: compile for this topology instead of the local devices (v5e:8x8, v5p:4x4x8, h100:8, h200:4x8, up
+    # to 256 chips; or cpu:N standing in for N GPUs), the E-step sampler too; memory, collectives, roofline step time
+    # (bolt_jax.aot)
     c.aot_topology = ""
     c.aot_chip = ""  # cpu:N only: whose published figures predict the step time (h100, h200)
     c.aot_report = ""  # a path: the AOT report as JSON too
