@@ -438,6 +438,19 @@ def test_tiny_model_compiles_for_h100s(tmp_path, capsys, caplog):
     assert "compiled by XLA's GPU compiler without a GPU" in out
 
 
+@needs_cuda_plugin
+def test_gpus_in_several_hosts_send_across_them_at_the_network_rate(tmp_path):
+    """h100:2x4: fsdp over all 8 GPUs, whose rings cross the two hosts: the train step's ring bytes go at a GPU's
+    share of the network (50 GB/s), not over NVLink (450 GB/s)."""
+    from bolt_jax.train.loop import dry_run
+    report = dry_run(gpu_config(tmp_path, "h100:2x4"))
+    train = report["functions"][0]
+    assert report["chips"] == 8 and report["mesh"]["fsdp"] == 8
+    assert train["network_ring_bytes_per_chip"] == train["ring_bytes_per_chip"] > 0
+    assert train["roofline"]["comm_s"] == pytest.approx(train["ring_bytes_per_chip"] / 50e9)
+    assert report["chip_figures"]["network_bytes_per_s_one_way"] == 50e9
+
+
 def _h100_compile(fn, *shapes):
     """fn jitted and compiled for one H100 on this CPU machine: (its HLO text, its serialized executable)."""
     import jax

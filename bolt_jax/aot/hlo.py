@@ -528,6 +528,11 @@ class Analysis:
     def ring_bytes(self) -> float:
         return sum(c.ring_bytes for c in self.collectives)
 
+    def ring_bytes_across(self, devices_per_host: int) -> float:
+        """The ring bytes of collectives whose groups are larger than a host, so that their rings cross hosts (a
+        group no larger may cross too, if the mesh lays it out so: not counted here)."""
+        return sum(c.ring_bytes for c in self.collectives if c.group > devices_per_host)
+
     def summary(self) -> dict[str, dict[str, float]]:
         return summarize(self.collectives)
 

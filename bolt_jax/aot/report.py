@@ -71,11 +71,15 @@ def forward_flops_per_token(model_cfg, context: int, causal: bool = True) -> flo
     return model_cfg.flops_per_token(context if causal else 2 * context) / 3
 
 
-def roofline(target: Target, *, flops: float, hbm_bytes: float, ring_bytes: float, tokens: float) -> dict[str, float]:
-    """Per-chip times of the three resources, the step time range, and tokens/s and MFU at both ends."""
+def roofline(target: Target, *, flops: float, hbm_bytes: float, ring_bytes: float, tokens: float,
+             network_ring_bytes: float = 0.0) -> dict[str, float]:
+    """Per-chip times of the three resources, the step time range, and tokens/s and MFU at both ends. Of the ring
+    bytes, `network_ring_bytes` (rings across GPU hosts) go at the chip's network rate, the rest over its links."""
     chip = target.chip
     compute, memory = flops / chip.peak_flops, hbm_bytes / chip.hbm_bytes_per_s
-    comm = ring_bytes / chip.link_bytes_per_s
+    comm = (ring_bytes - network_ring_bytes) / chip.link_bytes_per_s
+    if network_ring_bytes:
+        comm += network_ring_bytes / chip.network_bytes_per_s
     fast, slow = max(compute, memory, comm), max(compute, memory) + comm
     out = {"compute_s": compute, "memory_s": memory, "comm_s": comm, "step_s_min": fast, "step_s_max": slow}
     if fast > 0:
@@ -106,6 +110,8 @@ def compile_and_report(name: str, build: Callable[[], Any], target: Target, *, f
     memory = memory_bytes(compiled)
     analysis = hlo.analyze(compiled.as_text(), target.num_devices, unknown_trips=loop_trips,
                            attention_len=attention_len if target.platform == "cpu" else 0)
+    # GPUs in several hosts: the rings that cross hosts run at the network's rate (TPU slices: ICI throughout)
+    across = analysis.ring_bytes_across(target.num_devices // target.hosts) if target.hosts > 1 else 0.0
     cost = compiled.cost_analysis() or {}
     cost = cost[0] if isinstance(cost, list) else cost
     return {
@@ -119,8 +125,9 @@ def compile_and_report(name: str, build: Callable[[], Any], target: Target, *, f
         "largest_hbm": analysis.largest_hbm(),
         "ring_bytes_per_chip": analysis.ring_bytes, "loops_of_unknown_trip_count": analysis.unknown_loops,
         "unknown_loops_taken_as": loop_trips,
+        "network_ring_bytes_per_chip": across,
         "roofline": roofline(target, flops=flops, hbm_bytes=analysis.hbm_bytes, ring_bytes=analysis.ring_bytes,
-                             tokens=tokens),
+                             tokens=tokens, network_ring_bytes=across),
     }
 
 
@@ -277,7 +284,8 @@ def run(config: ml_collections.ConfigDict, setup, target: Target) -> dict[str, A
 def chip_figures(target: Target) -> dict[str, float]:
     c = target.chip
     return {"peak_bf16_flops": c.peak_flops, "hbm_bytes": c.hbm_bytes, "hbm_bytes_per_s": c.hbm_bytes_per_s,
-            "interconnect_bytes_per_s_one_way": c.link_bytes_per_s}
+            "interconnect_bytes_per_s_one_way": c.link_bytes_per_s,
+            "network_bytes_per_s_one_way": c.network_bytes_per_s if target.hosts > 1 else 0.0}
 
 
 def prepare(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, Target, list]:
@@ -319,14 +327,21 @@ def _function_lines(f: dict[str, Any], target: Target) -> list[str]:
     lines.append("  collectives per step, per chip: " + ("; ".join(
         f"{k} x{v['executions']:.0f} ({v['ops']} ops) {_si(v['bytes'], 'B')} -> ring {_si(v['ring_bytes'], 'B')}"
         for k, v in sorted(coll.items())) or "none"))
+    if f.get("network_ring_bytes_per_chip"):
+        lines.append(f"  of the ring bytes, {_si(f['network_ring_bytes_per_chip'], 'B')} cross hosts (groups larger "
+                     f"than a host), at the network's rate")
     if f["loops_of_unknown_trip_count"]:
         lines.append(f"  ({f['loops_of_unknown_trip_count']} loop(s) of unknown trip count, taken to run "
                      f"{f['unknown_loops_taken_as']} times)")
     scores = f["hbm_bytes_with_attention_scores"]
     kept = f"; {_si(scores, 'B')} with the XLA attention's scores" if scores != f["hbm_bytes_per_chip"] else ""
-    lines.append(f"  FLOPs per chip {_si(f['flops_per_chip'])} (model count; XLA cost analysis "
-                 f"{_si(f['xla_flops_per_chip'])}, loop bodies once), HBM bytes {_si(f['hbm_bytes_per_chip'], 'B')} "
-                 f"(XLA {_si(f['xla_bytes_accessed'], 'B')}{kept})")
+    if f["xla_flops_per_chip"] or f["xla_bytes_accessed"]:
+        xla_flops, xla_bytes = f"XLA cost analysis {_si(f['xla_flops_per_chip'])}, loop bodies once", (
+            f"XLA {_si(f['xla_bytes_accessed'], 'B')}{kept}")
+    else:  # the GPU compiler without a device reports no cost analysis
+        xla_flops, xla_bytes = "no XLA cost analysis from this compiler", kept.lstrip("; ")
+    lines.append(f"  FLOPs per chip {_si(f['flops_per_chip'])} (model count; {xla_flops}), HBM bytes "
+                 f"{_si(f['hbm_bytes_per_chip'], 'B')}" + (f" ({xla_bytes})" if xla_bytes else ""))
     movers = f.get("largest_hbm", [])[:3]
     if movers:
         lines.append("  largest HBM movers per step: " + "; ".join(

@@ -31,6 +31,10 @@ class Chip:
     link: str  # the interconnect's name
     # GPUs only, what XLA's GPU compiler reads of the device when it compiles without one (bolt_jax.aot.topology):
     # streaming multiprocessors, L2 bytes, boost clock, compute capability, and the memory the driver reports
+    # GPUs only: what one GPU sends per second, one way, to GPUs in other hosts (its share of the host's network
+    # adapters), the rate a ring across hosts runs at
+    network_bytes_per_s: float = 0.0
+    network: str = ""
     sms: int = 0
     l2_bytes: int = 0
     clock_ghz: float = 0.0
@@ -43,7 +47,9 @@ class Chip:
 
     def describe(self) -> str:
         return (f"{self.name}: {self.peak_flops / 1e12:.0f} TFLOP/s bf16, {self.hbm_bytes / GIB:.0f} GiB HBM at "
-                f"{self.hbm_bytes_per_s / 1e9:,.0f} GB/s, {self.link} {self.link_bytes_per_s / 1e9:,.0f} GB/s one way")
+                f"{self.hbm_bytes_per_s / 1e9:,.0f} GB/s, {self.link} {self.link_bytes_per_s / 1e9:,.0f} GB/s one way"
+                + (f"; between hosts {self.network} {self.network_bytes_per_s / 1e9:,.0f} GB/s one way"
+                   if self.network_bytes_per_s else ""))
 
 
 CHIPS: dict[str, Chip] = {
@@ -56,12 +62,15 @@ CHIPS: dict[str, Chip] = {
     # NVIDIA H100 Tensor Core GPU datasheet, SXM5: 989 TFLOP/s bf16 dense (1979 with sparsity); 80 GB HBM3 at
     # 3.35 TB/s (nvidia-smi: 81,559 MiB, so GB here are GiB); NVLink 900 GB/s bidirectional (NVSwitch, 8 per node).
     # 132 SMs, 50 MB L2, 1980 MHz boost (the datasheet's; nvidia-smi's clocks.max.sm on our H100), compute 9.0.
-    "h100": Chip("h100", "NVIDIA H100 80GB HBM3", "h100", 80 * GIB, 3.35e12, 450e9, "NVLink", sms=132,
+    # Between hosts: a DGX H100's eight ConnectX-7 adapters, one 400 Gb/s InfiniBand NDR port per GPU (50 GB/s).
+    "h100": Chip("h100", "NVIDIA H100 80GB HBM3", "h100", 80 * GIB, 3.35e12, 450e9, "NVLink",
+                 network_bytes_per_s=50e9, network="InfiniBand NDR", sms=132,
                  l2_bytes=50 * 1024 ** 2, clock_ghz=1.98, compute_capability="9.0",
                  device_memory_bytes=81559 * 1024 ** 2),
     # NVIDIA H200 datasheet, SXM: 989 TFLOP/s bf16 dense; 141 GB HBM3e at 4.8 TB/s (nvidia-smi: 143,771 MiB);
     # NVLink 900 GB/s bidirectional.
-    # The same GH100 die as the H100: 132 SMs, 50 MB L2, 1980 MHz, compute 9.0.
-    "h200": Chip("h200", "NVIDIA H200", "h200", 141 * GIB, 4.8e12, 450e9, "NVLink", sms=132, l2_bytes=50 * 1024 ** 2,
-                 clock_ghz=1.98, compute_capability="9.0", device_memory_bytes=143771 * 1024 ** 2),
+    # The same GH100 die as the H100: 132 SMs, 50 MB L2, 1980 MHz, compute 9.0; a DGX H200's network as the H100's.
+    "h200": Chip("h200", "NVIDIA H200", "h200", 141 * GIB, 4.8e12, 450e9, "NVLink", network_bytes_per_s=50e9,
+                 network="InfiniBand NDR", sms=132, l2_bytes=50 * 1024 ** 2, clock_ghz=1.98, compute_capability="9.0",
+                 device_memory_bytes=143771 * 1024 ** 2),
 }
