@@ -9,9 +9,10 @@ may also be `_` or `=`, a v5p name may end in `_twisted`) for slices of the gene
 (libtpu must be installed: `pip install 'bolt_jax[tpu]'`, or the test extra on Linux x86_64). For GPUs, XLA's GPU
 compiler does the same without a GPU (a compile-only client of the CUDA plugin, `pip install 'bolt_jax[gpu-aot]'`
 or the test extra), told the device by a target description built from CHIPS (`gpu_target_config`): the program
-is the one the GPUs would run, our Pallas and Mosaic GPU kernels included, compiled to PTX and cubins with the
-machine's ptxas; what it cannot do without the device is autotune (it takes its default tilings) or ask cuDNN for
-an execution plan (attention `cudnn` does not compile this way). `cpu:N` compiles with the CPU compiler on N CPU
+is the one the GPUs would run, our Triton-lowered Pallas kernels compiled to cubins by the PTX compiler the plugin
+links (no CUDA toolkit needed), the Mosaic GPU kernels lowered and placed (their cubins are built when they first
+run); what it cannot do without the device is autotune (it takes its default tilings) or ask cuDNN for an execution
+plan (attention `cudnn` does not compile this way). `cpu:N` compiles with the CPU compiler on N CPU
 devices and predicts with the figures of `config.aot_chip` (h100, h200): the program, sharding and collectives are
 the ones the GPUs would run, the memory is the CPU compiler's buffer assignment and attention is the XLA reference.
 
