@@ -6,6 +6,12 @@ bench/results/2026-11-22-h100/, never copied by hand).
 
     python bench/gpu_aot_memory.py                 # every row (about a minute of compile each on 2 cores)
     python bench/gpu_aot_memory.py --rows 0,1
+    python bench/gpu_aot_memory.py --sweep h100:16,20,24/h200:16,24,32,40      # predictions only, no measured peak
+
+`--sweep`: the headline's train step (4 documents per row, attention auto, unrolled, remat none) at each micro-batch
+on one H100 or H200, predicted memory only, against the device's memory and against the 75% of it that jax's
+allocator takes by default (XLA_PYTHON_CLIENT_MEM_FRACTION=0.75): above that a run needs a larger fraction set.
+Writes bench/results/gpu_aot_memory_sweep-<date>.{json,md}.
 
 The configurations are those bench/train_step.py measured (`build_config`: seq 2048, remat none, bf16 compute, one
 device), compiled as it runs them. Rows with attention `auto` on rows without packed documents (cuDNN there) are left
@@ -69,13 +75,51 @@ def predicted(batch: int, docs: int, attention: str, layers: str, devices) -> di
     return {"memory_bytes": memory_bytes(compiled), "compile_s": time.perf_counter() - t0}
 
 
+def sweep(spec: str) -> None:
+    """`--sweep`: predicted memory of the headline's train step per GPU and micro-batch (module docstring)."""
+    import jax
+
+    from bolt_jax.aot.topology import devices, parse_target
+    rows = []
+    for part in spec.split("/"):
+        kind, batches = part.split(":")
+        target = parse_target(f"{kind}:1")
+        for batch in [int(b) for b in batches.split(",")]:
+            p_ = predicted(batch, 4, "auto", "unrolled", devices(target))
+            total = p_["memory_bytes"]["total"]
+            device = target.chip.device_memory_bytes
+            row = {"gpu": kind, "micro_batch": batch, "predicted_gib": total / GIB, "device_gib": device / GIB,
+                   "fits_device": total <= device, "fits_default_fraction": total <= 0.75 * device,
+                   "mem_fraction_needed": total / device, **p_}
+            rows.append(row)
+            print(f"{kind} micro-batch {batch}: {total / GIB:.2f} GiB of {device / GIB:.2f} "
+                  f"({total / device:.0%} of the device; compile {p_['compile_s']:.0f} s)", flush=True)
+    lines = [
+        "# Train-step memory per micro-batch on one GPU, predicted without one", "",
+        f"Commit {commit()}, {time.strftime('%Y-%m-%d')}, jax {jax.__version__}: `python bench/gpu_aot_memory.py "
+        f"--sweep {spec}`. TinyLlama, seq 2048, 4 documents per row, attention auto (Mosaic GPU), unrolled layers, "
+        "remat none; predicted by XLA's GPU compiler on a CPU machine (the rows of gpu_aot_memory-*.md show it equal "
+        "to measured peaks). jax's allocator takes 75% of the device by default: a row above it needs "
+        "XLA_PYTHON_CLIENT_MEM_FRACTION of at least the share given (and some headroom).", "",
+        "| GPU | micro-batch | predicted GiB | device GiB | share of the device | fits the default 75% |",
+        "|---|---|---|---|---|---|"]
+    lines += [f"| {r['gpu']} | {r['micro_batch']} | {r['predicted_gib']:.2f} | {r['device_gib']:.2f} | "
+              f"{r['mem_fraction_needed']:.0%} | {'yes' if r['fits_default_fraction'] else 'no'} |" for r in rows]
+    write_results(os.path.join(RESULTS, f"gpu_aot_memory_sweep-{time.strftime('%Y-%m-%d')}"),
+                  {"sweep": spec, "rows": rows}, "\n".join(lines) + "\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", default="", help="comma list of row indices (default: all)")
+    p.add_argument("--sweep", default="", help="GPU:micro-batches[/GPU:...]: predictions only (module docstring)")
     a = p.parse_args()
     import jax
     if jax.default_backend() != "cpu":
         sys.exit("run this on a machine without a GPU (JAX_PLATFORMS=cpu): it compiles for one")
+    if a.sweep:
+        sweep(a.sweep)
+        return
     from bolt_jax.aot.topology import devices, parse_target
     target = devices(parse_target("h100:1"))
     picked = [int(i) for i in a.rows.split(",")] if a.rows else range(len(ROWS))
