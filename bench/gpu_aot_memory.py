@@ -11,7 +11,9 @@ bench/results/2026-11-22-h100/, never copied by hand).
 `--sweep`: the headline's train step (4 documents per row, attention auto, unrolled, remat none) at each micro-batch
 on one H100 or H200, predicted memory only, against the device's memory and against the 75% of it that jax's
 allocator takes by default (XLA_PYTHON_CLIENT_MEM_FRACTION=0.75): above that a run needs a larger fraction set.
-Writes bench/results/gpu_aot_memory_sweep-<date>.{json,md}.
+Writes bench/results/gpu_aot_memory_sweep-<date>.{json,md}. `--score ROWS`: the E-step scorer's pass
+(`sampling.scorer._score_core`, as bench/score.py's headline step calls it: ROWS rows of 2048 tokens, bf16 weights,
+the 32004-entry vocabulary, log-softmax in chunks of 512 positions) on one H100, added to the sweep's rows.
 
 The configurations are those bench/train_step.py measured (`build_config`: seq 2048, remat none, bf16 compute, one
 device), compiled as it runs them. Rows with attention `auto` on rows without packed documents (cuDNN there) are left
@@ -75,13 +77,39 @@ def predicted(batch: int, docs: int, attention: str, layers: str, devices) -> di
     return {"memory_bytes": memory_bytes(compiled), "compile_s": time.perf_counter() - t0}
 
 
-def sweep(spec: str) -> None:
+def score_memory(rows: int, devices) -> dict:
+    """The scorer's compiled pass for `rows` rows of 2048 tokens on one GPU: its memory and compile seconds."""
+    import jax
+    import jax.numpy as jnp
+
+    from bolt_jax import parallel
+    from bolt_jax.aot.report import abstract_sampler_model, memory_bytes
+    from bolt_jax.model import preset
+    from bolt_jax.sampling.scorer import _score_core
+    cfg = preset("tinyllama_1.1b_bolt", param_dtype="bfloat16", compute_dtype="bfloat16")
+    mesh = parallel.make_mesh({}, devices)
+    graphdef, params = abstract_sampler_model(cfg, mesh)
+    ids = jax.ShapeDtypeStruct((rows, 2048), jnp.int32, sharding=parallel.batch_sharding(mesh, 2))
+    t0 = time.perf_counter()
+    with parallel.use_mesh(mesh):
+        compiled = _score_core.lower(graphdef, params, ids, ids, ids, chunk_size=512).compile()
+    return {"memory_bytes": memory_bytes(compiled), "compile_s": time.perf_counter() - t0}
+
+
+def sweep(spec: str, score_rows: int = 0) -> None:
     """`--sweep`: predicted memory of the headline's train step per GPU and micro-batch (module docstring)."""
     import jax
 
     from bolt_jax.aot.topology import devices, parse_target
     rows = []
-    for part in spec.split("/"):
+    if score_rows:
+        p_ = score_memory(score_rows, devices(parse_target("h100:1")))
+        total, device = p_["memory_bytes"]["total"], parse_target("h100:1").chip.device_memory_bytes
+        rows.append({"gpu": "h100", "micro_batch": f"scorer, {score_rows} rows", "predicted_gib": total / GIB,
+                     "device_gib": device / GIB, "fits_device": total <= device,
+                     "fits_default_fraction": total <= 0.75 * device, "mem_fraction_needed": total / device, **p_})
+        print(f"h100 scorer, {score_rows} rows x 2048: {total / GIB:.2f} GiB", flush=True)
+    for part in [p for p in spec.split("/") if p]:
         kind, batches = part.split(":")
         target = parse_target(f"{kind}:1")
         for batch in [int(b) for b in batches.split(",")]:
@@ -113,12 +141,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", default="", help="comma list of row indices (default: all)")
     p.add_argument("--sweep", default="", help="GPU:micro-batches[/GPU:...]: predictions only (module docstring)")
+    p.add_argument("--score", type=int, default=0, help="also the scorer's pass over this many rows on an H100")
     a = p.parse_args()
     import jax
     if jax.default_backend() != "cpu":
         sys.exit("run this on a machine without a GPU (JAX_PLATFORMS=cpu): it compiles for one")
-    if a.sweep:
-        sweep(a.sweep)
+    if a.sweep or a.score:
+        sweep(a.sweep, a.score)
         return
     from bolt_jax.aot.topology import devices, parse_target
     target = devices(parse_target("h100:1"))
