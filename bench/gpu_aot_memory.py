@@ -28,6 +28,7 @@ import argparse
 import ast
 import os
 import re
+import shlex
 import sys
 import time
 
@@ -96,45 +97,55 @@ def score_memory(rows: int, devices) -> dict:
     return {"memory_bytes": memory_bytes(compiled), "compile_s": time.perf_counter() - t0}
 
 
-def sweep(spec: str, score_rows: int = 0) -> None:
-    """`--sweep`: predicted memory of the headline's train step per GPU and micro-batch (module docstring)."""
+def parse_sweep(spec: str) -> list[tuple[str, list[int]]]:
+    """`h100:16,20/h200:24` -> [("h100", [16, 20]), ("h200", [24])]; a ValueError in one line otherwise."""
+    from bolt_jax.aot.topology import GPUS
+    out = []
+    for part in [p for p in spec.split("/") if p]:
+        kind, _, batches = part.partition(":")
+        if kind not in GPUS or not batches or not all(b.strip().isdigit() for b in batches.split(",")):
+            raise ValueError(f"--sweep {part!r}: write GPU:MICRO_BATCHES with GPU one of {GPUS}, e.g. h100:16,20")
+        out.append((kind, [int(b) for b in batches.split(",")]))
+    return out
+
+
+def _sweep_row(gpu: str, program: str, p_: dict) -> dict:
+    from bolt_jax.aot.topology import parse_target
+    total, device = p_["memory_bytes"]["total"], parse_target(f"{gpu}:1").chip.device_memory_bytes
+    print(f"{gpu} {program}: {total / GIB:.2f} GiB of {device / GIB:.2f} ({total / device:.0%} of the device; "
+          f"compile {p_['compile_s']:.0f} s)", flush=True)
+    return {"gpu": gpu, "program": program, "predicted_gib": total / GIB, "device_gib": device / GIB,
+            "fits_device": total <= device, "fits_default_fraction": total <= 0.75 * device,
+            "mem_fraction_needed": total / device, **p_}
+
+
+def sweep(plan: list[tuple[str, list[int]]], score_rows: int, command: str) -> None:
+    """`--sweep` / `--score`: predicted memory per GPU and program (module docstring), no measured peak."""
     import jax
 
     from bolt_jax.aot.topology import devices, parse_target
     rows = []
     if score_rows:
-        p_ = score_memory(score_rows, devices(parse_target("h100:1")))
-        total, device = p_["memory_bytes"]["total"], parse_target("h100:1").chip.device_memory_bytes
-        rows.append({"gpu": "h100", "micro_batch": f"scorer, {score_rows} rows", "predicted_gib": total / GIB,
-                     "device_gib": device / GIB, "fits_device": total <= device,
-                     "fits_default_fraction": total <= 0.75 * device, "mem_fraction_needed": total / device, **p_})
-        print(f"h100 scorer, {score_rows} rows x 2048: {total / GIB:.2f} GiB", flush=True)
-    for part in [p for p in spec.split("/") if p]:
-        kind, batches = part.split(":")
-        target = parse_target(f"{kind}:1")
-        for batch in [int(b) for b in batches.split(",")]:
-            p_ = predicted(batch, 4, "auto", "unrolled", devices(target))
-            total = p_["memory_bytes"]["total"]
-            device = target.chip.device_memory_bytes
-            row = {"gpu": kind, "micro_batch": batch, "predicted_gib": total / GIB, "device_gib": device / GIB,
-                   "fits_device": total <= device, "fits_default_fraction": total <= 0.75 * device,
-                   "mem_fraction_needed": total / device, **p_}
-            rows.append(row)
-            print(f"{kind} micro-batch {batch}: {total / GIB:.2f} GiB of {device / GIB:.2f} "
-                  f"({total / device:.0%} of the device; compile {p_['compile_s']:.0f} s)", flush=True)
+        rows.append(_sweep_row("h100", f"scorer, {score_rows} rows x 2048",
+                               score_memory(score_rows, devices(parse_target("h100:1")))))
+    for gpu, batches in plan:
+        target = devices(parse_target(f"{gpu}:1"))
+        rows += [_sweep_row(gpu, f"train step, micro-batch {b}", predicted(b, 4, "auto", "unrolled", target))
+                 for b in batches]
     lines = [
-        "# Train-step memory per micro-batch on one GPU, predicted without one", "",
-        f"Commit {commit()}, {time.strftime('%Y-%m-%d')}, jax {jax.__version__}: `python bench/gpu_aot_memory.py "
-        f"--sweep {spec}`. TinyLlama, seq 2048, 4 documents per row, attention auto (Mosaic GPU), unrolled layers, "
-        "remat none; predicted by XLA's GPU compiler on a CPU machine (the rows of gpu_aot_memory-*.md show it equal "
-        "to measured peaks). jax's allocator takes 75% of the device by default: a row above it needs "
-        "XLA_PYTHON_CLIENT_MEM_FRACTION of at least the share given (and some headroom).", "",
-        "| GPU | micro-batch | predicted GiB | device GiB | share of the device | fits the default 75% |",
+        "# Memory on one GPU, predicted without one", "",
+        f"Commit {commit()}, {time.strftime('%Y-%m-%d')}, jax {jax.__version__}: `{command}`. Train step: TinyLlama, "
+        "seq 2048, 4 documents per row, attention auto (Mosaic GPU), unrolled layers, remat none. Scorer: the E-step "
+        "scorer's pass (bf16 weights, vocabulary 32004, log-softmax in chunks of 512). Predicted by XLA's GPU compiler "
+        "on a CPU machine (the rows of gpu_aot_memory-*.md show it equal to measured peaks). jax's allocator takes 75% "
+        "of the device by default: a row above it needs XLA_PYTHON_CLIENT_MEM_FRACTION of at least the share given "
+        "(and some headroom).", "",
+        "| GPU | program | predicted GiB | device GiB | share of the device | fits the default 75% |",
         "|---|---|---|---|---|---|"]
-    lines += [f"| {r['gpu']} | {r['micro_batch']} | {r['predicted_gib']:.2f} | {r['device_gib']:.2f} | "
+    lines += [f"| {r['gpu']} | {r['program']} | {r['predicted_gib']:.2f} | {r['device_gib']:.2f} | "
               f"{r['mem_fraction_needed']:.0%} | {'yes' if r['fits_default_fraction'] else 'no'} |" for r in rows]
     write_results(os.path.join(RESULTS, f"gpu_aot_memory_sweep-{time.strftime('%Y-%m-%d')}"),
-                  {"sweep": spec, "rows": rows}, "\n".join(lines) + "\n")
+                  {"command": command, "rows": rows}, "\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -147,7 +158,11 @@ def main() -> None:
     if jax.default_backend() != "cpu":
         sys.exit("run this on a machine without a GPU (JAX_PLATFORMS=cpu): it compiles for one")
     if a.sweep or a.score:
-        sweep(a.sweep, a.score)
+        try:
+            plan = parse_sweep(a.sweep)
+        except ValueError as e:
+            p.error(str(e))
+        sweep(plan, a.score, "python bench/gpu_aot_memory.py " + " ".join(shlex.quote(x) for x in sys.argv[1:]))
         return
     from bolt_jax.aot.topology import devices, parse_target
     target = devices(parse_target("h100:1"))

@@ -325,6 +325,7 @@ def test_a_gpu_topology_without_the_cuda_plugin_or_with_cudnn_fails_in_one_line(
     c.model.attention_impl = "cudnn"
     with pytest.raises(ValueError, match="attention_impl=cudnn does not compile without a GPU") as e:
         validate_common(c)
+    assert "\n" not in str(e.value)
     monkeypatch.setattr(topology, "cuda_plugin", lambda: None)
     with pytest.raises(ValueError, match=r"h100:3 needs XLA's GPU compiler.*pip install 'bolt_jax\[gpu-aot\]'") as e:
         topology.devices(parse_target("h100:3"))
@@ -458,9 +459,10 @@ def _h100_compile(fn, *shapes):
 
 @needs_cuda_plugin
 def test_gpu_kernels_compile_to_sm90_cubins_without_a_gpu():
-    """The Triton-lowered kernels go through XLA and ptxas to a cubin for compute capability 9.0: the decode kernel
-    (several queries per row, with the log-sum-exp) and the flash attention's forward and backward. The Mosaic GPU
-    kernel is a custom call whose cubin is built when it first runs (on the GPU): here it is lowered and placed."""
+    """The Triton-lowered kernels go through XLA and the plugin's PTX compiler to a cubin for compute capability 9.0:
+    the decode kernel (several queries per row, with the log-sum-exp) and the flash attention's forward and
+    backward. The Mosaic GPU kernel is a custom call whose cubin is built when it first runs (on the GPU): here it is
+    lowered and placed."""
     import jax
     import jax.numpy as jnp
 

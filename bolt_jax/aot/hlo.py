@@ -335,14 +335,14 @@ def group_size(inst: Instruction, num_devices: int) -> int:
 def _collective_arrays(inst: Instruction, kind: str, group: int) -> tuple[list[Array], float]:
     """The arrays a collective works on and their full size in bytes (see the module docstring)."""
     arrays = arrays_of(inst.shape)
+    start = inst.opcode.endswith("-start")
     if kind == "collective-permute":  # -start: (operand, output, contexts); sync: the output, as big as the operand
         arrays = arrays[:1]
-    elif kind == "all-gather" and inst.opcode.endswith("-start"):  # ((operands...), (outputs...)): the outputs
-        arrays = arrays[len(arrays) // 2:]
-    elif kind == "reduce-scatter" and inst.opcode.endswith("-start"):  # ((operands...), (outputs...)): the operands
-        return arrays[:len(arrays) // 2], sum(a.nbytes for a in arrays[:len(arrays) // 2])
+    elif start and kind in ("all-gather", "reduce-scatter"):  # ((operands...), (outputs...)): the full arrays
+        half = len(arrays) // 2
+        arrays = arrays[half:] if kind == "all-gather" else arrays[:half]
     size = sum(a.nbytes for a in arrays)
-    return arrays, size * group if kind == "reduce-scatter" else size  # a sync reduce-scatter's shape: its shard
+    return arrays, size * group if kind == "reduce-scatter" and not start else size  # a sync one's shape: its shard
 
 
 def collectives(module: dict[str, Computation], graph: CallGraph, num_devices: int) -> list[Collective]:

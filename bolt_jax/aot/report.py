@@ -240,7 +240,6 @@ def sampler_reports(config: ml_collections.ConfigDict, setup, target: Target) ->
 
     n, steps = target.num_devices, s.steps_per_sync
     prefill_tokens = s.prefill_group * s.prompt_len
-    from bolt_jax import kernels
     impl = kernels.DECODE_AUTO.get(target.platform, "xla") if cfg.decode_impl == "auto" else cfg.decode_impl
     attention = f"; decode attention {impl}" + ("" if impl == "xla" else " (its reads counted as every cache "
                                                 "position: an upper bound, it reads only the written blocks)")

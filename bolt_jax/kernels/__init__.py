@@ -50,8 +50,6 @@ AUTO_WITH_DOCUMENTS = {"gpu": "pallas_gpu", "cuda": "pallas_gpu"}
 HOPPER_WITH_DOCUMENTS = "mosaic_gpu"  # wgmma is sm_90a only: not Ampere, not Blackwell
 
 
-
-
 # Kernels that are custom calls: XLA cannot partition them, and on a mesh it would gather their inputs onto every
 # device. They run per shard instead (batch over the batch axes, heads over `tensor` when the KV heads divide).
 PER_SHARD = {"pallas_gpu", "mosaic_gpu", "pallas_tpu", "tokamax"}
@@ -155,8 +153,6 @@ DECODE_IMPLS = ("auto", "xla", "pallas_gpu", "pallas_tpu")
 DECODE_AUTO = {"gpu": "pallas_gpu", "cuda": "pallas_gpu", "tpu": "pallas_tpu"}
 _DECODE_KERNELS = {"pallas_gpu": ("bolt_jax.kernels.decode", "pallas_decode_attention"),
                    "pallas_tpu": ("bolt_jax.kernels.decode_tpu", "pallas_tpu_decode_attention")}
-
-
 
 
 def _warn_if_interpreted(impl: str, platform: str) -> None:

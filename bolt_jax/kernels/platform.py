@@ -12,6 +12,7 @@ def target_platform() -> str:
     device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
     return device.platform if device is not None else jax.default_backend()
 
+
 def gpu_arch() -> str | None:
     """The compute capability ("9.0" on an H100 / H200) of the GPUs a program is compiled for: the active mesh's
     (an ahead-of-time compile for GPUs runs on a CPU host: bolt_jax.aot), else the first device's; None off NVIDIA

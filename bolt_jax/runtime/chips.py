@@ -29,12 +29,12 @@ class Chip:
     hbm_bytes_per_s: float
     link_bytes_per_s: float
     link: str  # the interconnect's name
-    # GPUs only, what XLA's GPU compiler reads of the device when it compiles without one (bolt_jax.aot.topology):
-    # streaming multiprocessors, L2 bytes, boost clock, compute capability, and the memory the driver reports
     # GPUs only: what one GPU sends per second, one way, to GPUs in other hosts (its share of the host's network
     # adapters), the rate a ring across hosts runs at
     network_bytes_per_s: float = 0.0
     network: str = ""
+    # GPUs only, what XLA's GPU compiler reads of the device when it compiles without one (bolt_jax.aot.topology):
+    # streaming multiprocessors, L2 bytes, boost clock, compute capability, and the memory the driver reports
     sms: int = 0
     l2_bytes: int = 0
     clock_ghz: float = 0.0
