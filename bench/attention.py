@@ -429,7 +429,8 @@ def table(a) -> dict:
     return out
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """This script's arguments (bench/gpu_preflight.py parses the headline's with it)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=2048)
@@ -449,6 +450,11 @@ def main() -> None:
     p.add_argument("--mosaic_rows", default="mosaic_gpu,mosaic_gpu_causal", help="rows the Mosaic variants run on")
     p.add_argument("--smoke", action="store_true", help="tiny shapes for CPU (explicit arguments win)")
     p.add_argument("--json", default="", help="write every row, with its samples, to this JSON file")
+    return p
+
+
+def main() -> None:
+    p = parser()
     a = p.parse_args()
     if a.smoke:
         smoke_defaults(a, p, batch=1, seq=256, heads=4, kv_heads=2, head_dim=64)

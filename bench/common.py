@@ -21,15 +21,23 @@ xla_flags.apply_defaults()  # before jax starts its backend, as `python -m bolt_
 import jax  # noqa: E402
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def commit() -> str:
-    """The commit measured. BOLT_COMMIT wins: a copy of the tree without .git (a lent GPU) still names its commit."""
+    """The commit measured, with "+changes" when the working tree differs from it outside bench/results (a result of
+    uncommitted code says so). BOLT_COMMIT wins: a copy of the tree without .git (a lent GPU) still names its
+    commit."""
     if os.environ.get("BOLT_COMMIT"):
         return os.environ["BOLT_COMMIT"]
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True, cwd=REPO).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--", ".", ":(exclude)bench/results"],
+                                 capture_output=True, text=True, check=True, cwd=REPO).stdout.strip()
     except Exception:  # noqa: BLE001
         return "unknown"
+    return head + ("+changes" if changed else "")
 
 
 def device_kind() -> str:

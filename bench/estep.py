@@ -244,7 +244,8 @@ def markdown(a, results: dict, same: bool | None, ratio: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """This script's arguments (bench/gpu_preflight.py parses the headline's with it)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="tinyllama_1.1b")
     p.add_argument("--docs", type=int, default=256)
@@ -262,6 +263,11 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="tiny model on CPU: 36 chunks in 3 batches, 16 slots")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
     p.add_argument("--json", default="", help="also write the JSON result to this exact path (bench/headline.py)")
+    return p
+
+
+def main() -> None:
+    p = parser()
     a = p.parse_args()
     if a.smoke:
         # three sampler calls, so the overlap of scoring batch b with sampling batch b+1 has something to overlap

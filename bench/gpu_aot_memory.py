@@ -63,14 +63,14 @@ def measured(log: str, batch: int, attention: str, layers: str) -> dict:
     raise ValueError(f"{log} has no row for micro-batch {batch}, attention {attention}, layers {layers}")
 
 
-def predicted(batch: int, docs: int, attention: str, layers: str, devices) -> dict:
-    """The train step compiled for one H100 without one: the compiler's memory and the compile's seconds."""
+def predicted(batch: int, docs: int, attention: str, layers: str, devices, *, seq_len: int = 2048,
+              remat: str = "none", preset: str = "tinyllama_1.1b_bolt") -> dict:
+    """The train step compiled for one GPU without one: the compiler's memory and the compile's seconds."""
     from train_step import build_config
 
     from bolt_jax.aot.report import memory_bytes
     from bolt_jax.train.loop import TrainSetup
-    c = build_config("tinyllama_1.1b_bolt", 2048, batch, "none", attention, steps=10, scan=layers == "scan",
-                     docs=docs)
+    c = build_config(preset, seq_len, batch, remat, attention, steps=10, scan=layers == "scan", docs=docs)
     t0 = time.perf_counter()
     setup = TrainSetup(c, devices)
     with setup.mesh_context():
@@ -78,19 +78,22 @@ def predicted(batch: int, docs: int, attention: str, layers: str, devices) -> di
     return {"memory_bytes": memory_bytes(compiled), "compile_s": time.perf_counter() - t0}
 
 
-def score_memory(rows: int, devices) -> dict:
-    """The scorer's compiled pass for `rows` rows of 2048 tokens on one GPU: its memory and compile seconds."""
+def score_memory(rows: int, devices, *, seq: int = 2048, preset: str = "tinyllama_1.1b_bolt", vocab: int = 0,
+                 max_positions: int = 0) -> dict:
+    """The scorer's compiled pass for `rows` rows of `seq` tokens on one GPU (`vocab`, `max_positions`: the
+    preset's when 0, as bench/score.py takes them): its memory and compile seconds."""
     import jax
     import jax.numpy as jnp
 
     from bolt_jax import parallel
     from bolt_jax.aot.report import abstract_sampler_model, memory_bytes
-    from bolt_jax.model import preset
+    from bolt_jax.model import preset as preset_config
     from bolt_jax.sampling.scorer import _score_core
-    cfg = preset("tinyllama_1.1b_bolt", param_dtype="bfloat16", compute_dtype="bfloat16")
+    overrides = {k: v for k, v in (("vocab_size", vocab), ("max_position_embeddings", max_positions)) if v}
+    cfg = preset_config(preset, param_dtype="bfloat16", compute_dtype="bfloat16", **overrides)
     mesh = parallel.make_mesh({}, devices)
     graphdef, params = abstract_sampler_model(cfg, mesh)
-    ids = jax.ShapeDtypeStruct((rows, 2048), jnp.int32, sharding=parallel.batch_sharding(mesh, 2))
+    ids = jax.ShapeDtypeStruct((rows, seq), jnp.int32, sharding=parallel.batch_sharding(mesh, 2))
     t0 = time.perf_counter()
     with parallel.use_mesh(mesh):
         compiled = _score_core.lower(graphdef, params, ids, ids, ids, chunk_size=512).compile()

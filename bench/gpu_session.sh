@@ -17,7 +17,9 @@
 #   (for the tokamax rows, the same with --no-deps for: tokamax==0.0.17 einshape immutabledict jaxtyping wadler-lindig
 #    pydantic pydantic-core annotated-types typing-inspection qwix xprof fire termcolor gviz-api tqdm tensorboardx,
 #    adding --platform manylinux_2_27_x86_64 --platform any; about 37 MB in all)
-# and pass carry=[".whl"] to the device tool's run, e.g. command:
+# and check, here, that every headline program fits the lent GPU's memory (bench/gpu_preflight.py: 6 minutes, no GPU):
+#   JAX_PLATFORMS=cpu python bench/gpu_preflight.py --gpu h100     # or --gpu h200
+# then pass carry=[".whl"] to the device tool's run, e.g. command:
 #   BOLT_COMMIT=$(git rev-parse --short HEAD) bash bench/gpu_session.sh headline      (timeout_s 600)
 set -u
 OUT=${OUT:-/tmp/bolt_out}

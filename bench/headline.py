@@ -28,6 +28,7 @@ thoughts at ~30k tokens/s); decode ~130 s (b256: compile 20, 6 calls of 2.3 s, t
 compile 20, 6 calls of ~6.5 s, one-token calls of ~2 s). About 400 s (7 minutes), uncertain by a few minutes: the
 steps run in the order of STEPS, each under its timeout and the `--budget_s` (540 s) left, so a run that outgrows
 the device tool's 10 minutes loses its last figures (decode at batch 1024 last of all), not the whole headline.
+Whether each step's programs fit the GPU's memory is checked without one, on a CPU machine: bench/gpu_preflight.py.
 """
 
 from __future__ import annotations

@@ -111,7 +111,8 @@ def print_rows(a, rows: list[dict]) -> None:
               f"{bound or float('nan'):15,.0f} {frac:>12}")
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """This script's arguments (bench/gpu_preflight.py parses the headline's with it)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="tinyllama_1.1b_bolt")
     p.add_argument("--batch", default="256")
@@ -128,6 +129,11 @@ def main() -> None:
                                                   "(read it with bench/trace_summary.py)")
     p.add_argument("--smoke", action="store_true", help="tiny shapes on CPU (explicit arguments win)")
     p.add_argument("--json", default="", help="write the rows, with every sample, to this JSON file")
+    return p
+
+
+def main() -> None:
+    p = parser()
     a = p.parse_args()
     from bolt_jax import kernels, parallel
     from bolt_jax.model import create_model, preset

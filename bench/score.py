@@ -44,7 +44,8 @@ def bench(a) -> dict:
             "tokens_per_s": seconds.map(lambda t: tokens / t).summary()}
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """This script's arguments (bench/gpu_preflight.py parses the headline's with it)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="tinyllama_1.1b_bolt")
     p.add_argument("--vocab", type=int, default=0, help="vocabulary size (0: the preset's)")
@@ -55,6 +56,11 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--smoke", action="store_true", help="tiny shapes on CPU (explicit arguments win)")
     p.add_argument("--json", default="", help="write the figures, with every sample, to this JSON file")
+    return p
+
+
+def main() -> None:
+    p = parser()
     a = p.parse_args()
     if a.smoke:
         smoke_defaults(a, p, preset="tiny", vocab=32004, seq=128, sequences=8)  # the BoLT vocab's log-softmax

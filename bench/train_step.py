@@ -111,7 +111,8 @@ def run_child(a, batch: int, remat: str, attention: str, layers: str) -> dict:
     return {"batch": batch, "remat": remat, "attention": attention, "layers": layers, "error": msg.strip()[:100]}
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """This script's arguments (bench/gpu_preflight.py parses the headline's with it)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="tinyllama_1.1b_bolt")
     p.add_argument("--seq_len", type=int, default=2048)
@@ -128,6 +129,11 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="tiny shapes, for CPU (explicit arguments win)")
     p.add_argument("--json", default="", help="write the rows, with every sample, to this JSON file")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def main() -> None:
+    p = parser()
     a = p.parse_args()
     if a.smoke:
         smoke_defaults(a, p, preset="tiny", seq_len=64, micro_batches="8", warmup=1)

@@ -122,3 +122,32 @@ def test_cudnn_baselines_lower_for_cuda(monkeypatch):
             shapes = [jax.ShapeDtypeStruct(t.shape, t.dtype) for t in inputs]
             text = jax.export.export(jax.jit(fn), platforms=["cuda"], disabled_checks=unchecked)(*shapes).mlir_module()
             assert "__cudnn$fmhaSoftmax" in text, c.name
+
+
+def test_preflight_reads_every_steps_arguments_from_the_headline():
+    """bench/gpu_preflight.py compiles what the headline runs, its arguments parsed from headline.STEPS by each
+    script's own parser: a step whose arguments its script no longer takes fails here, not on a lent GPU."""
+    import gpu_preflight  # bench/gpu_preflight.py
+    for step in headline.STEPS:
+        args = gpu_preflight.headline_args(step.name)
+        assert vars(args), step.name
+    assert set(gpu_preflight.PROGRAMS) == {s.name for s in headline.STEPS} - {"attention"}
+    decode = gpu_preflight.headline_args("decode")
+    assert (decode.batch, decode.new) == ("256,1024", 512)
+
+
+@pytest.mark.slow  # compiles TinyLlama's scorer and static sampler for an H100 on this CPU: about 40 s
+def test_preflight_predicts_the_headlines_memory_on_an_h100(tmp_path):
+    from bolt_jax.aot.topology import cuda_plugin
+    if cuda_plugin() is None:
+        pytest.skip("jax's CUDA plugin is not installed (the test extra has it)")
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "gpu_preflight.py"), "--only", "score,decode",
+                        "--results", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (path,) = [p for p in os.listdir(tmp_path) if p.endswith(".json")]
+    rows = json.load(open(tmp_path / path))["rows"]
+    assert [r["step"] for r in rows] == ["score", "decode", "decode"]
+    # the batch-1024 call holds its KV cache (22 layers x 1024 rows x 1024 positions x 256 x 2 x bf16 = 22 GiB)
+    cache_gib = 2 * 22 * 1024 * 1024 * 256 * 2 / 2**30
+    assert cache_gib < rows[2]["gib"] < cache_gib + 12 and all(r["fits_default_fraction"] for r in rows)

@@ -59,11 +59,13 @@ def _blocks(b: int, t: int, kd: int, itemsize: int, block_rows: int, block_t: in
     return bb, bt
 
 
-def _kernel(len_ref, nblk_ref, q_ref, k_ref, v_ref, seg_ref, o_ref, lse_ref, m_sc, l_sc, acc_sc, *, scale: float,
-            rows: int, block_t: int):
+def _kernel(len_ref, nblk_ref, q_ref, k_ref, v_ref, seg_ref, o_ref, *refs, scale: float, rows: int, block_t: int,
+            with_lse: bool):
     """One (row block, time block) step: for each of the block's rows, scores against the time block's keys and
     the online softmax update. Time blocks at or past a row's length are skipped (and not fetched past the row
-    block's longest)."""
+    block's longest). `refs`: the lse output when `with_lse` (a sampler step asks for none: its [B, R, 1] block
+    would be written lane-padded to 128 every step), then the three scratch buffers."""
+    lse_ref, (m_sc, l_sc, acc_sc) = (refs[0] if with_lse else None), refs[-3:]
     i, j = pl.program_id(0), pl.program_id(1)
 
     @pl.when(j == 0)
@@ -95,7 +97,8 @@ def _kernel(len_ref, nblk_ref, q_ref, k_ref, v_ref, seg_ref, o_ref, lse_ref, m_s
     def _finish():
         l = l_sc[...]
         o_ref[...] = acc_sc[...] / jnp.where(l == 0.0, 1.0, l)
-        lse_ref[...] = jnp.where(l > 0.0, m_sc[...] + jnp.log(jnp.where(l > 0.0, l, 1.0)), NEG)
+        if with_lse:
+            lse_ref[...] = jnp.where(l > 0.0, m_sc[...] + jnp.log(jnp.where(l > 0.0, l, 1.0)), NEG)
 
 
 def pallas_tpu_decode_attention(q_BxQxHxD, k_cache_BxTxKD, v_cache_BxTxKD, *, kv_segment_ids_BxT, lengths_B,
@@ -139,15 +142,15 @@ def pallas_tpu_decode_attention(q_BxQxHxD, k_cache_BxTxKD, v_cache_BxTxKD, *, kv
                   pl.BlockSpec((bb, bt, kd), kv_index),
                   pl.BlockSpec((bb, 1, bt), seg_index)],
         out_specs=[pl.BlockSpec((bb, r_pad, kd), lambda i, j, *_: (i, 0, 0)),
-                   pl.BlockSpec((bb, r_pad, 1), lambda i, j, *_: (i, 0, 0))],
+                   pl.BlockSpec((bb, r_pad, 1), lambda i, j, *_: (i, 0, 0))][:2 if return_lse else 1],
         scratch_shapes=[pltpu.VMEM((bb, r_pad, 1), jnp.float32), pltpu.VMEM((bb, r_pad, 1), jnp.float32),
                         pltpu.VMEM((bb, r_pad, kd), jnp.float32)],
     )
-    out_BxRxKD, lse_BxRx1 = pl.pallas_call(
-        functools.partial(_kernel, scale=scale, rows=bb, block_t=bt),
+    out_BxRxKD, *lse_BxRx1 = pl.pallas_call(
+        functools.partial(_kernel, scale=scale, rows=bb, block_t=bt, with_lse=return_lse),
         grid_spec=grid_spec,
         out_shape=[jax.ShapeDtypeStruct((b, r_pad, kd), jnp.float32),
-                   jax.ShapeDtypeStruct((b, r_pad, 1), jnp.float32)],
+                   jax.ShapeDtypeStruct((b, r_pad, 1), jnp.float32)][:2 if return_lse else 1],
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary")),
         interpret=interpret, name="bolt_decode_attention_tpu",
     )(lengths, blocks_needed, q_BxRxKD, k_cache_BxTxKD, v_cache_BxTxKD,
@@ -158,4 +161,4 @@ def pallas_tpu_decode_attention(q_BxQxHxD, k_cache_BxTxKD, v_cache_BxTxKD, *, kv
     out = out.reshape(b, nq, h, d).astype(q_BxQxHxD.dtype)
     if not return_lse:
         return out
-    return out, lse_BxRx1[:, :rows_q, 0].reshape(b, nq, h)
+    return out, lse_BxRx1[0][:, :rows_q, 0].reshape(b, nq, h)
