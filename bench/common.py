@@ -20,7 +20,6 @@ xla_flags.apply_defaults()  # before jax starts its backend, as `python -m bolt_
 
 import jax  # noqa: E402
 
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
