@@ -87,6 +87,29 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+DRY_RUN_WORKFLOWS = ("train", "bootstrap", "smol_gsm8k")  # the workflows that honour config.dry_run
+
+
+def add_dry_run(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The compile-only dry run's keys, in the configs whose workflow honours them (DRY_RUN_WORKFLOWS; for another
+    workflow `validate_dry_run` refuses dry_run=True). Not in `base_config`: a config without them cannot set them."""
+    c.dry_run = False  # True: compile the run's largest programs and print per-device memory; run and write nothing
+    # With dry_run: compile for this topology instead of the local devices (v5e:8x8, v5p:4x4x8, h100:8, h200:4x8, up
+    # to 256 chips; or cpu:N standing in for N GPUs), the E-step sampler too; memory, collectives, roofline step time
+    # (bolt_jax.aot)
+    c.aot_topology = ""
+    c.aot_chip = ""  # cpu:N only: whose published figures predict the step time (h100, h200)
+    c.aot_report = ""  # a path: the AOT report as JSON too
+    return c
+
+
+def validate_dry_run(c: ml_collections.ConfigDict) -> None:
+    """dry_run=True only where the workflow honours it (never silently ignored)."""
+    if c.get("dry_run", False) and c.workflow not in DRY_RUN_WORKFLOWS:
+        raise ValueError(f"config.dry_run=True: the {c.workflow} workflow has no compile-only dry run (those with "
+                         f"one: {', '.join(DRY_RUN_WORKFLOWS)}); the command line's --dry_run validates any config")
+
+
 def make_sampling_mesh(c: ml_collections.ConfigDict, devices=None):
     """The mesh of `config.sampling_mesh` (see `base_config`), for every workflow that samples or scores."""
     from bolt_jax.parallel import make_mesh
@@ -117,6 +140,7 @@ def validate_common(c: ml_collections.ConfigDict, num_devices: int | None = None
     except (ValueError, TypeError, FileNotFoundError) as e:
         raise ValueError(f"config.model: {e}") from None
     from bolt_jax.aot.topology import validate as validate_aot
+    validate_dry_run(c)
     validate_aot(c)  # aot_topology / aot_chip: known names, a dry run, the devices there
     for key in ("mesh", "sampling_mesh"):
         if key not in c:

@@ -199,7 +199,7 @@ def run_line(config) -> str:
 # it) in these functions and classes is its documentation, read from their source, so each key's doc has one home.
 # Besides these two, a section `x` is defined by the `def default_x_config()` found under bolt_jax (section_sources).
 ROOT_SOURCES: dict[str, list[str]] = {
-    "": ["bolt_jax.config:base_config"],
+    "": ["bolt_jax.config:base_config", "bolt_jax.config:add_dry_run"],
     "model": ["bolt_jax.config:model_config_dict", "bolt_jax.model.config:LlamaConfig"],
 }
 _DEFAULT_FN = re.compile(r"default_(\w+)_config")

@@ -15,7 +15,7 @@ iteration about 6 hours of M-step and about 12 hours of E-step (about 17.7B samp
 Rerunning the same command resumes at the stage and step where a run stopped.
 """
 
-from bolt_jax.config import base_config, model_config_dict
+from bolt_jax.config import add_dry_run, base_config, model_config_dict
 from bolt_jax.data.pipeline import default_data_config
 from bolt_jax.estep.run import default_estep_config
 from bolt_jax.eval.periodic import default_train_eval_config
@@ -36,6 +36,10 @@ def get_config(trial: str = "0"):
     c.data.seq_len = 2048
     c.train = default_train_config()
     c.train.global_batch_size = 192
+    # two micro-steps of 96 (12 sequences per GPU on 8): in one step of 192 the M-step needs 61.4 GiB per H100, above
+    # the 75% of its 80 GiB that jax takes by default; in two of 96, 35.9 (--config.dry_run=True
+    # --config.aot_topology=h100:8, BENCHMARKS.md). On 8 H200s, --config.train.micro_batch_size=0 fits (one step).
+    c.train.micro_batch_size = 96
     c.train.eval_every = 2500
     c.train.eval_batches = 16
     c.train.save_every = 2500
@@ -56,4 +60,5 @@ def get_config(trial: str = "0"):
     c.estep.chunks_per_batch = 256
     if trial != "0":
         c.bootstrap.reuse_estep_from = "runs/bootstrap_fixed/trial_0"
+    add_dry_run(c)  # --config.dry_run=True --config.aot_topology=h100:8: memory and roofline of its programs
     return c

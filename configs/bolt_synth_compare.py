@@ -10,7 +10,7 @@ Inputs: the converted base model (`python -m convert hf-to-orbax --hf-dir TinyLl
 (paths below; override them).
 """
 
-from bolt_jax.config import base_config, model_config_dict
+from bolt_jax.config import add_dry_run, base_config, model_config_dict
 from bolt_jax.data.pipeline import default_data_config
 from bolt_jax.eval.periodic import default_train_eval_config
 from bolt_jax.train.loop import default_train_config
@@ -41,6 +41,10 @@ def get_config(data_type: str = "latent_thoughts", trial: str = "0"):
     c.train = default_train_config()
     c.train.init_checkpoint = "checkpoints/tinyllama_bolt"
     c.train.global_batch_size = 96
+    # two micro-steps of 48 (12 sequences per GPU on 4): in one step of 96 the train step needs 61.4 GiB per H100,
+    # above the 75% of its 80 GiB that jax takes by default; in two of 48, 38.2 (--config.dry_run=True
+    # --config.aot_topology=h100:4, BENCHMARKS.md). On 4 H200s, --config.train.micro_batch_size=0 fits (one step).
+    c.train.micro_batch_size = 48
     c.train.steps = 40_690
     c.train.eval_every = 2500
     c.train.eval_batches = 16
@@ -53,4 +57,5 @@ def get_config(data_type: str = "latent_thoughts", trial: str = "0"):
                         math_path="data/math/test.jsonl")
     c.train_eval.also_at = "500,1250"  # the original's must_eval_steps
     c.optim = default_optim_config()  # lr 1e-4, warmup 1000, cosine to 1e-6, AdamW (0.9, 0.95), wd 0.01, clip 1.0
+    add_dry_run(c)  # --config.dry_run=True --config.aot_topology=h100:4: memory and roofline of its train step
     return c

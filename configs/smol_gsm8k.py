@@ -16,7 +16,7 @@ Sized for at most 10 minutes on one H100 or H200; not measured there yet (the RE
 `:smoke` runs every stage for a few steps on a handful of problems (same model, same code paths) on a CPU.
 """
 
-from bolt_jax.config import base_config, model_config_dict
+from bolt_jax.config import add_dry_run, base_config, model_config_dict
 from bolt_jax.data.pipeline import default_data_config
 from bolt_jax.estep.run import default_estep_config
 from bolt_jax.train.loop import default_train_config
@@ -62,6 +62,7 @@ def get_config(variant: str = ""):
     # a document is a question paragraph and an answer paragraph: one chunk per paragraph (as the toy demo)
     c.estep.update(num_samples=4, max_new_tokens=256, max_prompt_len=512, max_tokens=1024, split_mode="paragraph",
                    random_chunking=False, units_per_chunk=1, chunks_per_batch=256)
+    add_dry_run(c)  # --config.dry_run=True --config.aot_topology=h100:1: memory and roofline of its programs
     if variant == "smoke":
         smoke(c)
     return c

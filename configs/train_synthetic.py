@@ -2,7 +2,7 @@
 
 import ml_collections
 
-from bolt_jax.config import base_config, model_config_dict
+from bolt_jax.config import add_dry_run, base_config, model_config_dict
 from bolt_jax.estep.run import default_estep_config
 from bolt_jax.train.loop import default_train_config
 from bolt_jax.train.optim import default_optim_config
@@ -20,13 +20,7 @@ def get_config(preset: str = "tiny"):
     c.optim.lr = 1e-3
     c.optim.warmup_steps = 5
     c.data = ml_collections.ConfigDict({"source": "synthetic", "seq_len": 64, "synthetic_docs_per_row": 2})
-    c.dry_run = False  # True: compile the step and print per-device memory, run nothing
-    # With dry_run: compile for this topology instead of the local devices (v5e:8x8, v5p:4x4x8, h100:8, h200:4x8, up
-    # to 256 chips; or cpu:N standing in for N GPUs), the E-step sampler too; memory, collectives, roofline step time
-    # (bolt_jax.aot)
-    c.aot_topology = ""
-    c.aot_chip = ""  # cpu:N only: whose published figures predict the step time (h100, h200)
-    c.aot_report = ""  # a path: the AOT report as JSON too
+    add_dry_run(c)  # dry_run, aot_topology, aot_chip, aot_report (bolt_jax.config.add_dry_run)
     # The E-step whose sampler an AOT dry run compiles (its shape: num_samples, chunks_per_batch, decode_slots,
     # max_prompt_len, max_new_tokens, prefix_sharing); training reads none of it
     c.estep = default_estep_config()

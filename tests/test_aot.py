@@ -215,6 +215,21 @@ def test_hbm_bytes_count_slices_and_in_place_updates_per_trip():
     assert sum(b for b, _ in a.hbm_breakdown.values()) == pytest.approx(a.hbm_bytes_all)
 
 
+def test_hbm_bytes_of_asynchronous_fusions_are_their_fused_computations():
+    """The GPU compiler wraps some fusions in a loop as `fusion-start` / `fusion-done` (a scanned layer's slices and
+    in-place updates of its stacked residuals): counted as the fusion they wrap, not as every buffer in their shape
+    (that counted the whole stacked buffer, read and written, on every trip: about 4x a SmolLM2 train step's bytes)."""
+    text = SLICES_HLO.replace(
+        "%y = f32[256]{0} fusion(%xs, %i), kind=kLoop, calls=%fused_row",
+        "%ys_s = ((f32[6,256]{1,0}, s32[]), f32[256]{0}, u32[]) fusion-start(%xs, %i), kind=kLoop, calls=%fused_row\n"
+        "  %y = f32[256]{0} fusion-done(%ys_s)").replace(
+        "%ys2 = f32[6,256]{1,0} fusion(%ys, %y, %i), kind=kLoop, calls=%fused_put",
+        "%put_s = ((f32[6,256]{1,0}, f32[256]{0}, s32[]), f32[6,256]{1,0}, u32[]) fusion-start(%ys, %y, %i), "
+        "kind=kLoop, calls=%fused_put\n  %ys2 = f32[6,256]{1,0} fusion-done(%put_s)")
+    assert text.count("fusion-start") == 2
+    assert hlo.analyze(text, num_devices=1).hbm_bytes == hlo.analyze(SLICES_HLO, num_devices=1).hbm_bytes
+
+
 # A matmul fusion whose weight passes through a nested fusion that only re-views it (as the TPU compiler nests one
 # around a decode step's weights): the weight is read whole by the dot, once per execution.
 NESTED_HLO = """HloModule jit_step
@@ -441,6 +456,46 @@ def test_tiny_model_compiles_for_h100s_in_two_hosts(tmp_path, capsys, caplog):
     out = capsys.readouterr().out
     assert "ahead-of-time compile for h100:2x4: 8 NVIDIA H100 80GB HBM3 GPUs (2 hosts of 4)" in out
     assert "compiled by XLA's GPU compiler without a GPU" in out and "cross hosts" in out
+
+
+def load_config(name: str, variant: str = ""):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(variant)
+
+
+@needs_cuda_plugin
+def test_em_dry_run_compiles_its_stages_for_an_h100_and_touches_no_file(tmp_path, capsys):
+    """configs/smol_gsm8k.py with --config.dry_run and an H100 target (its model shrunk to 2 layers of 256): the
+    M-step's train step with the E-step sampler's prefill and decode at the E-step's shape, and the warmstart's train
+    step at its own batch; the GGUF, the GSM8K files and the run directory are never touched."""
+    from bolt_jax import workflows
+    c = load_config("smol_gsm8k")
+    c.model.update(num_hidden_layers=2, hidden_size=256, intermediate_size=512, num_attention_heads=4,
+                   num_key_value_heads=2, vocab_size=1024)
+    c.run_dir, c.smol.gsm8k_dir, c.smol.gguf = str(tmp_path / "run"), str(tmp_path / "none"), str(tmp_path / "x")
+    c.dry_run, c.aot_topology = True, "h100:1"
+    workflows.validate(c, check_files=True)  # nothing it would read has to exist
+    reports = workflows.run(c)
+    assert list(reports) == ["mstep", "warmstart"] and not os.path.exists(tmp_path / "run")
+    mstep, warm = reports["mstep"], reports["warmstart"]
+    assert [f["name"] for f in mstep["functions"]] == ["train_step", "prefill", "decode"]
+    assert [f["name"] for f in warm["functions"]] == ["train_step"]
+    assert "global batch 32 x 512" in mstep["functions"][0]["what"] and "16 x 512" in warm["functions"][0]["what"]
+    assert "256 slots, cache 768 positions (512 prompt + 256 new)" in mstep["functions"][2]["what"]
+    assert all(f["fits"] for r in reports.values() for f in r["functions"])
+    out = capsys.readouterr().out
+    assert "== M-step (and the raw baselines): global batch 32 x 512" in out and "== warmstart" in out
+
+
+def test_dry_run_is_refused_by_a_workflow_without_one(tmp_path):
+    from bolt_jax import workflows
+    from bolt_jax.config import add_dry_run, base_config
+    c = add_dry_run(base_config())
+    c.workflow, c.dry_run = "estep", True
+    with pytest.raises(ValueError, match="the estep workflow has no compile-only dry run"):
+        workflows.validate(c)
 
 
 def _h100_compile(fn, *shapes):

@@ -103,7 +103,7 @@ def test_describe_lists_every_key_with_its_doc(tmp_path):
     assert rows["train.global_batch_size"].endswith("sequences per optimizer step, over all processes")
     assert "base learning rate" in rows["optim.lr"] and "wandb" in rows["train.tracker"]
     assert "attention" in rows["model.attention_impl"]  # a model field's comment (LlamaConfig)
-    assert "True: compile the step" in rows["dry_run"]  # a key only the config file defines, documented there
+    assert "True: compile the run's largest programs" in rows["dry_run"]  # documented in config.add_dry_run
     n, undocumented = map(int, re.fullmatch(r"(\d+) keys, (\d+) undocumented", lines[-1]).groups())
     assert n == len(rows) and 0 < undocumented < n
     assert not (tmp_path / "never").exists()  # nothing ran

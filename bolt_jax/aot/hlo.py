@@ -40,6 +40,7 @@ _FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "whil
          "copy-done", "send-done", "recv-done"}
 # Ops that update their first operand in place: opcode -> the operand index of the update they write.
 _IN_PLACE = {"dynamic-update-slice": 1, "scatter": 2}
+_FUSIONS = {"fusion", "fusion-start"}
 # Callers whose computations run as control flow (their instructions touch HBM); fusions and reduction lambdas don't.
 _CONTROL_CALLERS = {"while", "conditional", "call", "async-start"}
 _CALL_ATTR = re.compile(r"\b(condition|body|to_apply|calls|branch_computations|true_computation|false_computation|"
@@ -458,7 +459,9 @@ class HbmBytes:
 
     def instruction(self, comp: Computation, inst: Instruction) -> float:
         operands = [comp.by_name[o] for o in inst.operands if o in comp.by_name]
-        fused = self.module.get(inst.callees()[0]) if inst.opcode == "fusion" and inst.callees() else None
+        # a fusion, or an asynchronous one (the GPU compiler's `fusion-start`: the same fused computation and operands,
+        # its shape ((operands), result, context) being no bytes it moves; `fusion-done` moves none)
+        fused = self.module.get(inst.callees()[0]) if inst.opcode in _FUSIONS and inst.callees() else None
         if fused is None:
             if inst.opcode == "slice-start":  # ((operand), slice, context): reads the slice, writes it where it goes
                 piece = arrays_of(inst.shape)[1]

@@ -259,16 +259,18 @@ def sampler_reports(config: ml_collections.ConfigDict, setup, target: Target) ->
 
 
 # ------------------------------------------------------------------------------------------------------ together
-def run(config: ml_collections.ConfigDict, setup, target: Target) -> dict[str, Any]:
-    """All three functions for the target: the report dict, printed on process 0 and written to
-    `config.aot_report` as JSON when set."""
+def run(config: ml_collections.ConfigDict, setup, target: Target, sampler: bool = True) -> dict[str, Any]:
+    """All three functions for the target (the train step alone without `sampler`): the report dict, printed on
+    process 0 and written to `config.aot_report` as JSON when set."""
     report = {
         "topology": target.name, "platform": target.platform, "chips": target.num_devices,
         "devices": target.describe(), "chip": target.chip.name, "chip_figures": chip_figures(target),
         "mesh": {a: int(setup.mesh.shape[a]) for a in parallel.MESH_AXES},
         "model": config.model.get("hf_config") or config.model.get("preset", ""),
+        "params": setup.model_cfg.num_params(),
         "note": ROOFLINE_NOTE,
-        "functions": [train_report(config, setup, target), *sampler_reports(config, setup, target)],
+        "functions": [train_report(config, setup, target), *(sampler_reports(config, setup, target) if sampler
+                                                              else [])],
     }
     if jax.process_index() == 0:
         print(format_report(report, target))
@@ -361,7 +363,8 @@ def _function_lines(f: dict[str, Any], target: Target) -> list[str]:
 def format_report(report: dict[str, Any], target: Target) -> str:
     """The console form of `run`'s report."""
     lines = [f"ahead-of-time compile for {target.describe()}, mesh "
-             + " x ".join(f"{k}={v}" for k, v in report["mesh"].items()),
+             + " x ".join(f"{k}={v}" for k, v in report["mesh"].items())
+             + f"; model {report['model'] or 'from config.model'} ({report['params'] / 1e6:,.1f}M parameters)",
              f"  chip figures (datasheets, bolt_jax/runtime/chips.py): {target.chip.describe()}"]
     if target.platform == "cpu":
         lines.append("  compiled by the CPU compiler as a stand-in: memory is its buffer assignment, attention the XLA "

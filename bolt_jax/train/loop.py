@@ -298,14 +298,15 @@ def _bytes_per_device(tree) -> int:
     return total
 
 
-def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
+def dry_run(config: ml_collections.ConfigDict, sampler: bool = True) -> dict[str, Any]:
     """Compiles the train step for the configured mesh without allocating the state; prints per-device memory. With
     `config.aot_topology`, for that topology instead (a TPU slice, N GPUs, or N CPU devices standing in for GPUs), and
-    the E-step sampler's prefill and decode too, with collectives and a roofline step time (bolt_jax.aot.report)."""
+    with `sampler` the E-step sampler's prefill and decode too, with collectives and a roofline step time
+    (bolt_jax.aot.report)."""
     from bolt_jax.aot import report as aot
     if config.get("aot_topology"):
         config, target, devices = aot.prepare(config)
-        return aot.run(config, TrainSetup(config, devices), target)
+        return aot.run(config, TrainSetup(config, devices), target, sampler=sampler)
     setup = TrainSetup(config)
     t0 = time.perf_counter()
     with setup.mesh_context():

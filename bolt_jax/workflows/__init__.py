@@ -171,7 +171,10 @@ def model_summary(config: ml_collections.ConfigDict) -> dict:
 def train(config: ml_collections.ConfigDict):
     """M-step: train (or resume) on the configured data; checkpoints, metrics, validation."""
     from bolt_jax.eval.periodic import evaluators_for
+    from bolt_jax.train.loop import dry_run
     from bolt_jax.train.loop import train as run_train
+    if config.get("dry_run", False):  # compiles only: no evaluator (they load tokenizers and benchmarks)
+        return dry_run(config)
     return run_train(config, evaluators_for(config))
 
 

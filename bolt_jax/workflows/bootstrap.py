@@ -326,10 +326,33 @@ def count_tokens(path: str, tokenizer_path: str, latent_type: str, limit: int = 
 
 
 # ------------------------------------------------------------------------------------------------ driver
+def dry_run_stages(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """`config.dry_run`: the run's largest programs compiled as its stages derive them (`_train_config`), nothing
+    run, read or written (`bolt_jax.train.loop.dry_run`): the M-step's train step and, with `config.aot_topology`,
+    the E-step sampler's prefill and decode at the E-step's shape, with memory, collectives and roofline times
+    (bolt_jax.aot); the warmstart's train step too where its batch differs (bootstrap.warmstart_global_batch_size).
+    The baselines train the M-step's program; not compiled: a toy base's pretraining, the E-step's scorer and the
+    evaluations' programs."""
+    from bolt_jax.train.loop import dry_run
+    b = config.bootstrap
+    reports = {}
+    for name, steps, sampler in (("iter_1", b.iteration_steps, True), ("warmstart", b.warmstart_steps, False)):
+        c = _train_config(config, name, data_path="", latent_type="random", steps=max(1, steps), init="")
+        if name == "warmstart" and c.train.global_batch_size == config.train.global_batch_size:
+            break  # the M-step's program
+        print(f"== {'M-step (and the raw baselines)' if sampler else 'warmstart'}: global batch "
+              f"{c.train.global_batch_size} x {c.data.seq_len}", flush=True)
+        reports["mstep" if sampler else "warmstart"] = dry_run(c, sampler=sampler)
+    return reports
+
+
 def run_bootstrap(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Base (or a given checkpoint), warmstart, the EM iterations, the raw baselines, evaluations, the report.
     Every stage is keyed by its settings (`bolt_jax.workflows.manifest`): a rerun skips what is current, and a
-    change is refused or redone with everything after it (`bootstrap.on_change`)."""
+    change is refused or redone with everything after it (`bootstrap.on_change`). `config.dry_run`: compiles only
+    (`dry_run_stages`)."""
+    if config.get("dry_run", False):
+        return dry_run_stages(config)
     b = config.bootstrap
     run_dir = os.path.abspath(config.run_dir)
     os.makedirs(run_dir, exist_ok=True)

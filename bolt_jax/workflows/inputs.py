@@ -129,6 +129,8 @@ def _bootstrap_inputs(config: ml_collections.ConfigDict) -> list[Entry]:
 def inputs_of(config: ml_collections.ConfigDict) -> list[Entry]:
     """The inputs `config.workflow` reads: (dotted key, kind, required), in the order they are reported."""
     w = config.workflow
+    if config.get("dry_run", False):
+        return []  # compiles only, from the config's shapes: reads no file
     if w == "train":
         return _train_inputs(config) + _train_eval_inputs(config)
     if w in ("bootstrap", "demo", "demo_k_sweep"):

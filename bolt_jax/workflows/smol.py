@@ -75,7 +75,9 @@ def run_smol_gsm8k(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """BoLT on GSM8K with SmolLM2-135M: GGUF + BoLT tokens, warmstart, EM iterations, raw baselines, test accuracy."""
     from bolt_jax.config import derive
     from bolt_jax.data.gsm8k import write_gsm8k_data
-    from bolt_jax.workflows.bootstrap import run_bootstrap
+    from bolt_jax.workflows.bootstrap import dry_run_stages, run_bootstrap
+    if config.get("dry_run", False):  # compiles the stages' programs from the config's model fields; needs no file
+        return dry_run_stages(config)
     s = config.smol
     run_dir = os.path.abspath(config.run_dir)
     train_path, test_path = gsm8k_files(config)
