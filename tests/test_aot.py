@@ -475,10 +475,11 @@ def test_em_dry_run_compiles_its_stages_for_an_h100_and_touches_no_file(tmp_path
     c.model.update(num_hidden_layers=2, hidden_size=256, intermediate_size=512, num_attention_heads=4,
                    num_key_value_heads=2, vocab_size=1024)
     c.run_dir, c.smol.gsm8k_dir, c.smol.gguf = str(tmp_path / "run"), str(tmp_path / "none"), str(tmp_path / "x")
-    c.dry_run, c.aot_topology = True, "h100:1"
+    c.dry_run, c.aot_topology, c.aot_report = True, "h100:1", str(tmp_path / "aot.json")
     workflows.validate(c, check_files=True)  # nothing it would read has to exist
     reports = workflows.run(c)
     assert list(reports) == ["mstep", "warmstart"] and not os.path.exists(tmp_path / "run")
+    assert json.loads((tmp_path / "aot.json").read_text()) == json.loads(json.dumps(reports))
     mstep, warm = reports["mstep"], reports["warmstart"]
     assert [f["name"] for f in mstep["functions"]] == ["train_step", "prefill", "decode"]
     assert [f["name"] for f in warm["functions"]] == ["train_step"]

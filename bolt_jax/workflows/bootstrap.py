@@ -332,17 +332,24 @@ def dry_run_stages(config: ml_collections.ConfigDict) -> dict[str, Any]:
     the E-step sampler's prefill and decode at the E-step's shape, with memory, collectives and roofline times
     (bolt_jax.aot); the warmstart's train step too where its batch differs (bootstrap.warmstart_global_batch_size).
     The baselines train the M-step's program; not compiled: a toy base's pretraining, the E-step's scorer and the
-    evaluations' programs."""
+    evaluations' programs. `config.aot_report`: the reports, keyed "mstep" and "warmstart", in one JSON file."""
+    from bolt_jax.runtime.atomic import atomic_write_json
     from bolt_jax.train.loop import dry_run
     b = config.bootstrap
     reports = {}
     for name, steps, sampler in (("iter_1", b.iteration_steps, True), ("warmstart", b.warmstart_steps, False)):
-        c = _train_config(config, name, data_path="", latent_type="random", steps=max(1, steps), init="")
+        c = derive(_train_config(config, name, data_path="", latent_type="random", steps=max(1, steps), init=""),
+                   {"aot_report": ""})
         if name == "warmstart" and c.train.global_batch_size == config.train.global_batch_size:
             break  # the M-step's program
         print(f"== {'M-step (and the raw baselines)' if sampler else 'warmstart'}: global batch "
               f"{c.train.global_batch_size} x {c.data.seq_len}", flush=True)
         reports["mstep" if sampler else "warmstart"] = dry_run(c, sampler=sampler)
+    if config.get("aot_report") and config.get("aot_topology"):
+        import jax
+        if jax.process_index() == 0:
+            atomic_write_json(config.aot_report, reports, indent=1)
+            print(f"wrote {config.aot_report}")
     return reports
 
 
