@@ -11,9 +11,9 @@ rerun; here it costs a few minutes of CPU.
 The arguments are not repeated here: each step's are parsed from bench/headline.py's STEPS by that script's own
 parser, with its defaults. Per step, the programs that hold the most memory:
 - train_packed, train_concat: the train step (bench/train_step.py's `build_config`, as it runs it). train_concat's
-  `auto` picks cuDNN on a GPU, which plans its kernels on the device and cannot compile here: compiled with our
-  Mosaic GPU kernel instead, which `auto` falls back to (the 2026-11-22 H100 measured both at micro-batch 16
-  within 0.01 GiB: run15 and run16's logs in bench/results/2026-11-22-h100/). Labelled in the row.
+  `auto` is cuDNN's attention, which compiles here where cuDNN's library is installed; where it is not, our Mosaic
+  GPU kernel stands in (the 2026-11-22 H100 measured both at micro-batch 16 within 0.11 GiB: run15's log in
+  bench/results/2026-11-22-h100/), labelled in the row.
 - score: the scorer's pass over `--rows_per_call` rows (at most `--sequences`) of `--seq` tokens.
 - decode: the static sampler's whole call (prefill, the decode loop, its KV cache) at each `--batch`, prompts in the
   bucket of `--prompt`, `--new` tokens; the decode attention `auto` resolves for the GPU (our Triton kernel).
@@ -73,15 +73,18 @@ def timed_memory(build: Callable[[], object]) -> tuple[dict[str, float], float]:
 # ---------------------------------------------------------------------------------------------------- programs
 def train_programs(name: str, devices) -> list[Program]:
     from gpu_aot_memory import predicted
+
+    from bolt_jax.aot.topology import cudnn_available
     a = headline_args(name)
-    attention = "mosaic_gpu" if a.attention == "auto" and a.docs == 1 else a.attention
+    attention = "mosaic_gpu" if a.attention == "auto" and a.docs == 1 and not cudnn_available() else a.attention
     out = []
     for batch in (int(b) for b in a.micro_batches.split(",")):
         p = predicted(batch, a.docs, attention, a.layers, devices, seq_len=a.seq_len, remat=a.remat,
                       preset=a.preset)
         what = (f"train step, {a.preset}, seq {a.seq_len}, micro-batch {batch}, {a.docs} doc(s)/row, attention "
-                f"{attention}" + (" (auto picks cuDNN on the GPU: not compilable without one)"
-                                  if attention != a.attention else ""))
+                f"{attention}" + (" (in place of auto's cuDNN, whose library is not installed here)"
+                                  if attention != a.attention else " (cuDNN)" if a.docs == 1 and a.attention == "auto"
+                                  else ""))
         out.append(Program(name, what, p["memory_bytes"], p["compile_s"]))
     return out
 

@@ -333,12 +333,13 @@ def test_names_libtpu_accepts():
     assert parse_target("H200_8").describe() == "H200_8: 8 NVIDIA H200 GPUs"
 
 
-def test_a_gpu_topology_without_the_cuda_plugin_or_with_cudnn_fails_in_one_line(tmp_path, monkeypatch):
+def test_a_gpu_topology_without_the_cuda_plugin_or_cudnns_library_fails_in_one_line(tmp_path, monkeypatch):
     from bolt_jax.aot import topology
     from bolt_jax.config import validate_common
     c = tiny_config(tmp_path, "h100:8")
     c.model.attention_impl = "cudnn"
-    with pytest.raises(ValueError, match="attention_impl=cudnn does not compile without a GPU") as e:
+    monkeypatch.setattr(topology, "cudnn_available", lambda: False)
+    with pytest.raises(ValueError, match=r"attention_impl=cudnn on h100:8 needs cuDNN's library.*nvidia-cudnn") as e:
         validate_common(c)
     assert "\n" not in str(e.value)
     monkeypatch.setattr(topology, "cuda_plugin", lambda: None)
@@ -511,6 +512,27 @@ def _h100_compile(fn, *shapes):
     with jax.set_mesh(mesh):
         compiled = jax.jit(fn).lower(*args).compile()
     return compiled.as_text(), serialize(compiled)[0]
+
+
+@needs_cuda_plugin
+def test_cudnn_attention_compiles_for_an_h100_without_one():
+    """cuDNN's flash attention, forward and backward, as the custom call an H100 runs: it needs cuDNN's library (jax
+    checks its version when tracing), not the device (the train step's memory then equals the H100's measured peak:
+    bench/gpu_aot_memory.py)."""
+    from bolt_jax.aot.topology import cudnn_available
+    from bolt_jax.kernels.cudnn import cudnn_attention
+    if not cudnn_available():
+        pytest.skip("cuDNN's library is not installed (the test extra brings it through torch)")
+    import jax
+    import jax.numpy as jnp
+
+    def loss(q, k, v):
+        return cudnn_attention(q, k, v, causal=True).astype(jnp.float32).sum()
+
+    bf16 = jnp.bfloat16
+    text, _ = _h100_compile(jax.grad(loss, argnums=(0, 1, 2)), ((2, 256, 4, 64), bf16), ((2, 256, 2, 64), bf16),
+                            ((2, 256, 2, 64), bf16))
+    assert "__cudnn$fmhaSoftmax" in text and "__cudnn$fmhaSoftmaxBackward" in text
 
 
 @needs_cuda_plugin

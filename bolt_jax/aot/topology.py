@@ -11,8 +11,9 @@ compiler does the same without a GPU (a compile-only client of the CUDA plugin, 
 or the test extra), told the device by a target description built from CHIPS (`gpu_target_config`): the program
 is the one the GPUs would run, our Triton-lowered Pallas kernels compiled to cubins by the PTX compiler the plugin
 links (no CUDA toolkit needed), the Mosaic GPU kernels lowered and placed (their cubins are built when they first
-run); what it cannot do without the device is autotune (it takes its default tilings) or ask cuDNN for an execution
-plan (attention `cudnn` does not compile this way). `cpu:N` compiles with the CPU compiler on N CPU
+run), and cuDNN's attention as the custom call the GPUs would run where cuDNN's library is installed (jax reads its
+version when it traces the call: `cudnn_available`); what it cannot do without the device is autotune (it takes its
+default tilings). `cpu:N` compiles with the CPU compiler on N CPU
 devices and predicts with the figures of `config.aot_chip` (h100, h200): the program, sharding and collectives are
 the ones the GPUs would run, the memory is the CPU compiler's buffer assignment and attention is the XLA reference.
 
@@ -131,13 +132,15 @@ def validate(config: Any) -> Target | None:
 
 def _check_attention(config: Any, target: Target) -> None:
     """On a TPU, attention `auto` is the splash kernel (pallas_tpu), which takes sequences of whole 128-blocks. For
-    GPUs, cuDNN's attention needs the cuDNN library and a device to plan on, neither of which a compile without a GPU
-    has (`auto` falls back to our kernels there, saying so, as it does where cuDNN refuses a shape)."""
+    GPUs, cuDNN's attention needs cuDNN's library (not a device: it compiles without one, the memory equal to the
+    H100's, bench/gpu_aot_memory.py); without the library `auto` falls back to our kernels, saying so, as it does
+    where cuDNN refuses a shape, and `cudnn` is refused here."""
     impl = config.model.get("attention_impl", "auto") if "model" in config else ""
     seq = config.data.get("seq_len", 0) if "data" in config else 0
-    if target.platform == "gpu" and impl == "cudnn":
-        raise ValueError(f"config.model.attention_impl=cudnn does not compile without a GPU ({target.name}): cuDNN "
-                         f"plans its kernels on the device; use auto, mosaic_gpu or pallas_gpu")
+    if target.platform == "gpu" and impl == "cudnn" and not cudnn_available():
+        raise ValueError(f"config.model.attention_impl=cudnn on {target.name} needs cuDNN's library, which jax does "
+                         f"not find: pip install nvidia-cudnn-cu13 (or jax[cuda13]), or use auto, mosaic_gpu or "
+                         f"pallas_gpu")
     if target.platform == "tpu" and impl in ("auto", "pallas_tpu") and seq % 128:
         raise ValueError(f"config.data.seq_len={seq}: the TPU attention kernel (pallas_tpu, what attention_impl="
                          f"{impl} runs on {target.name}) takes multiples of 128; change seq_len or set "
@@ -205,6 +208,17 @@ def _tpu_devices(target: Target) -> tuple:
     except Exception as e:  # noqa: BLE001 - libtpu's refusals arrive as JaxRuntimeError
         text = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ValueError(f"config.aot_topology={name}: libtpu refuses it: {text}") from None
+
+
+def cudnn_available() -> bool:
+    """Whether jax finds cuDNN's library (the version it checks when it traces cuDNN's attention), here through the
+    CUDA plugin: `nvidia-cudnn-cu13` installed (jax[cuda13] brings it; jax[cuda13-local] does not; the test extra
+    has it through torch's CUDA wheels)."""
+    try:
+        from jax._src.lib import cuda_versions
+        return bool(cuda_versions is not None and cuda_versions.cudnn_get_version())
+    except Exception:  # noqa: BLE001 - no plugin, or no library to load
+        return False
 
 
 def cuda_plugin() -> tuple[str, int] | None:
