@@ -385,7 +385,7 @@ def test_command_line_names_the_mistake_without_a_traceback(tmp_path):
 # ------------------------------------------------------------------------------------------------------ compiles
 def check_report(report, chips: int):
     names = [f["name"] for f in report["functions"]]
-    assert names == ["train_step", "prefill", "decode"] and report["chips"] == chips
+    assert names == ["train_step", "prefill", "decode", "score"] and report["chips"] == chips
     for f in report["functions"]:
         assert f["fits"] is (None if report["platform"] == "cpu" else True), f  # CPU buffers: not judged
         assert f["memory_bytes"]["total"] > 0
@@ -482,10 +482,11 @@ def test_em_dry_run_compiles_its_stages_for_an_h100_and_touches_no_file(tmp_path
     assert list(reports) == ["mstep", "warmstart"] and not os.path.exists(tmp_path / "run")
     assert json.loads((tmp_path / "aot.json").read_text()) == json.loads(json.dumps(reports))
     mstep, warm = reports["mstep"], reports["warmstart"]
-    assert [f["name"] for f in mstep["functions"]] == ["train_step", "prefill", "decode"]
+    assert [f["name"] for f in mstep["functions"]] == ["train_step", "prefill", "decode", "score"]
     assert [f["name"] for f in warm["functions"]] == ["train_step"]
     assert "global batch 32 x 512" in mstep["functions"][0]["what"] and "16 x 512" in warm["functions"][0]["what"]
     assert "256 slots, cache 768 positions (512 prompt + 256 new)" in mstep["functions"][2]["what"]
+    assert "64 rows of 1024 joint tokens" in mstep["functions"][3]["what"]  # estep.max_tokens=1024
     assert all(f["fits"] for r in reports.values() for f in r["functions"])
     out = capsys.readouterr().out
     assert "== M-step (and the raw baselines): global batch 32 x 512" in out and "== warmstart" in out

@@ -165,6 +165,25 @@ def _steps_per_sync() -> int:
     return inspect.signature(schedulers.generate).parameters["steps_per_sync"].default
 
 
+def estep_section(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config.estep`, or where the config has none `default_estep_config()`."""
+    from bolt_jax.estep.run import default_estep_config
+    return config.estep if "estep" in config else default_estep_config()
+
+
+def scorer_call(mesh, row_len: int) -> tuple[int, int, int]:
+    """(rows, row length, log-softmax chunk) of the scorer's largest call at the E-step's joints of up to `row_len`
+    tokens, by `score`'s defaults: `max_rows_per_call` rounded up to whole buckets of rows the mesh's batch devices
+    divide, the bucketed length, `chunk_size`."""
+    import math
+
+    from bolt_jax.sampling import scorer
+    defaults = inspect.signature(scorer.score).parameters
+    step = math.lcm(defaults["batch_bucket"].default, parallel.batch_divisor(mesh))
+    rows = math.ceil(defaults["max_rows_per_call"].default / step) * step
+    return rows, scorer._bucket(row_len), defaults["chunk_size"].default
+
+
 def estep_settings(config: ml_collections.ConfigDict, mesh, model_cfg):
     """The continuous engine's Settings for one E-step sampler call, by `engine.make_settings` with the decode slots
     and prompt entries `estep.backend.JaxBackend` derives, from `config.estep`, or where the config has none from
@@ -173,9 +192,8 @@ def estep_settings(config: ml_collections.ConfigDict, mesh, model_cfg):
     of the sampling mesh, prefill groups of up to slots / K of a batch's prompts, both rounded up to a multiple of the
     mesh's batch devices."""
     from bolt_jax.estep.backend import JaxBackend
-    from bolt_jax.estep.run import default_estep_config
     from bolt_jax.sampling import engine
-    e = config.estep if "estep" in config else default_estep_config()
+    e = estep_section(config)
     n = e.num_samples
     settings_only = types.SimpleNamespace(e=e, mesh=mesh)  # the backend's rules read these two alone
     stop = () if model_cfg.eos_token_id is None else (int(model_cfg.eos_token_id),)
@@ -219,7 +237,8 @@ def sampling_setup(config: ml_collections.ConfigDict, setup):
 def sampler_reports(config: ml_collections.ConfigDict, setup, target: Target) -> list[dict[str, Any]]:
     """The engine's `prefill_group` (one group of prompts) and `decode_chunk` (one chunk: its loop stops after
     `steps_per_sync` steps or when no slot is live, a count the program does not hold; taken as every slot live,
-    all `steps_per_sync` steps) at the E-step's shape, on the sampling mesh with compute-dtype parameters
+    all `steps_per_sync` steps) at the E-step's shape, and the scorer's largest call over the joints (`scorer_call`),
+    on the sampling mesh with compute-dtype parameters
     (`sampling_setup`). The decode chunk is compiled as the engine compiles it (`slots.compile_decode`: the slot
     state sharded as `init_slots` makes it, in the layout that moves fewer bytes)."""
     from bolt_jax.sampling import slots
@@ -238,6 +257,14 @@ def sampler_reports(config: ml_collections.ConfigDict, setup, target: Target) ->
         with context():
             return slots.compile_decode(graphdef, params, s)
 
+    from bolt_jax.sampling.scorer import _score_core
+    rows, row_len, chunk = scorer_call(mesh, min(estep_section(config).max_tokens, cfg.max_position_embeddings))
+    ids = jax.ShapeDtypeStruct((rows, row_len), jnp.int32, sharding=parallel.batch_sharding(mesh, 2))
+
+    def build_score():
+        with context():
+            return _score_core.lower(graphdef, params, ids, ids, ids, chunk_size=chunk).compile()
+
     n, steps = target.num_devices, s.steps_per_sync
     prefill_tokens = s.prefill_group * s.prompt_len
     impl = kernels.DECODE_AUTO.get(target.platform, "xla") if cfg.decode_impl == "auto" else cfg.decode_impl
@@ -255,6 +282,10 @@ def sampler_reports(config: ml_collections.ConfigDict, setup, target: Target) ->
                            what=f"E-step decode, one chunk of {steps} steps with every slot live: {s.slots} slots, "
                                 f"cache {s.cache_len} positions ({s.prompt_len} prompt + {s.max_new_tokens} new)"
                                 f"{where}{attention}"),
+        compile_and_report("score", build_score, target, tokens=rows * row_len, attention_len=row_len,
+                           flops=rows * row_len * forward_flops_per_token(cfg, row_len) / n,
+                           what=f"E-step scorer: its largest call, {rows} rows of {row_len} joint tokens, log-softmax "
+                                f"in chunks of {chunk} positions{where}"),
     ]
 
 

@@ -301,7 +301,7 @@ def _bytes_per_device(tree) -> int:
 def dry_run(config: ml_collections.ConfigDict, sampler: bool = True) -> dict[str, Any]:
     """Compiles the train step for the configured mesh without allocating the state; prints per-device memory. With
     `config.aot_topology`, for that topology instead (a TPU slice, N GPUs, or N CPU devices standing in for GPUs), and
-    with `sampler` the E-step sampler's prefill and decode too, with collectives and a roofline step time
+    with `sampler` the E-step's prefill, decode and scorer too, with collectives and a roofline step time
     (bolt_jax.aot.report)."""
     from bolt_jax.aot import report as aot
     if config.get("aot_topology"):

@@ -329,10 +329,10 @@ def count_tokens(path: str, tokenizer_path: str, latent_type: str, limit: int = 
 def dry_run_stages(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """`config.dry_run`: the run's largest programs compiled as its stages derive them (`_train_config`), nothing
     run, read or written (`bolt_jax.train.loop.dry_run`): the M-step's train step and, with `config.aot_topology`,
-    the E-step sampler's prefill and decode at the E-step's shape, with memory, collectives and roofline times
+    the E-step's prefill, decode and scorer at the E-step's shape, with memory, collectives and roofline times
     (bolt_jax.aot); the warmstart's train step too where its batch differs (bootstrap.warmstart_global_batch_size).
-    The baselines train the M-step's program; not compiled: a toy base's pretraining, the E-step's scorer and the
-    evaluations' programs. `config.aot_report`: the reports, keyed "mstep" and "warmstart", in one JSON file."""
+    The baselines train the M-step's program; not compiled: a toy base's pretraining and the evaluations' programs.
+    `config.aot_report`: the reports, keyed "mstep" and "warmstart", in one JSON file."""
     from bolt_jax.runtime.atomic import atomic_write_json
     from bolt_jax.train.loop import dry_run
     b = config.bootstrap
