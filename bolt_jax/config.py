@@ -95,8 +95,8 @@ def add_dry_run(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     workflow `validate_dry_run` refuses dry_run=True). Not in `base_config`: a config without them cannot set them."""
     c.dry_run = False  # True: compile the run's largest programs and print per-device memory; run and write nothing
     # With dry_run: compile for this topology instead of the local devices (v5e:8x8, v5p:4x4x8, h100:8, h200:4x8, up
-    # to 256 chips; or cpu:N standing in for N GPUs), the E-step sampler too; memory, collectives, roofline step time
-    # (bolt_jax.aot)
+    # to 256 chips; or cpu:N standing in for N GPUs), the E-step's prefill, decode and scorer too; memory,
+    # collectives, roofline step time (bolt_jax.aot)
     c.aot_topology = ""
     c.aot_chip = ""  # cpu:N only: whose published figures predict the step time (h100, h200)
     c.aot_report = ""  # a path: the AOT report as JSON too
