@@ -402,7 +402,7 @@ def check_report(report, chips: int):
 
 @needs_libtpu
 def test_tiny_model_compiles_for_a_v5e_slice(tmp_path, capsys):
-    """The train step, prefill and decode compiled by the TPU compiler for 4 v5e chips, nothing allocated; the
+    """The train step, prefill, decode and scorer compiled by the TPU compiler for 4 v5e chips, nothing allocated; the
     splash attention kernel is the Mosaic kernel there (not the interpreter this machine would otherwise pick)."""
     from bolt_jax.train.loop import dry_run
     c = tiny_config(tmp_path, "v5e:2x2")
@@ -439,10 +439,11 @@ def gpu_config(tmp_path, topology: str):
 
 @needs_cuda_plugin
 def test_tiny_model_compiles_for_h100s_in_two_hosts(tmp_path, capsys, caplog):
-    """The train step, prefill and decode compiled by XLA's GPU compiler for 2 hosts of 4 H100s on this CPU machine,
-    nothing allocated: our GPU kernels, not the interpreter this machine would otherwise pick (packed documents: the
-    Mosaic GPU attention on Hopper; decode: the Triton-lowered kernel), memory judged against the H100's, and fsdp's
-    rings over all 8 GPUs, which cross the hosts, at a GPU's share of the network (50 GB/s), not NVLink's 450."""
+    """The train step, prefill, decode and scorer compiled by XLA's GPU compiler for 2 hosts of 4 H100s on this CPU
+    machine, nothing allocated: our GPU kernels, not the interpreter this machine would otherwise pick (packed
+    documents: the Mosaic GPU attention on Hopper; decode: the Triton-lowered kernel), memory judged against the
+    H100's, and fsdp's rings over all 8 GPUs, which cross the hosts, at a GPU's share of the network (50 GB/s), not
+    NVLink's 450."""
     from bolt_jax.train.loop import dry_run
     caplog.set_level("INFO", logger="bolt_jax.kernels")
     report = dry_run(gpu_config(tmp_path, "h100:2x4"))
@@ -469,7 +470,7 @@ def load_config(name: str, variant: str = ""):
 @needs_cuda_plugin
 def test_em_dry_run_compiles_its_stages_for_an_h100_and_touches_no_file(tmp_path, capsys):
     """configs/smol_gsm8k.py with --config.dry_run and an H100 target (its model shrunk to 2 layers of 256): the
-    M-step's train step with the E-step sampler's prefill and decode at the E-step's shape, and the warmstart's train
+    M-step's train step with the E-step's prefill, decode and scorer at the E-step's shape, and the warmstart's train
     step at its own batch; the GGUF, the GSM8K files and the run directory are never touched."""
     from bolt_jax import workflows
     c = load_config("smol_gsm8k")

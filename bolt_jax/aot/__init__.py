@@ -1,7 +1,7 @@
 """Ahead-of-time compilation for a named topology on a machine without it (`--config.dry_run=True
 --config.aot_topology=v5p:4x4x8`, `h100:8`, or `cpu:8` with `--config.aot_chip=h100`): `topology` (names and devices;
 the chips' published figures are in bolt_jax.runtime.chips), `hlo` (collectives and HBM bytes per step read from the
-compiled HLO, loops counted), `report` (compile the train step and the E-step sampler's prefill and decode; memory,
+compiled HLO, loops counted), `report` (compile the train step and the E-step's prefill, decode and scorer; memory,
 collectives, roofline step time).
 
 On the 2-core development machine (jax 0.12.0.1, libtpu 0.0.50.1, other jobs running), TinyLlama's train step at

@@ -1,4 +1,4 @@
-"""The ahead-of-time dry run: compile the train step and the E-step sampler's prefill and decode for a named topology
+"""The ahead-of-time dry run: compile the train step and the E-step's prefill, decode and scorer for a named topology
 on this machine (no accelerator), and report per function the memory per chip, the collectives per step and a
 roofline step time from the chip's published figures.
 
