@@ -116,11 +116,12 @@ def parse_sweep(spec: str) -> list[tuple[str, list[int]]]:
 
 def _sweep_row(gpu: str, program: str, p_: dict) -> dict:
     from bolt_jax.aot.topology import parse_target
+    from bolt_jax.runtime.chips import DEFAULT_GPU_MEM_FRACTION
     total, device = p_["memory_bytes"]["total"], parse_target(f"{gpu}:1").chip.device_memory_bytes
     print(f"{gpu} {program}: {total / GIB:.2f} GiB of {device / GIB:.2f} ({total / device:.0%} of the device; "
           f"compile {p_['compile_s']:.0f} s)", flush=True)
     return {"gpu": gpu, "program": program, "predicted_gib": total / GIB, "device_gib": device / GIB,
-            "fits_device": total <= device, "fits_default_fraction": total <= 0.75 * device,
+            "fits_device": total <= device, "fits_default_fraction": total <= DEFAULT_GPU_MEM_FRACTION * device,
             "mem_fraction_needed": total / device, **p_}
 
 

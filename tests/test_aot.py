@@ -493,6 +493,23 @@ def test_em_dry_run_compiles_its_stages_for_an_h100_and_touches_no_file(tmp_path
     assert "== M-step (and the raw baselines): global batch 32 x 512" in out and "== warmstart" in out
 
 
+def test_a_gpu_program_above_the_allocators_share_is_flagged(monkeypatch):
+    """jax's allocator takes 75% of a GPU by default: a program between that and the device's memory fits the chip
+    but fails in a run, and the report says so (and honours XLA_PYTHON_CLIENT_MEM_FRACTION where it is set)."""
+    from bolt_jax.aot.report import _fits, _function_lines
+    h100 = parse_target("h100:1")
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
+    memory = {"total": 61.44 * 2**30, "arguments": 0.0, "outputs": 0.0, "aliased": 0.0, "temps": 0.0}
+    verdict = _fits(memory, h100)
+    assert verdict == {"fits": True, "allocator_fraction": 0.75, "fits_allocator": False}
+    lines = _function_lines({"name": "train_step", "what": "", "compile_s": 1.0, "memory_bytes": memory, **verdict},
+                            h100)
+    assert any(line.startswith("  ABOVE the 75% of the device that jax's allocator takes") for line in lines)
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.9")
+    assert _fits(memory, h100)["fits_allocator"] is True
+    assert "fits_allocator" not in _fits(memory, parse_target("v5p:2x2x1"))  # TPUs: no such share
+
+
 def test_dry_run_is_refused_by_a_workflow_without_one(tmp_path):
     from bolt_jax import workflows
     from bolt_jax.config import add_dry_run, base_config

@@ -33,7 +33,7 @@ from bolt_jax import kernels, parallel
 from bolt_jax.aot import hlo
 from bolt_jax.aot.compiler import does_not_fit
 from bolt_jax.aot.topology import Target, devices, target_of
-from bolt_jax.runtime.chips import GIB
+from bolt_jax.runtime.chips import GIB, gpu_mem_fraction
 
 ROOFLINE_NOTE = "a roofline bound from the compiled program, not a measurement"
 
@@ -53,14 +53,21 @@ def memory_bytes(compiled) -> dict[str, float] | None:
 
 
 def _fits(memory: dict[str, float] | None, target: Target) -> dict[str, Any]:
-    """Whether the compiled program fits the chip's HBM. Not judged for cpu:N: the CPU compiler's buffers (with the
-    XLA reference attention, no GPU kernels) are not the GPU's."""
+    """Whether the compiled program fits the chip's HBM, and on GPUs the share of it jax's allocator takes
+    (`chips.gpu_mem_fraction`: 75% unless XLA_PYTHON_CLIENT_MEM_FRACTION says otherwise), the limit a run meets
+    first. Not judged for cpu:N: the CPU compiler's buffers (with the XLA reference attention, no GPU kernels) are
+    not the GPU's."""
     if target.platform == "cpu" or memory is None:
         return {"fits": None}
-    if memory["total"] <= target.chip.hbm_bytes:
-        return {"fits": True}
-    return {"fits": False, "does_not_fit": f"needs {memory['total'] / GIB:.2f} GiB per chip, the {target.chip.name} "
-                                          f"has {target.chip.hbm_bytes / GIB:.0f} GiB"}
+    out: dict[str, Any] = {"fits": memory["total"] <= target.chip.hbm_bytes}
+    if not out["fits"]:
+        out["does_not_fit"] = (f"needs {memory['total'] / GIB:.2f} GiB per chip, the {target.chip.name} has "
+                               f"{target.chip.hbm_bytes / GIB:.0f} GiB")
+    if target.platform == "gpu":
+        fraction = gpu_mem_fraction()
+        limit = fraction * (target.chip.device_memory_bytes or target.chip.hbm_bytes)
+        out.update(allocator_fraction=fraction, fits_allocator=memory["total"] <= limit)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------ roofline
@@ -353,6 +360,10 @@ def _function_lines(f: dict[str, Any], target: Target) -> list[str]:
                      f"({_gib(m['aliased'])} aliased), temps {_gib(m['temps'])}, total {_gib(m['total'])}{share}")
     if f["fits"] is False:
         lines.append(f"  does not fit: {f['does_not_fit']}")
+    elif f.get("fits_allocator") is False:
+        lines.append(f"  ABOVE the {f['allocator_fraction']:.0%} of the device that jax's allocator takes "
+                     f"(XLA_PYTHON_CLIENT_MEM_FRACTION): a run fails unless that is raised (or the micro-batch "
+                     f"lowered: train.micro_batch_size)")
     if "roofline" not in f:
         return lines
     coll = f["collectives"]

@@ -5,9 +5,22 @@ bolt_jax.aot), each with its source."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 GIB = 1024 ** 3
+DEFAULT_GPU_MEM_FRACTION = 0.75  # of a GPU's memory, what jax's allocator takes when it starts (jax's default)
+
+
+def gpu_mem_fraction() -> float:
+    """The share of a GPU's memory jax's allocator takes when the process starts: XLA_PYTHON_CLIENT_MEM_FRACTION where
+    set (to a number in (0, 1]), else jax's default 0.75. A program larger than that share fails on the GPU, though
+    the device holds more."""
+    try:
+        value = float(os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", DEFAULT_GPU_MEM_FRACTION))
+    except ValueError:
+        return DEFAULT_GPU_MEM_FRACTION
+    return value if 0 < value <= 1 else DEFAULT_GPU_MEM_FRACTION
 
 # Dense bf16 peak FLOP/s per device (vendor datasheets; H100/H200 SXM without sparsity).
 PEAK_BF16_FLOPS = {
