@@ -35,9 +35,10 @@ import time
 
 from common import commit, write_results
 
+from bolt_jax.runtime.chips import GIB
+
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 MEASURED = os.path.join(RESULTS, "2026-11-22-h100")
-GIB = 1024 ** 3
 
 # (log file, micro-batch, documents per row, attention as measured, layers): each a row of that log
 ROWS = (

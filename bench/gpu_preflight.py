@@ -18,8 +18,9 @@ parser, with its defaults. Per step, the programs that hold the most memory:
 - decode: the static sampler's whole call (prefill, the decode loop, its KV cache) at each `--batch`, prompts in the
   bucket of `--prompt`, `--new` tokens; the decode attention `auto` resolves for the GPU (our Triton kernel).
 - estep: the continuous engine's prefill group and decode chunk at the bench's slots and prompt bucket, and the
-  scorer at 64 rows of the joint's bucket; with `--overlap` the scorer runs while the engine holds its slots, so the
-  E-step's row is the decode chunk + the scorer - the weights (held once).
+  scorer's largest call, as the AOT dry run compiles them (bolt_jax.aot.report.estep_reports); with `--overlap` the
+  scorer runs while the engine holds its slots, so the E-step's row is the decode chunk + the scorer - the weights
+  (held once).
 - attention is not compiled: its inputs are under 0.1 GiB (8 x 2048 tokens x 32 heads of 64 in bf16).
 
 Writes bench/results/gpu_preflight-<date>-<gpu>.{json,md} (`--results` elsewhere); exits 1 when a program does
@@ -132,60 +133,41 @@ def decode_programs(devices) -> list[Program]:
     return out
 
 
-def estep_programs(devices) -> list[Program]:
-    """bench/estep.py's E-step: its config (`build`, without the checkpoint), the engine's settings as the backend
-    derives them (bolt_jax.aot.report.estep_settings), the scorer at the joint's bucket."""
+def estep_programs(target, devices) -> list[Program]:
+    """bench/estep.py's E-step: its config (`build`, without the checkpoint), and its prefill group, decode chunk and
+    scorer as the AOT dry run compiles them (bolt_jax.aot.report.estep_reports: the engine's settings as the backend
+    derives them, the scorer's largest call)."""
     import jax
-    import jax.numpy as jnp
     from estep import VOCAB
-    from gpu_aot_memory import score_memory
 
     from bolt_jax import parallel
-    from bolt_jax.aot.report import estep_settings
+    from bolt_jax.aot.report import estep_reports
     from bolt_jax.config import base_config
     from bolt_jax.estep.run import default_estep_config
-    from bolt_jax.sampling import slots
-    from bolt_jax.sampling.sampler import _bucket
     a = headline_args("estep")
     mesh = parallel.make_mesh({}, devices)
-    positions = max(2048, a.prompt_len + a.new)
-    cfg, graphdef, params = sampler_model(a.preset, mesh, vocab_size=VOCAB, max_position_embeddings=positions)
+    cfg, graphdef, params = sampler_model(a.preset, mesh, vocab_size=VOCAB,
+                                          max_position_embeddings=max(2048, a.prompt_len + a.new))
     c = base_config()
     c.estep = default_estep_config()
     c.estep.update(num_samples=a.k, max_new_tokens=a.new, max_prompt_len=a.prompt_len,
                    max_tokens=a.prompt_len + a.new, chunks_per_batch=a.chunks_per_batch, decode_slots=a.decode_slots,
                    prefix_sharing="shared" in a.scheduler.split(","))
-    s = estep_settings(c, mesh, cfg)
-    prompt = jax.ShapeDtypeStruct((s.prefill_group, s.prompt_len), jnp.int32,
-                                  sharding=parallel.batch_sharding(mesh, 2))
-    pad = jax.ShapeDtypeStruct((s.prefill_group,), jnp.int32, sharding=parallel.batch_sharding(mesh, 1))
-
-    def build_prefill():
-        with parallel.use_mesh(mesh):
-            return slots.prefill_group.lower(graphdef, params, prompt, pad).compile()
-
-    def build_decode():
-        with parallel.use_mesh(mesh):
-            return slots.compile_decode(graphdef, params, s)
-
-    out = [Program("estep", f"engine prefill group, {s.prefill_group} prompts x {s.prompt_len}",
-                   *timed_memory(build_prefill)),
-           Program("estep", f"engine decode chunk, {s.slots} slots x cache {s.cache_len} positions, "
-                            f"{s.steps_per_sync} steps", *timed_memory(build_decode))]
-    joint = _bucket(min(a.prompt_len + a.new, positions))
-    p = score_memory(64, devices, seq=joint, preset=a.preset, vocab=VOCAB, max_positions=positions)
-    out.append(Program("estep", f"scorer pass, 64 rows x {joint} tokens", p["memory_bytes"], p["compile_s"]))
+    reports = estep_reports(c, cfg, (graphdef, mesh, params, lambda: parallel.use_mesh(mesh)), target)
+    out = [Program("estep", r["what"], r["memory_bytes"], r["compile_s"]) for r in reports]
     if "on" in a.overlap.split(",") or "auto" in a.overlap.split(","):
+        decode, score = (next(r for r in reports if r["name"] == n)["memory_bytes"] for n in ("decode", "score"))
         weights = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(params))
-        together = {"total": out[1].memory["total"] + out[2].memory["total"] - weights}
-        out.append(Program("estep", "decode chunk and scorer live together (overlap; the weights once)", together,
-                           0.0))
+        out.append(Program("estep", "decode chunk and scorer live together (overlap; the weights once)",
+                           {"total": decode["total"] + score["total"] - weights}, 0.0))
     return out
 
 
-PROGRAMS = {"train_packed": lambda d: train_programs("train_packed", d),
-            "train_concat": lambda d: train_programs("train_concat", d),
-            "score": score_programs, "decode": decode_programs, "estep": estep_programs}
+# step -> its programs, from (the target, its devices)
+PROGRAMS = {"train_packed": lambda t, d: train_programs("train_packed", d),
+            "train_concat": lambda t, d: train_programs("train_concat", d),
+            "score": lambda t, d: score_programs(d), "decode": lambda t, d: decode_programs(d),
+            "estep": estep_programs}
 
 
 # ---------------------------------------------------------------------------------------------------- report
@@ -230,7 +212,7 @@ def main() -> None:
     device_bytes = target.chip.device_memory_bytes
     rows = []
     for step in steps:
-        for program in PROGRAMS[step](devices(target)):
+        for program in PROGRAMS[step](target, devices(target)):
             rows.append(row(program, device_bytes))
             r = rows[-1]
             print(f"{step}: {program.what}: {r['gib']:.2f} GiB ({r['share_of_device']:.0%} of the device"

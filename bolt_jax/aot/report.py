@@ -242,15 +242,20 @@ def sampling_setup(config: ml_collections.ConfigDict, setup):
 
 
 def sampler_reports(config: ml_collections.ConfigDict, setup, target: Target) -> list[dict[str, Any]]:
+    """`estep_reports` on the sampling mesh over the train setup's chips, with compute-dtype parameters
+    (`sampling_setup`)."""
+    return estep_reports(config, setup.model_cfg, sampling_setup(config, setup), target)
+
+
+def estep_reports(config: ml_collections.ConfigDict, cfg, sampler, target: Target) -> list[dict[str, Any]]:
     """The engine's `prefill_group` (one group of prompts) and `decode_chunk` (one chunk: its loop stops after
     `steps_per_sync` steps or when no slot is live, a count the program does not hold; taken as every slot live,
-    all `steps_per_sync` steps) at the E-step's shape, and the scorer's largest call over the joints (`scorer_call`),
-    on the sampling mesh with compute-dtype parameters
-    (`sampling_setup`). The decode chunk is compiled as the engine compiles it (`slots.compile_decode`: the slot
-    state sharded as `init_slots` makes it, in the layout that moves fewer bytes)."""
+    all `steps_per_sync` steps) at the E-step's shape (`estep_settings`), and the scorer's largest call over the
+    joints (`scorer_call`), for model `cfg` held as `sampler` = (graphdef, mesh, abstract params, mesh context), as
+    `sampling_setup` gives them. The decode chunk is compiled as the engine compiles it (`slots.compile_decode`: the
+    slot state sharded as `init_slots` makes it, in the layout that moves fewer bytes)."""
     from bolt_jax.sampling import slots
-    graphdef, mesh, params, context = sampling_setup(config, setup)
-    cfg = setup.model_cfg
+    graphdef, mesh, params, context = sampler
     s = estep_settings(config, mesh, cfg)
     prompt = jax.ShapeDtypeStruct((s.prefill_group, s.prompt_len), jnp.int32,
                                   sharding=parallel.batch_sharding(mesh, 2))
@@ -361,9 +366,9 @@ def _function_lines(f: dict[str, Any], target: Target) -> list[str]:
     if f["fits"] is False:
         lines.append(f"  does not fit: {f['does_not_fit']}")
     elif f.get("fits_allocator") is False:
+        smaller = "the micro-batch lowered: train.micro_batch_size" if f["name"] == "train_step" else "it made smaller"
         lines.append(f"  ABOVE the {f['allocator_fraction']:.0%} of the device that jax's allocator takes "
-                     f"(XLA_PYTHON_CLIENT_MEM_FRACTION): a run fails unless that is raised (or the micro-batch "
-                     f"lowered: train.micro_batch_size)")
+                     f"(XLA_PYTHON_CLIENT_MEM_FRACTION): a run fails unless that is raised (or {smaller})")
     if "roofline" not in f:
         return lines
     coll = f["collectives"]

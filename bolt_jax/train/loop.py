@@ -298,14 +298,15 @@ def _bytes_per_device(tree) -> int:
     return total
 
 
-def dry_run(config: ml_collections.ConfigDict, sampler: bool = True) -> dict[str, Any]:
+def dry_run(config: ml_collections.ConfigDict, sampler: bool | None = None) -> dict[str, Any]:
     """Compiles the train step for the configured mesh without allocating the state; prints per-device memory. With
     `config.aot_topology`, for that topology instead (a TPU slice, N GPUs, or N CPU devices standing in for GPUs), and
-    with `sampler` the E-step's prefill, decode and scorer too, with collectives and a roofline step time
-    (bolt_jax.aot.report)."""
+    with `sampler` (None: where the config has an `estep` section) the E-step's prefill, decode and scorer too, with
+    collectives and a roofline step time (bolt_jax.aot.report)."""
     from bolt_jax.aot import report as aot
     if config.get("aot_topology"):
         config, target, devices = aot.prepare(config)
+        sampler = "estep" in config if sampler is None else sampler
         return aot.run(config, TrainSetup(config, devices), target, sampler=sampler)
     setup = TrainSetup(config)
     t0 = time.perf_counter()

@@ -173,8 +173,8 @@ def train(config: ml_collections.ConfigDict):
     from bolt_jax.eval.periodic import evaluators_for
     from bolt_jax.train.loop import dry_run
     from bolt_jax.train.loop import train as run_train
-    if config.get("dry_run", False):  # compiles only: no evaluator (they load tokenizers and benchmarks); the E-step's
-        return dry_run(config, sampler="estep" in config)  # programs where the config names an E-step
+    if config.get("dry_run", False):  # compiles only: no evaluator (they load tokenizers and benchmarks)
+        return dry_run(config)
     return run_train(config, evaluators_for(config))
 
 
