@@ -72,7 +72,7 @@ def test_tpu_kernel_row_and_time_blocks(t, block_rows, lengths):
 
 def test_tpu_kernel_writes_its_lse_only_when_asked():
     """A sampler step asks for no log-sum-exp: the kernel then has one output (a [B, R, 1] fp32 block is written
-    lane-padded to 128, about 1% of a TinyLlama decode step's HBM traffic on a v5e), and the same attention output."""
+    lane-padded to 128, 0.6% of a TinyLlama decode chunk's HBM bytes on a v5e), and the same attention output."""
     q = _queries(b=4, nq=2, h=8)
     _, kc, vc, seg, lengths = cache(b=4, t=256, seed=3)
     kw = dict(kv_segment_ids_BxT=seg, lengths_B=jnp.asarray([256, 5, 1, 130], jnp.int32), block_t=128, block_rows=2)
