@@ -16,7 +16,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from bolt_jax.kernels.platform import gpu_arch, target_platform  # noqa: F401 - re-exported
+from bolt_jax.kernels.platform import gpu_arch, target_platform
 from bolt_jax.kernels.xla import xla_attention
 
 IMPLS = ("auto", "xla", "cudnn", "pallas_gpu", "mosaic_gpu", "pallas_tpu", "tokamax")
