@@ -17,10 +17,10 @@ the 32004-entry vocabulary, log-softmax in chunks of 512 positions) on one H100,
 
 The configurations are those bench/train_step.py measured (`build_config`: seq 2048, remat none, bf16 compute, one
 device), compiled as it runs them. Attention `auto` on rows without packed documents is cuDNN's, which compiles
-without a GPU where cuDNN's library is installed (bolt_jax.aot.topology.cudnn_available; the row is left out, said so,
-where it is not). The measured peak also holds what the
-step does not (the initial state's buffers, two batches), and some rows were measured at older commits, as each row
-says. Writes bench/results/gpu_aot_memory-<date>.{json,md}.
+without a GPU where cuDNN's library is installed and jax's XLA emits it deviceless (0.12.0 does, 0.12.1 does not:
+bolt_jax.aot.topology.cudnn_compiles; the row is left out, said so, where it does not). The measured peak also
+holds what the step does not (the initial state's buffers, two batches), and some rows were measured at older
+commits, as each row says. Writes bench/results/gpu_aot_memory-<date>.{json,md}.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import time
 
 from common import commit, write_results
 
-from bolt_jax.runtime.chips import GIB
+from bolt_jax.runtime.chips import CHIPS, GIB
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 MEASURED = os.path.join(RESULTS, "2026-11-22-h100")
@@ -175,11 +175,12 @@ def main() -> None:
     target = devices(parse_target("h100:1"))
     picked = [int(i) for i in a.rows.split(",")] if a.rows else range(len(ROWS))
     rows = []
-    from bolt_jax.aot.topology import cudnn_available
+    from bolt_jax.aot.topology import cudnn_compiles
     for i in picked:
         log, batch, docs, attention, layers = ROWS[i]
-        if attention == "auto" and docs == 1 and not cudnn_available():
-            print(f"[{i}] left out: attention auto is cuDNN's here, and cuDNN's library is not installed", flush=True)
+        if attention == "auto" and docs == 1 and not cudnn_compiles(CHIPS["h100"]):
+            print(f"[{i}] left out: attention auto is cuDNN's here, which this jax cannot compile without the GPU "
+                  "(bolt_jax.aot.topology.cudnn_compiles)", flush=True)
             continue
         m = measured(log, batch, attention, layers)
         p_ = predicted(batch, docs, attention, layers, target)

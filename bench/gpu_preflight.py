@@ -72,12 +72,13 @@ def timed_memory(build: Callable[[], object]) -> tuple[dict[str, float], float]:
 
 
 # ---------------------------------------------------------------------------------------------------- programs
-def train_programs(name: str, devices) -> list[Program]:
+def train_programs(name: str, target, devices) -> list[Program]:
     from gpu_aot_memory import predicted
 
-    from bolt_jax.aot.topology import cudnn_available
+    from bolt_jax.aot.topology import cudnn_compiles
     a = headline_args(name)
-    attention = "mosaic_gpu" if a.attention == "auto" and a.docs == 1 and not cudnn_available() else a.attention
+    attention = ("mosaic_gpu" if a.attention == "auto" and a.docs == 1 and not cudnn_compiles(target.chip)
+                 else a.attention)
     out = []
     for batch in (int(b) for b in a.micro_batches.split(",")):
         p = predicted(batch, a.docs, attention, a.layers, devices, seq_len=a.seq_len, remat=a.remat,
@@ -164,8 +165,8 @@ def estep_programs(target, devices) -> list[Program]:
 
 
 # step -> its programs, from (the target, its devices)
-PROGRAMS = {"train_packed": lambda t, d: train_programs("train_packed", d),
-            "train_concat": lambda t, d: train_programs("train_concat", d),
+PROGRAMS = {"train_packed": lambda t, d: train_programs("train_packed", t, d),
+            "train_concat": lambda t, d: train_programs("train_concat", t, d),
             "score": lambda t, d: score_programs(d), "decode": lambda t, d: decode_programs(d),
             "estep": estep_programs}
 

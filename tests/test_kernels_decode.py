@@ -190,5 +190,5 @@ def test_a_kernel_on_another_accelerator_is_said_to_be_interpreted(monkeypatch, 
         kernels.decode_attention(q, kc, vc, **kw)
         kernels.decode_attention(q, kc, vc, **kw)
     assert [r.getMessage() for r in caplog.records] == [
-        "decode_impl=pallas_tpu on gpu runs in the Pallas interpreter (it is a tpu kernel): correct but very slow; "
+        "decode_impl=pallas_tpu on gpu runs in an interpreter (it is a tpu kernel): correct but very slow; "
         "use 'auto'"]

@@ -279,7 +279,7 @@ def estep_reports(config: ml_collections.ConfigDict, cfg, sampler, target: Targe
 
     n, steps = target.num_devices, s.steps_per_sync
     prefill_tokens = s.prefill_group * s.prompt_len
-    impl = kernels.DECODE_AUTO.get(target.platform, "xla") if cfg.decode_impl == "auto" else cfg.decode_impl
+    impl = kernels.resolve_decode_impl(cfg.decode_impl, target.platform, cfg.compute_dtype, cfg.head_size)
     attention = f"; decode attention {impl}" + ("" if impl == "xla" else " (its reads counted as every cache "
                                                 "position: an upper bound, it reads only the written blocks)")
     where = f", prefix sharing over {s.prompt_entries} prompt entries" if s.prompt_entries else ""

@@ -141,6 +141,9 @@ def _check_attention(config: Any, target: Target) -> None:
         raise ValueError(f"config.model.attention_impl=cudnn on {target.name} needs cuDNN's library, which jax does "
                          f"not find: pip install nvidia-cudnn-cu13 (or jax[cuda13]), or use auto, mosaic_gpu or "
                          f"pallas_gpu")
+    if target.platform == "gpu" and impl == "cudnn" and not cudnn_compiles(target.chip):
+        raise ValueError(f"config.model.attention_impl=cudnn on {target.name}: jax {_jax_version()} cannot compile "
+                         f"cuDNN's attention without the GPU (0.12.0 can); use auto, mosaic_gpu or pallas_gpu")
     if target.platform == "tpu" and impl in ("auto", "pallas_tpu") and seq % 128:
         raise ValueError(f"config.data.seq_len={seq}: the TPU attention kernel (pallas_tpu, what attention_impl="
                          f"{impl} runs on {target.name}) takes multiples of 128; change seq_len or set "
@@ -148,6 +151,11 @@ def _check_attention(config: Any, target: Target) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ devices
+def _jax_version() -> str:
+    import jax
+    return jax.__version__
+
+
 def _local_tpu() -> bool:
     """A TPU attached to this machine (what jax's own check reads): then libtpu's settings are left alone."""
     return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
@@ -221,6 +229,31 @@ def cudnn_available() -> bool:
         return False
 
 
+@functools.cache
+def cudnn_compiles(chip: Chip) -> bool:
+    """Whether cuDNN's attention compiles here for one `chip` GPU without the GPU: its library installed
+    (`cudnn_available`) and this jax's XLA able to emit the custom call deviceless (jax 0.12.0's is; 0.12.1's is not,
+    with "StreamExecutor is null"). Probed once, a causal forward and backward of 2 x 128 tokens (about a second);
+    the answer goes to `kernels.cudnn.DEVICELESS_COMPILES`, so `auto` compiles another attention where it is no."""
+    import jax
+    import jax.numpy as jnp
+
+    from bolt_jax.kernels import cudnn
+    ok = cudnn_available()
+    if ok:
+        mesh = jax.sharding.Mesh(_gpu_devices(parse_target(f"{chip.name}:1"))[:1], ("x",))
+        x = jax.ShapeDtypeStruct((2, 128, 2, 64), jnp.bfloat16,
+                                 sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+        loss = lambda q, k, v: cudnn.cudnn_attention(q, k, v).astype(jnp.float32).sum()  # noqa: E731
+        try:
+            with jax.set_mesh(mesh):
+                jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x, x, x).compile()
+        except Exception:  # noqa: BLE001 - XLA's refusal arrives as JaxRuntimeError
+            ok = False
+    cudnn.DEVICELESS_COMPILES = ok
+    return ok
+
+
 def cuda_plugin() -> tuple[str, int] | None:
     """(module, CUDA major) of the installed jax CUDA plugin, the newest CUDA first; None without one."""
     for module, major in CUDA_PLUGINS:
@@ -281,12 +314,14 @@ def _gpu_devices(target: Target) -> tuple:
 
 def devices(target: Target) -> list:
     """The devices to build the mesh from: the TPU slice's or the GPUs' (no accelerator needed), or the first N CPU
-    devices."""
+    devices. For GPUs, whether cuDNN's attention compiles for them is probed first (`cudnn_compiles`)."""
     import jax
     if target.platform == "tpu":
         return list(_tpu_devices(target))
     if target.platform == "gpu":
-        return list(_gpu_devices(target))
+        gpus = list(_gpu_devices(target))
+        cudnn_compiles(target.chip)
+        return gpus
     prepare_process(target)
     cpus = jax.devices("cpu")
     if len(cpus) < target.num_devices:

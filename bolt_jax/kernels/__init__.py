@@ -16,7 +16,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from bolt_jax.kernels.platform import gpu_arch, target_platform
+from bolt_jax.kernels.platform import gpu_arch, pallas_triton_available, target_platform
 from bolt_jax.kernels.xla import xla_attention
 
 IMPLS = ("auto", "xla", "cudnn", "pallas_gpu", "mosaic_gpu", "pallas_tpu", "tokamax")
@@ -92,6 +92,11 @@ def _mosaic_causal_broken() -> bool:
     return ptxas_miscompiles_causal()
 
 
+def _triton_or_xla() -> str:
+    """`auto`'s GPU fallback: the Triton-lowered kernel while jax has that backend, else the XLA reference."""
+    return "pallas_gpu" if pallas_triton_available() else "xla"
+
+
 def resolve_impl(impl: str, backend: str | None = None, documents: bool = False, arch: str | None = None) -> str:
     """Maps `auto` to a concrete implementation for the backend and for whether the rows hold packed documents
     (self-attention with segment ids); reports each choice once."""
@@ -103,6 +108,8 @@ def resolve_impl(impl: str, backend: str | None = None, documents: bool = False,
     chosen = (documents and AUTO_WITH_DOCUMENTS.get(backend)) or AUTO.get(backend, "xla")
     if chosen == "pallas_gpu" and backend in ("gpu", "cuda") and (arch or gpu_arch()) == "9.0":
         chosen = HOPPER_WITH_DOCUMENTS
+    if chosen == "pallas_gpu":
+        chosen = _triton_or_xla()
     if (backend, chosen) not in _announced:
         _announced.add((backend, chosen))
         _log.info("attention impl 'auto' on %s%s -> %s", backend, " with packed documents" if documents else "",
@@ -131,38 +138,64 @@ def attention(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, *, segment_ids=None, causal: bool
                   q_positions_BxS=q_positions_BxS, kv_positions_BxT=kv_positions_BxT)
     if impl == "auto" and chosen == "mosaic_gpu" and (q_BxSxHxD.dtype not in (jnp.bfloat16, jnp.float16) or d % 64
                                                       or (causal and _mosaic_causal_broken())):
-        chosen = "pallas_gpu"  # wgmma takes bf16 / fp16 operands and 64-wide head tiles; some ptxas versions fail
+        chosen = _triton_or_xla()  # wgmma takes bf16 / fp16 operands and 64-wide head tiles; some ptxas versions fail
     if impl == "auto" and chosen == "cudnn":
         try:
             return _REGISTRY["cudnn"](q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, **kwargs)
         except Exception as e:  # noqa: BLE001 - cuDNN refuses some shapes/dtypes at trace time
+            chosen = _triton_or_xla()
             if ("cudnn-fallback", str(type(e))) not in _announced:
                 _announced.add(("cudnn-fallback", str(type(e))))
-                _log.warning("cuDNN attention refused these inputs (%s); using pallas_gpu", e)
-            chosen = "pallas_gpu"
+                _log.warning("cuDNN attention refused these inputs (%s); using %s", e, chosen)
+    _require_triton(chosen, target_platform())
     if chosen in PER_SHARD and q_positions_BxS is None and kv_positions_BxT is None:
         kwargs = {k: x for k, x in kwargs.items() if k not in ("q_positions_BxS", "kv_positions_BxT")}
         return per_shard(_REGISTRY[chosen], q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, **kwargs)
     return _REGISTRY[chosen](q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, **kwargs)
 
 
-DECODE_IMPLS = ("auto", "xla", "pallas_gpu", "pallas_tpu")
+DECODE_IMPLS = ("auto", "xla", "pallas_gpu", "mosaic_gpu", "pallas_tpu")
 # GPUs: the Triton-lowered kernel took an H100's sampler from 41.4k to 57.3k tokens/s at batch 256 (BENCHMARKS.md).
+# Its Mosaic GPU replacement (decode_mosaic_gpu.py: the flash forward with a KV head's queries as rows) is checked in
+# jax's Mosaic GPU interpreter but not yet timed on a GPU: `auto` takes it only where jax has no Triton backend left.
 # TPUs: the Mosaic kernel, compiled ahead of time but not yet run on a TPU; by the compiled decode chunk's HBM bytes
 # (bench/decode_layout.py) it moves what the XLA attention moves on a full cache and reads only the written blocks.
 DECODE_AUTO = {"gpu": "pallas_gpu", "cuda": "pallas_gpu", "tpu": "pallas_tpu"}
 _DECODE_KERNELS = {"pallas_gpu": ("bolt_jax.kernels.decode", "pallas_decode_attention"),
+                   "mosaic_gpu": ("bolt_jax.kernels.decode_mosaic_gpu", "mosaic_decode_attention"),
                    "pallas_tpu": ("bolt_jax.kernels.decode_tpu", "pallas_tpu_decode_attention")}
+# Where each decode kernel compiles for real; elsewhere it is interpreted (or, for mosaic_gpu, its pure-JAX twin).
+_DECODE_HOME = {"pallas_gpu": ("gpu", "cuda"), "mosaic_gpu": ("gpu", "cuda"), "pallas_tpu": ("tpu",)}
 
 
 def _warn_if_interpreted(impl: str, platform: str) -> None:
-    """A decode kernel asked for on another accelerator than its own runs in the Pallas interpreter: correct, and
+    """A decode kernel asked for on another accelerator than its own runs in an interpreter: correct, and
     orders of magnitude slower. Said once (on CPU the interpreter is how the tests check the kernels: silent)."""
-    home = tuple(p for p, kernel in DECODE_AUTO.items() if kernel == impl)
+    home = _DECODE_HOME.get(impl, ())
     if home and platform not in home and platform != "cpu" and (impl, platform) not in _announced:
         _announced.add((impl, platform))
-        _log.warning("decode_impl=%s on %s runs in the Pallas interpreter (it is a %s kernel): correct but very slow; "
-                     "use 'auto'", impl, platform, "/".join(home))
+        _log.warning("decode_impl=%s on %s runs in an interpreter (it is a %s kernel): correct but very slow; "
+                     "use 'auto'", impl, platform, home[0])
+
+
+def _require_triton(impl: str, platform: str) -> None:
+    """pallas_gpu compiles through Pallas' Triton backend on a GPU (elsewhere it is interpreted, which needs none)."""
+    if impl == "pallas_gpu" and platform in ("gpu", "cuda") and not pallas_triton_available():
+        raise ValueError(f"pallas_gpu needs Pallas' Triton backend, which jax {jax.__version__} no longer has: use "
+                         "'auto' or 'mosaic_gpu'")
+
+
+def resolve_decode_impl(impl: str, platform: str, dtype, head_dim: int) -> str:
+    """`auto` -> the platform's kernel (DECODE_AUTO); on GPUs the Mosaic GPU one where jax has no Triton backend,
+    and XLA where that one cannot take the inputs (wgmma: bf16 / fp16 operands, head tiles of 64)."""
+    if impl != "auto":
+        return impl
+    impl = DECODE_AUTO.get(platform, "xla")
+    if impl == "pallas_gpu" and not pallas_triton_available():
+        impl = "mosaic_gpu"
+    if impl == "mosaic_gpu" and (jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16) or head_dim % 64):
+        impl = "xla"
+    return impl
 
 
 def decode_attention(q_BxQxHxD, k_cache_BxTxKD, v_cache_BxTxKD, *, kv_segment_ids_BxT, lengths_B,
@@ -175,8 +208,8 @@ def decode_attention(q_BxQxHxD, k_cache_BxTxKD, v_cache_BxTxKD, *, kv_segment_id
         raise ValueError(f"unknown decode attention impl {impl!r}; choose one of {DECODE_IMPLS}")
     from bolt_jax.kernels import decode
     platform = target_platform()
-    if impl == "auto":
-        impl = DECODE_AUTO.get(platform, "xla")
+    impl = resolve_decode_impl(impl, platform, q_BxQxHxD.dtype, q_BxQxHxD.shape[-1])
+    _require_triton(impl, platform)
     _warn_if_interpreted(impl, platform)
     if impl == "xla":
         if return_lse:

@@ -4,7 +4,18 @@ mesh's devices; the default backend's without a mesh. A leaf module: every kerne
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+
 import jax
+
+
+@functools.cache
+def pallas_triton_available() -> bool:
+    """Whether this jax still has Pallas' Triton backend (deprecated in jax 0.11; its example kernels left
+    `jax.experimental.pallas.ops.gpu` in 0.12.1). Without it the `pallas_gpu` kernels cannot lower and `auto` picks
+    others (kernels.resolve_impl, kernels.decode_attention)."""
+    return importlib.util.find_spec("jax._src.pallas.triton") is not None
 
 
 def target_platform() -> str:

@@ -1,0 +1,87 @@
+"""Decode attention on Hopper in Mosaic GPU: the flash forward of `mosaic_gpu.py`, fed a KV head's queries as rows.
+
+Why: the GPU decode kernel in `decode.py` is lowered through Pallas' Triton backend, which jax deprecated in 0.11 and
+began removing in 0.12.1 (its Triton example kernels are gone from `jax.experimental.pallas.ops.gpu`). When the
+backend goes, `decode_impl="auto"` on a GPU would have no kernel; this is the replacement on the backend jax keeps.
+
+How, without a second kernel: a decode step's queries of one KV head (the Q x H / K query heads of its group, for
+all Q queries of the row) become the *rows* of one query tile of the forward kernel, with that KV head as the only
+head (GQA group 1). The tile's row range visits the blocks [0, ceil(length / block_kv)) of the row's cache and
+nothing past its length; the key mask is the forward's segment compare against a validity id (1 where the position
+is below the row's length and its segment id is not 0, else 0). So each CTA reads its KV head's written blocks once,
+through the forward's TMA ring, and the softmax is the forward's online fp32 one; lse comes for free
+(`return_lse` for `decode.merge_attention`).
+
+The cost of reuse: the forward's tile is 2 x 64 query rows (wgmma's M), and a decode group has few (8 for TinyLlama,
+32 with four samples sharing a prompt), so most rows are padding. The matmul work that wastes is about a quarter of
+the time the CTA spends waiting on its KV blocks at TinyLlama's shape (about 17 MFLOP against 262 KB per CTA at a
+1024-token cache): hidden behind the memory warpgroup's loads, by that arithmetic; not yet measured.
+
+Status: the real kernel runs in jax's Mosaic GPU interpreter on CPU (jax >= 0.12.1) and matches the XLA decode path
+(tests/test_kernels_decode.py); lowered for the cuda platform in the same tests; not yet run on a GPU
+(`bench/sampler.py --decode pallas_gpu,mosaic_gpu --check_decode_kernel` measures and checks it on one).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from bolt_jax.kernels.decode import NEG, heads_of
+from bolt_jax.kernels.mosaic_gpu import MosaicBlocks, mosaic_forward, pure_jax_twin
+from bolt_jax.kernels.platform import target_platform
+
+DECODE_BLOCKS = MosaicBlocks(block_q=64, block_kv=128, stages=2)
+
+
+def validity_ids(kv_segment_ids_BxT, lengths_B):
+    """1 where a position may be attended (below the row's length, segment id not 0), else 0: the key side of the
+    forward kernel's segment compare (every query row carries 1)."""
+    t = kv_segment_ids_BxT.shape[1]
+    below = jnp.arange(t, dtype=jnp.int32)[None, :] < lengths_B.astype(jnp.int32)[:, None]
+    return ((kv_segment_ids_BxT != 0) & below).astype(jnp.int32)
+
+
+def written_block_ranges(lengths_B, *, tiles: int, block_kv: int, n_kv_blocks: int):
+    """Per row and query tile, the KV blocks [0, ceil(length / block_kv)): the written part of the cache only.
+    [B, tiles, 2] int32."""
+    hi = jnp.minimum(-(-lengths_B.astype(jnp.int32) // block_kv), n_kv_blocks)
+    hi = jnp.broadcast_to(hi[:, None], (lengths_B.shape[0], tiles))
+    return jnp.stack([jnp.zeros_like(hi), hi], axis=-1)
+
+
+def mosaic_decode_attention(q_BxQxHxD, k_cache_BxTxKD, v_cache_BxTxKD, *, kv_segment_ids_BxT, lengths_B,
+                            sm_scale: float | None = None, return_lse: bool = False,
+                            blocks: MosaicBlocks = DECODE_BLOCKS, interpret: bool | None = None):
+    """As `decode.pallas_decode_attention`: out [B, Q, H, D] (and lse [B, Q, H] fp32 with `return_lse`). The cache
+    length must be a multiple of `blocks.block_kv` (the sampler allocates whole blocks of 128). `interpret` (default:
+    off a GPU) runs the forward's pure-JAX twin, the same algorithm tile for tile."""
+    b, nq, h, d = q_BxQxHxD.shape
+    t = k_cache_BxTxKD.shape[1]
+    k_BxTxKxD, v_BxTxKxD = heads_of(k_cache_BxTxKD, d), heads_of(v_cache_BxTxKD, d)
+    kvh = k_BxTxKxD.shape[2]
+    if t % blocks.block_kv:
+        raise ValueError(f"mosaic_gpu decode attention: the cache length {t} must be a multiple of block_kv "
+                         f"({blocks.block_kv}); the sampler allocates its cache rounded up")
+    group = h // kvh
+    rows = nq * group
+    tiles = -(-rows // blocks.tile_q)
+    # Row r = (query i, head g of the group) of KV head k: [B, Q, K, G, D] -> [B, Q * G, K, D].
+    q_BxRxKxD = q_BxQxHxD.reshape(b, nq, kvh, group, d).transpose(0, 1, 3, 2, 4).reshape(b, rows, kvh, d)
+    q_BxRxKxD = jnp.pad(q_BxRxKxD, ((0, 0), (0, tiles * blocks.tile_q - rows), (0, 0), (0, 0)))
+    q_ids_BxR = jnp.ones(q_BxRxKxD.shape[:2], jnp.int32)
+    ranges = written_block_ranges(lengths_B, tiles=tiles, block_kv=blocks.block_kv, n_kv_blocks=t // blocks.block_kv)
+    interpret = target_platform() != "gpu" if interpret is None else interpret
+    forward = pure_jax_twin if interpret else mosaic_forward
+    valid_BxT = validity_ids(kv_segment_ids_BxT, lengths_B)
+    out, lse = forward(q_BxRxKxD, k_BxTxKxD, v_BxTxKxD, q_ids_BxR, valid_BxT, ranges,
+                       scale=sm_scale if sm_scale is not None else d ** -0.5, causal=False, segments=True,
+                       blocks=blocks)
+    # A row without a visible key: output 0 and lse NEG, as the other decode paths (the forward kernel, which never
+    # meets one in attention, would give the mean of the masked values).
+    seen_B = valid_BxT.any(axis=1)
+    out = out[:, :rows].reshape(b, nq, group, kvh, d).transpose(0, 1, 3, 2, 4).reshape(b, nq, h, d)
+    out = jnp.where(seen_B[:, None, None, None], out, jnp.zeros((), out.dtype))
+    if not return_lse:
+        return out
+    lse_BxQxH = lse[:, :, :rows].reshape(b, kvh, nq, group).transpose(0, 2, 1, 3).reshape(b, nq, h)
+    return out, jnp.where(seen_B[:, None, None], lse_BxQxH, NEG)

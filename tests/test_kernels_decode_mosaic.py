@@ -1,0 +1,135 @@
+"""The Mosaic GPU decode attention (kernels/decode_mosaic_gpu.py: the flash forward of mosaic_gpu.py with a KV head's
+queries as its rows) against the XLA decode path: its pure-JAX twin, and the real kernel run in jax's Mosaic GPU
+interpreter on this CPU (TMA copies, barriers, wgmma and the warp-specialized schedule simulated); the kernel lowered
+for the cuda platform; the sampler's greedy tokens with it; and `auto` where jax has no Triton backend."""
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bolt_jax import kernels
+from bolt_jax.kernels import platform
+from bolt_jax.kernels.decode import NEG, xla_decode_attention_lse
+from bolt_jax.kernels.decode_mosaic_gpu import mosaic_decode_attention
+from tests.test_kernels_decode import cache
+
+D = 64  # wgmma's head tiles
+
+
+def _queries(b, nq, h, dtype, seed=1):
+    return jnp.asarray(np.random.default_rng(seed).normal(size=(b, nq, h, D)), dtype)
+
+
+def _problem(b, nq, h, k, dtype, lengths):
+    """Rows with left padding, a row of one key, one crossing a block, one of length 0 (output 0, lse NEG)."""
+    _, kc, vc, seg, _ = cache(b=b, t=256, h=h, k=k, d=D, dtype=dtype, seed=5)
+    return _queries(b, nq, h, dtype), kc, vc, dict(kv_segment_ids_BxT=seg, lengths_B=jnp.asarray(lengths, jnp.int32))
+
+
+@contextlib.contextmanager
+def mosaic_gpu_interpreter():
+    """jax's Mosaic GPU interpret mode (jax >= 0.12.1 runs our warp-specialized kernels in it; 0.12.0 cannot lower
+    them): every Mosaic GPU kernel called inside runs on the CPU as a simulated GPU."""
+    from jax._src.pallas.mosaic_gpu.interpret import params as gpu_interpret
+    try:
+        with gpu_interpret.force_gpu_interpret_mode(gpu_interpret.InterpretGPUParams()):
+            yield
+    except Exception:
+        from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call
+        interpret_pallas_call.reset_gpu_interpret_mode_state()  # jax asks for this after a failed kernel
+        raise
+
+
+NEEDS_INTERPRETER = pytest.mark.skipif(
+    tuple(int(x) for x in jax.__version__.split(".")[:3]) < (0, 12, 1),
+    reason=f"jax {jax.__version__}'s Mosaic GPU interpreter cannot lower warp-specialized kernels (0.12.1 can; the "
+           "test constraints pin it)")
+
+
+def _assert_matches_reference(q, kc, vc, kw, atol, **call):
+    got, got_lse = mosaic_decode_attention(q, kc, vc, return_lse=True, **kw, **call)
+    want, want_lse = xla_decode_attention_lse(q, kc, vc, **kw)
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), atol=atol)
+    np.testing.assert_allclose(got_lse, want_lse, atol=atol, rtol=1e-5)
+
+
+@pytest.mark.parametrize("heads", [(8, 2), (4, 4), (32, 4), (9, 3)])
+@pytest.mark.parametrize("nq", [1, 4])
+@pytest.mark.parametrize("dtype,atol", [(jnp.float32, 3e-5), (jnp.bfloat16, 2e-2)])
+def test_twin_matches_reference(heads, nq, dtype, atol):
+    """The algorithm on CPU (what `decode_impl=mosaic_gpu` runs off a GPU): 1 or 4 queries per row (samples sharing a
+    prompt), GQA groups of 4, 1, 8 and 3, 32 query heads x 4 queries = one full 128-row tile."""
+    q, kc, vc, kw = _problem(4, nq, *heads, dtype, lengths=[200, 1, 130, 0])
+    _assert_matches_reference(q, kc, vc, kw, atol, interpret=True)
+
+
+@NEEDS_INTERPRETER
+@pytest.mark.parametrize("nq,heads", [(1, (8, 2)), (4, (9, 3))])
+def test_kernel_in_the_mosaic_gpu_interpreter_matches_reference(nq, heads):
+    """The real kernel, bf16 as on a GPU: TinyLlama's group of 8 (one query per row), and SmolLM2's group of 3 with
+    four queries per row (12 rows of the 128-row tile). The tolerance is bf16's: P is rounded to bf16 before P V."""
+    q, kc, vc, kw = _problem(3, nq, *heads, jnp.bfloat16, lengths=[256, 1, 130])
+    with mosaic_gpu_interpreter():
+        _assert_matches_reference(q, kc, vc, kw, 2e-2, interpret=False)
+
+
+def test_kernel_lowers_to_mosaic_gpu():
+    """Traced and lowered for the cuda platform on this CPU (compiling the PTX happens on the GPU)."""
+    q, kc, vc, kw = _problem(4, 1, 32, 4, jnp.bfloat16, lengths=[256, 1, 130, 0])
+    exported = jax.export.export(jax.jit(lambda q, k, v, s, n: mosaic_decode_attention(
+        q, k, v, kv_segment_ids_BxT=s, lengths_B=n, interpret=False)), platforms=["cuda"])(
+        q, kc, vc, kw["kv_segment_ids_BxT"], kw["lengths_B"])
+    assert "mosaic_gpu" in exported.mlir_module()
+    assert exported.out_avals[0].shape == q.shape
+
+
+def test_cache_length_must_be_whole_blocks():
+    q, kc, vc, kw = _problem(3, 1, 8, 2, jnp.bfloat16, lengths=[3, 1, 2])
+    with pytest.raises(ValueError, match="multiple of block_kv"):
+        mosaic_decode_attention(q, kc[:, :200], vc[:, :200], kv_segment_ids_BxT=kw["kv_segment_ids_BxT"][:, :200],
+                                lengths_B=kw["lengths_B"])
+
+
+def test_sampler_decodes_the_same_tokens_with_it():
+    from flax import nnx
+
+    from bolt_jax.model import Llama, preset
+    from bolt_jax.sampling import generate
+    cfg = preset("tiny", hidden_size=256, num_attention_heads=4, num_key_value_heads=2, compute_dtype="float32")
+    model = Llama(cfg, nnx.Rngs(0))
+    prompts = [[1, 5, 9, 33, 7], [1, 100, 200]]
+    ref = generate(model, prompts, max_new_tokens=6, greedy=True)
+    model = Llama(cfg.replace(decode_impl="mosaic_gpu"), nnx.Rngs(0))
+    got = generate(model, prompts, max_new_tokens=6, greedy=True)
+    assert got.tokens == ref.tokens
+    np.testing.assert_allclose(got.logq, ref.logq, atol=1e-4)
+
+
+def test_auto_leaves_triton_when_jax_has_no_triton_backend(monkeypatch):
+    """Once jax drops Pallas' Triton backend: decode `auto` on a GPU takes the Mosaic GPU kernel (XLA where wgmma
+    cannot take the inputs), attention's Triton fallbacks become XLA, and an explicit pallas_gpu is refused in one
+    line."""
+    monkeypatch.setattr(kernels, "pallas_triton_available", lambda: False)
+    bf16, f32 = jnp.bfloat16, jnp.float32
+    assert kernels.resolve_decode_impl("auto", "gpu", bf16, 64) == "mosaic_gpu"
+    assert kernels.resolve_decode_impl("auto", "gpu", f32, 64) == "xla"
+    assert kernels.resolve_decode_impl("auto", "gpu", bf16, 32) == "xla"
+    assert kernels.resolve_decode_impl("auto", "tpu", bf16, 64) == "pallas_tpu"
+    assert kernels.resolve_impl("auto", backend="gpu", documents=True, arch="8.0") == "xla"
+    assert kernels.resolve_impl("auto", backend="gpu", documents=True, arch="9.0") == "mosaic_gpu"
+    monkeypatch.setattr(kernels, "target_platform", lambda: "gpu")
+    q, kc, vc, kw = _problem(3, 1, 8, 2, bf16, lengths=[3, 1, 2])
+    with pytest.raises(ValueError, match="no longer has"):
+        kernels.decode_attention(q, kc, vc, impl="pallas_gpu", **kw)
+    monkeypatch.undo()
+    assert kernels.resolve_decode_impl("auto", "gpu", bf16, 64) == ("pallas_gpu" if platform.pallas_triton_available()
+                                                                     else "mosaic_gpu")
+
+
+def test_an_empty_row_gives_zero_and_neg():
+    q, kc, vc, kw = _problem(3, 2, 8, 2, jnp.float32, lengths=[0, 5, 1])
+    out, lse = mosaic_decode_attention(q, kc, vc, return_lse=True, interpret=True, **kw)
+    assert not np.asarray(out[0]).any() and (np.asarray(lse[0]) == NEG).all()
