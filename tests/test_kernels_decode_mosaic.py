@@ -3,8 +3,6 @@ queries as its rows) against the XLA decode path: its pure-JAX twin, and the rea
 interpreter on this CPU (TMA copies, barriers, wgmma and the warp-specialized schedule simulated); the kernel lowered
 for the cuda platform; the sampler's greedy tokens with it; and `auto` where jax has no Triton backend."""
 
-import contextlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +12,7 @@ from bolt_jax import kernels
 from bolt_jax.kernels import platform
 from bolt_jax.kernels.decode import NEG, xla_decode_attention_lse
 from bolt_jax.kernels.decode_mosaic_gpu import mosaic_decode_attention
+from tests.mosaic_interpreter import NEEDS_INTERPRETER, mosaic_gpu_interpreter
 from tests.test_kernels_decode import cache
 
 D = 64  # wgmma's head tiles
@@ -27,26 +26,6 @@ def _problem(b, nq, h, k, dtype, lengths):
     """Rows with left padding, a row of one key, one crossing a block, one of length 0 (output 0, lse NEG)."""
     _, kc, vc, seg, _ = cache(b=b, t=256, h=h, k=k, d=D, dtype=dtype, seed=5)
     return _queries(b, nq, h, dtype), kc, vc, dict(kv_segment_ids_BxT=seg, lengths_B=jnp.asarray(lengths, jnp.int32))
-
-
-@contextlib.contextmanager
-def mosaic_gpu_interpreter():
-    """jax's Mosaic GPU interpret mode (jax >= 0.12.1 runs our warp-specialized kernels in it; 0.12.0 cannot lower
-    them): every Mosaic GPU kernel called inside runs on the CPU as a simulated GPU."""
-    from jax._src.pallas.mosaic_gpu.interpret import params as gpu_interpret
-    try:
-        with gpu_interpret.force_gpu_interpret_mode(gpu_interpret.InterpretGPUParams()):
-            yield
-    except Exception:
-        from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call
-        interpret_pallas_call.reset_gpu_interpret_mode_state()  # jax asks for this after a failed kernel
-        raise
-
-
-NEEDS_INTERPRETER = pytest.mark.skipif(
-    tuple(int(x) for x in jax.__version__.split(".")[:3]) < (0, 12, 1),
-    reason=f"jax {jax.__version__}'s Mosaic GPU interpreter cannot lower warp-specialized kernels (0.12.1 can; the "
-           "test constraints pin it)")
 
 
 def _assert_matches_reference(q, kc, vc, kw, atol, **call):

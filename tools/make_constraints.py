@@ -36,6 +36,8 @@ CUDA_13_0 = tuple(f"{name}==13.0.*" for name in ("nvidia-cuda-runtime", "nvidia-
                                                  "nvidia-nvvm"))
 # What the GPU kernels and benchmarks were measured with (bench/results/2026-11-22-h100/run11_env.log).
 GPU_TESTED = ("jax==0.11.2", "jaxlib==0.11.2", "flax==0.12.10", "optax==0.2.8")
+# TPU VMs take jax[tpu], whose libtpu must be on PyPI: 0.12.1's is not (yet), 0.12.0.1's is.
+TPU_TESTED = ("jax==0.12.0.1", "jaxlib==0.12.0.1")
 
 
 @dataclass(frozen=True)
@@ -78,10 +80,14 @@ TARGETS = {
                      Resolution("gpu-cuda12,eval,tokamax", anchors=GPU_TESTED))),
     "tpu": Target(
         install="pip install -c constraints/tpu.txt -e '.[tpu]'   (on every TPU VM worker)",
-        tested="TPU VMs: never run on a TPU. jax and libtpu follow the seed environment's jax, the version the "
-               "pallas_tpu kernel was tested with in the Pallas TPU interpreter on CPU",
-        resolutions=(Resolution("tpu,eval,tokamax"),)),
+        tested="TPU VMs: never run on a TPU. jax 0.12.0.1 with the libtpu its jax[tpu] names: the newest pair on "
+               "PyPI (jax 0.12.1's jax[tpu] asks for libtpu 0.0.53, not published as of 2026-12-07); the pallas_tpu "
+               "kernel passed the Pallas TPU interpreter tests under it, and under jax 0.12.1 with libtpu 0.0.52",
+        resolutions=(Resolution("tpu,eval,tokamax", anchors=TPU_TESTED),)),
 }
+
+
+JAX_RELEASED_WITH = re.compile(r"^(jaxlib|jax-cuda\d+-(plugin|pjrt)|libtpu)$")
 
 
 def canonical(name: str) -> str:
@@ -108,6 +114,8 @@ def seed_pins(seed_env: str) -> dict[str, str]:
 def resolve(resolution: Resolution, seeds: dict[str, str]) -> dict[str, str]:
     """canonical name -> version of everything `pip install .[extras]` would install under the pins."""
     anchored = {requirement_name(a) for a in resolution.anchors}
+    if "jax" in anchored:  # jax's own plugins come at its version (and libtpu at the one its jax[tpu] names)
+        anchored |= {n for n in seeds if JAX_RELEASED_WITH.match(n)}
     pins = list(resolution.anchors) + [s for n, s in sorted(seeds.items()) if n not in anchored and n != PROJECT]
     with tempfile.TemporaryDirectory() as tmp:
         constraints, report = os.path.join(tmp, "constraints.txt"), os.path.join(tmp, "report.json")

@@ -20,8 +20,9 @@ The backward is `mosaic_gpu_bwd.py` (or, with `MosaicBlocks(backward=False)`, th
 of `pallas_gpu`, which takes the same residuals: natural-log log-sum-exp, [B, H, S]). `pure_jax_twin` is the same
 algorithm (same tiles, same range table, same log2-domain online softmax and masking) in plain JAX, so the algorithm
 is tested on CPU; the kernel itself is lowered to Mosaic GPU on CPU in the tests (`jax.export` for the cuda
-platform; jax 0.12's Mosaic GPU interpreter cannot run wgmma) and was compiled and checked against an fp32 oracle on
-an H100 (`bench/attention.py`; BENCHMARKS.md: forward 0.30 ms with 4 documents per row, 0.47 ms plain causal).
+platform), run in jax 0.12.1's Mosaic GPU interpreter on CPU against the twin (tests/test_kernels_mosaic.py; 0.12.0's
+interpreter cannot lower it), and was compiled and checked against an fp32 oracle on an H100 (`bench/attention.py`;
+BENCHMARKS.md: forward 0.30 ms with 4 documents per row, 0.47 ms plain causal).
 """
 
 from __future__ import annotations

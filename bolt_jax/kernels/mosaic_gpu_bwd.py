@@ -10,7 +10,8 @@ forward (`mosaic_gpu.py`), with GQA summed inside the kernel and packed-document
   documents, above the diagonal) are exactly 0.
 
 `pure_jax_twin_backward` is the same algorithm in plain JAX (same tiles, ranges and step order), tested on CPU; the
-kernels are lowered for the cuda platform in the tests and checked on an H100 by `bench/attention.py`.
+kernels are lowered for the cuda platform in the tests, run in jax 0.12.1's Mosaic GPU interpreter against the twin
+(tests/test_kernels_mosaic.py), and checked on an H100 by `bench/attention.py`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,30 @@
+"""jax's Mosaic GPU interpret mode for the tests: Mosaic GPU kernels run on the CPU as a simulated Hopper GPU (TMA
+copies, barriers, wgmma, warpgroups as threads). jax 0.12.1 runs our warp-specialized kernels in it; 0.12.0 cannot
+lower them ("Cannot lower jaxpr with effects"), so the tests that need it are marked and the test constraints pin
+0.12.1."""
+
+from __future__ import annotations
+
+import contextlib
+
+import jax
+import pytest
+
+NEEDS_INTERPRETER = pytest.mark.skipif(
+    tuple(int(x) for x in jax.__version__.split(".")[:3]) < (0, 12, 1),
+    reason=f"jax {jax.__version__}'s Mosaic GPU interpreter cannot lower warp-specialized kernels (0.12.1 can; the "
+           "test constraints pin it)")
+
+
+@contextlib.contextmanager
+def mosaic_gpu_interpreter():
+    """Every Mosaic GPU kernel called inside runs in the interpreter; its state is reset after a failing kernel, as
+    jax asks."""
+    from jax._src.pallas.mosaic_gpu.interpret import params as gpu_interpret
+    try:
+        with gpu_interpret.force_gpu_interpret_mode(gpu_interpret.InterpretGPUParams()):
+            yield
+    except Exception:
+        from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call
+        interpret_pallas_call.reset_gpu_interpret_mode_state()
+        raise
