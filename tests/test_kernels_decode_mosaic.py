@@ -37,8 +37,7 @@ def _assert_matches_reference(q, kc, vc, kw, atol, **call):
 
 @pytest.mark.parametrize("heads", [(8, 2), (4, 4), (32, 4), (9, 3)])
 @pytest.mark.parametrize("nq", [1, 4])
-@pytest.mark.parametrize("dtype,atol", [(jnp.float32, 3e-5), (jnp.bfloat16, 2e-2)])
-def test_twin_matches_reference(heads, nq, dtype, atol):
+def test_twin_matches_reference(heads, nq, dtype=jnp.float32, atol=3e-5):
     """The algorithm on CPU (what `decode_impl=mosaic_gpu` runs off a GPU): 1 or 4 queries per row (samples sharing a
     prompt), GQA groups of 4, 1, 8 and 3, 32 query heads x 4 queries = one full 128-row tile."""
     q, kc, vc, kw = _problem(4, nq, *heads, dtype, lengths=[200, 1, 130, 0])
