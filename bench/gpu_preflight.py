@@ -17,6 +17,8 @@ parser, with its defaults. Per step, the programs that hold the most memory:
 - score: the scorer's pass over `--rows_per_call` rows (at most `--sequences`) of `--seq` tokens.
 - decode: the static sampler's whole call (prefill, the decode loop, its KV cache) at each `--batch`, prompts in the
   bucket of `--prompt`, `--new` tokens; the decode attention `auto` resolves for the GPU (our Triton kernel).
+- decode_kernels: the same at batch 256 with the Triton and the Mosaic GPU decode kernels (so the Mosaic one is
+  lowered inside the whole sampler for the GPU before a GPU runs it).
 - estep: the continuous engine's prefill group and decode chunk at the bench's slots and prompt bucket, and the
   scorer's largest call, as the AOT dry run compiles them (bolt_jax.aot.report.estep_reports); with `--overlap` the
   scorer runs while the engine holds its slots, so the E-step's row is the decode chunk + the scorer - the weights
@@ -106,19 +108,22 @@ def sampler_model(preset_name: str, mesh, **overrides):
     return (cfg, *abstract_sampler_model(cfg, mesh))
 
 
-def decode_programs(devices) -> list[Program]:
-    """bench/sampler.py's generate calls: the static sampler, one row per prompt (n=1), temperature 1."""
+def decode_programs(devices, step: str) -> list[Program]:
+    """bench/sampler.py's generate calls (the headline `step`'s: decode, decode_kernels): the static sampler, one row
+    per prompt (n=1), temperature 1, with each of its `--decode` attentions."""
     import jax
     import jax.numpy as jnp
+    from sampler import overrides
 
     from bolt_jax import parallel
     from bolt_jax.sampling.sampler import _bucket, _generate_core, cache_time
-    a = headline_args("decode")
+    a = headline_args(step)
     mesh = parallel.make_mesh({}, devices)
-    cfg, graphdef, params = sampler_model(a.preset, mesh)
     p_len = _bucket(a.prompt)
     out = []
-    for batch in (int(b) for b in a.batch.split(",")):
+    for impl, batch in ((i, int(b)) for i in a.decode.split(",") for b in a.batch.split(",")):
+        cfg, graphdef, params = sampler_model(a.preset, mesh, decode_impl=impl, **overrides(a.model_overrides))
+
         def spec(*shape, dtype=jnp.int32):
             return jax.ShapeDtypeStruct(shape, dtype, sharding=parallel.batch_sharding(mesh, len(shape)))
 
@@ -129,8 +134,9 @@ def decode_programs(devices) -> list[Program]:
                     max_new_tokens=a.new, temperature=1.0, top_k=0, top_p=1.0, greedy=False, stop_ids=(),
                     banned_ids=()).compile()
         memory, seconds = timed_memory(build)
-        out.append(Program("decode", f"static generate, batch {batch}, prompts in a bucket of {p_len}, {a.new} new "
-                                     f"(KV cache {batch} x {cache_time(p_len, a.new)} positions)", memory, seconds))
+        out.append(Program(step, f"static generate, batch {batch}, prompts in a bucket of {p_len}, {a.new} new "
+                                 f"(KV cache {batch} x {cache_time(p_len, a.new)} positions), decode attention {impl}",
+                           memory, seconds))
     return out
 
 
@@ -167,7 +173,8 @@ def estep_programs(target, devices) -> list[Program]:
 # step -> its programs, from (the target, its devices)
 PROGRAMS = {"train_packed": lambda t, d: train_programs("train_packed", t, d),
             "train_concat": lambda t, d: train_programs("train_concat", t, d),
-            "score": lambda t, d: score_programs(d), "decode": lambda t, d: decode_programs(d),
+            "score": lambda t, d: score_programs(d), "decode": lambda t, d: decode_programs(d, "decode"),
+            "decode_kernels": lambda t, d: decode_programs(d, "decode_kernels"),
             "estep": estep_programs}
 
 

@@ -1,7 +1,7 @@
 #!/bin/bash
 # One call on a lent GPU (the `device` tool): bench/gpu_session.sh [STAGE...], STAGE one of
 #   headline (the default)   every headline figure: bench/headline.py with its exact arguments
-#   train_packed train_concat attention score estep decode    some of them (in one headline run);
+#   train_packed train_concat attention score estep decode decode_kernels   some of them (one headline run);
 #                            aliases: train = train_packed,train_concat; sampler = decode
 #   env profile dryrun       the GPU and versions; a profiler trace of the train step; the memory dry run
 #   cmd                      "$CMD" as given, e.g. CMD="python3 bench/attention.py --sweep"
@@ -30,7 +30,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 T=${STAGE_TIMEOUT:-300}
-HEADLINE_STEPS=" train_packed train_concat attention score estep decode "
+HEADLINE_STEPS=" train_packed train_concat attention score estep decode decode_kernels "
 [ $# -eq 0 ] && set -- headline
 
 # the stages that are headline steps run together, in one headline (one results folder)

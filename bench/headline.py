@@ -13,10 +13,13 @@ itself never starts a jax backend, so a GPU's memory is the step's alone.
 headline.json: each figure as {"median", "min", "max", "samples"} (>= 5 samples): train_tokens_per_s_packed,
 train_tokens_per_s_concat, train_mfu_packed, train_mfu_concat, attention_fwd_tflops_causal,
 attention_packed_vs_fair_baseline, decode_tokens_per_s_b256, decode_tokens_per_s_b1024, score_tokens_per_s,
-estep_sampled_tokens_per_s; and decode_kernel_max_abs_err, device, jax, commit, flop_per_token (TinyLlama at seq
-2048 by `LlamaConfig.flops_per_token`, the MFU convention), smoke, targets (met / not met), labels (what each
-figure measured), steps (command, seconds, exit status). A figure whose step failed keeps its key, with null values
-and the error. `--smoke` figures are meaningless (a tiny model on a CPU; cuDNN rows skipped), only the schema is.
+estep_sampled_tokens_per_s; decode_mosaic_vs_pallas_b256 (the Mosaic GPU decode kernel's tokens/s over the Triton
+one's, run against run in one process: the Triton backend is leaving jax); and decode_kernel_max_abs_err,
+decode_mosaic_kernel_max_abs_err (each GPU decode kernel against the XLA path), device, jax, commit, flop_per_token
+(TinyLlama at seq 2048 by `LlamaConfig.flops_per_token`, the MFU convention), smoke, targets (met / not met), labels
+(what each figure measured), steps (command, seconds, exit status). A figure whose step failed keeps its key, with
+null values and the error. `--smoke` figures are meaningless (a tiny model on a CPU; cuDNN rows skipped), only the
+schema is.
 
 Time on one H100, estimated (no run has timed it yet; each run prints and records every step's seconds): the
 measured work from BENCHMARKS.md (train step 0.42-0.46 s, attention calls under 3 ms, a b256 generate call 2.3 s,
@@ -25,9 +28,11 @@ init and compiles: env 10 s; train_packed and train_concat ~35 s each (init 10, 
 ~50 s (20 fwd and fwd+bwd compiles, 3 fp32 oracles, 10 x 12 samples of 10 calls); score ~25 s; estep ~120 s (the
 TinyLlama checkpoint written and read back, the engine's and scorer's compiles, 6 passes over 192 chunks of K=4
 thoughts at ~30k tokens/s); decode ~130 s (b256: compile 20, 6 calls of 2.3 s, the one-token compile 10; b1024:
-compile 20, 6 calls of ~6.5 s, one-token calls of ~2 s). About 400 s (7 minutes), uncertain by a few minutes: the
-steps run in the order of STEPS, each under its timeout and the `--budget_s` (540 s) left, so a run that outgrows
-the device tool's 10 minutes loses its last figures (decode at batch 1024 last of all), not the whole headline.
+compile 20, 6 calls of ~6.5 s, one-token calls of ~2 s); decode_kernels ~100 s (two b256 rows, each as decode's
+b256 row). About 500 s (8 minutes), uncertain by a few minutes: the steps run in the
+order of STEPS, each under its timeout and the `--budget_s` (540 s) left, so a run that outgrows the device tool's
+10 minutes loses its last figures (the decode kernels' comparison, then decode at batch 1024), not the whole
+headline.
 Whether each step's programs fit the GPU's memory is checked without one, on a CPU machine: bench/gpu_preflight.py.
 """
 
@@ -40,6 +45,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,7 +59,8 @@ MIN_SAMPLES = 5
 FIGURES = ("train_tokens_per_s_packed", "train_tokens_per_s_concat", "train_mfu_packed", "train_mfu_concat",
            "attention_fwd_tflops_causal", "attention_packed_vs_fair_baseline", "decode_tokens_per_s_b256",
            "decode_tokens_per_s_b1024", "score_tokens_per_s", "estep_sampled_tokens_per_s")
-SCALARS = ("decode_kernel_max_abs_err", "device", "jax", "commit", "flop_per_token")
+SCALARS = ("decode_kernel_max_abs_err", "decode_mosaic_kernel_max_abs_err", "device", "jax", "commit",
+           "flop_per_token")
 STEP_OF = {"train_tokens_per_s_packed": "train_packed", "train_mfu_packed": "train_packed",
            "train_tokens_per_s_concat": "train_concat", "train_mfu_concat": "train_concat",
            "attention_fwd_tflops_causal": "attention", "attention_packed_vs_fair_baseline": "attention",
@@ -89,6 +96,13 @@ STEPS = (
                                   "--runs", "5", "--prefill_runs", "3", "--check_decode_kernel"),
          ("--smoke", "--batch", "8,16", "--prompt_min", "16,4", "--runs", "5", "--prefill_runs", "3",
           "--check_decode_kernel"), 240),
+    # Last: the Triton decode kernel (what `auto` runs) and its Mosaic GPU successor side by side, one process.
+    Step("decode_kernels", "sampler.py", ("--batch", "256", "--prompt", "512", "--new", "512", "--runs", "5",
+                                          "--prefill_runs", "3", "--decode", "pallas_gpu,mosaic_gpu",
+                                          "--check_decode_kernel"),
+         ("--smoke", "--batch", "8", "--runs", "5", "--prefill_runs", "3", "--decode", "pallas_gpu,mosaic_gpu",
+          "--check_decode_kernel", "--model_overrides", "hidden_size=128,num_attention_heads=2,num_key_value_heads=1"),
+         150),
 )
 
 
@@ -266,8 +280,17 @@ def collect(done: dict) -> tuple[dict[str, Any], dict[str, str]]:
             out[key] = figure(row["decode_tokens_per_s"])
             labels[key] = (f"batch {row['batch']}, prompts {row['prompt_min']}-{row['prompt']} tokens, {row['new']} "
                            "new, decode only (prefill subtracted)")
-        if r.get("decode_kernel"):
-            out["decode_kernel_max_abs_err"] = r["decode_kernel"]["max_abs_err"]
+        out["decode_kernel_max_abs_err"] = (r.get("decode_kernels") or {}).get("pallas_gpu", {}).get("max_abs_err")
+    if r := result("decode_kernels"):  # rows: pallas_gpu then mosaic_gpu, batch 256, run against run
+        by_impl = {row["decode_impl"]: row for row in r["rows"]}
+        if {"pallas_gpu", "mosaic_gpu"} <= set(by_impl):
+            mosaic, triton = (by_impl[k]["decode_tokens_per_s"]["samples"] for k in ("mosaic_gpu", "pallas_gpu"))
+            ratios = [x / y for x, y in zip(mosaic, triton)]
+            out["decode_mosaic_vs_pallas_b256"] = figure({"samples": ratios, "median": statistics.median(ratios)})
+            labels["decode_mosaic_vs_pallas_b256"] = ("decode tokens/s of the Mosaic GPU decode kernel / the Triton "
+                                                      f"one, batch {by_impl['mosaic_gpu']['batch']}, same process")
+        out["decode_mosaic_kernel_max_abs_err"] = (r.get("decode_kernels") or {}).get("mosaic_gpu", {}).get(
+            "max_abs_err")
     if r := result("score"):
         out["score_tokens_per_s"] = figure(r["tokens_per_s"])
         labels["score_tokens_per_s"] = f"vocab {r['vocab']}, rows of {r['row_len']}, {r['sequences']} sequences"
@@ -287,7 +310,10 @@ def assemble(done: dict, env_info: dict, *, smoke: bool) -> dict[str, Any]:
     for key in FIGURES:
         record = done.get(STEP_OF[key], ({"error": "not run (--only)"}, None))[0]
         out[key] = figures.get(key) or missing(f"{STEP_OF[key]}: {record.get('error') or 'no figure in its JSON'}")
-    out.update(decode_kernel_max_abs_err=figures.get("decode_kernel_max_abs_err"), device=env_info["device"],
+    out.update(decode_kernel_max_abs_err=figures.get("decode_kernel_max_abs_err"),
+               decode_mosaic_kernel_max_abs_err=figures.get("decode_mosaic_kernel_max_abs_err"),
+               decode_mosaic_vs_pallas_b256=figures.get("decode_mosaic_vs_pallas_b256")
+               or missing("decode_kernels: no figure in its JSON"), device=env_info["device"],
                jax=env_info["jax"], commit=first.get("commit") or os.environ.get("BOLT_COMMIT", "unknown"),
                flop_per_token=figures.get("flop_per_token"),
                flop_per_token_original=figures.get("flop_per_token_original"), date=time.strftime("%Y-%m-%d"),
@@ -324,9 +350,12 @@ def report(h: dict) -> str:
         t = h["targets"].get(key)
         verdict = "-" if t is None else "smoke" if h["smoke"] else {True: "met", False: "NOT MET", None: "-"}[t["met"]]
         lines.append(f"{key:<36} {fmt(key, h[key]):>44}  {t['target'] if t else '':<26} {verdict}")
-    err = h["decode_kernel_max_abs_err"]
-    lines.append(f"{'decode_kernel_max_abs_err':<36} {'-' if err is None else format(err, '.3g'):>44}  "
-                 "(Pallas decode kernel vs XLA, bf16)")
+    lines.append(f"{'decode_mosaic_vs_pallas_b256':<36} {fmt('_vs_', h['decode_mosaic_vs_pallas_b256']):>44}  "
+                 "(Mosaic GPU decode kernel / Triton's, tokens/s)")
+    for key, what in (("decode_kernel_max_abs_err", "Triton"), ("decode_mosaic_kernel_max_abs_err", "Mosaic GPU")):
+        err = h.get(key)
+        lines.append(f"{key:<36} {'-' if err is None else format(err, '.3g'):>44}  ({what} decode kernel vs XLA, "
+                     "bf16)")
     lines += [f"  {k}: {v}" for k, v in h["labels"].items()]
     lines += [f"  step {name}: {rec.get('seconds', '-')} s, exit {rec.get('rc')}" for name, rec in h["steps"].items()]
     return "\n".join(lines)

@@ -3,7 +3,8 @@
     python bench/sampler.py                       # TinyLlama (bf16 weights), batch 256, 512 prompt + 512 new tokens
     python bench/sampler.py --batch 256,1024 --prompt_min 512,128  # batch 1024 with ragged prompts of 128-512
     python bench/sampler.py --batch 64,256 --new 512 --decode xla,pallas_gpu
-    python bench/sampler.py --check_decode_kernel  # also: max |Pallas decode kernel - XLA decode| on the same inputs
+    python bench/sampler.py --decode pallas_gpu,mosaic_gpu   # the Triton kernel and its Mosaic GPU successor
+    python bench/sampler.py --check_decode_kernel  # also: max |each GPU decode kernel - XLA decode|, same inputs
     python bench/sampler.py --profile /tmp/prof && python bench/trace_summary.py /tmp/prof   # where decode time goes
     python bench/sampler.py --smoke               # tiny shapes on CPU
 
@@ -18,6 +19,7 @@ value or one per batch size) are left-padded to the longest in one static batch,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import time
 
@@ -41,11 +43,16 @@ def make_prompts(cfg, batch: int, longest: int, shortest: int, seed: int = 0) ->
     return [rng.integers(3, cfg.vocab_size, n).tolist() for n in lengths]
 
 
-def decode_kernel_error(cfg, batch: int, time_len: int, seed: int = 0) -> dict:
-    """Max |pallas_decode_attention - xla_decode_attention| on the same bf16 inputs at the model's head shape: ragged
-    lengths, left padding (segment 0) and unwritten tail, as in the sampler's cache. On a CPU the kernel runs in
-    Pallas interpret mode (smoke)."""
-    from bolt_jax.kernels.decode import pallas_decode_attention, xla_decode_attention
+GPU_DECODE_KERNELS = ("pallas_gpu", "mosaic_gpu")
+
+
+def decode_kernel_error(cfg, batch: int, time_len: int, impl: str, seed: int = 0) -> dict:
+    """Max |the decode kernel `impl` - xla_decode_attention| on the same bf16 inputs at the model's head shape: ragged
+    lengths, left padding (segment 0) and unwritten tail, as in the sampler's cache. On a CPU the Triton kernel runs
+    in Pallas interpret mode and the Mosaic GPU one as its pure-JAX twin (smoke)."""
+    from bolt_jax import kernels
+    from bolt_jax.kernels.decode import xla_decode_attention
+    kernel = kernels._lazy(*kernels._DECODE_KERNELS[impl])
     rng = np.random.default_rng(seed)
     t = math.ceil(time_len / 128) * 128
     h, kvh, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_size
@@ -55,10 +62,10 @@ def decode_kernel_error(cfg, batch: int, time_len: int, seed: int = 0) -> dict:
     pad = rng.integers(0, lengths)  # left padding of each row, below its length
     seg = ((np.arange(t)[None] >= pad[:, None]) & (np.arange(t)[None] < lengths[:, None])).astype(np.int32)
     kw = dict(kv_segment_ids_BxT=jnp.asarray(seg), lengths_B=jnp.asarray(lengths, jnp.int32))
-    got = jax.jit(lambda q, k, v: pallas_decode_attention(q, k, v, **kw))(q, k, v)
+    got = jax.jit(lambda q, k, v: kernel(q, k, v, **kw))(q, k, v)
     want = jax.jit(lambda q, k, v: xla_decode_attention(q, k, v, **kw))(q, k, v)
     got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
-    return {"max_abs_err": float(np.abs(got - want).max()), "max_abs_ref": float(np.abs(want).max()),
+    return {"impl": impl, "max_abs_err": float(np.abs(got - want).max()), "max_abs_ref": float(np.abs(want).max()),
             "shape": {"batch": batch, "time": t, "heads": h, "kv_heads": kvh, "head_dim": d},
             "interpret": jax.default_backend() != "gpu"}
 
@@ -111,6 +118,15 @@ def print_rows(a, rows: list[dict]) -> None:
               f"{bound or float('nan'):15,.0f} {frac:>12}")
 
 
+def overrides(text: str) -> dict:
+    """`--model_overrides`: k=v pairs, numbers as numbers."""
+    out = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        out[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else value.strip()
+    return out
+
+
 def parser() -> argparse.ArgumentParser:
     """This script's arguments (bench/gpu_preflight.py parses the headline's with it)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -122,9 +138,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--new", type=int, default=512)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--prefill_runs", type=int, default=3, help="one-token calls timed to subtract the prefill")
-    p.add_argument("--decode", default="auto", help="comma list of decode attention impls (auto, xla, pallas_gpu)")
+    p.add_argument("--decode", default="auto", help="comma list of decode attention impls (model.decode_impl: auto, "
+                                                     "xla, pallas_gpu, mosaic_gpu), measured side by side")
     p.add_argument("--check_decode_kernel", action="store_true",
-                   help="max |Pallas decode kernel - XLA decode attention| on the model's head shape")
+                   help="max |each GPU decode kernel - XLA decode attention| on the model's head shape (the Mosaic "
+                        "GPU one where the head dim is a multiple of 64)")
+    p.add_argument("--model_overrides", default="", help="LlamaConfig fields over the preset, e.g. hidden_size=128,"
+                                                          "num_attention_heads=2 (a smoke model with 64-wide heads)")
     p.add_argument("--profile", default="", help="write a profiler trace of one generate call per batch size here "
                                                   "(read it with bench/trace_summary.py)")
     p.add_argument("--smoke", action="store_true", help="tiny shapes on CPU (explicit arguments win)")
@@ -140,27 +160,34 @@ def main() -> None:
 
     if a.smoke:
         smoke_defaults(a, p, preset="tiny", batch="8", prompt=16, new=16)
-    cfg = preset(a.preset, param_dtype="bfloat16", compute_dtype="bfloat16")
+    cfg = preset(a.preset, param_dtype="bfloat16", compute_dtype="bfloat16", **overrides(a.model_overrides))
+    impls = a.decode.split(",")
+    unknown = sorted(set(impls) - set(kernels.DECODE_IMPLS))
+    if unknown:
+        p.error(f"--decode: unknown {unknown}; choose from {kernels.DECODE_IMPLS}")
     mesh = parallel.make_mesh()
     model = create_model(cfg, mesh, seed=0)
-    check = None
+    checks = {}
     if a.check_decode_kernel:  # first: quick, and then in every partial JSON
-        check = decode_kernel_error(cfg, int(a.batch.split(",")[0]), a.prompt + a.new)
-        print(f"decode kernel check, {check['shape']}{' (interpret mode)' if check['interpret'] else ''}: max |pallas "
-              f"- xla| = {check['max_abs_err']:.3g} (outputs up to {check['max_abs_ref']:.3g}, bf16)", flush=True)
+        for impl in GPU_DECODE_KERNELS:
+            if impl == "mosaic_gpu" and cfg.head_size % 64:
+                checks[impl] = {"impl": impl, "skipped": f"head dim {cfg.head_size} is not a multiple of 64"}
+                continue
+            c = checks[impl] = decode_kernel_error(cfg, int(a.batch.split(",")[0]), a.prompt + a.new, impl)
+            print(f"decode kernel check, {c['shape']}{' (interpreted)' if c['interpret'] else ''}: max |{impl} - xla| "
+                  f"= {c['max_abs_err']:.3g} (outputs up to {c['max_abs_ref']:.3g}, bf16)", flush=True)
     rows = []
     batches = [int(b) for b in a.batch.split(",")]
     shortest = [int(x) or a.prompt for x in a.prompt_min.split(",")]
     shortest = dict(zip(batches, shortest if len(shortest) == len(batches) else shortest[:1] * len(batches)))
-    for decode_impl, batch in ((d, b) for d in a.decode.split(",") for b in batches):
-        if decode_impl != "auto":  # `auto` resolves per backend at trace time: pin it, and retrace
-            kernels.DECODE_AUTO[jax.default_backend()] = decode_impl
-            jax.clear_caches()
+    for decode_impl, batch in ((d, b) for d in impls for b in batches):
+        model.config = dataclasses.replace(cfg, decode_impl=decode_impl)  # static: a new program per impl
         row = bench_batch(model, cfg, mesh, batch=batch, prompt=a.prompt, prompt_min=shortest[batch], new=a.new,
                           runs=a.runs, prefill_runs=a.prefill_runs, profile=a.profile)
         rows.append({"decode_impl": decode_impl, **row})
         if a.json:  # after every row: a run stopped by its time limit still leaves the rows it finished
-            write_json(a.json, {**run_info(), "args": vars(a), "smoke": a.smoke, "rows": rows, "decode_kernel": check})
+            write_json(a.json, {**run_info(), "args": vars(a), "smoke": a.smoke, "rows": rows,
+                                "decode_kernels": checks})
     print_rows(a, rows)
 
 if __name__ == "__main__":
