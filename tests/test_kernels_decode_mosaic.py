@@ -22,9 +22,9 @@ def _queries(b, nq, h, dtype, seed=1):
     return jnp.asarray(np.random.default_rng(seed).normal(size=(b, nq, h, D)), dtype)
 
 
-def _problem(b, nq, h, k, dtype, lengths):
+def _problem(b, nq, h, k, dtype, lengths, t=256):
     """Rows with left padding, a row of one key, one crossing a block, one of length 0 (output 0, lse NEG)."""
-    _, kc, vc, seg, _ = cache(b=b, t=256, h=h, k=k, d=D, dtype=dtype, seed=5)
+    _, kc, vc, seg, _ = cache(b=b, t=t, h=h, k=k, d=D, dtype=dtype, seed=5)
     return _queries(b, nq, h, dtype), kc, vc, dict(kv_segment_ids_BxT=seg, lengths_B=jnp.asarray(lengths, jnp.int32))
 
 
@@ -64,11 +64,12 @@ def test_kernel_lowers_to_mosaic_gpu():
     assert exported.out_avals[0].shape == q.shape
 
 
-def test_cache_length_must_be_whole_blocks():
-    q, kc, vc, kw = _problem(3, 1, 8, 2, jnp.bfloat16, lengths=[3, 1, 2])
-    with pytest.raises(ValueError, match="multiple of block_kv"):
-        mosaic_decode_attention(q, kc[:, :200], vc[:, :200], kv_segment_ids_BxT=kw["kv_segment_ids_BxT"][:, :200],
-                                lengths_B=kw["lengths_B"])
+@pytest.mark.parametrize("t", [16, 200, 320])
+def test_caches_of_no_whole_128_blocks(t):
+    """Shared-prompt entries of a 16-token bucket (padded to one block of 64), a cache of 200 (padded to 256 in blocks
+    of 64) and one of 320 (blocks of 64, no padding)."""
+    q, kc, vc, kw = _problem(3, 2, 8, 2, jnp.float32, lengths=[min(t, 150), 1, t], t=t)
+    _assert_matches_reference(q, kc, vc, kw, 3e-5, interpret=True)
 
 
 def test_sampler_decodes_the_same_tokens_with_it():

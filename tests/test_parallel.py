@@ -138,13 +138,14 @@ def test_custom_call_kernels_run_per_shard_on_a_mesh(impl):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=5e-5)
 
 
-@pytest.mark.parametrize("impl", ["pallas_gpu", "pallas_tpu"])
+@pytest.mark.parametrize("impl", ["pallas_gpu", "pallas_tpu", "mosaic_gpu"])
 def test_decode_kernel_runs_per_shard_on_a_mesh(impl):
     from bolt_jax import kernels
     from bolt_jax.kernels.decode import xla_decode_attention
     rng = np.random.default_rng(1)
-    q = jnp.asarray(rng.normal(size=(4, 1, 8, 32)), jnp.float32)
-    kc, vc = (jnp.asarray(rng.normal(size=(4, 128, 2 * 32)), jnp.float32) for _ in range(2))
+    d = 64 if impl == "mosaic_gpu" else 32  # wgmma's head tiles
+    q = jnp.asarray(rng.normal(size=(4, 1, 8, d)), jnp.float32)
+    kc, vc = (jnp.asarray(rng.normal(size=(4, 128, 2 * d)), jnp.float32) for _ in range(2))
     seg = jnp.ones((4, 128), jnp.int32).at[1, :9].set(0)
     lengths = jnp.asarray([128, 40, 1, 77], jnp.int32)
     kw = dict(kv_segment_ids_BxT=seg, lengths_B=lengths)

@@ -228,11 +228,12 @@ def test_prefix_sharing_reads_fewer_bytes_per_step():
     assert shared < 0.6 * own, (shared, own)
 
 
-@pytest.mark.parametrize("kernel", ["pallas_gpu", "pallas_tpu"])
-def test_prefix_sharing_with_the_pallas_decode_kernel_equals_static(kernel):
-    """Each decode kernel (interpret mode on CPU) under prefix sharing, with more entries than prompts so some are
-    free: a free entry is given length 0 (the kernel reads none of it) and the samples still equal the static path."""
-    cfg = preset("tiny", compute_dtype="float32")
+@pytest.mark.parametrize("kernel", ["pallas_gpu", "pallas_tpu", "mosaic_gpu"])
+def test_prefix_sharing_with_each_decode_kernel_equals_static(kernel):
+    """Each decode kernel (interpret mode on CPU; mosaic_gpu as its twin, on heads of 64) under prefix sharing, with
+    more entries than prompts so some are free: a free entry is given length 0 (the kernel reads none of it) and the
+    samples still equal the static path."""
+    cfg = preset("tiny", compute_dtype="float32", **({"hidden_size": 256} if kernel == "mosaic_gpu" else {}))
     kw = dict(n=2, max_new_tokens=8, temperature=1.0, stop_token_ids=STOPS, seed=3)
     prompts = _prompts(3, seed=6, max_len=12)
     static = generate(Llama(cfg, nnx.Rngs(0)), prompts, scheduler="static", **kw)

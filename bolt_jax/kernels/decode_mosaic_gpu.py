@@ -24,6 +24,8 @@ Status: the real kernel runs in jax's Mosaic GPU interpreter on CPU (jax >= 0.12
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 
 from bolt_jax.kernels.decode import NEG, heads_of
@@ -52,16 +54,22 @@ def written_block_ranges(lengths_B, *, tiles: int, block_kv: int, n_kv_blocks: i
 def mosaic_decode_attention(q_BxQxHxD, k_cache_BxTxKD, v_cache_BxTxKD, *, kv_segment_ids_BxT, lengths_B,
                             sm_scale: float | None = None, return_lse: bool = False,
                             blocks: MosaicBlocks = DECODE_BLOCKS, interpret: bool | None = None):
-    """As `decode.pallas_decode_attention`: out [B, Q, H, D] (and lse [B, Q, H] fp32 with `return_lse`). The cache
-    length must be a multiple of `blocks.block_kv` (the sampler allocates whole blocks of 128). `interpret` (default:
-    off a GPU) runs the forward's pure-JAX twin, the same algorithm tile for tile."""
+    """As `decode.pallas_decode_attention`: out [B, Q, H, D] (and lse [B, Q, H] fp32 with `return_lse`). A cache
+    length that is no multiple of `blocks.block_kv` takes blocks of 64 where it is a multiple of 64, else is padded
+    to one (a copy of the cache each call: only the shared-prompt entries of 16 or 32 positions are that short; the
+    sampler allocates its caches in blocks of 128). `interpret` (default: off a GPU) runs the forward's pure-JAX twin,
+    the same algorithm tile for tile."""
     b, nq, h, d = q_BxQxHxD.shape
     t = k_cache_BxTxKD.shape[1]
+    if t % blocks.block_kv:
+        blocks = dataclasses.replace(blocks, block_kv=64)
+        if pad := -t % 64:
+            k_cache_BxTxKD, v_cache_BxTxKD = (jnp.pad(x, ((0, 0), (0, pad), (0, 0)))
+                                              for x in (k_cache_BxTxKD, v_cache_BxTxKD))
+            kv_segment_ids_BxT = jnp.pad(kv_segment_ids_BxT, ((0, 0), (0, pad)))  # id 0: never a key
+            t += pad
     k_BxTxKxD, v_BxTxKxD = heads_of(k_cache_BxTxKD, d), heads_of(v_cache_BxTxKD, d)
     kvh = k_BxTxKxD.shape[2]
-    if t % blocks.block_kv:
-        raise ValueError(f"mosaic_gpu decode attention: the cache length {t} must be a multiple of block_kv "
-                         f"({blocks.block_kv}); the sampler allocates its cache rounded up")
     group = h // kvh
     rows = nq * group
     tiles = -(-rows // blocks.tile_q)
