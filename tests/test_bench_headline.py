@@ -148,6 +148,9 @@ def test_preflight_predicts_the_headlines_memory_on_an_h100(tmp_path):
     (path,) = [p for p in os.listdir(tmp_path) if p.endswith(".json")]
     rows = json.load(open(tmp_path / path))["rows"]
     assert [r["step"] for r in rows] == ["score", "decode", "decode"]
-    # the batch-1024 call holds its KV cache (22 layers x 1024 rows x 1024 positions x 256 x 2 x bf16 = 22 GiB)
+    # the batch-1024 call holds its KV cache (22 layers x 1024 rows x 1024 positions x 256 x 2 x bf16 = 22 GiB), and
+    # beside it at most the weights (2.05 GiB) and the prefill's MLP at its widest, three [1024 x 512, 5632] bf16
+    # tensors (16.5 GiB): measured 32.30 GiB under jax 0.12.0.1, 34.24 under 0.12.1
     cache_gib = 2 * 22 * 1024 * 1024 * 256 * 2 / 2**30
-    assert cache_gib < rows[2]["gib"] < cache_gib + 12 and all(r["fits_default_fraction"] for r in rows)
+    bound_gib = cache_gib + 2.05 + 3 * 1024 * 512 * 5632 * 2 / 2**30
+    assert cache_gib < rows[2]["gib"] < bound_gib and all(r["fits_default_fraction"] for r in rows)
