@@ -234,12 +234,13 @@ def cudnn_compiles(chip: Chip) -> bool:
     """Whether cuDNN's attention compiles here for one `chip` GPU without the GPU: its library installed
     (`cudnn_available`) and this jax's XLA able to emit the custom call deviceless (jax 0.12.0's is; 0.12.1's is not,
     with "StreamExecutor is null"). Probed once, a causal forward and backward of 2 x 128 tokens (about a second);
-    the answer goes to `kernels.cudnn.DEVICELESS_COMPILES`, so `auto` compiles another attention where it is no."""
+    where it does not, the reason goes to `kernels.cudnn.DEVICELESS_REFUSAL`, so `auto` compiles another attention."""
     import jax
     import jax.numpy as jnp
 
     from bolt_jax.kernels import cudnn
     ok = cudnn_available()
+    refusal = None if ok else "cuDNN's library is not installed (nvidia-cudnn-cu13)"
     if ok:
         mesh = jax.sharding.Mesh(_gpu_devices(parse_target(f"{chip.name}:1"))[:1], ("x",))
         x = jax.ShapeDtypeStruct((2, 128, 2, 64), jnp.bfloat16,
@@ -249,8 +250,8 @@ def cudnn_compiles(chip: Chip) -> bool:
             with jax.set_mesh(mesh):
                 jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x, x, x).compile()
         except Exception:  # noqa: BLE001 - XLA's refusal arrives as JaxRuntimeError
-            ok = False
-    cudnn.DEVICELESS_COMPILES = ok
+            ok, refusal = False, f"jax {jax.__version__} cannot compile cuDNN's attention without a GPU"
+    cudnn.DEVICELESS_REFUSAL = refusal
     return ok
 
 
