@@ -1,7 +1,7 @@
 """jax's Mosaic GPU interpret mode for the tests: Mosaic GPU kernels run on the CPU as a simulated Hopper GPU (TMA
 copies, barriers, wgmma, warpgroups as threads). jax 0.12.1 runs our warp-specialized kernels in it; 0.12.0 cannot
 lower them ("Cannot lower jaxpr with effects"), so the tests that need it are marked and the test constraints pin
-0.12.1."""
+0.12.1. jax has no public name for it yet: `jax._src.pallas.mosaic_gpu.interpret`, whose docstring gives this use."""
 
 from __future__ import annotations
 
