@@ -1,7 +1,14 @@
 """jax's Mosaic GPU interpret mode for the tests: Mosaic GPU kernels run on the CPU as a simulated Hopper GPU (TMA
 copies, barriers, wgmma, warpgroups as threads). jax 0.12.1 runs our warp-specialized kernels in it; 0.12.0 cannot
 lower them ("Cannot lower jaxpr with effects"), so the tests that need it are marked and the test constraints pin
-0.12.1. jax has no public name for it yet: `jax._src.pallas.mosaic_gpu.interpret`, whose docstring gives this use."""
+0.12.1. jax has no public name for it yet: `jax._src.pallas.mosaic_gpu.interpret`, whose docstring gives this use.
+
+Its race detector (`InterpretGPUParams(detect_races=True)`) is not used here. It passes our forward without segment
+ids, and flags the forward's segment-id ring: a compute warpgroup reads a slot with `plgpu.load`, arrives on the
+slot's "free" barrier, and the memory warpgroup waits on it and refills the slot by TMA. It flags jax's own attention
+backward (`jax.experimental.pallas.ops.gpu.attention_mgpu`, fp16) at the same pattern (lse / delta slots), so this is
+most likely the detector (its wgmma reads are not checked at all, jaxpr_interpret.py says); a GPU's
+compute-sanitizer racecheck would settle it."""
 
 from __future__ import annotations
 
