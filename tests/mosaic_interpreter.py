@@ -3,12 +3,12 @@ copies, barriers, wgmma, warpgroups as threads). jax 0.12.1 runs our warp-specia
 lower them ("Cannot lower jaxpr with effects"), so the tests that need it are marked and the test constraints pin
 0.12.1. jax has no public name for it yet: `jax._src.pallas.mosaic_gpu.interpret`, whose docstring gives this use.
 
-Its race detector (`InterpretGPUParams(detect_races=True)`) is not used here. It passes our forward without segment
-ids, and flags the forward's segment-id ring: a compute warpgroup reads a slot with `plgpu.load`, arrives on the
-slot's "free" barrier, and the memory warpgroup waits on it and refills the slot by TMA. It flags jax's own attention
-backward (`jax.experimental.pallas.ops.gpu.attention_mgpu`, fp16) at the same pattern (lse / delta slots), so this is
-most likely the detector (its wgmma reads are not checked at all, jaxpr_interpret.py says); a GPU's
-compute-sanitizer racecheck would settle it."""
+With `detect_races=True` its race detector checks every SMEM access against a happens-before order that models
+PTX's proxies: a slot a compute warpgroup read with `plgpu.load` (the generic proxy) and TMA then overwrites (the
+async proxy) is ordered only through a proxy fence. Our kernels had none there (a race on the segment-id, lse and
+delta slots, reported until `mosaic_gpu.ring_producer` fenced each refill); jax's own attention backward
+(`jax.experimental.pallas.ops.gpu.attention_mgpu`) is reported at the same pattern. wgmma's reads are not checked
+(jaxpr_interpret.py says so), so K and V slots are checked only through the other accesses."""
 
 from __future__ import annotations
 
@@ -24,12 +24,13 @@ NEEDS_INTERPRETER = pytest.mark.skipif(
 
 
 @contextlib.contextmanager
-def mosaic_gpu_interpreter():
-    """Every Mosaic GPU kernel called inside runs in the interpreter; its state is reset after a failing kernel, as
-    jax asks."""
+def mosaic_gpu_interpreter(detect_races: bool = False):
+    """Every Mosaic GPU kernel called inside runs in the interpreter (with `detect_races`, a race raises
+    RuntimeError("RACE DETECTED ...") naming both accesses); its state is reset after a failing kernel, as jax
+    asks."""
     from jax._src.pallas.mosaic_gpu.interpret import params as gpu_interpret
     try:
-        with gpu_interpret.force_gpu_interpret_mode(gpu_interpret.InterpretGPUParams()):
+        with gpu_interpret.force_gpu_interpret_mode(gpu_interpret.InterpretGPUParams(detect_races=detect_races)):
             yield
     except Exception:
         from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call

@@ -55,6 +55,17 @@ def test_kernel_in_the_mosaic_gpu_interpreter_matches_reference(nq, heads):
         _assert_matches_reference(q, kc, vc, kw, 2e-2, interpret=False)
 
 
+@NEEDS_INTERPRETER
+def test_kernel_has_no_race_by_the_interpreters_race_detector():
+    """The decode kernel under the interpreter's race detector (tests/mosaic_interpreter.py): no race, with a cache
+    whose TMA ring refills."""
+    from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call
+    q, kc, vc, kw = _problem(3, 1, 8, 2, jnp.bfloat16, lengths=[512, 1, 130], t=512)
+    with mosaic_gpu_interpreter(detect_races=True):
+        jax.block_until_ready(mosaic_decode_attention(q, kc, vc, interpret=False, **kw))
+    assert not interpret_pallas_call.get_races().races_found
+
+
 def test_kernel_lowers_to_mosaic_gpu():
     """Traced and lowered for the cuda platform on this CPU (compiling the PTX happens on the GPU)."""
     q, kc, vc, kw = _problem(4, 1, 32, 4, jnp.bfloat16, lengths=[256, 1, 130, 0])

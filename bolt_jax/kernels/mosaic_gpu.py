@@ -261,7 +261,12 @@ def mosaic_forward(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, q_seg_BxS, kv_seg_BxT, range
 
 def ring_producer(n_steps, stages: int, streams) -> None:
     """The memory warpgroup's loop: fill the `stages` slots, then refill slot j % stages with step j + stages as soon
-    as both compute warpgroups have released it. `streams`: (free barrier, fetch(step, slot)) per operand."""
+    as both compute warpgroups have released it. `streams`: (free barrier, fetch(step, slot)) per operand.
+
+    Before a refill, a proxy fence (`commit_smem`, PTX's fence.proxy.async): the compute warpgroups read some slots
+    through the generic proxy (`plgpu.load` of segment ids, lse, delta) and TMA overwrites them through the async
+    proxy, which PTX's memory model orders only across such a fence. jax's Mosaic GPU interpreter models exactly that
+    and, without the fence, reports a race on those slots (tests/test_kernels_mosaic.py)."""
     import jax.experimental.pallas as pl
     import jax.experimental.pallas.mosaic_gpu as plgpu
 
@@ -276,6 +281,7 @@ def ring_producer(n_steps, stages: int, streams) -> None:
         slot = lax.rem(j, jnp.int32(stages))
         for free, fetch in streams:
             plgpu.barrier_wait(free.at[slot])
+            plgpu.commit_smem()
             fetch(j + stages, slot)
 
 
