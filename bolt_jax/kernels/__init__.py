@@ -14,8 +14,8 @@ import math
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 
+from bolt_jax.kernels.mosaic_gpu import wgmma_takes
 from bolt_jax.kernels.platform import gpu_arch, pallas_triton_available, target_platform
 from bolt_jax.kernels.xla import xla_attention
 
@@ -136,9 +136,9 @@ def attention(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, *, segment_ids=None, causal: bool
         chosen = "xla"  # KV-cache decode: causality by positions, which only the reference handles
     kwargs = dict(q_segment_ids_BxS=q_seg, kv_segment_ids_BxT=kv_seg, causal=causal, sm_scale=sm_scale,
                   q_positions_BxS=q_positions_BxS, kv_positions_BxT=kv_positions_BxT)
-    if impl == "auto" and chosen == "mosaic_gpu" and (q_BxSxHxD.dtype not in (jnp.bfloat16, jnp.float16) or d % 64
+    if impl == "auto" and chosen == "mosaic_gpu" and (not wgmma_takes(q_BxSxHxD.dtype, d)
                                                       or (causal and _mosaic_causal_broken())):
-        chosen = _triton_or_xla()  # wgmma takes bf16 / fp16 operands and 64-wide head tiles; some ptxas versions fail
+        chosen = _triton_or_xla()  # some ptxas versions miscompile the causal kernel
     if impl == "auto" and chosen == "cudnn":
         try:
             return _REGISTRY["cudnn"](q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, **kwargs)
@@ -193,7 +193,7 @@ def resolve_decode_impl(impl: str, platform: str, dtype, head_dim: int) -> str:
     impl = DECODE_AUTO.get(platform, "xla")
     if impl == "pallas_gpu" and not pallas_triton_available():
         impl = "mosaic_gpu"
-    if impl == "mosaic_gpu" and (jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16) or head_dim % 64):
+    if impl == "mosaic_gpu" and not wgmma_takes(dtype, head_dim):
         impl = "xla"
     return impl
 

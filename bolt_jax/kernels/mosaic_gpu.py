@@ -62,6 +62,12 @@ class MosaicBlocks:
         return 2 * self.block_q
 
 
+def wgmma_takes(dtype, head_dim: int) -> bool:
+    """Whether the Mosaic GPU kernels (attention and decode) take inputs of this dtype and head dim: wgmma's bf16 /
+    fp16 operands and head tiles of 64. What `auto` checks before picking them."""
+    return jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 64 == 0
+
+
 def ptxas_miscompiles_causal() -> bool:
     """CUDA runtimes 12.8.0 to 12.9.0 miscompile Mosaic GPU's causal attention (ptxas; jax's own FA3 example
     refuses them). Checked so that `auto` avoids them and an explicit `mosaic_gpu` fails loudly, never silently."""
