@@ -51,8 +51,6 @@ def decode_kernel_error(cfg, batch: int, time_len: int, impl: str, seed: int = 0
     lengths, left padding (segment 0) and unwritten tail, as in the sampler's cache. On a CPU the Triton kernel runs
     in Pallas interpret mode and the Mosaic GPU one as its pure-JAX twin (smoke)."""
     from bolt_jax import kernels
-    from bolt_jax.kernels.decode import xla_decode_attention
-    kernel = kernels._lazy(*kernels._DECODE_KERNELS[impl])
     rng = np.random.default_rng(seed)
     t = math.ceil(time_len / 128) * 128
     h, kvh, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_size
@@ -62,8 +60,8 @@ def decode_kernel_error(cfg, batch: int, time_len: int, impl: str, seed: int = 0
     pad = rng.integers(0, lengths)  # left padding of each row, below its length
     seg = ((np.arange(t)[None] >= pad[:, None]) & (np.arange(t)[None] < lengths[:, None])).astype(np.int32)
     kw = dict(kv_segment_ids_BxT=jnp.asarray(seg), lengths_B=jnp.asarray(lengths, jnp.int32))
-    got = jax.jit(lambda q, k, v: kernel(q, k, v, **kw))(q, k, v)
-    want = jax.jit(lambda q, k, v: xla_decode_attention(q, k, v, **kw))(q, k, v)
+    got, want = (jax.jit(lambda q, k, v, i=i: kernels.decode_attention(q, k, v, impl=i, **kw))(q, k, v)
+                 for i in (impl, "xla"))
     got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
     return {"impl": impl, "max_abs_err": float(np.abs(got - want).max()), "max_abs_ref": float(np.abs(want).max()),
             "shape": {"batch": batch, "time": t, "heads": h, "kv_heads": kvh, "head_dim": d},
@@ -122,7 +120,9 @@ def overrides(text: str) -> dict:
     """`--model_overrides`: k=v pairs, numbers as numbers."""
     out = {}
     for item in filter(None, text.split(",")):
-        key, _, value = item.partition("=")
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"{item!r} is not key=value")
         out[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else value.strip()
     return out
 
@@ -156,21 +156,28 @@ def main() -> None:
     p = parser()
     a = p.parse_args()
     from bolt_jax import kernels, parallel
+    from bolt_jax.kernels.mosaic_gpu import wgmma_takes
     from bolt_jax.model import create_model, preset
 
     if a.smoke:
         smoke_defaults(a, p, preset="tiny", batch="8", prompt=16, new=16)
-    cfg = preset(a.preset, param_dtype="bfloat16", compute_dtype="bfloat16", **overrides(a.model_overrides))
+    try:
+        cfg = preset(a.preset, param_dtype="bfloat16", compute_dtype="bfloat16", **overrides(a.model_overrides))
+    except (TypeError, ValueError, KeyError) as e:
+        p.error(f"--preset / --model_overrides: {e}")
     impls = a.decode.split(",")
     unknown = sorted(set(impls) - set(kernels.DECODE_IMPLS))
     if unknown:
         p.error(f"--decode: unknown {unknown}; choose from {kernels.DECODE_IMPLS}")
+    if "mosaic_gpu" in impls and not wgmma_takes(cfg.compute_dtype, cfg.head_size):
+        p.error(f"--decode mosaic_gpu: the Mosaic GPU kernel takes heads of a multiple of 64 (this model's are "
+                f"{cfg.head_size}); --model_overrides can widen them")
     mesh = parallel.make_mesh()
     model = create_model(cfg, mesh, seed=0)
     checks = {}
     if a.check_decode_kernel:  # first: quick, and then in every partial JSON
         for impl in GPU_DECODE_KERNELS:
-            if impl == "mosaic_gpu" and cfg.head_size % 64:
+            if impl == "mosaic_gpu" and not wgmma_takes(cfg.compute_dtype, cfg.head_size):
                 checks[impl] = {"impl": impl, "skipped": f"head dim {cfg.head_size} is not a multiple of 64"}
                 continue
             c = checks[impl] = decode_kernel_error(cfg, int(a.batch.split(",")[0]), a.prompt + a.new, impl)
