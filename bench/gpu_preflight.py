@@ -120,23 +120,24 @@ def decode_programs(devices, step: str) -> list[Program]:
     a = headline_args(step)
     mesh = parallel.make_mesh({}, devices)
     p_len = _bucket(a.prompt)
+
+    def spec(*shape, dtype=jnp.int32):
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=parallel.batch_sharding(mesh, len(shape)))
+
     out = []
-    for impl, batch in ((i, int(b)) for i in a.decode.split(",") for b in a.batch.split(",")):
-        cfg, graphdef, params = sampler_model(a.preset, mesh, decode_impl=impl, **overrides(a.model_overrides))
-
-        def spec(*shape, dtype=jnp.int32):
-            return jax.ShapeDtypeStruct(shape, dtype, sharding=parallel.batch_sharding(mesh, len(shape)))
-
-        def build():
-            with parallel.use_mesh(mesh):
-                return _generate_core.lower(
-                    graphdef, params, spec(batch, p_len), spec(batch), spec(batch, 2, dtype=jnp.uint32), n=1,
-                    max_new_tokens=a.new, temperature=1.0, top_k=0, top_p=1.0, greedy=False, stop_ids=(),
-                    banned_ids=()).compile()
-        memory, seconds = timed_memory(build)
-        out.append(Program(step, f"static generate, batch {batch}, prompts in a bucket of {p_len}, {a.new} new "
-                                 f"(KV cache {batch} x {cache_time(p_len, a.new)} positions), decode attention {impl}",
-                           memory, seconds))
+    for impl in a.decode.split(","):
+        _, graphdef, params = sampler_model(a.preset, mesh, decode_impl=impl, **overrides(a.model_overrides))
+        for batch in (int(b) for b in a.batch.split(",")):
+            def build():
+                with parallel.use_mesh(mesh):
+                    return _generate_core.lower(
+                        graphdef, params, spec(batch, p_len), spec(batch), spec(batch, 2, dtype=jnp.uint32), n=1,
+                        max_new_tokens=a.new, temperature=1.0, top_k=0, top_p=1.0, greedy=False, stop_ids=(),
+                        banned_ids=()).compile()
+            memory, seconds = timed_memory(build)
+            out.append(Program(step, f"static generate, batch {batch}, prompts in a bucket of {p_len}, {a.new} new "
+                                     f"(KV cache {batch} x {cache_time(p_len, a.new)} positions), decode attention "
+                                     f"{impl}", memory, seconds))
     return out
 
 

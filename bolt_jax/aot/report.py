@@ -282,8 +282,8 @@ def estep_reports(config: ml_collections.ConfigDict, cfg, sampler, target: Targe
     impl = kernels.resolve_decode_impl(cfg.decode_impl, target.platform, cfg.compute_dtype, cfg.head_size)
     attention = f"; decode attention {impl}" + ("" if impl == "xla" else " (its reads counted as every cache "
                                                 "position: an upper bound, it reads only the written blocks)")
-    where = f", prefix sharing over {s.prompt_entries} prompt entries" if s.prompt_entries else ""
-    where += " (sampling mesh " + " x ".join(f"{a}={mesh.shape[a]}" for a in parallel.MESH_AXES) + ")"
+    on_mesh = " (sampling mesh " + " x ".join(f"{a}={mesh.shape[a]}" for a in parallel.MESH_AXES) + ")"
+    where = (f", prefix sharing over {s.prompt_entries} prompt entries" if s.prompt_entries else "") + on_mesh
     return [
         compile_and_report("prefill", build_prefill, target, tokens=prefill_tokens, attention_len=s.prompt_len,
                            flops=prefill_tokens * forward_flops_per_token(cfg, s.prompt_len) / n,
@@ -297,7 +297,7 @@ def estep_reports(config: ml_collections.ConfigDict, cfg, sampler, target: Targe
         compile_and_report("score", build_score, target, tokens=rows * row_len, attention_len=row_len,
                            flops=rows * row_len * forward_flops_per_token(cfg, row_len) / n,
                            what=f"E-step scorer: its largest call, {rows} rows of {row_len} joint tokens, log-softmax "
-                                f"in chunks of {chunk} positions{where}"),
+                                f"in chunks of {chunk} positions{on_mesh}"),  # no prompt entries: it scores joints
     ]
 
 
