@@ -442,13 +442,15 @@ def gpu_config(tmp_path, topology: str):
 
 
 @needs_cuda_plugin
-def test_tiny_model_compiles_for_h100s_in_two_hosts(tmp_path, capsys, caplog):
+def test_tiny_model_compiles_for_h100s_in_two_hosts(tmp_path, capsys, caplog, monkeypatch):
     """The train step, prefill, decode and scorer compiled by XLA's GPU compiler for 2 hosts of 4 H100s on this CPU
     machine, nothing allocated: our GPU kernels, not the interpreter this machine would otherwise pick (packed
     documents: the Mosaic GPU attention on Hopper; decode: the Triton-lowered kernel), memory judged against the
     H100's, and fsdp's rings over all 8 GPUs, which cross the hosts, at a GPU's share of the network (50 GB/s), not
     NVLink's 450."""
+    from bolt_jax import kernels
     from bolt_jax.train.loop import dry_run
+    monkeypatch.setattr(kernels, "_announced", set())  # `auto` logs each choice once a process: not an earlier test's
     caplog.set_level("INFO", logger="bolt_jax.kernels")
     report = dry_run(gpu_config(tmp_path, "h100:2x4"))
     check_report(report, chips=8)
@@ -538,7 +540,7 @@ def _h100_compile(fn, *shapes):
 
 
 @needs_cuda_plugin
-def test_cudnn_attention_for_an_h100_compiles_or_auto_compiles_its_fallback(caplog):
+def test_cudnn_attention_for_an_h100_compiles_or_auto_compiles_its_fallback(caplog, monkeypatch):
     """cuDNN's flash attention, forward and backward, as the custom call an H100 runs, where this jax can emit it
     without the GPU (jax 0.12.0 with cuDNN's library; the train step's memory then equals the H100's measured peak:
     bench/gpu_aot_memory.py). Where it cannot (jax 0.12.1's XLA wants a cuDNN handle; or no library) the probe says
@@ -563,6 +565,7 @@ def test_cudnn_attention_for_an_h100_compiles_or_auto_compiles_its_fallback(capl
         return
     newer = tuple(map(int, jax.__version__.split(".")[:3])) >= (0, 12, 1)
     assert newer or not cudnn_available(), "the probe fails where jax 0.12.0 compiles cuDNN's attention"
+    monkeypatch.setattr(kernels, "_announced", set())  # the fallback is said once a process: not an earlier test's
     with caplog.at_level(logging.WARNING, logger="bolt_jax.kernels"):
         text, _ = _h100_compile(lambda q, k, v: kernels.attention(q, k, v, causal=True), *shapes)
     assert "__cudnn$fmha" not in text
