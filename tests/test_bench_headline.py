@@ -43,6 +43,9 @@ def test_smoke_headline_has_every_figure_with_five_ordered_samples(smoke_run):
         assert fig["min"] <= fig["median"] <= fig["max"], key
         assert fig["min"] == min(fig["samples"]) and fig["max"] == max(fig["samples"]), key
     assert isinstance(h["decode_kernel_max_abs_err"], float) and h["decode_kernel_max_abs_err"] < 0.1
+    ratio = h["decode_mosaic_vs_pallas_b256"]  # the decode_kernels step: both kernels, run against run
+    assert len(ratio["samples"]) >= headline.MIN_SAMPLES and ratio["min"] <= ratio["median"] <= ratio["max"]
+    assert isinstance(h["decode_mosaic_kernel_max_abs_err"], float) and h["decode_mosaic_kernel_max_abs_err"] < 0.1
     assert h["device"] == "cpu" and h["jax"] and h["commit"] == "testcommit" and h["smoke"] is True
     assert h["flop_per_token"] > 0
     assert set(h["targets"]) <= set(headline.FIGURES) and all(t["met"] is None for t in h["targets"].values())
