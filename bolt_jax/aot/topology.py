@@ -232,9 +232,13 @@ def cudnn_available() -> bool:
 @functools.cache
 def cudnn_compiles(chip: Chip) -> bool:
     """Whether cuDNN's attention compiles here for one `chip` GPU without the GPU: its library installed
-    (`cudnn_available`) and this jax's XLA able to emit the custom call deviceless (jax 0.12.0's is; 0.12.1's is not,
-    with "StreamExecutor is null"). Probed once, a causal forward and backward of 2 x 128 tokens (about a second);
-    where it does not, the reason goes to `kernels.cudnn.DEVICELESS_REFUSAL`, so `auto` compiles another attention."""
+    (`cudnn_available`) and this jax's XLA able to emit the custom call deviceless. jax 0.12.0's emits it unplanned;
+    0.12.1's builds cuDNN's execution plan while compiling, which without a GPU needs XLA's deviceless cuDNN mode (off
+    by default: "StreamExecutor is null") and, with that mode on and a `dnn_version` in the target description, still
+    fails here: cuDNN's attention engines are compiled at run time and ask for the CUDA driver library (libcuda),
+    which a machine without a GPU driver lacks ("RUNTIME_PREREQUISITE_MISSING ... libcuda == nullptr"). Probed once,
+    a causal forward and backward of 2 x 128 tokens (about a second); where it does not compile, the reason goes to
+    `kernels.cudnn.DEVICELESS_REFUSAL`, so `auto` compiles another attention."""
     import jax
     import jax.numpy as jnp
 
@@ -250,7 +254,8 @@ def cudnn_compiles(chip: Chip) -> bool:
             with jax.set_mesh(mesh):
                 jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x, x, x).compile()
         except Exception:  # noqa: BLE001 - XLA's refusal arrives as JaxRuntimeError
-            ok, refusal = False, f"jax {jax.__version__} cannot compile cuDNN's attention without a GPU"
+            ok, refusal = False, (f"jax {jax.__version__} cannot compile cuDNN's attention without a GPU (it plans "
+                                  f"cuDNN's kernels while compiling, which needs the CUDA driver)")
     cudnn.DEVICELESS_REFUSAL = refusal
     return ok
 
