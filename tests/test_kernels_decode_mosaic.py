@@ -12,6 +12,7 @@ from bolt_jax import kernels
 from bolt_jax.kernels import platform
 from bolt_jax.kernels.decode import NEG, xla_decode_attention_lse
 from bolt_jax.kernels.decode_mosaic_gpu import mosaic_decode_attention
+from bolt_jax.kernels.mosaic_gpu import mosaic_forward
 from tests.mosaic_interpreter import NEEDS_INTERPRETER, mosaic_gpu_interpreter
 from tests.test_kernels_decode import cache
 
@@ -36,29 +37,41 @@ def _assert_matches_reference(q, kc, vc, kw, atol, **call):
 
 
 @pytest.mark.parametrize("heads", [(8, 2), (4, 4), (32, 4), (9, 3)])
-@pytest.mark.parametrize("nq", [1, 4])
+@pytest.mark.parametrize("nq", [1, 4, 16])
 def test_twin_matches_reference(heads, nq, dtype=jnp.float32, atol=3e-5):
-    """The algorithm on CPU (what `decode_impl=mosaic_gpu` runs off a GPU): 1 or 4 queries per row (samples sharing a
-    prompt), GQA groups of 4, 1, 8 and 3, 32 query heads x 4 queries = one full 128-row tile."""
+    """The algorithm on CPU (what `decode_impl=mosaic_gpu` runs off a GPU): 1, 4 or 16 queries per row (samples
+    sharing a prompt), GQA groups of 4, 1, 8 and 3: one compute warpgroup's 64-row tile where a KV head's rows fit it,
+    two warpgroups' 128 where not (group 8 x 16 queries: one full 128-row tile)."""
     q, kc, vc, kw = _problem(4, nq, *heads, dtype, lengths=[200, 1, 130, 0])
     _assert_matches_reference(q, kc, vc, kw, atol, interpret=True)
 
 
 @NEEDS_INTERPRETER
-@pytest.mark.parametrize("nq,heads", [(1, (8, 2)), (4, (9, 3))])
-def test_kernel_in_the_mosaic_gpu_interpreter_matches_reference(nq, heads):
-    """The real kernel, bf16 as on a GPU: TinyLlama's group of 8 (one query per row), and SmolLM2's group of 3 with
-    four queries per row (12 rows of the 128-row tile). A 512-position cache: the first row's 4 blocks refill the
-    2-slot TMA ring twice. The tolerance is bf16's: P is rounded to bf16 before P V."""
+@pytest.mark.parametrize("nq,heads,compute_wgs", [(1, (16, 2), 1), (4, (9, 3), 1), (5, (16, 1), 2)])
+def test_kernel_in_the_mosaic_gpu_interpreter_matches_reference(nq, heads, compute_wgs, monkeypatch):
+    """The real kernel, bf16 as on a GPU: TinyLlama's group of 8 (one query per row) and SmolLM2's group of 3 with
+    four queries per row (12 rows), both in one compute warpgroup's 64-row tile; a group of 16 with five queries per
+    row (80 rows) in two warpgroups' 128. A 512-position cache: the first row's 4 blocks refill the 2-slot TMA ring
+    twice. The tolerance is bf16's: P is rounded to bf16 before P V."""
+    from bolt_jax.kernels import decode_mosaic_gpu
+    used = []
+
+    def forward(*args, blocks, **kw):
+        used.append(blocks.compute_wgs)
+        return mosaic_forward(*args, blocks=blocks, **kw)
+
+    monkeypatch.setattr(decode_mosaic_gpu, "mosaic_forward", forward)
     q, kc, vc, kw = _problem(3, nq, *heads, jnp.bfloat16, lengths=[512, 1, 130], t=512)
     with mosaic_gpu_interpreter():
         _assert_matches_reference(q, kc, vc, kw, 2e-2, interpret=False)
+    assert used == [compute_wgs]
 
 
 @NEEDS_INTERPRETER
 def test_kernel_has_no_race_by_the_interpreters_race_detector():
     """The decode kernel under the interpreter's race detector (tests/mosaic_interpreter.py): no race, with a cache
-    whose TMA ring refills."""
+    whose TMA ring refills, in its one-compute-warpgroup form (the two-warpgroup forward has its own race test in
+    tests/test_kernels_mosaic.py)."""
     from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call
     q, kc, vc, kw = _problem(3, 1, 8, 2, jnp.bfloat16, lengths=[512, 1, 130], t=512)
     with mosaic_gpu_interpreter(detect_races=True):

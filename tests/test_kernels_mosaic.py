@@ -34,11 +34,13 @@ def _reference_lse(q, k, seg, causal, scale):
 
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("segments", [True, False])
-def test_twin_matches_reference_with_lse(causal, segments):
+@pytest.mark.parametrize("compute_wgs", [2, 1])
+def test_twin_matches_reference_with_lse(causal, segments, compute_wgs):
+    """The algorithm, with attention's two compute warpgroups per tile and with decode's one (64-row tiles)."""
     q, k, v, seg = inputs(s=256, h=8, k=2, d=64, cuts=(37, 150, 151))
     if not segments:
         seg = jnp.ones_like(seg)
-    blocks = MosaicBlocks(block_q=64, block_kv=64)
+    blocks = MosaicBlocks(block_q=64, block_kv=64, compute_wgs=compute_wgs)
     lo, hi = occurrence_range(seg)
     ranges = kv_block_ranges(lo, hi, tile_q=blocks.tile_q, block_kv=blocks.block_kv, n_kv_blocks=4, causal=causal)
     out, lse = pure_jax_twin(q, k, v, seg, seg, ranges, scale=0.125, causal=causal, segments=segments, blocks=blocks)
@@ -84,6 +86,10 @@ def test_kernel_rejects_bad_inputs():
         mosaic_forward(q, k, v, seg, seg, ranges, scale=1.0, causal=True, segments=True)
     with pytest.raises(ValueError, match="multiples of 64"):
         MosaicBlocks(block_q=32)
+    for bad in (dict(compute_wgs=3), dict(compute_wgs=1, schedule_barrier=True)):
+        with pytest.raises(ValueError, match="compute_wgs must be 1 or 2"):
+            MosaicBlocks(**bad)
+    assert MosaicBlocks(compute_wgs=1).tile_q == 64 and MosaicBlocks().tile_q == 128
 
 
 def test_backward_twin_sums_a_group_of_eight_over_many_documents():

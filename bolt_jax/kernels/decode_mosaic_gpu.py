@@ -12,11 +12,14 @@ is below the row's length and its segment id is not 0, else 0). So each CTA read
 through the forward's TMA ring, and the softmax is the forward's online fp32 one; lse comes for free
 (`return_lse` for `decode.merge_attention`).
 
-The cost of reuse: the forward's tile is 2 x 64 query rows (wgmma's M), and a decode group has few (8 for TinyLlama,
-32 with four samples sharing a prompt), so most rows are padding. At TinyLlama's shape and a 1024-token cache a CTA
-does 33.5 MFLOP of matmuls (4.5 us at an H100's dense bf16 rate per SM) while its memory warpgroup reads 262 KB of K
-and V (10.3 us at the H100's HBM bandwidth per SM): the wasted work should hide behind the loads, by that
-arithmetic; not yet measured.
+The cost of reuse: a warpgroup's tile is 64 query rows (wgmma's M), and a decode group has few (8 for TinyLlama, 32
+with four samples sharing a prompt), so most rows are padding. So where a group's rows fit 64 the forward runs with
+one compute warpgroup (`MosaicBlocks(compute_wgs=1)`), not attention's two, which would double the padding; more
+rows take two (one CTA reading the KV head's blocks once for all of them). At TinyLlama's shape and a 1024-token
+cache a CTA then does 16.8 MFLOP of matmuls (2.3 us at an H100's dense bf16 rate per SM) and 64 x 1024 exp2 (about
+2.2 us at 16 a clock) while its memory warpgroup reads 262 KB of K and V (10.3 us at the H100's HBM bandwidth per
+SM): with two compute warpgroups the padded work came to about 9 of those 10.3 us. By that arithmetic the loads
+bound it; not yet measured.
 
 Status: the real kernel runs in jax's Mosaic GPU interpreter on CPU (jax >= 0.12.1) and matches the XLA decode path
 (tests/test_kernels_decode.py); lowered for the cuda platform in the same tests; not yet run on a GPU
@@ -73,6 +76,8 @@ def mosaic_decode_attention(q_BxQxHxD, k_cache_BxTxKD, v_cache_BxTxKD, *, kv_seg
     kvh = k_BxTxKxD.shape[2]
     group = h // kvh
     rows = nq * group
+    if rows <= blocks.block_q:  # one compute warpgroup holds them all
+        blocks = dataclasses.replace(blocks, compute_wgs=1)
     tiles = -(-rows // blocks.tile_q)
     # Row r = (query i, head g of the group) of KV head k: [B, Q, K, G, D] -> [B, Q * G, K, D].
     q_BxRxKxD = q_BxQxHxD.reshape(b, nq, kvh, group, d).transpose(0, 1, 3, 2, 4).reshape(b, rows, kvh, d)

@@ -6,7 +6,8 @@ one (batch, query head):
 
 - three warpgroups: two compute warpgroups take `block_q` rows each; the memory warpgroup streams K and V blocks
   of the query head's KV head (GQA by indexing, nothing repeated) into a ring of `stages` SMEM slots with TMA, and
-  refills a slot once both compute warpgroups have released it (one "consumed" barrier per slot and operand);
+  refills a slot once both compute warpgroups have released it (one "consumed" barrier per slot and operand).
+  `MosaicBlocks(compute_wgs=1)` runs one compute warpgroup of `block_q` rows instead (decode, whose rows are few);
 - the KV blocks visited are [lo, hi) from a per-tile table computed outside the kernel: the causal bound and, for
   packed documents, the blocks where the tile's segment ids occur (`pallas_gpu.occurrence_range`). Other documents'
   blocks are never loaded;
@@ -41,11 +42,14 @@ LN2 = math.log(2.0)
 
 @dataclasses.dataclass(frozen=True)
 class MosaicBlocks:
-    """Tiles of the Mosaic GPU forward: each CTA holds 2 * block_q query rows (one per compute warpgroup)."""
+    """Tiles of the Mosaic GPU forward: each CTA holds compute_wgs * block_q query rows (block_q per compute
+    warpgroup). Attention takes two compute warpgroups (FA3's layout, what was measured); decode, whose few query rows
+    fill one warpgroup's 64 at most, takes one, so no second warpgroup multiplies padding rows."""
     block_q: int = 64
     block_kv: int = 128
     stages: int = 2
     schedule_barrier: bool = False  # FA3's ping-pong; measured slower at head dim 64 (BENCHMARKS.md)
+    compute_wgs: int = 2  # 1 or 2 compute warpgroups beside the memory one (the forward only)
     backward: bool = True  # the Mosaic GPU backward (mosaic_gpu_bwd.py); False: the Triton-lowered Pallas one
     bwd_block: int = 64  # rows per compute warpgroup in both backward kernels (query and key blocks alike)
     bwd_stages: int = 2
@@ -56,10 +60,13 @@ class MosaicBlocks:
                              f"({self.bwd_block}) must be multiples of 64 (wgmma tiles)")
         if self.stages < 2 or self.bwd_stages < 2:
             raise ValueError(f"mosaic_gpu: stages and bwd_stages must be >= 2, got {self.stages}, {self.bwd_stages}")
+        if self.compute_wgs not in (1, 2) or (self.schedule_barrier and self.compute_wgs != 2):
+            raise ValueError(f"mosaic_gpu: compute_wgs must be 1 or 2 (2 for schedule_barrier, a ping-pong between "
+                             f"two), got {self.compute_wgs}")
 
     @property
     def tile_q(self) -> int:
-        return 2 * self.block_q
+        return self.compute_wgs * self.block_q
 
 
 def wgmma_takes(dtype, head_dim: int) -> bool:
@@ -117,7 +124,7 @@ def mosaic_forward(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, q_seg_BxS, kv_seg_BxT, range
     if dtype not in (jnp.bfloat16, jnp.float16) or k_BxTxKxD.dtype != dtype or v_BxTxKxD.dtype != dtype:
         raise ValueError(f"mosaic_gpu: q, k, v must all be bf16 or fp16 (wgmma operands), got {dtype}, "
                          f"{k_BxTxKxD.dtype}, {v_BxTxKxD.dtype}")
-    block_q, block_kv, stages = blocks.block_q, blocks.block_kv, blocks.stages
+    block_q, block_kv, stages, wgs = blocks.block_q, blocks.block_kv, blocks.stages, blocks.compute_wgs
     scale_log2 = scale * LOG2E
     wgmma_layout = plgpu.Layout.WGMMA
     row_layout, col_layout = wgmma_layout.reduce(1), wgmma_layout.reduce(0)
@@ -136,7 +143,7 @@ def mosaic_forward(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, q_seg_BxS, kv_seg_BxT, range
                 plgpu.barrier_arrive(turn)
                 plgpu.barrier_wait(turn)
 
-        @pl.when(wg < 2)
+        @pl.when(wg < wgs)
         def _compute():
             plgpu.set_max_registers(232, action="increase")
             qo_smem, lse_smem = qo_smem2.at[wg], lse_smem2.at[wg]
@@ -233,7 +240,7 @@ def mosaic_forward(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, q_seg_BxS, kv_seg_BxT, range
             plgpu.copy_smem_to_gmem(lse_smem, lse_ref.at[batch, head, pl.ds(q_base, block_q)])
             plgpu.wait_smem_to_gmem(0)
 
-        @pl.when(wg == 2)
+        @pl.when(wg == wgs)
         def _memory():
             stream_kv((k_ref, v_ref, kseg_ref), (k_smem, v_smem, kseg_smem), (k_ready, v_ready, kseg_ready),
                       (k_free, v_free), batch=batch, head=head, group=group, first_block=lo,
@@ -241,16 +248,16 @@ def mosaic_forward(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, q_seg_BxS, kv_seg_BxT, range
 
     def entry(q_ref, k_ref, v_ref, qseg_ref, kseg_ref, range_ref, o_ref, lse_ref):
         swizzled = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
-        smem = (plgpu.SMEM((2, block_q, d), dtype, transforms=swizzled),
+        smem = (plgpu.SMEM((wgs, block_q, d), dtype, transforms=swizzled),
                 plgpu.SMEM((stages, block_kv, d), dtype, transforms=swizzled),
                 plgpu.SMEM((stages, block_kv, d), dtype, transforms=swizzled),
-                plgpu.SMEM((2, block_q), jnp.float32),
-                plgpu.SMEM((2, block_q), jnp.int32) if segments else None,
+                plgpu.SMEM((wgs, block_q), jnp.float32),
+                plgpu.SMEM((wgs, block_q), jnp.int32) if segments else None,
                 plgpu.SMEM((stages, block_kv), jnp.int32) if segments else None)
-        ready = (plgpu.Barrier(num_barriers=stages), plgpu.Barrier(num_barriers=stages), plgpu.Barrier(num_barriers=2),
-                 plgpu.Barrier(num_barriers=2) if segments else None,
+        ready = (plgpu.Barrier(num_barriers=stages), plgpu.Barrier(num_barriers=stages),
+                 plgpu.Barrier(num_barriers=wgs), plgpu.Barrier(num_barriers=wgs) if segments else None,
                  plgpu.Barrier(num_barriers=stages) if segments else None)
-        free = (plgpu.Barrier(num_arrivals=2, num_barriers=stages),) * 2
+        free = (plgpu.Barrier(num_arrivals=wgs, num_barriers=stages),) * 2  # released by every compute warpgroup
         pl.run_scoped(lambda *scoped: kernel(q_ref, k_ref, v_ref, qseg_ref, kseg_ref, range_ref, o_ref, lse_ref,
                                              scoped),
                       smem, ready, free, plgpu.Barrier(num_arrivals=2), collective_axes="wg")
@@ -259,7 +266,7 @@ def mosaic_forward(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, q_seg_BxS, kv_seg_BxT, range
         entry,
         out_type=[jax.ShapeDtypeStruct(q_BxSxHxD.shape, dtype), jax.ShapeDtypeStruct((b, h, s), jnp.float32)],
         grid=(h, s // blocks.tile_q, b), grid_names=("heads", "q_tile", "batch"),
-        num_threads=3, thread_name="wg",
+        num_threads=wgs + 1, thread_name="wg",
         compiler_params=plgpu.CompilerParams(approx_math=True),
     )(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, q_seg_BxS, kv_seg_BxT, ranges_BxNx2)
     return out, lse
@@ -267,7 +274,8 @@ def mosaic_forward(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, q_seg_BxS, kv_seg_BxT, range
 
 def ring_producer(n_steps, stages: int, streams) -> None:
     """The memory warpgroup's loop: fill the `stages` slots, then refill slot j % stages with step j + stages as soon
-    as both compute warpgroups have released it. `streams`: (free barrier, fetch(step, slot)) per operand.
+    as every compute warpgroup has released it (the free barrier counts them). `streams`: (free barrier,
+    fetch(step, slot)) per operand.
 
     Before a refill, a proxy fence (`commit_smem`, PTX's fence.proxy.async): the compute warpgroups read some slots
     through the generic proxy (`plgpu.load` of segment ids, lse, delta) and TMA overwrites them through the async
@@ -295,7 +303,7 @@ def stream_kv(gmem, smem, ready, free, *, batch, head, group: int, first_block, 
               segments: bool) -> None:
     """The memory warpgroup of the kernels that walk KV blocks (the forward, dQ): K (with its segment ids) and V of
     blocks first_block, first_block + 1, ... of the query head's KV head into the SMEM ring, each slot refilled once
-    both compute warpgroups released it."""
+    every compute warpgroup released it."""
     import jax.experimental.pallas as pl
     import jax.experimental.pallas.mosaic_gpu as plgpu
 
@@ -361,7 +369,8 @@ def pure_jax_twin(q_BxSxHxD, k_BxTxKxD, v_BxTxKxD, q_seg_BxS, kv_seg_BxT, ranges
         l_safe = jnp.where(l == 0.0, 1.0, l)
         return (acc / l_safe[..., None]).astype(q_BxSxHxD.dtype), (m + jnp.log2(l_safe)) * LN2
 
-    tiles = [[one_tile(bi, tile, wg) for tile in range(s // tile_q) for wg in range(2)] for bi in range(b)]
+    tiles = [[one_tile(bi, tile, wg) for tile in range(s // tile_q) for wg in range(blocks.compute_wgs)]
+             for bi in range(b)]
     out = jnp.stack([jnp.concatenate([o for o, _ in row], axis=1) for row in tiles])  # [B, H, S, D]
     lse = jnp.stack([jnp.concatenate([x for _, x in row], axis=1) for row in tiles])  # [B, H, S]
     return out.transpose(0, 2, 1, 3), lse
