@@ -102,7 +102,10 @@ def run_child(a, batch: int, remat: str, attention: str, layers: str) -> dict:
            "--micro_batches", str(batch), "--remat", remat, "--attention", attention, "--warmup", str(a.warmup),
            "--runs", str(a.runs), "--layers", layers, "--docs", str(a.docs)] + (
                ["--profile", a.profile] if a.profile else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ)
+    if a.mem_fraction:
+        env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = str(a.mem_fraction)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("{"):
             return json.loads(line)
@@ -125,6 +128,11 @@ def parser() -> argparse.ArgumentParser:
                         "packs documents (attention masked per document)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--mem_fraction", type=float, default=0.9,
+                   help="the share of the GPU jax's allocator takes in each configuration's process "
+                        "(XLA_PYTHON_CLIENT_MEM_FRACTION; jax's own default, 0.75, leaves TinyLlama's micro-batch 16 "
+                        "out under jax 0.12.1: 61 GiB of an H100's 79.6, bench/gpu_preflight.py); 0 keeps the "
+                        "environment's")
     p.add_argument("--profile", default="", help="write a profiler trace of 3 steps per configuration here")
     p.add_argument("--smoke", action="store_true", help="tiny shapes, for CPU (explicit arguments win)")
     p.add_argument("--json", default="", help="write the rows, with every sample, to this JSON file")
@@ -135,6 +143,8 @@ def parser() -> argparse.ArgumentParser:
 def main() -> None:
     p = parser()
     a = p.parse_args()
+    if not 0 <= a.mem_fraction <= 1:
+        p.error(f"--mem_fraction {a.mem_fraction}: a share of the GPU in (0, 1], or 0 for the environment's")
     if a.smoke:
         smoke_defaults(a, p, preset="tiny", seq_len=64, micro_batches="8", warmup=1)
     if a.child:
@@ -149,8 +159,9 @@ def main() -> None:
                 for batch in (int(b) for b in a.micro_batches.split(",")):
                     rows.append(run_child(a, batch, remat, attention, layers))
                     print(rows[-1], flush=True)
+    share = a.mem_fraction or os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "jax's default")
     print(f"\ntrain step: {a.preset}, seq {a.seq_len}, {a.docs} document(s) per row, {header()}; min / median / "
-          f"max of {a.runs} steps after {a.warmup} warm-up")
+          f"max of {a.runs} steps after {a.warmup} warm-up; allocator share of the GPU {share}")
     ok = next((r for r in rows if "error" not in r), None)
     if ok:
         print(f"MFU: {ok['mfu_flops_per_token'] / 1e9:.4g} GFLOP/token (LlamaConfig.flops_per_token; the original's "

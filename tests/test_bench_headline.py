@@ -137,6 +137,9 @@ def test_preflight_reads_every_steps_arguments_from_the_headline():
     assert set(gpu_preflight.PROGRAMS) == {s.name for s in headline.STEPS} - {"attention"}
     decode = gpu_preflight.headline_args("decode")
     assert (decode.batch, decode.new) == ("256,1024", 512)
+    # the train steps give jax's allocator more than its default 75% (micro-batch 16: 61 GiB of an H100 under jax
+    # 0.12.1), and the preflight judges their programs against that share
+    assert all(gpu_preflight.headline_args(n).mem_fraction == 0.9 for n in ("train_packed", "train_concat"))
 
 
 @pytest.mark.slow  # compiles TinyLlama's scorer and static sampler for an H100 on this CPU: about 40 s
@@ -156,4 +159,4 @@ def test_preflight_predicts_the_headlines_memory_on_an_h100(tmp_path):
     # tensors (16.5 GiB): measured 32.30 GiB under jax 0.12.0.1, 34.24 under 0.12.1
     cache_gib = 2 * 22 * 1024 * 1024 * 256 * 2 / 2**30
     bound_gib = cache_gib + 2.05 + 3 * 1024 * 512 * 5632 * 2 / 2**30
-    assert cache_gib < rows[2]["gib"] < bound_gib and all(r["fits_default_fraction"] for r in rows)
+    assert cache_gib < rows[2]["gib"] < bound_gib and all(r["fits_allocator"] for r in rows)
