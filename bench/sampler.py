@@ -46,11 +46,10 @@ def make_prompts(cfg, batch: int, longest: int, shortest: int, seed: int = 0) ->
 GPU_DECODE_KERNELS = ("pallas_gpu", "mosaic_gpu")
 
 
-def decode_kernel_error(cfg, batch: int, time_len: int, impl: str, seed: int = 0) -> dict:
-    """Max |the decode kernel `impl` - xla_decode_attention| on the same bf16 inputs at the model's head shape: ragged
-    lengths, left padding (segment 0) and unwritten tail, as in the sampler's cache. On a CPU the Triton kernel runs
-    in Pallas interpret mode and the Mosaic GPU one as its pure-JAX twin (smoke)."""
-    from bolt_jax import kernels
+def decode_step_inputs(cfg, batch: int, time_len: int, seed: int = 0):
+    """One decode step's attention inputs at the model's head shape, bf16, as in the sampler's cache: q [B, 1, H, D],
+    K and V caches [B, T, K * D] (T: `time_len` rounded up to 128), ragged lengths uniform in [1, T], left padding
+    (segment 0) below each length and an unwritten tail. Returns (q, k, v, keyword arguments of decode_attention)."""
     rng = np.random.default_rng(seed)
     t = math.ceil(time_len / 128) * 128
     h, kvh, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_size
@@ -59,7 +58,15 @@ def decode_kernel_error(cfg, batch: int, time_len: int, impl: str, seed: int = 0
     lengths = rng.integers(1, t + 1, batch)
     pad = rng.integers(0, lengths)  # left padding of each row, below its length
     seg = ((np.arange(t)[None] >= pad[:, None]) & (np.arange(t)[None] < lengths[:, None])).astype(np.int32)
-    kw = dict(kv_segment_ids_BxT=jnp.asarray(seg), lengths_B=jnp.asarray(lengths, jnp.int32))
+    return q, k, v, dict(kv_segment_ids_BxT=jnp.asarray(seg), lengths_B=jnp.asarray(lengths, jnp.int32))
+
+
+def decode_kernel_error(cfg, batch: int, time_len: int, impl: str, seed: int = 0) -> dict:
+    """Max |the decode kernel `impl` - xla_decode_attention| on the same inputs (`decode_step_inputs`). On a CPU the
+    Triton kernel runs in Pallas interpret mode and the Mosaic GPU one as its pure-JAX twin (smoke)."""
+    from bolt_jax import kernels
+    q, k, v, kw = decode_step_inputs(cfg, batch, time_len, seed)
+    t, h, kvh, d = k.shape[1], cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_size
     got, want = (jax.jit(lambda q, k, v, i=i: kernels.decode_attention(q, k, v, impl=i, **kw))(q, k, v)
                  for i in (impl, "xla"))
     got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)

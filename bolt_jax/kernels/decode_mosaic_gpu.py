@@ -57,12 +57,14 @@ def written_block_ranges(lengths_B, *, tiles: int, block_kv: int, n_kv_blocks: i
 
 def mosaic_decode_attention(q_BxQxHxD, k_cache_BxTxKD, v_cache_BxTxKD, *, kv_segment_ids_BxT, lengths_B,
                             sm_scale: float | None = None, return_lse: bool = False,
-                            blocks: MosaicBlocks = DECODE_BLOCKS, interpret: bool | None = None):
+                            blocks: MosaicBlocks = DECODE_BLOCKS, interpret: bool | None = None,
+                            compute_wgs: int | None = None):
     """As `decode.pallas_decode_attention`: out [B, Q, H, D] (and lse [B, Q, H] fp32 with `return_lse`). A cache
     length that is no multiple of `blocks.block_kv` takes blocks of 64 where it is a multiple of 64, else is padded
     to one (a copy of the cache each call: only the shared-prompt entries of 16 or 32 positions are that short; the
     sampler allocates its caches in blocks of 128). `interpret` (default: off a GPU) runs the forward's pure-JAX twin,
-    the same algorithm tile for tile."""
+    the same algorithm tile for tile. `compute_wgs` (None: one compute warpgroup where a KV head's rows fit
+    `blocks.block_q`, two otherwise) forces 1 or 2, for measuring that choice (bench/decode_kernels.py)."""
     b, nq, h, d = q_BxQxHxD.shape
     t = k_cache_BxTxKD.shape[1]
     if t % blocks.block_kv:
@@ -76,8 +78,9 @@ def mosaic_decode_attention(q_BxQxHxD, k_cache_BxTxKD, v_cache_BxTxKD, *, kv_seg
     kvh = k_BxTxKxD.shape[2]
     group = h // kvh
     rows = nq * group
-    if rows <= blocks.block_q:  # one compute warpgroup holds them all
-        blocks = dataclasses.replace(blocks, compute_wgs=1)
+    if compute_wgs is None:  # one compute warpgroup where it holds them all
+        compute_wgs = 1 if rows <= blocks.block_q else 2
+    blocks = dataclasses.replace(blocks, compute_wgs=compute_wgs)
     tiles = -(-rows // blocks.tile_q)
     # Row r = (query i, head g of the group) of KV head k: [B, Q, K, G, D] -> [B, Q * G, K, D].
     q_BxRxKxD = q_BxQxHxD.reshape(b, nq, kvh, group, d).transpose(0, 1, 3, 2, 4).reshape(b, rows, kvh, d)
