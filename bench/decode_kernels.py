@@ -28,7 +28,8 @@ import time
 
 import jax
 import numpy as np
-from common import Samples, header, smoke_defaults, time_samples, write_results
+from common import Samples, device_kind, header, smoke_defaults, time_samples, write_results
+from headline import device_slug
 from sampler import bandwidth, decode_step_inputs
 
 IMPLS = ("xla", "pallas_gpu", "mosaic_gpu", "mosaic_gpu_2wg")
@@ -49,11 +50,12 @@ def measure(cfg, batch: int, time_len: int, impls: list[str], *, runs: int, inne
     q, k, v, kw = decode_step_inputs(cfg, batch, time_len)
     kv_bytes = float(np.asarray(kw["lengths_B"]).sum()) * cfg.num_key_value_heads * cfg.head_size * 2 * 2
     hbm = bandwidth()
-    want = np.asarray(kernel("xla", kw)(q, k, v), np.float32)
+    fns = {impl: kernel(impl, kw) for impl in ["xla", *impls]}
+    want = np.asarray(fns["xla"](q, k, v), np.float32)
     rows = []
     for impl in impls:
-        fn = kernel(impl, kw)
-        got = np.asarray(fn(q, k, v), np.float32)  # compiles; the check's output
+        fn = fns[impl]
+        got = np.asarray(fn(q, k, v), np.float32)  # compiles (XLA's already has); the check's output
 
         def calls(fn=fn):
             for _ in range(inner):
@@ -100,6 +102,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main() -> None:
+    from bolt_jax.kernels.mosaic_gpu import wgmma_takes
     from bolt_jax.model import preset
     p = parser()
     a = p.parse_args()
@@ -115,10 +118,14 @@ def main() -> None:
         p.error(f"--batch {a.batch!r} and --time {a.time!r} must be comma lists of integers")
     if min(batches + times + [a.runs, a.inner]) < 1:
         p.error("--batch, --time, --runs and --inner must be >= 1")
-    cfg = preset(a.preset, compute_dtype="bfloat16", **({"hidden_size": 128, "num_attention_heads": 2,
-                                                           "num_key_value_heads": 1} if a.smoke else {}))
-    if cfg.head_size % 64:
-        p.error(f"--preset {a.preset}: head dim {cfg.head_size}; the Mosaic GPU kernel takes multiples of 64")
+    small = dict(hidden_size=128, num_attention_heads=2, num_key_value_heads=1) if a.smoke else {}
+    try:
+        cfg = preset(a.preset, compute_dtype="bfloat16", **small)
+    except (TypeError, ValueError, KeyError) as e:
+        p.error(f"--preset: {e}")
+    if any(i.startswith("mosaic_gpu") for i in impls) and not wgmma_takes(cfg.compute_dtype, cfg.head_size):
+        p.error(f"--preset {a.preset}: head dim {cfg.head_size}; the Mosaic GPU kernel takes multiples of 64 (leave "
+                f"it out of --impls)")
     print(f"decode kernels: {a.preset} heads {cfg.num_attention_heads} / {cfg.num_key_value_heads} x "
           f"{cfg.head_size}; {header()}", flush=True)
     rows = []
@@ -129,7 +136,7 @@ def main() -> None:
     command = "python bench/decode_kernels.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     text = markdown(rows, command.strip(), a.preset)
     print("\n" + text)
-    device = "cpu-smoke" if a.smoke else jax.devices()[0].device_kind.lower().replace(" ", "_")
+    device = "cpu-smoke" if a.smoke else device_slug(device_kind())
     write_results(os.path.join(a.results, f"decode_kernels-{time.strftime('%Y-%m-%d')}-{device}"),
                   {"command": command.strip(), "preset": a.preset, "rows": rows}, text)
 

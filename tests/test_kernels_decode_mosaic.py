@@ -12,7 +12,7 @@ from bolt_jax import kernels
 from bolt_jax.kernels import platform
 from bolt_jax.kernels.decode import NEG, xla_decode_attention_lse
 from bolt_jax.kernels.decode_mosaic_gpu import mosaic_decode_attention
-from bolt_jax.kernels.mosaic_gpu import mosaic_forward
+from bolt_jax.kernels.mosaic_gpu import mosaic_forward, pure_jax_twin
 from tests.mosaic_interpreter import NEEDS_INTERPRETER, mosaic_gpu_interpreter
 from tests.test_kernels_decode import cache
 
@@ -44,6 +44,24 @@ def test_twin_matches_reference(heads, nq, dtype=jnp.float32, atol=3e-5):
     two warpgroups' 128 where not (group 8 x 16 queries: one full 128-row tile)."""
     q, kc, vc, kw = _problem(4, nq, *heads, dtype, lengths=[200, 1, 130, 0])
     _assert_matches_reference(q, kc, vc, kw, atol, interpret=True)
+
+
+@pytest.mark.parametrize("compute_wgs", [1, 2])
+def test_a_forced_layout_matches_reference(compute_wgs, monkeypatch):
+    """`compute_wgs` forces one or two compute warpgroups whatever the rows (bench/decode_kernels.py's A/B): the
+    layout asked for is the one run, and both give the reference's attention, here on 8 rows (which the choice
+    puts in one warpgroup)."""
+    from bolt_jax.kernels import decode_mosaic_gpu
+    used = []
+
+    def twin(*args, blocks, **kw):
+        used.append(blocks.compute_wgs)
+        return pure_jax_twin(*args, blocks=blocks, **kw)
+
+    monkeypatch.setattr(decode_mosaic_gpu, "pure_jax_twin", twin)
+    q, kc, vc, kw = _problem(3, 1, 16, 2, jnp.float32, lengths=[256, 1, 130])
+    _assert_matches_reference(q, kc, vc, kw, 3e-5, interpret=True, compute_wgs=compute_wgs)
+    assert used == [compute_wgs]
 
 
 @NEEDS_INTERPRETER
