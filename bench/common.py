@@ -122,7 +122,7 @@ def peak_flops() -> tuple[float | None, str]:
     from bolt_jax.train.metrics import device_peak_flops
     peak = device_peak_flops()
     if peak:
-        return peak, "datasheet dense bf16 peak (bolt_jax.train.metrics.PEAK_BF16_FLOPS)"
+        return peak, "datasheet dense bf16 peak (bolt_jax.runtime.chips.PEAK_BF16_FLOPS)"
     if jax.default_backend() != "cpu":
         return None, "unknown device: no datasheet peak"
     return measured_matmul_flops(), "CPU smoke: measured fp32 matmul rate, not a datasheet peak"

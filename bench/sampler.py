@@ -28,12 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 from common import Samples, header, run_info, smoke_defaults, time_samples, write_json
 
-HBM_BYTES_PER_S = {"h100": 3.35e12, "h200": 4.8e12, "a100": 2.0e12, "b200": 8.0e12}
+from bolt_jax.runtime.chips import HBM_BYTES_PER_S, for_device_kind
 
 
 def bandwidth() -> float | None:
-    kind = jax.devices()[0].device_kind.lower()
-    return next((v for k, v in HBM_BYTES_PER_S.items() if k in kind), None)
+    """The HBM bandwidth of the device this runs on (datasheet, bolt_jax.runtime.chips), None where unknown."""
+    return for_device_kind(HBM_BYTES_PER_S, jax.devices()[0].device_kind)
 
 
 def make_prompts(cfg, batch: int, longest: int, shortest: int, seed: int = 0) -> list[list[int]]:

@@ -285,6 +285,20 @@ def test_attention_scores_are_told_from_activations(dims, scores):
     assert hlo.attention_scores(hlo.Array("f32", dims), 2048) is scores
 
 
+@pytest.mark.parametrize("kind, peak, hbm", [
+    ("NVIDIA H100 80GB HBM3", 989e12, 3.35e12), ("NVIDIA H100 PCIe", 756e12, 2.0e12),
+    ("NVIDIA H100 NVL", 835e12, 3.9e12), ("NVIDIA H200", 989e12, 4.8e12), ("NVIDIA GH200 480GB", 989e12, 4.0e12),
+    ("TPU v5 lite", 197e12, 819e9), ("TPU v5", 459e12, 2765e9), ("cpu", None, None)])
+def test_device_kinds_find_their_datasheet_figures(kind, peak, hbm):
+    """A running device's peak and HBM bandwidth by jax's device kind, the longest key first (a PCIe H100 is not an
+    SXM one); each chip the compile-time predictions use finds its own figures the same way."""
+    from bolt_jax.runtime.chips import HBM_BYTES_PER_S, PEAK_BF16_FLOPS, for_device_kind
+    assert (for_device_kind(PEAK_BF16_FLOPS, kind), for_device_kind(HBM_BYTES_PER_S, kind)) == (peak, hbm)
+    for chip in CHIPS.values():
+        assert for_device_kind(PEAK_BF16_FLOPS, chip.device_kind) == chip.peak_flops
+        assert for_device_kind(HBM_BYTES_PER_S, chip.device_kind) == chip.hbm_bytes_per_s
+
+
 def test_replica_group_spellings():
     def group(attrs):
         return hlo.group_size(hlo.Instruction("x", "f32[4]", "all-reduce", [], "", attrs), num_devices=16)

@@ -14,17 +14,12 @@ from typing import Any
 
 import jax
 
-from bolt_jax.runtime.chips import PEAK_BF16_FLOPS
+from bolt_jax.runtime.chips import PEAK_BF16_FLOPS, for_device_kind
 
 
 def device_peak_flops(device=None) -> float | None:
     """Per-device bf16 peak, or None when unknown (CPU): MFU is then not reported rather than invented."""
-    device = device or jax.devices()[0]
-    kind = device.device_kind.lower()
-    for key in sorted(PEAK_BF16_FLOPS, key=len, reverse=True):
-        if key in kind:
-            return PEAK_BF16_FLOPS[key]
-    return None
+    return for_device_kind(PEAK_BF16_FLOPS, (device or jax.devices()[0]).device_kind)
 
 
 def _finite_or_none(value: Any):
