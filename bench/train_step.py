@@ -130,9 +130,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--mem_fraction", type=float, default=0.9,
                    help="the share of the GPU jax's allocator takes in each configuration's process "
-                        "(XLA_PYTHON_CLIENT_MEM_FRACTION; jax's own default, 0.75, leaves TinyLlama's micro-batch 16 "
-                        "out under jax 0.12.1: 61 GiB of an H100's 79.6, bench/gpu_preflight.py); 0 keeps the "
-                        "environment's")
+                        "(XLA_PYTHON_CLIENT_MEM_FRACTION; TinyLlama's micro-batch 16 needs 57 GiB of an H100's 79.6, "
+                        "72%%, within jax's own default 0.75 by 2.6 GiB; the step needed 61 under jax 0.12.1 before "
+                        "the SwiGLU had its own backward, bench/gpu_preflight.py); 0 keeps the environment's")
     p.add_argument("--profile", default="", help="write a profiler trace of 3 steps per configuration here")
     p.add_argument("--smoke", action="store_true", help="tiny shapes, for CPU (explicit arguments win)")
     p.add_argument("--json", default="", help="write the rows, with every sample, to this JSON file")
