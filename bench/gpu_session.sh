@@ -6,6 +6,8 @@
 #   env profile dryrun       the GPU and versions; a profiler trace of the train step; the memory dry run
 #   decode_attention         the decode attention kernels alone (bench/decode_kernels.py: XLA, Triton, the Mosaic GPU
 #                            kernel in its one- and two-warpgroup layouts; about 30 s), its results into $OUT
+#   mlp_backward             the headline's packed train step with the SwiGLU's own backward and with autodiff's,
+#                            side by side (bench/train_step.py --mlp_backward custom,autodiff; about 3 minutes)
 #   cmd                      "$CMD" as given, e.g. CMD="python3 bench/attention.py --sweep"
 # Installs the carried wheels (.whl/: ml-collections, which the image lacks; tokamax and its dependencies only for
 # the tokamax rows of bench/attention.py), then runs each stage under its own timeout with its log in $OUT.
@@ -69,6 +71,8 @@ cp \$(find /tmp/prof -name perfetto_trace.json.gz | head -1) $OUT/trace.json.gz"
     dryrun) cmd=(python3 -m bolt_jax.main --config configs/train_synthetic.py:tinyllama_1.1b_bolt --config.dry_run=True \
 --config.data.seq_len=2048 --config.train.global_batch_size=${DRY_BATCH:-16} --config.mesh.fsdp=1);;
     decode_attention) cmd=(python3 bench/decode_kernels.py --results "$OUT");;
+    mlp_backward) cmd=(python3 bench/train_step.py --micro_batches 16 --docs 4 --mlp_backward custom,autodiff \
+--runs 10 --json "$OUT/train_step_mlp_backward.json");;
     cmd) cmd=(bash -c "${CMD:?set CMD to the command to run}");;
     *) echo "unknown stage $stage"; continue;;
   esac

@@ -2,6 +2,7 @@
 
     python bench/train_step.py                                   # TinyLlama, seq 2048, largest micro-batch that fits
     python bench/train_step.py --micro_batches 8,12,16 --remat dots_no_batch,none
+    python bench/train_step.py --micro_batches 16 --docs 4 --mlp_backward custom,autodiff   # the SwiGLU's backwards
     python bench/train_step.py --smoke                           # tiny shapes on CPU (checks the script)
 
 Measures each step after warm-up and reports min / median / max over the runs of step time, tokens/s and MFU (the
@@ -83,6 +84,17 @@ def bench_one(preset: str, seq_len: int, batch: int, remat: str, attention: str,
             "flops_per_token_original": setup.model_cfg.flops_per_token_original(seq_len)}
 
 
+MLP_BACKWARDS = ("custom", "autodiff")
+
+
+def use_mlp_backward(which: str) -> None:
+    """In this (child) process, the MLP's SwiGLU differentiated by its own backward (`custom`, the model's) or by jax's
+    autodiff (`autodiff`, the model before 2026-12-07: its forward also keeps silu(gate), BENCHMARKS.md)."""
+    if which == "autodiff":
+        from bolt_jax.model import llama
+        llama.swiglu = lambda gate, up: jax.nn.silu(gate) * up
+
+
 def profile_steps(setup, state, batch, out_dir: str, steps: int = 3) -> None:
     """A jax profiler trace of a few steps (perfetto JSON too), for bench/trace_summary.py."""
     with setup.mesh_context(), jax.profiler.trace(out_dir, create_perfetto_trace=True):
@@ -96,11 +108,11 @@ def _mmm(figure: dict | None, spec: str, scale: float = 1.0) -> str:
     return "-" if figure is None else Samples.of(figure["samples"]).fmt(spec, scale)
 
 
-def run_child(a, batch: int, remat: str, attention: str, layers: str) -> dict:
+def run_child(a, batch: int, remat: str, attention: str, layers: str, mlp_backward: str = "custom") -> dict:
     """One configuration in its own process, so memory peaks and OOMs do not leak between rows."""
     cmd = [sys.executable, __file__, "--child", "--preset", a.preset, "--seq_len", str(a.seq_len),
            "--micro_batches", str(batch), "--remat", remat, "--attention", attention, "--warmup", str(a.warmup),
-           "--runs", str(a.runs), "--layers", layers, "--docs", str(a.docs)] + (
+           "--runs", str(a.runs), "--layers", layers, "--docs", str(a.docs), "--mlp_backward", mlp_backward] + (
                ["--profile", a.profile] if a.profile else [])
     env = dict(os.environ)
     if a.mem_fraction:
@@ -111,7 +123,8 @@ def run_child(a, batch: int, remat: str, attention: str, layers: str) -> dict:
             return json.loads(line)
     err = [ln for ln in (proc.stderr or "").splitlines() if ln.strip()]
     msg = next((ln for ln in err if "RESOURCE_EXHAUSTED" in ln or "Error" in ln), err[-1] if err else "no output")
-    return {"batch": batch, "remat": remat, "attention": attention, "layers": layers, "error": msg.strip()[:100]}
+    return {"batch": batch, "remat": remat, "attention": attention, "layers": layers, "mlp_backward": mlp_backward,
+            "error": msg.strip()[:100]}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -133,6 +146,9 @@ def parser() -> argparse.ArgumentParser:
                         "(XLA_PYTHON_CLIENT_MEM_FRACTION; TinyLlama's micro-batch 16 needs 57 GiB of an H100's 79.6, "
                         "72%%, within jax's own default 0.75 by 2.6 GiB; the step needed 61 under jax 0.12.1 before "
                         "the SwiGLU had its own backward, bench/gpu_preflight.py); 0 keeps the environment's")
+    p.add_argument("--mlp_backward", default="custom",
+                   help="comma list of the SwiGLU's backwards: custom (the model's own) or autodiff (jax's, which "
+                        "also keeps silu(gate)), to time the one against the other in one run")
     p.add_argument("--profile", default="", help="write a profiler trace of 3 steps per configuration here")
     p.add_argument("--smoke", action="store_true", help="tiny shapes, for CPU (explicit arguments win)")
     p.add_argument("--json", default="", help="write the rows, with every sample, to this JSON file")
@@ -145,20 +161,25 @@ def main() -> None:
     a = p.parse_args()
     if not 0 <= a.mem_fraction <= 1:
         p.error(f"--mem_fraction {a.mem_fraction}: a share of the GPU in (0, 1], or 0 for the environment's")
+    backwards = a.mlp_backward.split(",")
+    if not set(backwards) <= set(MLP_BACKWARDS):
+        p.error(f"--mlp_backward {a.mlp_backward}: a comma list of {', '.join(MLP_BACKWARDS)}")
     if a.smoke:
         smoke_defaults(a, p, preset="tiny", seq_len=64, micro_batches="8", warmup=1)
     if a.child:
+        use_mlp_backward(a.mlp_backward)
         r = bench_one(a.preset, a.seq_len, int(a.micro_batches), a.remat, a.attention, a.warmup, a.runs,
                       profile_dir=a.profile, scan=a.layers == "scan", docs=a.docs)
-        print(json.dumps(r))
+        print(json.dumps({**r, "mlp_backward": a.mlp_backward}))
         return
     rows = []
     for layers in a.layers.split(","):
         for attention in a.attention.split(","):
             for remat in a.remat.split(","):
                 for batch in (int(b) for b in a.micro_batches.split(",")):
-                    rows.append(run_child(a, batch, remat, attention, layers))
-                    print(rows[-1], flush=True)
+                    for backward in backwards:
+                        rows.append(run_child(a, batch, remat, attention, layers, backward))
+                        print(rows[-1], flush=True)
     share = a.mem_fraction or os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "jax's default")
     print(f"\ntrain step: {a.preset}, seq {a.seq_len}, {a.docs} document(s) per row, {header()}; min / median / "
           f"max of {a.runs} steps after {a.warmup} warm-up; allocator share of the GPU {share}")
@@ -167,13 +188,14 @@ def main() -> None:
         print(f"MFU: {ok['mfu_flops_per_token'] / 1e9:.4g} GFLOP/token (LlamaConfig.flops_per_token; the original's "
               f"count: {ok['flops_per_token_original'] / 1e9:.4g}) against {ok['peak_flops'] or 0:.3g} FLOP/s, "
               f"{ok['peak_flops_source']}")
-    print(f"{'batch':>5} {'remat':>14} {'attn':>10} {'layers':>8} {'step ms':>22} {'tokens/s':>26} {'MFU':>20} "
-          f"{'peak GiB':>9}")
+    print(f"{'batch':>5} {'remat':>14} {'attn':>10} {'layers':>8} {'mlp bwd':>8} {'step ms':>22} {'tokens/s':>26} "
+          f"{'MFU':>20} {'peak GiB':>9}")
     for r in rows:
         if "error" in r:
-            print(f"{r['batch']:5d} {r['remat']:>14} {r['attention']:>10} {r['layers']:>8}  failed: {r['error']}")
+            print(f"{r['batch']:5d} {r['remat']:>14} {r['attention']:>10} {r['layers']:>8} {r['mlp_backward']:>8}  "
+                  f"failed: {r['error']}")
         else:
-            print(f"{r['batch']:5d} {r['remat']:>14} {r['attention']:>10} {r['layers']:>8} "
+            print(f"{r['batch']:5d} {r['remat']:>14} {r['attention']:>10} {r['layers']:>8} {r['mlp_backward']:>8} "
                   f"{_mmm(r['step_s'], '.1f', 1e3):>22} {_mmm(r['tokens_per_s'], ',.0f'):>26} "
                   f"{_mmm(r['mfu'], '.1%'):>20} {r['peak_mem_gib']:9.2f}")
     if a.json:
