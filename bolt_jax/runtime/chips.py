@@ -52,10 +52,8 @@ class Chip:
     links together, one way (half the bidirectional figure a datasheet quotes): the rate a ring collective's bytes
     leave a chip when every link is busy, so the communication time it gives is a lower bound."""
     name: str
-    device_kind: str  # what jax reports for it
-    peak_key: str  # its key in PEAK_BF16_FLOPS
+    device_kind: str  # what jax reports for it; its peak and HBM bandwidth are found by it, as a running device's
     hbm_bytes: float
-    hbm_bytes_per_s: float
     link_bytes_per_s: float
     link: str  # the interconnect's name
     # GPUs only: what one GPU sends per second, one way, to GPUs in other hosts (its share of the host's network
@@ -72,7 +70,17 @@ class Chip:
 
     @property
     def peak_flops(self) -> float:
-        return PEAK_BF16_FLOPS[self.peak_key]
+        return self._figure(PEAK_BF16_FLOPS)
+
+    @property
+    def hbm_bytes_per_s(self) -> float:
+        return self._figure(HBM_BYTES_PER_S)
+
+    def _figure(self, table: dict[str, float]) -> float:
+        figure = for_device_kind(table, self.device_kind)
+        if figure is None:
+            raise ValueError(f"chip {self.name}: no figure for device kind {self.device_kind!r} in chips.py's tables")
+        return figure
 
     def describe(self) -> str:
         return (f"{self.name}: {self.peak_flops / 1e12:.0f} TFLOP/s bf16, {self.hbm_bytes / GIB:.0f} GiB HBM at "
@@ -84,22 +92,22 @@ class Chip:
 CHIPS: dict[str, Chip] = {
     # cloud.google.com/tpu/docs/v5e: 197 TFLOP/s bf16; 16 GiB HBM2 at 819 GB/s; ICI 400 GB/s bidirectional per chip
     # (the older page: 1600 Gbps, one way), 4 ports, 2D torus.
-    "v5e": Chip("v5e", "TPU v5 lite", "tpu v5 lite", 16 * GIB, HBM_BYTES_PER_S["tpu v5e"], 200e9, "ICI"),
+    "v5e": Chip("v5e", "TPU v5 lite", 16 * GIB, 200e9, "ICI"),
     # cloud.google.com/tpu/docs/v5p: 459 TFLOP/s bf16; 95 GiB HBM2e at 2765 GB/s; ICI 1200 GB/s bidirectional per
     # chip (4800 Gbps one way), 3D torus.
-    "v5p": Chip("v5p", "TPU v5", "tpu v5p", 95 * GIB, HBM_BYTES_PER_S["tpu v5p"], 600e9, "ICI"),
+    "v5p": Chip("v5p", "TPU v5", 95 * GIB, 600e9, "ICI"),
     # NVIDIA H100 Tensor Core GPU datasheet, SXM5: 989 TFLOP/s bf16 dense (1979 with sparsity); 80 GB HBM3 at
     # 3.35 TB/s (nvidia-smi: 81,559 MiB, so GB here are GiB); NVLink 900 GB/s bidirectional (NVSwitch, 8 per node).
     # 132 SMs, 50 MB L2, 1980 MHz boost (the datasheet's; nvidia-smi's clocks.max.sm on our H100), compute 9.0.
     # Between hosts: a DGX H100's eight ConnectX-7 adapters, one 400 Gb/s InfiniBand NDR port per GPU (50 GB/s).
-    "h100": Chip("h100", "NVIDIA H100 80GB HBM3", "h100", 80 * GIB, HBM_BYTES_PER_S["h100"], 450e9, "NVLink",
+    "h100": Chip("h100", "NVIDIA H100 80GB HBM3", 80 * GIB, 450e9, "NVLink",
                  network_bytes_per_s=50e9, network="InfiniBand NDR", sms=132,
                  l2_bytes=50 * 1024 ** 2, clock_ghz=1.98, compute_capability="9.0",
                  device_memory_bytes=81559 * 1024 ** 2),
     # NVIDIA H200 datasheet, SXM: 989 TFLOP/s bf16 dense; 141 GB HBM3e at 4.8 TB/s (nvidia-smi: 143,771 MiB);
     # NVLink 900 GB/s bidirectional.
     # The same GH100 die as the H100: 132 SMs, 50 MB L2, 1980 MHz, compute 9.0; a DGX H200's network as the H100's.
-    "h200": Chip("h200", "NVIDIA H200", "h200", 141 * GIB, HBM_BYTES_PER_S["h200"], 450e9, "NVLink",
+    "h200": Chip("h200", "NVIDIA H200", 141 * GIB, 450e9, "NVLink",
                  network_bytes_per_s=50e9, network="InfiniBand NDR", sms=132, l2_bytes=50 * 1024 ** 2, clock_ghz=1.98,
                  compute_capability="9.0",
                  device_memory_bytes=143771 * 1024 ** 2),
