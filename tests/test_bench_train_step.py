@@ -24,3 +24,28 @@ def test_smoke_run_times_each_mlp_backward(tmp_path):
     assert [row["mlp_backward"] for row in rows] == ["custom", "autodiff"], rows
     assert all(len(row["step_s"]["samples"]) == 2 for row in rows)
     assert abs(rows[0]["loss"] - rows[1]["loss"]) < 1e-3 * abs(rows[0]["loss"])
+
+
+def test_the_autodiff_choice_reaches_the_models_mlp(monkeypatch):
+    """`--mlp_backward autodiff` must change what the model runs, not only a name: the layer's MLP traces to one custom
+    backward with the model's SwiGLU and to none after the switch (which the smoke run's losses cannot tell)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from bolt_jax.model import Llama, llama, preset
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "bench"))
+    monkeypatch.setattr(llama, "swiglu", llama.swiglu)  # restored after the test
+    import train_step
+    cfg = preset("tiny", compute_dtype="float32")
+    layer = jax.tree.map(lambda x: x[0], llama.pure_dict(nnx.state(Llama(cfg, nnx.Rngs(0)), nnx.Param))["layers"])
+    h = jnp.zeros((1, 8, cfg.hidden_size))
+    attn = jnp.zeros((1, 8, cfg.num_attention_heads, cfg.head_size))
+
+    def custom_backwards() -> int:
+        jaxpr = jax.make_jaxpr(lambda h, a: llama.attention_output_and_mlp(cfg, h, a, layer))(h, attn)
+        return str(jaxpr).count("custom_vjp_call")
+
+    assert custom_backwards() == 1
+    train_step.use_mlp_backward("autodiff")
+    assert custom_backwards() == 0
