@@ -617,6 +617,40 @@ def test_swiglu_backward_holds_no_more_than_autodiffs_on_an_h100():
 
 
 @needs_cuda_plugin
+def test_head_loss_moves_less_than_autodiff_on_an_h100():
+    """The head + NLL with its own backward (bolt_jax.model.head_loss) against autodiff of the same chunk
+    rematerialised (the code it replaced), compiled with the backward for an H100 at SmolLM2's head (576 x 49156) and
+    2048 tokens: fewer temporaries, and a quarter less HBM traffic by the byte model (no second max and sum over the
+    fp32 logits, the logit cotangent written once in bf16). Measured: 0.75 -> 0.56 GiB, 3.20 -> 2.40 GB."""
+    import jax
+    import jax.numpy as jnp
+
+    from bolt_jax.aot.hlo import analyze
+    from bolt_jax.model.head_loss import token_nll
+    from bolt_jax.model.llama import head_logits
+
+    def autodiff_nll(h, kernel, targets):
+        @jax.checkpoint
+        def one(h, targets):
+            logits = head_logits(h, kernel)
+            return jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
+        return one(h, targets)
+
+    def grads(nll):
+        return jax.grad(lambda h, k, t, w: (nll(h, k, t) * w).sum(), argnums=(0, 1))
+
+    b, s, d, v, bf16 = 4, 512, 576, 49156, jnp.bfloat16
+    shapes = (((b, s, d), bf16), ((d, v), bf16), ((b, s), jnp.int32), ((b, s), jnp.float32))
+    temps, hbm = {}, {}
+    for name, nll in (("autodiff", autodiff_nll), ("head_loss", lambda h, k, t: token_nll(h, k, t, 0))):
+        compiled = _h100_compiled(grads(nll), *shapes)
+        temps[name] = compiled.memory_analysis().temp_size_in_bytes
+        hbm[name] = analyze(compiled.as_text(), 1).hbm_bytes
+    assert 0 < temps["head_loss"] <= temps["autodiff"], temps
+    assert hbm["head_loss"] <= 0.8 * hbm["autodiff"], hbm
+
+
+@needs_cuda_plugin
 def test_gpu_kernels_compile_to_sm90_cubins_without_a_gpu():
     """The Triton-lowered kernels go through XLA and the plugin's PTX compiler to a cubin for compute capability 9.0:
     the decode kernel (several queries per row, with the log-sum-exp) and the flash attention's forward and

@@ -4,7 +4,7 @@
     sums = span_sums(lps, starts)                   # sum over j >= start_i (e.g. the suffix after a prefix)
 
 Sequences are packed first-fit into rows of a bucketed length (documents never attend to each other), and the
-log-softmax runs over chunks of positions (bolt_jax.train.step.token_nll), so the fp32 logits of a whole batch never
+log-softmax runs over chunks of positions (bolt_jax.model.head_loss), so the fp32 logits of a whole batch never
 sit in memory at once.
 """
 
@@ -20,9 +20,9 @@ import numpy as np
 from flax import nnx
 
 from bolt_jax import parallel
+from bolt_jax.model.head_loss import model_token_nll
 from bolt_jax.model.llama import pure_dict
 from bolt_jax.sampling.sampler import _bucket, _null, _place, _to_host
-from bolt_jax.train.step import token_nll
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "chunk_size"))
@@ -30,7 +30,7 @@ def _score_core(graphdef, params, tokens_BxS, positions_BxS, segment_ids_BxS, *,
     model = nnx.merge(graphdef, params)
     h = model.hidden_states(tokens_BxS, positions_BxS, segment_ids_BxS)
     targets = jnp.concatenate([tokens_BxS[:, 1:], jnp.zeros_like(tokens_BxS[:, :1])], axis=1)
-    return -token_nll(model, h, targets, chunk_size)  # [B, S]: log p(token s+1 | <= s)
+    return -model_token_nll(model, h, targets, chunk_size)  # [B, S]: log p(token s+1 | <= s)
 
 
 def pack_first_fit(lengths: Sequence[int], row_len: int) -> list[list[int]]:

@@ -3,7 +3,8 @@
 The loss is the token-weighted mean of the next-token NLL over the whole global batch, so accumulating A
 micro-batches gives exactly the gradient of one batch A times larger (the original divides each micro-batch's mean
 by A, which differs when micro-batches hold different numbers of target tokens). The head and log-softmax run in
-sequence chunks under remat, so the full fp32 logits of a batch never sit in memory at once.
+sequence chunks with their own backward (bolt_jax.model.head_loss), so the fp32 logits of a batch never sit in memory
+at once.
 
 A step is applied only when it is finite throughout: the loss and gradient norm (computed from the parameters before
 the update) and the updated parameters and optimizer state themselves (a finite gradient can still give a
@@ -22,36 +23,11 @@ import optax
 from flax import nnx
 
 from bolt_jax.data.formats import CATEGORY_IDS
-from bolt_jax.model.llama import head_logits
+from bolt_jax.model.head_loss import model_token_nll
 from bolt_jax.parallel import constrain
 
 CATEGORIES = CATEGORY_IDS  # a target position's category, for the loss split (0 = not a target)
 BATCH_KEYS = ("inputs", "targets", "positions", "segment_ids", "loss_weights", "categories")
-
-
-def token_nll(model, h_BxSxD, targets_BxS, chunk_size: int):
-    """Per-token NLL [B, S] in fp32, computing logits `chunk_size` positions at a time (rematerialised)."""
-    b, s, d = h_BxSxD.shape
-    kernel = model.head_kernel().astype(h_BxSxD.dtype)
-    chunk = min(chunk_size, s) if chunk_size > 0 else s
-    if s % chunk:
-        chunk = s  # uneven: one chunk (shapes in training are fixed, so this is a config choice, not a surprise)
-    n = s // chunk
-
-    @jax.checkpoint
-    def one(h_BxCxD, t_BxC):
-        logits = head_logits(h_BxCxD, kernel)
-        logits = constrain(logits, ("batch", "act_seq", "act_vocab"))
-        lse = jax.nn.logsumexp(logits, axis=-1)
-        target_logit = jnp.take_along_axis(logits, t_BxC[..., None], axis=-1)[..., 0]
-        return lse - target_logit
-
-    if n == 1:
-        return one(h_BxSxD, targets_BxS)
-    h_NxBxCxD = h_BxSxD.reshape(b, n, chunk, d).swapaxes(0, 1)
-    t_NxBxC = targets_BxS.reshape(b, n, chunk).swapaxes(0, 1)
-    nll_NxBxC = jax.lax.map(lambda xs: one(*xs), (h_NxBxCxD, t_NxBxC))
-    return nll_NxBxC.swapaxes(0, 1).reshape(b, s)
 
 
 def loss_sums(model, batch: dict[str, jax.Array], chunk_size: int,
@@ -63,7 +39,7 @@ def loss_sums(model, batch: dict[str, jax.Array], chunk_size: int,
     """
     segment_ids = batch["segment_ids"] if document_mask else None
     h = model.hidden_states(batch["inputs"], batch["positions"], segment_ids)
-    nll = token_nll(model, h, batch["targets"], chunk_size)
+    nll = model_token_nll(model, h, batch["targets"], chunk_size)
     weights = batch["loss_weights"].astype(jnp.float32)
     total = jnp.sum(nll * weights)
     aux = {"weight": jnp.sum(weights)}
