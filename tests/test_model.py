@@ -61,27 +61,35 @@ def test_hf_layout_round_trip_is_exact(hf_dir):
 
 def test_gradients_match_transformers_fp32(hf_dir):
     """Every parameter's gradient of the next-token loss against PyTorch's autograd on the same HF model (fp32): the
-    backward passes written by hand (the head's and the SwiGLU's) and everything autodiff derives, in HF's names."""
+    backward passes written by hand (the head's, the SwiGLU's, and the training loss's head + NLL) and everything
+    autodiff derives, in HF's names."""
     from pathlib import Path
 
     import torch
     from transformers import LlamaForCausalLM
+    from bolt_jax.model.head_loss import model_token_nll
     model = load_hf_dir(Path(hf_dir), compute_dtype="float32")
-    tokens = np.random.default_rng(1).integers(0, 512, (2, 24))
+    tokens = np.random.default_rng(1).integers(0, 512, (2, 25))
+    inputs, targets = jnp.asarray(tokens[:, :-1]), jnp.asarray(tokens[:, 1:])
 
-    def loss_fn(m):
-        logp = jax.nn.log_softmax(m(jnp.asarray(tokens))[:, :-1], axis=-1)
-        return -jnp.take_along_axis(logp, jnp.asarray(tokens)[:, 1:, None], axis=-1).mean()
+    def logits_loss(m):  # the model's logits, autodiff's log-softmax
+        logp = jax.nn.log_softmax(m(inputs), axis=-1)
+        return -jnp.take_along_axis(logp, targets[..., None], axis=-1).mean()
 
-    grads = nnx.grad(loss_fn)(model)
-    ours = dict(hf_from_params(model.config, pure_dict(nnx.state(grads, nnx.Param))))
+    def training_loss(m):  # the training loss's path: the head and NLL in three chunks with their own backward
+        return model_token_nll(m, m.hidden_states(inputs), targets, chunk_size=8).mean()
+
     hf = LlamaForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32)
     hf(torch.tensor(tokens), labels=torch.tensor(tokens)).loss.backward()
     theirs = {name: p.grad.numpy() for name, p in hf.named_parameters()}
-    assert set(ours) <= set(theirs) and len(ours) >= 2 + 9 * model.config.num_hidden_layers
-    for name, value in ours.items():
-        scale = np.abs(theirs[name]).max()
-        np.testing.assert_allclose(value, theirs[name], atol=2e-5 * scale, rtol=0, err_msg=name)
+    for loss_fn in (logits_loss, training_loss):
+        grads = nnx.grad(loss_fn)(model)
+        ours = dict(hf_from_params(model.config, pure_dict(nnx.state(grads, nnx.Param))))
+        assert set(ours) <= set(theirs) and len(ours) >= 2 + 9 * model.config.num_hidden_layers
+        for name, value in ours.items():
+            scale = np.abs(theirs[name]).max()
+            np.testing.assert_allclose(value, theirs[name], atol=2e-5 * scale, rtol=0,
+                                       err_msg=f"{loss_fn.__name__}: {name}")
 
 
 def test_swiglu_backward_equals_autodiff():
