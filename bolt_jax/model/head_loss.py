@@ -24,15 +24,15 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from bolt_jax.model.llama import head_logits
 from bolt_jax.parallel import constrain
 
 LOGITS_AXES = ("batch", "act_seq", "act_vocab")
 
 
 def _logits(h_BxCxD, kernel_DxV):
-    """fp32 logits from compute-dtype operands (fp32 accumulation on the tensor cores)."""
-    logits = jnp.einsum("bcd,dv->bcv", h_BxCxD, kernel_DxV, preferred_element_type=jnp.float32)
-    return constrain(logits, LOGITS_AXES)
+    """The model's head (fp32 logits from compute-dtype operands), with the logits' sharding."""
+    return constrain(head_logits(h_BxCxD, kernel_DxV), LOGITS_AXES)
 
 
 def _chunks(s: int, chunk_size: int) -> int:
