@@ -3,6 +3,7 @@ the key, its value and the fix, no traceback, nothing half-written; `--dry_run` 
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -58,6 +59,20 @@ def test_bad_optimizer_numbers(key, value):
     c.optim[key] = value
     with pytest.raises(ValueError, match=rf"config\.optim\.{key}=.* must be .*--config\.optim\.{key}="):
         validate_optim_config(c)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("num_samples", 0, "num_samples=0 must be >= 1"), ("top_p", 0.0, "top_p=0.0 must be in (0, 1]"),
+    ("temperature", -1.0, "temperature=-1.0 must be a finite number >= 0"),
+    ("max_new_tokens", 0, "max_new_tokens=0 must be >= 1")])
+def test_bad_estep_sampling_settings_fail_before_anything_compiles(key, value, message):
+    """The E-step's K and sampling settings by the sampler's own checks, at validation (a dry run compiled the
+    E-step's programs from num_samples=0 and died dividing by it)."""
+    c = workflows_config("configs/bolt_bootstrap_fixed.py")
+    workflows.validate(c, num_devices=8)  # the shipped values pass
+    c.estep[key] = value
+    with pytest.raises(ValueError, match="config.estep: " + re.escape(message)):
+        workflows.validate(c, num_devices=8)
 
 
 def test_bad_finetune_learning_rate():

@@ -67,6 +67,7 @@ def test_gradients_match_transformers_fp32(hf_dir):
 
     import torch
     from transformers import LlamaForCausalLM
+
     from bolt_jax.model.head_loss import model_token_nll
     model = load_hf_dir(Path(hf_dir), compute_dtype="float32")
     tokens = np.random.default_rng(1).integers(0, 512, (2, 25))

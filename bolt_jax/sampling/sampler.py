@@ -281,9 +281,10 @@ def _generate_core(graphdef, params, prompt_BxP, pad_B, prompt_keys_Bx2, *, n: i
 
 
 # ---------------------------------------------------------------------------------------------- on the host
-def _check_args(n: int, max_new_tokens: int, stop_strings: Sequence[str], tokenizer, *, temperature: float = 1.0,
-                top_k: int = 0, top_p: float = 1.0, greedy: bool = False, stop_token_ids: Sequence[int] = (),
-                banned_token_ids: Sequence[int] = (), vocab_size: int | None = None) -> None:
+def check_sampling_args(n: int, max_new_tokens: int, stop_strings: Sequence[str], tokenizer, *,
+                        temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
+                        stop_token_ids: Sequence[int] = (), banned_token_ids: Sequence[int] = (),
+                        vocab_size: int | None = None) -> None:
     """Refuses arguments that would sample from something other than what was asked (one-line ValueErrors).
 
     temperature=0 without greedy is refused: HF transformers refuses it when sampling (do_sample=True) and vLLM
@@ -407,7 +408,7 @@ def generate(model: Llama, prompts: Sequence[Sequence[int]], *, n: int = 1, max_
     samples can be made independent of which batch, slice or process it lands in."""
     if not prompts:
         return GenerationResult([], [], np.zeros(0), np.zeros(0, bool), np.zeros(0, int), [] if tokenizer else None)
-    _check_args(n, max_new_tokens, stop_strings, tokenizer, temperature=temperature, top_k=top_k, top_p=top_p,
+    check_sampling_args(n, max_new_tokens, stop_strings, tokenizer, temperature=temperature, top_k=top_k, top_p=top_p,
                 greedy=greedy, stop_token_ids=stop_token_ids, banned_token_ids=banned_token_ids,
                 vocab_size=model.config.vocab_size)
     cfg = model.config

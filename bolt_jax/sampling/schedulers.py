@@ -96,6 +96,7 @@ def _check_continuous(model: Llama, common: dict, steps_per_sync: int, decode_sl
     if steps_per_sync < 1 or (decode_slots is not None and decode_slots < 1):
         raise ValueError(f"steps_per_sync={steps_per_sync} and decode_slots={decode_slots} must be >= 1")
     c = common
-    sampler._check_args(c["n"], c["max_new_tokens"], c["stop_strings"], c["tokenizer"], temperature=c["temperature"],
-                        top_k=c["top_k"], top_p=c["top_p"], greedy=c["greedy"], stop_token_ids=c["stop_token_ids"],
-                        banned_token_ids=c["banned_token_ids"], vocab_size=model.config.vocab_size)
+    sampler.check_sampling_args(c["n"], c["max_new_tokens"], c["stop_strings"], c["tokenizer"],
+                                temperature=c["temperature"], top_k=c["top_k"], top_p=c["top_p"], greedy=c["greedy"],
+                                stop_token_ids=c["stop_token_ids"], banned_token_ids=c["banned_token_ids"],
+                                vocab_size=model.config.vocab_size)
