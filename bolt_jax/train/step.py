@@ -8,7 +8,8 @@ at once.
 
 A step is applied only when it is finite throughout: the loss and gradient norm (computed from the parameters before
 the update) and the updated parameters and optimizer state themselves (a finite gradient can still give a
-non-finite update, e.g. optim.eps=0 with a zero gradient, or a NaN learning rate). Otherwise the state is left as it
+non-finite update: a learning rate whose product with the update overflows; optim.eps=0 with a zero gradient would,
+but validation refuses eps=0). Otherwise the state is left as it
 was, and the loop stops on the step's `finite` flag before any checkpoint of it is written.
 """
 
@@ -68,14 +69,13 @@ def all_finite(tree: Any) -> jax.Array:
 
 def update_is_finite(tx: optax.GradientTransformation, grads, opt_state, params) -> jax.Array:
     """Whether the update would leave the parameters and optimizer state finite (a finite loss and gradient can
-    still give NaN parameters: optim.eps=0 with a zero gradient, an overflowing learning rate), computed before the
-    update is applied.
+    still give non-finite parameters: an overflowing learning rate), computed before the update is applied.
 
     The update is computed twice on purpose: here only to reduce to one flag (reading params, gradients and state,
     writing nothing), then again where it is applied, fused with the select that keeps the old state on a non-finite
-    step and written in place. Computed once, XLA writes the new state out, then reads it and the old state again to
-    select: 35 GB per step more HBM traffic for TinyLlama's 1.1B parameters (BENCHMARKS.md). The barrier keeps XLA
-    from merging the two computations back into one.
+    step and written in place. Computed once, XLA writes the new state out and then reads it and the old state again
+    to select (35 GB per TinyLlama step); computed twice, the H100 compile's byte model counts 10.4 GB less per step
+    in all (BENCHMARKS.md). The barrier keeps XLA from merging the two computations back into one.
     """
     opt_state, params = jax.lax.optimization_barrier((opt_state, params))
     updates, new_opt_state = tx.update(grads, opt_state, params)
