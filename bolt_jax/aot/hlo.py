@@ -49,6 +49,7 @@ _ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([^\]]*)\](\{[^}]*\})?")
 _HEADER = re.compile(r"^(ENTRY\s+)?%([\w.\-]+)\s*\(.*\)\s*->\s*.*\{\s*$")
 _INSTRUCTION = re.compile(r"^\s*(ROOT\s+)?%([\w.\-]+)\s*=\s*(.*)$")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
+_OPERAND = re.compile(r"%([\w.\-]+(?:#\d+)?)")  # `%name`, or `%tuple#k`: element k of a tuple
 _LAYOUT = re.compile(r"\{[^{}]*\}")
 _MIRROR = {"LT": "GT", "GT": "LT", "LE": "GE", "GE": "LE", "NE": "NE", "EQ": "EQ"}
 
@@ -173,7 +174,33 @@ def _parse_instruction(line: str) -> Instruction | None:
         return None
     args = _balanced(after, op.end() - 1)
     attrs = after[op.end() - 1 + len(args):].lstrip(", ")
-    return Instruction(name, shape, op.group(1), re.findall(r"%([\w.\-]+)", args), args[1:-1].strip(), attrs, root)
+    return Instruction(name, shape, op.group(1), _OPERAND.findall(args), args[1:-1].strip(), attrs, root)
+
+
+def _tuple_elements(shape: str) -> list[str]:
+    """The top-level elements of a tuple shape: `(f32[2], (s32[], u8[4]))` -> ["f32[2]", "(s32[], u8[4])"]."""
+    inner, out, depth, start = shape.strip()[1:-1], [], 0, 0
+    for i, ch in enumerate(inner):
+        depth += ch in "([{"
+        depth -= ch in ")]}"
+        if ch == "," and depth == 0:
+            out.append(inner[start:i].strip())
+            start = i + 1
+    tail = re.sub(r"/\*index=\d+\*/", "", inner[start:]).strip()
+    return [re.sub(r"/\*index=\d+\*/", "", e).strip() for e in out] + ([tail] if tail else [])
+
+
+def _add_tuple_elements(comp: Computation) -> None:
+    """Operands written `%tuple#k` (XLA's newer printing, as in its dump files, where a get-tuple-element is folded
+    into its user) become get-tuple-elements of their own, so an operand is always one instruction's whole result."""
+    for inst in list(comp.instructions):
+        for operand in inst.operands:
+            base, _, k = operand.partition("#")
+            if k and operand not in comp.by_name and base in comp.by_name:
+                elements = _tuple_elements(comp.by_name[base].shape)
+                shape = elements[int(k)] if int(k) < len(elements) else ""
+                comp.by_name[operand] = Instruction(operand, shape, "get-tuple-element", [base], f"%{base}",
+                                                    f"index={k}")
 
 
 def parse_module(text: str) -> dict[str, Computation]:
@@ -192,6 +219,8 @@ def parse_module(text: str) -> dict[str, Computation]:
             inst = _parse_instruction(line)
             if inst is not None:
                 current.add(inst)
+    for comp in out.values():
+        _add_tuple_elements(comp)
     return out
 
 
