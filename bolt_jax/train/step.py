@@ -82,6 +82,18 @@ def update_is_finite(tx: optax.GradientTransformation, grads, opt_state, params)
     return all_finite((optax.apply_updates(params, updates), new_opt_state))
 
 
+def apply_update_if_finite(tx: optax.GradientTransformation, grads, opt_state, params, inputs_finite: jax.Array):
+    """(params, opt_state, update_finite, finite) after one update, or the old ones where `finite` (the inputs'
+    flag and the update's) is false: a non-finite step changes nothing (the loop stops on it, and the last good
+    state stays intact)."""
+    update_finite = update_is_finite(tx, grads, opt_state, params)
+    finite = inputs_finite & update_finite
+    updates, new_opt_state = tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+    return keep(new_params, params), keep(new_opt_state, opt_state), update_finite, finite
+
+
 def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: Callable, *, accum_steps: int,
                     loss_chunk_size: int, document_mask: bool = True):
     """Returns step(state, batch) -> (state, metrics); state = {params, opt_state, step, rng}. metrics["finite"]:
@@ -115,15 +127,11 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: Callab
         grads = jax.tree.map(lambda g: g / denom, grads)
         loss = sums["loss"] / denom
         grad_norm = optax.tree.norm(grads)
-        update_finite = update_is_finite(tx, grads, state["opt_state"], params)
-        updates, new_opt_state = tx.update(grads, state["opt_state"], params)
-        new_params = optax.apply_updates(params, updates)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & update_finite
-        # A non-finite step changes nothing: the loop stops on it and the last good state stays intact.
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+        new_params, new_opt_state, update_finite, finite = apply_update_if_finite(
+            tx, grads, state["opt_state"], params, jnp.isfinite(loss) & jnp.isfinite(grad_norm))
         new_state = {
-            "params": keep(new_params, params),
-            "opt_state": keep(new_opt_state, state["opt_state"]),
+            "params": new_params,
+            "opt_state": new_opt_state,
             "step": state["step"] + finite.astype(state["step"].dtype),
             "rng": jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])),
         }
