@@ -64,14 +64,23 @@ def test_bad_optimizer_numbers(key, value):
 @pytest.mark.parametrize("key, value, message", [
     ("num_samples", 0, "num_samples=0 must be >= 1"), ("top_p", 0.0, "top_p=0.0 must be in (0, 1]"),
     ("temperature", -1.0, "temperature=-1.0 must be a finite number >= 0"),
-    ("max_new_tokens", 0, "max_new_tokens=0 must be >= 1")])
-def test_bad_estep_sampling_settings_fail_before_anything_compiles(key, value, message):
-    """The E-step's K and sampling settings by the sampler's own checks, at validation (a dry run compiled the
-    E-step's programs from num_samples=0 and died dividing by it)."""
+    ("max_new_tokens", 0, "max_new_tokens=0 must be >= 1"),
+    ("chunks_per_batch", 0, "chunks_per_batch=0 must be a whole number >= 1"),
+    ("max_tokens", 1, "max_tokens=1 must be a whole number >= 2"), ("seed", -1, "seed=-1 must be a whole number"),
+    ("elbo_samples", [1, 0], "elbo_samples=[1, 0]: each n must be a whole number >= 1"),
+    ("accounting", "fixed", "accounting='fixed' is not one of ['original', 'corrected']"),
+    ("split_mode", "line", "split_mode='line' is not one of ['sentence', 'paragraph', 'word']"),
+    ("max_units_per_chunk", 0, "random chunking needs 0 < min_units_per_chunk (1) < units_per_chunk (8) and "
+                               "max_units_per_chunk (0) >= min_units_per_chunk"),
+    ("slice", "2:2", "slice='2:2': need 0 <= i < n")])
+def test_bad_estep_settings_fail_before_anything_compiles(key, value, message):
+    """The E-step's settings at validation, K and sampling by the sampler's own checks (a dry run compiled the
+    E-step's programs from num_samples=0 and died dividing by it; a misspelt accounting or split mode, a negative
+    seed or a zero chunk cap failed only once documents were read, or never ended)."""
     c = workflows_config("configs/bolt_bootstrap_fixed.py")
     workflows.validate(c, num_devices=8)  # the shipped values pass
     c.estep[key] = value
-    with pytest.raises(ValueError, match="config.estep: " + re.escape(message)):
+    with pytest.raises(ValueError, match=r"^config\.estep(\.|: )" + re.escape(message)):
         workflows.validate(c, num_devices=8)
 
 

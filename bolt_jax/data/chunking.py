@@ -107,6 +107,9 @@ def split_sentences(paragraph: str) -> list[str]:
     return units
 
 
+SPLIT_MODES = ("sentence", "paragraph", "word")
+
+
 def split_units(text: str, split_mode: str = "sentence") -> list[str]:
     """The document's units; "".join(units) == text for every mode."""
     if split_mode == "word":
@@ -115,7 +118,7 @@ def split_units(text: str, split_mode: str = "sentence") -> list[str]:
         if units and covered < len(text):
             units[-1] += text[covered:]
         return units if units or not text else [text]
-    if split_mode not in ("sentence", "paragraph"):
+    if split_mode not in SPLIT_MODES:
         raise ValueError(f"unknown split_mode {split_mode!r}; choose sentence, paragraph or word")
     units: list[str] = []
     pending = ""  # text with no sentence of its own, waiting for the next unit

@@ -25,7 +25,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from bolt_jax.data.chunking import ChunkingConfig, chunk_text
+from bolt_jax.data.chunking import SPLIT_MODES, ChunkingConfig, chunk_text
 from bolt_jax.data.formats import raw_text
 from bolt_jax.data.schema import augment_record, write_jsonl
 from bolt_jax.estep import sequences, weights
@@ -88,6 +88,49 @@ def default_estep_config() -> ml_collections.ConfigDict:
     })
 
 
+def _whole(key: str, value: Any, low: int, example: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"config.estep.{key}={value!r} must be a whole number >= {low}; "
+                         f"set e.g. --config.estep.{key}={example}")
+
+
+def _choice(key: str, value: Any, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"config.estep.{key}={value!r} is not one of {list(choices)}; "
+                         f"set e.g. --config.estep.{key}={choices[0]}")
+
+
+def validate_estep_config(e: ml_collections.ConfigDict) -> None:
+    """The E-step's settings (ValueError naming the key), before a model loads or a program compiles: K and the
+    sampling settings by the sampler's own checks, the lengths, ELBO sizes, chunking, seeds and slice. What needs the
+    model (lengths against its positions) is checked when it is loaded."""
+    from bolt_jax.sampling.sampler import check_sampling_args
+    try:
+        check_sampling_args(e.num_samples, e.max_new_tokens, (), None, temperature=e.temperature, top_k=e.top_k,
+                            top_p=e.top_p)
+    except ValueError as err:
+        message = str(err)
+        raise ValueError("config.estep." + (message.replace("n=", "num_samples=", 1) if message.startswith("n=")
+                                            else message)) from None
+    for key, low, example in (("chunks_per_batch", 1, 64), ("max_prompt_len", 0, 1024), ("max_tokens", 2, 2048),
+                              ("seed", 0, 42), ("iteration", 0, 1), ("chunk_seed", 0, 42),
+                              ("num_prefix_chunks", 0, 3), ("limit_docs", 0, 0)):
+        _whole(key, e[key], low, example)
+    bad = [n for n in e.elbo_samples if isinstance(n, bool) or not isinstance(n, int) or n < 1]
+    if bad:  # an n above num_samples is skipped, as documented: bootstrap and the K sweep vary K under one list
+        raise ValueError(f"config.estep.elbo_samples={list(e.elbo_samples)}: each n must be a whole number >= 1 "
+                         f"(ELBO_n over n of the K samples); {bad} is not")
+    _choice("accounting", e.accounting, sequences.ACCOUNTINGS)
+    _choice("split_mode", e.split_mode, SPLIT_MODES)
+    if e.units_per_chunk is not None:
+        _whole("units_per_chunk", e.units_per_chunk, 1, 8)
+        low, avg, cap = e.min_units_per_chunk, e.units_per_chunk, e.max_units_per_chunk
+        if e.random_chunking and not (0 < low < avg and cap >= low):  # a cap of 0 would never end a document
+            raise ValueError(f"config.estep: random chunking needs 0 < min_units_per_chunk ({low}) < units_per_chunk "
+                             f"({avg}) and max_units_per_chunk ({cap}) >= min_units_per_chunk")
+    parse_slice(e.slice)
+
+
 # ------------------------------------------------------------------------------------------------ work items
 @dataclass(frozen=True)
 class Chunk:
@@ -109,9 +152,9 @@ def parse_slice(spec: str) -> tuple[int, int]:
     try:
         i, n = (int(x) for x in str(spec).split(":"))
     except ValueError:
-        raise ValueError(f"estep.slice={spec!r}: write it as i:n (slice i of n, 0 <= i < n)") from None
+        raise ValueError(f"config.estep.slice={spec!r}: write it as i:n (slice i of n, 0 <= i < n)") from None
     if not 0 <= i < n:
-        raise ValueError(f"estep.slice={spec!r}: need 0 <= i < n")
+        raise ValueError(f"config.estep.slice={spec!r}: need 0 <= i < n")
     return i, n
 
 

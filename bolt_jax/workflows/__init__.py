@@ -76,19 +76,8 @@ def _validate_schedulers(config: ml_collections.ConfigDict) -> None:
         from bolt_jax.estep.run import overlap_enabled
         overlap_enabled(config.estep)  # the mode's name, and "on" with several processes
     if "estep" in config and "num_samples" in config.estep:
-        _validate_estep_sampling(config.estep)
-
-
-def _validate_estep_sampling(e: ml_collections.ConfigDict) -> None:
-    """K and the sampling settings of the E-step, by the sampler's own checks, before anything loads or compiles
-    (`--dry_run` compiles the E-step's programs from them)."""
-    from bolt_jax.sampling.sampler import check_sampling_args
-    try:
-        check_sampling_args(e.num_samples, e.max_new_tokens, (), None, temperature=e.temperature, top_k=e.top_k,
-                            top_p=e.top_p)
-    except ValueError as err:
-        message = str(err).replace("n=", "num_samples=", 1) if str(err).startswith("n=") else str(err)
-        raise ValueError(f"config.estep: {message}") from None
+        from bolt_jax.estep.run import validate_estep_config
+        validate_estep_config(config.estep)
 
 
 def run(config: ml_collections.ConfigDict) -> Any:
