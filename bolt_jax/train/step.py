@@ -9,8 +9,8 @@ at once.
 A step is applied only when it is finite throughout: the loss and gradient norm (computed from the parameters before
 the update) and the updated parameters and optimizer state themselves (a finite gradient can still give a
 non-finite update: a learning rate whose product with the update overflows; optim.eps=0 with a zero gradient would,
-but validation refuses eps=0). Otherwise the state is left as it
-was, and the loop stops on the step's `finite` flag before any checkpoint of it is written.
+but validation refuses eps=0). Otherwise the state is left as it was, and the loop stops on the step's `finite` flag
+before any checkpoint of it is written.
 """
 
 from __future__ import annotations
