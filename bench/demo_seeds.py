@@ -1,5 +1,6 @@
 """The toy demo on several seeds: runs `configs/demo.py` once per seed (or reads finished runs) and writes every
-seed's figures and claims to bench/results/demo_seeds-<date>.json and .md.
+seed's figures and claims to bench/results/demo_seeds-<date>.json and .md (`--tag T`: demo_seeds-<date>-T.*; an
+existing summary is never overwritten).
 
     python bench/demo_seeds.py --seeds 0 1 2 --run_root runs/seeds            # run, then summarise
     python bench/demo_seeds.py --seeds 0 1 --run_root runs/seeds --parallel    # one seed per core (taskset)
@@ -105,6 +106,7 @@ def main() -> None:
     ap.add_argument("--ran_alone", nargs="*", default=[], help="of --collect: the runs that had the machine alone")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
     ap.add_argument("--k_sweep", default="", help="a finished configs/demo_k_sweep.py run dir to file as well")
+    ap.add_argument("--tag", default="", help="demo_seeds-<date>-<tag>.*: a second summary on one date")
     args, extra = ap.parse_known_args()
     if args.k_sweep:
         import shutil
@@ -117,10 +119,13 @@ def main() -> None:
             return
     if not (args.collect or args.seeds):
         ap.error("give --seeds to run, --collect RUN_DIR... to summarise, or --k_sweep RUN_DIR")
+    stem = os.path.join(args.out, f"demo_seeds-{datetime.date.today().isoformat()}" + (f"-{args.tag}" if args.tag
+                                                                                      else ""))
+    if os.path.exists(stem + ".json"):  # before running anything: an earlier summary is never overwritten
+        ap.error(f"{stem}.json exists; give --tag NAME for another summary on this date")
     dirs = args.collect or run_seeds(args.seeds, args.run_root, args.parallel, extra)
     summary = summarise(dirs, parallel=args.parallel or bool(args.collect), alone=tuple(args.ran_alone))
     os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"demo_seeds-{summary['date']}")
     text = markdown(summary)
     with open(stem + ".json", "w") as f:
         json.dump(summary, f, indent=1)
