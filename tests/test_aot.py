@@ -701,12 +701,16 @@ def test_update_with_its_own_finiteness_pass_equals_the_single_pass_one(lr):
     params = {"w": jax.random.normal(keys[0], (8, 16)), "b": jnp.ones((16,))}
     grads = jax.tree.map(lambda p: jax.random.normal(keys[1], p.shape), params)
     opt_state = tx.init(params)
-    want = _single_pass_update(tx)(grads, opt_state, params)
+    want = jax.jit(_single_pass_update(tx))(grads, opt_state, params)
     p, o, update_finite, finite = jax.jit(lambda g, s, p: apply_update_if_finite(tx, g, s, p, jnp.array(True)))(
         grads, opt_state, params)
     assert bool(finite) == bool(update_finite) == bool(want[2]) == (lr < 1)
+    # two programs, so XLA may fuse the arithmetic differently (within an ulp); a kept state is the old one exactly
     for got, ref in zip(jax.tree.leaves((p, o)), jax.tree.leaves(want[:2])):
-        np.testing.assert_array_equal(got, ref)
+        np.testing.assert_allclose(got, ref, rtol=1e-6, atol=0)
+    if lr > 1:
+        for got, old in zip(jax.tree.leaves((p, o)), jax.tree.leaves((params, opt_state))):
+            np.testing.assert_array_equal(got, old)
 
 
 @needs_cuda_plugin
