@@ -3,7 +3,7 @@
     nll_BxS = token_nll(h_BxSxD, kernel_DxV, targets_BxS, chunk_size)
 
 The fp32 logits of a whole batch are the largest activation of a small model (SmolLM2's M-step: 3.2 GB for 16k
-tokens over a 49k vocabulary, against 1.8 GB for all 30 layers' MLP inputs), so they are computed `chunk_size`
+tokens over a 49k vocabulary, against 50 MB for one layer's bf16 MLP activation), so they are computed `chunk_size`
 positions at a time and never kept: the forward keeps only the log-normaliser (fp32 [B, S]) and the backward computes
 each chunk's logits again. What autodiff of log-softmax would do in that backward, with the chunk rematerialised,
 is to run the forward's two reductions (max, then sum of exp) a second time and write the logit cotangent in fp32
@@ -35,7 +35,7 @@ def _logits(h_BxCxD, kernel_DxV):
     return constrain(head_logits(h_BxCxD, kernel_DxV), LOGITS_AXES)
 
 
-def _chunks(s: int, chunk_size: int) -> int:
+def _chunk_length(s: int, chunk_size: int) -> int:
     """The chunk length: `chunk_size` when it divides the sequence, else the whole sequence (0 = whole)."""
     chunk = min(chunk_size, s) if chunk_size > 0 else s
     return chunk if s % chunk == 0 else s
@@ -61,7 +61,7 @@ def _forward_chunk(h_BxCxD, kernel_DxV, targets_BxC):
 
 
 def _forward(h_BxSxD, kernel_DxV, targets_BxS, chunk_size: int):
-    chunk = _chunks(h_BxSxD.shape[1], chunk_size)
+    chunk = _chunk_length(h_BxSxD.shape[1], chunk_size)
     if chunk == h_BxSxD.shape[1]:
         return _forward_chunk(h_BxSxD, kernel_DxV, targets_BxS)
     nll, lse = jax.lax.map(lambda xs: _forward_chunk(xs[0], kernel_DxV, xs[1]),
@@ -95,7 +95,7 @@ def _backward_chunk(h_BxCxD, kernel_DxV, targets_BxC, lse_BxC, g_BxC):
 
 def _token_nll_bwd(chunk_size: int, residuals, g_BxS):
     h_BxSxD, kernel_DxV, targets_BxS, lse_BxS = residuals
-    chunk = _chunks(h_BxSxD.shape[1], chunk_size)
+    chunk = _chunk_length(h_BxSxD.shape[1], chunk_size)
     g_BxS = g_BxS.astype(jnp.float32)
     if chunk == h_BxSxD.shape[1]:
         dh, dk = _backward_chunk(h_BxSxD, kernel_DxV, targets_BxS, lse_BxS, g_BxS)
