@@ -20,6 +20,19 @@ from bolt_jax.model.config import LlamaConfig, preset
 _FIELD_TYPES = {"head_dim": int, "bos_token_id": int, "eos_token_id": int, "pad_token_id": int}
 
 
+def check_choice(key: str, value: Any, choices, default: Any) -> None:
+    """ValueError naming `config.<key>`, its value, the choices and a fix unless `value` is one of `choices`."""
+    if value not in choices:
+        raise ValueError(f"config.{key}={value!r} is not one of {sorted(choices)}; set e.g. --config.{key}={default}")
+
+
+def check_whole(key: str, value: Any, low: int, example: Any, note: str = "") -> None:
+    """ValueError naming `config.<key>`, its value and a fix unless `value` is an int >= `low` (bools refused)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"config.{key}={value!r} must be a whole number >= {low}{note}; "
+                         f"set e.g. --config.{key}={example}")
+
+
 def model_config_dict(preset_name: str = "tinyllama_1.1b", **overrides: Any) -> ml_collections.ConfigDict:
     """All LlamaConfig fields as a ConfigDict (so any can be set from the command line), from a preset."""
     cfg = preset(preset_name, **overrides)

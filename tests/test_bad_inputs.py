@@ -68,8 +68,8 @@ def test_bad_optimizer_numbers(key, value):
     ("chunks_per_batch", 0, "chunks_per_batch=0 must be a whole number >= 1"),
     ("max_tokens", 1, "max_tokens=1 must be a whole number >= 2"), ("seed", -1, "seed=-1 must be a whole number"),
     ("elbo_samples", [1, 0], "elbo_samples=[1, 0]: each n must be a whole number >= 1"),
-    ("accounting", "fixed", "accounting='fixed' is not one of ['original', 'corrected']"),
-    ("split_mode", "line", "split_mode='line' is not one of ['sentence', 'paragraph', 'word']"),
+    ("accounting", "fixed", "accounting='fixed' is not one of ['corrected', 'original']"),
+    ("split_mode", "line", "split_mode='line' is not one of ['paragraph', 'sentence', 'word']"),
     ("max_units_per_chunk", 0, "random chunking needs 0 < min_units_per_chunk (1) < units_per_chunk (8) and "
                                "max_units_per_chunk (0) >= min_units_per_chunk"),
     ("slice", "2:2", "slice='2:2': need 0 <= i < n")])

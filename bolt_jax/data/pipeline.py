@@ -41,6 +41,7 @@ import grain
 import ml_collections
 import numpy as np
 
+from bolt_jax.config import check_choice, check_whole
 from bolt_jax.data.formats import FORMATS, format_document
 from bolt_jax.data.packing import (
     PACKING_MODES,
@@ -91,21 +92,11 @@ def default_data_config() -> ml_collections.ConfigDict:
 DATA_SOURCES = ("corpus", "synthetic", "sft")  # config.data.source: bolt_jax.train.batches.make_train_batches
 
 
-def _choice(key: str, value: Any, choices, default: str) -> None:
-    if value not in choices:
-        raise ValueError(f"config.{key}={value!r} is not one of {sorted(choices)}; set e.g. --config.{key}={default}")
-
-
 def _at_least(key: str, value: Any, low: float, example: Any, note: str = "") -> None:
     import math
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < low:
         raise ValueError(f"config.{key}={value!r} must be a finite number >= {low:g}{note}; "
                          f"set e.g. --config.{key}={example}")
-
-
-def _count(key: str, value: Any, note: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"config.{key}={value!r} must be a whole number >= 0 {note}; set e.g. --config.{key}=0")
 
 
 def validate_data_config(config: ml_collections.ConfigDict) -> None:
@@ -116,15 +107,15 @@ def validate_data_config(config: ml_collections.ConfigDict) -> None:
         return
     data, defaults = config.data, default_data_config()
     get = lambda k: data.get(k, defaults[k])  # noqa: E731
-    _choice("data.source", get("source"), DATA_SOURCES, defaults.source)
+    check_choice("data.source", get("source"), DATA_SOURCES, defaults.source)
     _at_least("data.seq_len", get("seq_len"), 2, defaults.seq_len)
     if get("source") == "synthetic":
         _at_least("data.synthetic_docs_per_row", data.get("synthetic_docs_per_row", 1), 1, 1)
     if get("source") != "corpus":
         return
-    _choice("data.packing", get("packing"), PACKING_MODES, defaults.packing)
+    check_choice("data.packing", get("packing"), PACKING_MODES, defaults.packing)
     for key in ("latent_type", "validation_latent_type"):  # "" = raw
-        _choice(f"data.{key}", get(key) or "raw", FORMATS, defaults[key])
+        check_choice(f"data.{key}", get(key) or "raw", FORMATS, defaults[key])
     ratio = get("mix_in_raw_ratio")
     if not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:  # nan fails both comparisons
         raise ValueError(f"config.data.mix_in_raw_ratio={ratio!r} must be a probability in [0, 1]; "
@@ -133,8 +124,8 @@ def validate_data_config(config: ml_collections.ConfigDict) -> None:
         _at_least(f"data.{key}", get(key), 0.0, defaults[key])
     _at_least("data.global_batch_size", get("global_batch_size"), 0, 0, " (0 = config.train.global_batch_size)")
     _at_least("data.prefetch_threads", get("prefetch_threads"), 0, 0, " (0 = no prefetching)")
-    _count("data.worker_count", get("worker_count"), "(0 = no worker processes)")
-    _count("data.shuffle_buffer_batches", get("shuffle_buffer_batches"), "(0 = no shuffle buffer)")
+    check_whole("data.worker_count", get("worker_count"), 0, 0, " (0 = no worker processes)")
+    check_whole("data.shuffle_buffer_batches", get("shuffle_buffer_batches"), 0, 0, " (0 = no shuffle buffer)")
     epochs = get("num_epochs")
     if epochs == 0 or epochs < -1:
         raise ValueError(f"config.data.num_epochs={epochs!r} must be a positive number of passes or -1 (infinite); "

@@ -25,6 +25,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from bolt_jax.config import check_choice, check_whole
 from bolt_jax.data.chunking import SPLIT_MODES, ChunkingConfig, chunk_text
 from bolt_jax.data.formats import raw_text
 from bolt_jax.data.schema import augment_record, write_jsonl
@@ -88,18 +89,6 @@ def default_estep_config() -> ml_collections.ConfigDict:
     })
 
 
-def _whole(key: str, value: Any, low: int, example: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"config.estep.{key}={value!r} must be a whole number >= {low}; "
-                         f"set e.g. --config.estep.{key}={example}")
-
-
-def _choice(key: str, value: Any, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ValueError(f"config.estep.{key}={value!r} is not one of {list(choices)}; "
-                         f"set e.g. --config.estep.{key}={choices[0]}")
-
-
 def validate_estep_config(e: ml_collections.ConfigDict) -> None:
     """The E-step's settings (ValueError naming the key), before a model loads or a program compiles: K and the
     sampling settings by the sampler's own checks, the lengths, ELBO sizes, chunking, seeds and slice. What needs the
@@ -115,15 +104,15 @@ def validate_estep_config(e: ml_collections.ConfigDict) -> None:
     for key, low, example in (("chunks_per_batch", 1, 64), ("max_prompt_len", 0, 1024), ("max_tokens", 2, 2048),
                               ("seed", 0, 42), ("iteration", 0, 1), ("chunk_seed", 0, 42),
                               ("num_prefix_chunks", 0, 3), ("limit_docs", 0, 0)):
-        _whole(key, e[key], low, example)
+        check_whole(f"estep.{key}", e[key], low, example)
     bad = [n for n in e.elbo_samples if isinstance(n, bool) or not isinstance(n, int) or n < 1]
     if bad:  # an n above num_samples is skipped, as documented: bootstrap and the K sweep vary K under one list
         raise ValueError(f"config.estep.elbo_samples={list(e.elbo_samples)}: each n must be a whole number >= 1 "
                          f"(ELBO_n over n of the K samples); {bad} is not")
-    _choice("accounting", e.accounting, sequences.ACCOUNTINGS)
-    _choice("split_mode", e.split_mode, SPLIT_MODES)
+    check_choice("estep.accounting", e.accounting, sequences.ACCOUNTINGS, "original")
+    check_choice("estep.split_mode", e.split_mode, SPLIT_MODES, "sentence")
     if e.units_per_chunk is not None:
-        _whole("units_per_chunk", e.units_per_chunk, 1, 8)
+        check_whole("estep.units_per_chunk", e.units_per_chunk, 1, 8)
         low, avg, cap = e.min_units_per_chunk, e.units_per_chunk, e.max_units_per_chunk
         if e.random_chunking and not (0 < low < avg and cap >= low):  # a cap of 0 would never end a document
             raise ValueError(f"config.estep: random chunking needs 0 < min_units_per_chunk ({low}) < units_per_chunk "
