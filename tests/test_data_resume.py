@@ -81,11 +81,11 @@ def _restore(directory, step, its, as_process):
 @pytest.mark.parametrize("saved,restored,data", [
     (2, 2, {}),  # the same count: Grain's handler restores each process's own file, as before
     (2, 1, {}),
-    (1, 2, {"prefetch_threads": 2}),
+    (1, 2, {"prefetch_threads": 2, "read_threads": 3}),  # a batch thread, and reader threads per slot
     (2, 4, {"shuffle_documents": True, "packing": "document"}),
     (2, 1, {"shuffle_buffer_batches": 3}),  # saved mid-block: the block is re-read and re-permuted
     (4, 2, {"num_epochs": 1, "packing": "document"}),  # a finite stream: some slots are done when saved
-], ids=["2to2", "2to1", "1to2_prefetch", "2to4_shuffled_docs", "2to1_shuffle_buffer", "4to2_finite"])
+], ids=["2to2", "2to1", "1to2_prefetch_and_readers", "2to4_shuffled_docs", "2to1_shuffle_buffer", "4to2_finite"])
 def test_resume_on_another_process_count(env, tmp_path, as_process, saved, restored, data):
     cfg = data_config(env, **data)
     cut, more = 4, 3
@@ -208,8 +208,26 @@ def test_worker_groups(env):
 
 
 def test_new_settings_are_validated(env):
-    for key, bad in (("worker_count", -1), ("worker_count", 1.5), ("shuffle_buffer_batches", True)):
+    for key, bad in (("worker_count", -1), ("worker_count", 1.5), ("shuffle_buffer_batches", True),
+                     ("read_threads", -1), ("read_threads", 2.5)):
         c = ml_collections.ConfigDict({"data": {"source": "corpus", key: bad}})
         with pytest.raises(ValueError, match=f"config.data.{key}="):
             pipeline.validate_data_config(c)
-    pipeline.validate_data_config(data_config(env, worker_count=2, shuffle_buffer_batches=4))
+    pipeline.validate_data_config(data_config(env, worker_count=2, shuffle_buffer_batches=4, read_threads=3))
+
+
+def test_read_threads_is_how_many_grain_reader_threads_run(env):
+    """data.read_threads reaches Grain: no reader thread at 0 (Grain's own default started 16 per row slot), and
+    threads named grain-prefetch at 2, with the same batches."""
+    import threading
+
+    def readers() -> int:
+        return sum(t.name.startswith("grain-prefetch") for t in threading.enumerate())
+
+    before = readers()
+    plain = pipeline.make_batches(data_config(env))
+    first = _global([plain], 2)
+    assert readers() == before
+    threaded = pipeline.make_batches(data_config(env, read_threads=2))
+    assert _equal(_global([threaded], 2), first)
+    assert readers() > before

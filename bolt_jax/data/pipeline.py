@@ -84,11 +84,16 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.thought_weight = 1.0
     c.special_weight = 1.0
     c.prefetch_threads = 0  # >0: a background thread prefetches this many batches (state stays exact)
+    # >0: threads per row slot that format and tokenize its next documents ahead of its packer (Grain's ReadOptions,
+    # 4 documents ahead per thread); 0 = in the packer's own thread. Grain's default (16 threads and 500 documents
+    # ahead per slot) started hundreds of threads per pipeline, which cost more than they read (BENCHMARKS.md).
+    c.read_threads = 0
     c.worker_count = 0  # >0: Grain mp_prefetch packs the row slots in this many processes (same batches)
     c.shuffle_buffer_batches = 0  # >0: the original's prefetch shuffle (it used 1024; 512 when bootstrapping)
     return c
 
 
+READ_AHEAD_PER_THREAD = 4  # documents a slot's reader threads keep formatted ahead, per thread (data.read_threads)
 DATA_SOURCES = ("corpus", "synthetic", "sft")  # config.data.source: bolt_jax.train.batches.make_train_batches
 
 
@@ -124,6 +129,7 @@ def validate_data_config(config: ml_collections.ConfigDict) -> None:
         _at_least(f"data.{key}", get(key), 0.0, defaults[key])
     _at_least("data.global_batch_size", get("global_batch_size"), 0, 0, " (0 = config.train.global_batch_size)")
     _at_least("data.prefetch_threads", get("prefetch_threads"), 0, 0, " (0 = no prefetching)")
+    check_whole("data.read_threads", get("read_threads"), 0, 0, " (0 = in the packer's thread)")
     check_whole("data.worker_count", get("worker_count"), 0, 0, " (0 = no worker processes)")
     check_whole("data.shuffle_buffer_batches", get("shuffle_buffer_batches"), 0, 0, " (0 = no shuffle buffer)")
     epochs = get("num_epochs")
@@ -164,6 +170,7 @@ def _resolve(config: ml_collections.ConfigDict, split: str) -> dict[str, Any]:
                 seed=int(seed) + (0 if is_train else 1), shuffle=get("shuffle_documents") if is_train else False,
                 num_epochs=(None if get("num_epochs") < 0 else get("num_epochs")) if is_train else 1,
                 packing=get("packing"), prefetch_threads=get("prefetch_threads"), worker_count=get("worker_count"),
+                read_threads=get("read_threads"),
                 shuffle_buffer=get("shuffle_buffer_batches") if is_train else 0,
                 weights=LossWeights(get("text_weight"), get("thought_weight"), get("special_weight")))
 
@@ -217,17 +224,19 @@ def build_dataset(*, corpus: CorpusSource, tokenizer: BoltTokenizer, latent_type
                   seed: int, packing: str = "concat", shuffle: bool = False, num_epochs: int | None = None,
                   mix_in_raw_ratio: float = 0.0, fall_back_to_raw: bool = False,
                   weights: LossWeights = LossWeights(), process_index: int = 0, process_count: int = 1,
-                  prefetch_threads: int = 0, worker_count: int = 0, shuffle_buffer: int = 0) -> grain.IterDataset:
+                  prefetch_threads: int = 0, worker_count: int = 0, shuffle_buffer: int = 0,
+                  read_threads: int = 0) -> grain.IterDataset:
     """The pipeline as a Grain IterDataset of host-local batches ([rows, seq_len] per key); `rows` per process.
     `worker_count` processes (at most one per row) pack the slots; `shuffle_buffer` > 0 permutes each slot's rows
-    in blocks of that many."""
+    in blocks of that many; `read_threads` > 0 format and tokenize each slot's documents ahead of it."""
+    read = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=READ_AHEAD_PER_THREAD * read_threads)
     total_rows = rows * process_count
     fmt = FormatAndTokenize(corpus, tokenizer.path, latent_type, seed, mix_in_raw_ratio, fall_back_to_raw)
     slots = []
     for slot in range(process_index * rows, (process_index + 1) * rows):
         stream = document_stream(len(corpus), seed=seed, shuffle=shuffle, num_epochs=num_epochs,
                                  process_index=slot, process_count=total_rows)
-        packed: grain.IterDataset = PackedBatches(stream.map(fmt).to_iter_dataset(), seq_len=seq_len, mode=packing,
+        packed: grain.IterDataset = PackedBatches(stream.map(fmt).to_iter_dataset(read), seq_len=seq_len, mode=packing,
                                                   eos_id=tokenizer.eos_id, weights=weights, rows=1)
         if shuffle_buffer > 0:
             packed = ShuffledRows(packed, size=shuffle_buffer, key=(seed + 1, slot, total_rows))
@@ -273,7 +282,7 @@ def make_batches(config: ml_collections.ConfigDict, split: str = "train", *, pro
                        mix_in_raw_ratio=opts["mix_in_raw_ratio"], fall_back_to_raw=opts["fall_back_to_raw"],
                        weights=opts["weights"], process_index=pi, process_count=pc,
                        prefetch_threads=opts["prefetch_threads"], worker_count=opts["worker_count"],
-                       shuffle_buffer=opts["shuffle_buffer"])
+                       shuffle_buffer=opts["shuffle_buffer"], read_threads=opts["read_threads"])
     return iter(ds)
 
 

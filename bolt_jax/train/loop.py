@@ -114,7 +114,7 @@ def validate_train_config(config: ml_collections.ConfigDict) -> None:
 # --------------------------------------------------------------------------------------------------- resume
 ON_CHANGE = ("refuse", "restart")
 _RESUME_TRAIN_KEYS = ("global_batch_size", "init_checkpoint")
-_RESUME_IGNORED_DATA = ("prefetch_threads", "worker_count")  # speed settings: the same batches
+_RESUME_IGNORED_DATA = ("prefetch_threads", "worker_count", "read_threads")  # speed settings: the same batches
 
 
 def resume_settings(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -125,7 +125,8 @@ def resume_settings(config: Mapping[str, Any]) -> dict[str, Any]:
       of `bolt_jax.config.RUNTIME_OVERRIDES` (kernels, compute precision, remat, layer scan: how to compute, not what);
     - `optim.*`, all of it (learning rate and schedule, betas, eps, weight decay, clipping): the update rule;
     - `data.*`, the source, paths, format, sequence length, packing, loss weights, data seed and batch: which tokens
-      each step sees (except `prefetch_threads` and `worker_count`, speed settings that yield the same batches);
+      each step sees (except `prefetch_threads`, `worker_count` and `read_threads`, speed settings that yield the
+      same batches);
     - `train.global_batch_size` and `train.init_checkpoint`: what one step averages over, where the run began;
     - `seed`: the initialization and the synthetic data.
 
