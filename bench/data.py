@@ -9,7 +9,8 @@ Prints the device, versions and commit (bench/common.py, as every bench), then p
 pipeline used before that setting existed): the time from building the pipeline to its first batch (min / median /
 max over `--starts` builds) and packed tokens per second (rows x seq_len, every row full; min / median / max over
 `--windows` windows of `--seconds` / windows each). The settings' builds and windows take turns, so each comparison
-is side by side in one run. Writes bench/results/data-<date>[-<tag>].{json,md}. The loader must stay above ~150k
+is side by side in one run (a threaded setting's readers keep filling its buffer during the other settings' windows,
+which favours it). Writes bench/results/data-<date>[-<tag>].{json,md}. The loader must stay above ~150k
 tokens/s per core so it never starves a GPU training at ~70k tokens/s.
 """
 
