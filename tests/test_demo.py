@@ -66,6 +66,7 @@ def test_bootstrap_demo_runs_end_to_end_and_resumes(tmp_path):
     cfg = json.loads((tmp_path / "runs" / "iter_2" / "config.json").read_text())
     assert cfg["train"]["init_checkpoint"].endswith("runs/base/model")
     assert cfg["data"]["train_path"].endswith("data/iter_2.jsonl")
+    assert any((tmp_path / "xla_cache").iterdir())  # bootstrap.compilation_cache: the stages shared their programs
     # a rerun skips every finished stage
     again = run(tmp_path, *args)
     assert again.returncode == 0 and "=== bootstrap stage" not in again.stdout

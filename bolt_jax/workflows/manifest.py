@@ -31,7 +31,8 @@ IGNORED = {"run_dir", "workflow", "train.progress_bar", "train.log_every", "trai
            "train.keep_checkpoints", "train.eval_every", "train.eval_batches", "estep.scheduler",
            "estep.decode_slots", "estep.prefix_sharing", "estep.prompt_entries", "estep.overlap", "estep.slice",
            "estep.store_dir", "estep.output_path",
-           "estep.run_name", "train.on_change", "bootstrap.on_change", "bootstrap.console", "train.tracker",
+           "estep.run_name", "train.on_change", "bootstrap.on_change", "bootstrap.console",
+           "bootstrap.compilation_cache", "train.tracker",
            "data.worker_count", "data.prefetch_threads", "data.read_threads"}
 # path settings whose file is an input: its size is part of the key (content changes that keep the size are not seen)
 INPUT_FILES = ("data.train_path", "data.validation_path", "estep.corpus_path", "bootstrap.pretrain_path",

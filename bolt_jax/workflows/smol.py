@@ -27,9 +27,6 @@ def default_smol_config() -> ml_collections.ConfigDict:
         "num_warmstart": 500,  # GSM8K train problems with their worked solutions as thoughts
         "num_bootstrap": 2000,  # further GSM8K train problems, raw: the fixed corpus the E-steps write thoughts for
         "num_validation": 200,  # GSM8K test problems, raw: the -ELBO / NLL documents
-        # a persistent XLA compilation cache (<run_dir>/xla_cache): the stages compile the same programs again
-        # (every train stage has the same step, every evaluation the same sampler), so later ones load them
-        "compilation_cache": True,
     })
 
 
@@ -62,27 +59,23 @@ def base_checkpoint(config: ml_collections.ConfigDict) -> str:
     return convert_gguf_to_orbax(gguf, out, add_bolt_tokens=True, mesh=parallel.make_mesh(dict(config.mesh)))
 
 
-def enable_compilation_cache(cache_dir: str) -> None:
-    """JAX's persistent compilation cache in `cache_dir`, for every program (the stages of one run share them)."""
-    import jax
-    os.makedirs(cache_dir, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", cache_dir)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
 def run_smol_gsm8k(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """BoLT on GSM8K with SmolLM2-135M: GGUF + BoLT tokens, warmstart, EM iterations, raw baselines, test accuracy."""
-    from bolt_jax.config import derive
-    from bolt_jax.data.gsm8k import write_gsm8k_data
-    from bolt_jax.workflows.bootstrap import dry_run_stages, run_bootstrap
+    from bolt_jax.workflows.bootstrap import dry_run_stages, run_compilation_cache
     if config.get("dry_run", False):  # compiles the stages' programs from the config's model fields; needs no file
         return dry_run_stages(config)
-    s = config.smol
     run_dir = os.path.abspath(config.run_dir)
     train_path, test_path = gsm8k_files(config)
-    if s.compilation_cache:
-        enable_compilation_cache(os.path.join(run_dir, "xla_cache"))
+    with run_compilation_cache(config):  # the conversion's programs too
+        return _convert_and_run(config, run_dir, train_path, test_path)
+
+
+def _convert_and_run(config: ml_collections.ConfigDict, run_dir: str, train_path: str, test_path: str
+                     ) -> dict[str, Any]:
+    from bolt_jax.config import derive
+    from bolt_jax.data.gsm8k import write_gsm8k_data
+    from bolt_jax.workflows.bootstrap import run_bootstrap
+    s = config.smol
     paths = write_gsm8k_data(s.data_dir or os.path.join(run_dir, "data"), train_path=train_path, test_path=test_path,
                              num_warmstart=s.num_warmstart, num_bootstrap=s.num_bootstrap,
                              num_validation=s.num_validation, seed=config.seed)
