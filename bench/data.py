@@ -2,16 +2,18 @@
 
     python bench/data.py                                  # toy corpus with true thoughts, BPE tokenizer trained here
     python bench/data.py --read_threads 0,4,grain         # reader-thread settings side by side
+    python bench/data.py --worker_count 0,2 --all_cores   # packing in worker processes (data.worker_count)
     python bench/data.py --corpus /path/aug.jsonl --tokenizer /path/hf_tokenizer_dir --latent_type random
 
-Prints the device, versions and commit (bench/common.py, as every bench), then per `--read_threads` setting
-(`data.read_threads`; `grain` = Grain's own default, 16 threads and 500 documents ahead per row slot, what the
-pipeline used before that setting existed): the time from building the pipeline to its first batch (min / median /
-max over `--starts` builds) and packed tokens per second (rows x seq_len, every row full; min / median / max over
-`--windows` windows of `--seconds` / windows each). The settings' builds and windows take turns, so each comparison
-is side by side in one run (a threaded setting's readers keep filling its buffer during the other settings' windows,
-which favours it). Writes bench/results/data-<date>[-<tag>].{json,md}. The loader must stay above ~150k
-tokens/s per core so it never starves a GPU training at ~70k tokens/s.
+Prints the device, versions and commit (bench/common.py, as every bench), then per setting, each `--read_threads`
+value (`data.read_threads`; `grain` = Grain's own default, 16 threads and 500 documents ahead per row slot, what the
+pipeline used before that setting existed) with each `--worker_count` (`data.worker_count` processes): the time from
+building the pipeline to its first batch (min / median / max over `--starts` builds) and packed tokens per second
+(rows x seq_len, every row full; min / median / max over `--windows` windows of `--seconds` / windows each). The
+settings' builds and windows take turns, so each comparison is side by side in one run (a threaded setting's readers
+keep filling its buffer during the other settings' windows, which favours it). Writes
+bench/results/data-<date>[-<tag>].{json,md}. The loader must stay above ~150k tokens/s per core so it never starves
+a GPU training at ~70k tokens/s.
 """
 
 from __future__ import annotations
@@ -59,13 +61,15 @@ def parse_read_threads(text: str) -> list[int | str]:
 
 
 def build(pipeline, grain, setting, **kw):
-    """The pipeline at one reader-thread setting; `grain` restores Grain's default read options."""
-    if setting != "grain":
-        return pipeline.build_dataset(read_threads=setting, **kw)
+    """The pipeline at one (read_threads, worker_count) setting; read_threads `grain` restores Grain's default read
+    options."""
+    threads, workers = setting
+    if threads != "grain":
+        return pipeline.build_dataset(read_threads=threads, worker_count=workers, **kw)
     original = grain.MapDataset.to_iter_dataset
     grain.MapDataset.to_iter_dataset = lambda self, read_options=None, **k: original(self, grain.ReadOptions(), **k)
     try:
-        return pipeline.build_dataset(**kw)
+        return pipeline.build_dataset(worker_count=workers, **kw)
     finally:
         grain.MapDataset.to_iter_dataset = original
 
@@ -82,6 +86,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=8)
     ap.add_argument("--read_threads", default="0", help="comma-separated data.read_threads values; 'grain' = "
                     "Grain's default read options (16 threads, 500 documents ahead per slot)")
+    ap.add_argument("--worker_count", default="0", help="comma-separated data.worker_count values")
     ap.add_argument("--seconds", type=float, default=10.0, help="measuring time per setting")
     ap.add_argument("--windows", type=int, default=5, help="samples: the seconds split into this many windows")
     ap.add_argument("--starts", type=int, default=3, help="samples of the time from building to the first batch")
@@ -89,7 +94,8 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the results' file names")
     ap.add_argument("--results", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = ap.parse_args()
-    settings = parse_read_threads(args.read_threads)
+    workers = [int(w) for w in args.worker_count.split(",")]
+    settings = [(t, w) for t in parse_read_threads(args.read_threads) for w in workers]
     if not args.all_cores and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
 
@@ -113,7 +119,9 @@ def main() -> None:
     corpus = open_corpus(corpus_path)
     kw = dict(corpus=corpus, tokenizer=tokenizer, latent_type=args.latent_type, seq_len=args.seq_len, rows=args.rows,
               seed=0, packing=args.packing, fall_back_to_raw=True)
-    next(iter(build(pipeline, grain, 0, **kw)))  # warm-up (tokenizer caches, imports)
+    if any(w for _, w in settings):
+        pipeline._parse_absl_flags()  # Grain's worker processes read absl flags
+    next(iter(build(pipeline, grain, (0, 0), **kw)))  # warm-up (tokenizer caches, imports)
     first: dict = {s: [] for s in settings}
     for _ in range(args.starts):
         for s in settings:
@@ -136,16 +144,17 @@ def main() -> None:
              f"corpus {corpus_path} ({len(corpus)} records), latent_type={args.latent_type}, packing={args.packing}, "
              f"vocab {tokenizer.vocab_size}, seq_len {args.seq_len}, rows {args.rows}",
              "",
-             "| read_threads | build to first batch, s (min / median / max) | packed tokens/s (min / median / max) |",
-             "|---|---|---|"]
+             "| read_threads | worker_count | build to first batch, s (min / median / max) | packed tokens/s "
+             "(min / median / max) |",
+             "|---|---|---|---|"]
     for s in settings:
-        lines.append(f"| {s} | {Samples.of(first[s]).fmt('.3f')} | {Samples.of(rates[s]).fmt(',.0f')} |")
+        lines.append(f"| {s[0]} | {s[1]} | {Samples.of(first[s]).fmt('.3f')} | {Samples.of(rates[s]).fmt(',.0f')} |")
     text = "\n".join(lines) + "\n"
     print(text)
     stem = f"data-{time.strftime('%Y-%m-%d')}" + (f"-{args.tag}" if args.tag else "")
     write_results(os.path.join(args.results, stem), {
         "args": vars(args), "cores": cores, "grain": grain.__version__,
-        "rows": [{"read_threads": s, "first_batch_s": Samples.of(first[s]).summary(),
+        "rows": [{"read_threads": s[0], "worker_count": s[1], "first_batch_s": Samples.of(first[s]).summary(),
                   "tokens_per_s": Samples.of(rates[s]).summary()} for s in settings]}, text)
 
 

@@ -34,6 +34,11 @@ def get_config(trial: str = "0"):
     c.data.validation_path = "data/finemath/validation"
     c.data.tokenizer_path = "checkpoints/tinyllama_bolt/tokenizer"
     c.data.seq_len = 2048
+    # the loader in 8 processes and a batch thread: one core formats and packs about 280k tokens/s (bench/data.py, toy
+    # corpus), 8 H100s train about 560k (8 x the 70k measured on one), so one core would keep them waiting; 2 worker
+    # processes on 2 cores gave 1.75x one (BENCHMARKS.md). Each pipeline's workers take ~5 s to start.
+    c.data.worker_count = 8
+    c.data.prefetch_threads = 2
     c.train = default_train_config()
     c.train.global_batch_size = 192
     # two micro-steps of 96 (12 sequences per GPU on 8): in one step of 192 the M-step needs 61.4 GiB per H100, above

@@ -38,6 +38,10 @@ def get_config(data_type: str = "latent_thoughts", trial: str = "0"):
     c.data.validation_path = "data/finemath/validation"
     c.data.tokenizer_path = "checkpoints/tinyllama_bolt/tokenizer"
     c.data.seq_len = 2048
+    # the loader in 4 processes and a batch thread: one core packs about 280k tokens/s, 4 H100s train about 280k
+    # (configs/bolt_bootstrap_fixed.py, BENCHMARKS.md)
+    c.data.worker_count = 4
+    c.data.prefetch_threads = 2
     c.train = default_train_config()
     c.train.init_checkpoint = "checkpoints/tinyllama_bolt"
     c.train.global_batch_size = 96
