@@ -170,10 +170,13 @@ def test_shuffle_buffer_resumes_exactly(env):
 
 # slow (spawns worker processes, ~20 s): make test-slow; the worker grouping is tested below
 @pytest.mark.slow
-def test_worker_processes_give_the_same_batches_and_state(env):
+def test_worker_processes_give_the_same_batches_and_state(env, monkeypatch):
     """data.worker_count=2: Grain's mp_prefetch packs the slots in two spawned processes (two slots each). A state
     saved without workers, restored with them, gives the same batches and the same end of a finite stream; their
-    state restored without workers gives the exact continuation. (One start of the workers: they take seconds.)"""
+    state restored without workers gives the exact continuation. (One start of the workers: they take seconds.)
+    The workers never start a jax backend (on a GPU each would take most of its memory): they are spawned with
+    JAX_PLATFORMS naming a platform this machine lacks, where starting one fails."""
+    monkeypatch.setenv("JAX_PLATFORMS", "tpu")  # this process's backend is up already; the workers inherit it
     data = dict(num_epochs=1, packing="document", shuffle_buffer_batches=2)
     plain = pipeline.make_batches(data_config(env, **data))
     whole = list(plain)
