@@ -212,7 +212,7 @@ def test_worker_groups(env):
 
 def test_new_settings_are_validated(env):
     for key, bad in (("worker_count", -1), ("worker_count", 1.5), ("shuffle_buffer_batches", True),
-                     ("read_threads", -1), ("read_threads", 2.5)):
+                     ("read_threads", -1), ("read_threads", 2.5), ("prefetch_threads", 1.5)):
         c = ml_collections.ConfigDict({"data": {"source": "corpus", key: bad}})
         with pytest.raises(ValueError, match=f"config.data.{key}="):
             pipeline.validate_data_config(c)

@@ -128,7 +128,7 @@ def validate_data_config(config: ml_collections.ConfigDict) -> None:
     for key in ("text_weight", "thought_weight", "special_weight"):
         _at_least(f"data.{key}", get(key), 0.0, defaults[key])
     _at_least("data.global_batch_size", get("global_batch_size"), 0, 0, " (0 = config.train.global_batch_size)")
-    _at_least("data.prefetch_threads", get("prefetch_threads"), 0, 0, " (0 = no prefetching)")
+    check_whole("data.prefetch_threads", get("prefetch_threads"), 0, 0, " (0 = no prefetching)")
     check_whole("data.read_threads", get("read_threads"), 0, 0, " (0 = in the packer's thread)")
     check_whole("data.worker_count", get("worker_count"), 0, 0, " (0 = no worker processes)")
     check_whole("data.shuffle_buffer_batches", get("shuffle_buffer_batches"), 0, 0, " (0 = no shuffle buffer)")
