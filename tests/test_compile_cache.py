@@ -1,5 +1,6 @@
-"""bolt_jax.runtime.compile_cache: the EM workflows' persistent compilation cache is used inside its context even
-when this process compiled before (JAX decides once per process otherwise), and not after it."""
+"""bolt_jax.runtime.compile_cache: the EM workflows' persistent compilation cache is written inside its context (also
+when this process compiled before), not after it, and a second run in the process gets its own directory (JAX keeps
+the cache object it built first)."""
 
 import jax
 import jax.numpy as jnp
