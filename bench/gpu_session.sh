@@ -9,6 +9,8 @@
 #   mlp_backward             the headline's packed train step with the SwiGLU's own backward and with autodiff's,
 #                            side by side (bench/train_step.py --mlp_backward custom,autodiff; about 3 minutes)
 #   cmd                      "$CMD" as given, e.g. CMD="python3 bench/attention.py --sweep"
+# (The SmolLM2 run of configs/smol_gsm8k.py has its own two-call script, bench/gpu_smol.sh: its model is over one
+# call's 64 MiB.)
 # Installs the carried wheels (.whl/: ml-collections, which the image lacks; tokamax and its dependencies only for
 # the tokamax rows of bench/attention.py), then runs each stage under its own timeout with its log in $OUT.
 # The headline writes bench/results/<date>-<device>/ under /tmp/bolt_results and packs it into
