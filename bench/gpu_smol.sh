@@ -20,8 +20,8 @@
 # 3): call `stage` and `run` again. A second `run` on the same warm machine resumes where the first stopped (the
 # workflow skips finished stages). SMOL_CONFIG (default configs/smol_gsm8k.py) and SMOL_ARGS (more --config flags,
 # e.g. --config.data.worker_count=2) change what runs. `rehearse` runs stage and run on this CPU with the smoke config
-# in a python that has only what the GPU image has (SMOL_PYTHON; BENCHMARKS.md says how that venv was made), part 1
-# read from where stage kept it; it writes bench/results/gpu_smol_rehearsal-<date>/.
+# in a python that has only what the GPU image has (SMOL_PYTHON, else a venv it makes once: IMAGE_PACKAGES below),
+# part 1 read from where stage kept it; it writes bench/results/gpu_smol_rehearsal-<date>/.
 set -u
 cd "$(dirname "$0")/.."
 GGUF_NAME=SmolLM2-135M-Instruct.Q4_1.gguf
@@ -106,9 +106,22 @@ run() {
   return $rc
 }
 
+# What the GPU image holds that the smoke run needs, at its versions where they matter (the device tool's KINDS.md;
+# torch 2.13.0, the CPU suite's, for the image's 2.11.0); not grain, gguf or ml-collections, which `run` installs
+IMAGE_PACKAGES=(jax==0.11.2 jaxlib==0.11.2 flax==0.12.10 transformers==5.17.0 torch==2.13.0 optax orbax-checkpoint chex
+  accelerate sentencepiece matplotlib cloudpickle "etils[epath,epy]" absl-py protobuf pyyaml tqdm requests pyarrow psutil)
+
+image_like_python() {  # prints a python with IMAGE_PACKAGES only, made once in /tmp/smol_image_venv
+  local venv=/tmp/smol_image_venv base
+  if [ ! -x "$venv/bin/python" ]; then
+    base=$(.ci/find_python.sh) || return 1
+    "$base" -m venv "$venv" && "$venv/bin/python" -m pip install -q "${IMAGE_PACKAGES[@]}" >&2 || return 1
+  fi
+  echo "$venv/bin/python"
+}
+
 rehearse() {
-  [ -n "${SMOL_PYTHON:-}" ] || { echo "set SMOL_PYTHON to a python with the GPU image's packages and versions (KINDS.md:"\
-    "jax 0.11.2, flax 0.12.10, transformers 5.17.0, torch; no grain, gguf or ml-collections)"; exit 2; }
+  SMOL_PYTHON=${SMOL_PYTHON:-$(image_like_python)} || { echo "could not make the image-like venv"; exit 1; }
   export OUT=/tmp/smol_rehearsal/out PARTS_KEPT=/tmp/smol_rehearsal/parts SITE=/tmp/smol_rehearsal/site \
     SMOL_MODEL_DIR=/tmp/smol_rehearsal/model SMOL_RUN_DIR=/tmp/smol_rehearsal/run JAX_PLATFORMS=cpu \
     SMOL_CONFIG=${SMOL_CONFIG:-configs/smol_gsm8k.py:smoke}
@@ -119,7 +132,7 @@ rehearse() {
   local rc=$? keep
   keep=bench/results/gpu_smol_rehearsal-$(date -u +%F)
   mkdir -p "$keep" && cp "$OUT"/run.txt "$OUT"/smol.log "$OUT"/report.md "$keep"/ 2>/dev/null
-  "$SMOL_PYTHON" -m pip list --format=freeze 2>/dev/null > "$keep/packages.txt"
+  env -u PYTHONPATH "$SMOL_PYTHON" -m pip list --format=freeze 2>/dev/null > "$keep/packages.txt"  # not the wheels
   echo "rehearsal: exit $rc; its log, report and the python's packages in $keep"
   return $rc
 }
