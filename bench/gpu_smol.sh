@@ -113,9 +113,10 @@ IMAGE_PACKAGES=(jax==0.11.2 jaxlib==0.11.2 flax==0.12.10 transformers==5.17.0 to
 
 image_like_python() {  # prints a python with IMAGE_PACKAGES only, made once in /tmp/smol_image_venv
   local venv=/tmp/smol_image_venv base
-  if [ ! -x "$venv/bin/python" ]; then
+  if [ ! -f "$venv/.complete" ]; then  # a venv whose install broke off is made again
     base=$(.ci/find_python.sh) || return 1
-    "$base" -m venv "$venv" && "$venv/bin/python" -m pip install -q "${IMAGE_PACKAGES[@]}" >&2 || return 1
+    rm -rf "$venv" && "$base" -m venv "$venv" && "$venv/bin/python" -m pip install -q "${IMAGE_PACKAGES[@]}" >&2 \
+      && touch "$venv/.complete" || return 1
   fi
   echo "$venv/bin/python"
 }
