@@ -208,7 +208,8 @@ def convert_gguf_to_orbax(gguf_path: str, out_dir: str, *, add_bolt_tokens: bool
             return convert_source(hf_config, f"{gguf_path} (as transformers reads it)", source, out_dir,
                                   tokenizer_src=tok_dir, add_bolt_tokens=add_bolt_tokens, dtype=dtype, mesh=mesh,
                                   rules=rules, overwrite=overwrite,
-                                  provenance={"source": os.path.abspath(gguf_path), "format": "gguf",
+                                  provenance={"source": os.path.abspath(gguf_path),
+                                              "source_bytes": os.path.getsize(gguf_path), "format": "gguf",
                                               "gguf_architecture": info.architecture, "gguf_name": info.name,
                                               "gguf_tensor_types": info.tensor_types}, stats=stats)
         finally:

@@ -141,6 +141,35 @@ def test_configs_validate():
         module.get_config("large")
 
 
+def test_a_rerun_reuses_the_base_model_only_when_converted_from_the_same_gguf(tmp_path):
+    """<run_dir>/base_model is reused on a rerun only when its recorded source is this GGUF (path and size): a
+    conversion of another file is refused instead of standing in for the model the config names. The "GGUF" files
+    here are not GGUFs, so a conversion would fail: reuse shows as the path coming back."""
+    import ml_collections
+    from flax import nnx
+
+    from bolt_jax.model import artifact, create_model, preset
+    from bolt_jax.model.llama import pure_dict
+    from bolt_jax.workflows.smol import base_checkpoint
+    first, other = tmp_path / "first.gguf", tmp_path / "other.gguf"
+    first.write_bytes(b"0123456789")
+    other.write_bytes(b"0123456789")
+    cfg = preset("tiny", compute_dtype="float32")
+    base = tmp_path / "run" / "base_model"
+    artifact.save_model(base, pure_dict(nnx.state(create_model(cfg), nnx.Param)), cfg, provenance={
+        "source": str(first), "source_bytes": 10, "format": "gguf", "add_bolt_tokens": True})
+    config = ml_collections.ConfigDict({"run_dir": str(tmp_path / "run"), "mesh": {"data": 1, "fsdp": 1, "tensor": 1},
+                                        "smol": {"checkpoint": "", "gguf": str(first)}})
+    assert base_checkpoint(config) == str(base)
+    config.smol.gguf = str(other)
+    with pytest.raises(FileExistsError, match="converted from another model.*other.gguf"):
+        base_checkpoint(config)
+    config.smol.gguf = str(first)
+    first.write_bytes(b"01234567890")  # the same path, another file
+    with pytest.raises(FileExistsError, match="source_bytes 10, not 11"):
+        base_checkpoint(config)
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 @pytest.mark.slow
 @pytest.mark.skipif(packaged_smollm2_gguf() is None,

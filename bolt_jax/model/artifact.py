@@ -101,6 +101,12 @@ def model_identity(ckpt_dir: str | os.PathLike) -> str:
         return path
 
 
+def read_provenance(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
+    """What a complete checkpoint was made from (the `provenance` save_model was given; {} when none)."""
+    with open(os.path.join(str(ckpt_dir), MARKER)) as f:
+        return dict(json.load(f).get("provenance") or {})
+
+
 def _check_param_shapes(params: Mapping[str, Any], config: LlamaConfig) -> None:
     expected = expected_param_shapes(config)
     flat = _flatten(params)

