@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import jax
 from flax import nnx
 
 from bolt_jax.model.config import PRESETS, TINYLLAMA_1_1B, LlamaConfig, preset
@@ -17,8 +16,7 @@ def create_model(cfg: LlamaConfig, mesh=None, *, seed: int = 0, rules=None) -> L
     last bit of about a quarter of the fp32 weights; 0.12.1 agrees either way)."""
     factory = lambda: Llama(cfg, nnx.Rngs(seed))  # noqa: E731
     if mesh is None:
-        graphdef, _ = nnx.split(nnx.eval_shape(factory))
-        return nnx.merge(graphdef, jax.jit(lambda: nnx.state(factory()))())
+        return nnx.jit(factory)()
     from bolt_jax.parallel import create_sharded
     return create_sharded(factory, mesh, rules)
 
