@@ -94,7 +94,8 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the results' file names")
     ap.add_argument("--results", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = ap.parse_args()
-    workers = [int(w) for w in args.worker_count.split(",")]
+    workers = [int(w) if w.strip().isdigit() else ap.error(f"--worker_count: {w!r} is not a whole number")
+               for w in args.worker_count.split(",")]
     settings = [(t, w) for t in parse_read_threads(args.read_threads) for w in workers]
     if not args.all_cores and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
@@ -119,8 +120,6 @@ def main() -> None:
     corpus = open_corpus(corpus_path)
     kw = dict(corpus=corpus, tokenizer=tokenizer, latent_type=args.latent_type, seq_len=args.seq_len, rows=args.rows,
               seed=0, packing=args.packing, fall_back_to_raw=True)
-    if any(w for _, w in settings):
-        pipeline._parse_absl_flags()  # Grain's worker processes read absl flags
     next(iter(build(pipeline, grain, (0, 0), **kw)))  # warm-up (tokenizer caches, imports)
     first: dict = {s: [] for s in settings}
     for _ in range(args.starts):

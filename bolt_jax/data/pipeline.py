@@ -244,6 +244,7 @@ def build_dataset(*, corpus: CorpusSource, tokenizer: BoltTokenizer, latent_type
     workers = min(worker_count, rows)
     ds: grain.IterDataset = RowSlotBatches(slots, parts=workers > 0)
     if workers > 0:
+        _parse_absl_flags()
         ds = WorkerBatches(ds, workers)
     if prefetch_threads > 0:
         ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch_threads)
@@ -274,8 +275,6 @@ def make_batches(config: ml_collections.ConfigDict, split: str = "train", *, pro
     corpus = open_corpus(opts["path"], strict=opts["strict"], tfds_data_dir=opts["tfds_data_dir"])
     if corpus.report.num_malformed:
         log.warning("data %s: %s", split, corpus.report.summary())
-    if opts["worker_count"] > 0:
-        _parse_absl_flags()
     ds = build_dataset(corpus=corpus, tokenizer=tokenizer, latent_type=opts["latent_type"], seq_len=opts["seq_len"],
                        rows=opts["global_batch_size"] // pc, seed=opts["seed"], packing=opts["packing"],
                        shuffle=opts["shuffle"], num_epochs=opts["num_epochs"],
